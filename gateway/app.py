@@ -1,0 +1,94 @@
+"""The composition root: builds every part from the settings and runs the gateway until told to stop."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+
+from gateway.dataplane import Dataplane
+from gateway.edge.inference_servicer import InferenceServicer
+from gateway.edge.server import GatewayServer
+from gateway.model_manager import ModelManager
+from gateway.model_version import HostFactory
+from gateway.registry.repository import ModelRepository
+from gateway.settings import Settings
+from runtimes.contract import ModelHost, RuntimeOptions
+
+log = logging.getLogger("turnout")
+
+
+def host_factory(settings: Settings) -> HostFactory:
+    """Worker processes by default; the calling process when ``worker_mode`` is ``inprocess``."""
+    if settings.worker_mode == "inprocess":
+        from runtimes.inprocess_host import InProcessHost
+
+        def in_process(kind: str, artifact: Path, options: RuntimeOptions, label: str) -> ModelHost:
+            return InProcessHost(kind, artifact, options)
+
+        return in_process
+
+    from runtimes.process_host import WorkerProcessHost
+
+    def in_worker(kind: str, artifact: Path, options: RuntimeOptions, label: str) -> ModelHost:
+        return WorkerProcessHost(kind, artifact, options, label=label)
+
+    return in_worker
+
+
+class Gateway:
+    """Every part of one gateway process, wired together."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.manager = ModelManager(
+            ModelRepository(settings.repository),
+            host_factory(settings),
+            RuntimeOptions(settings.intra_op_threads, settings.inter_op_threads),
+            poll_interval_s=settings.poll_interval_s,
+            drain_timeout_s=settings.drain_timeout_s,
+        )
+        self.dataplane = Dataplane(self.manager)
+        self._stopping = threading.Event()
+        self.server = GatewayServer(
+            settings, InferenceServicer(self.dataplane, self.manager, self.is_ready)
+        )
+
+    def is_ready(self) -> bool:
+        return self.manager.initial_load_done and not self._stopping.is_set()
+
+    def start(self) -> None:
+        self.manager.start()
+        self.server.start()
+
+    def stop(self) -> None:
+        """Graceful stop: NOT_SERVING, refuse new calls, finish in-flight ones, unload models."""
+        self._stopping.set()
+        self.server.stop(self.settings.grace_period_s)
+        self.manager.close()
+
+
+def serve(settings: Settings) -> int:
+    """Run until SIGTERM or SIGINT; returns the process exit status."""
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not settings.repository.is_dir():
+        log.error("model repository %s is not a directory", settings.repository)
+        return 2
+    gateway = Gateway(settings)
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        log.info("received %s; stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    gateway.start()
+    # Tests and scripts read this line to find the port when started with --port 0.
+    print(f"turnout: serving {settings.repository} on {settings.host}:{gateway.server.port}", flush=True)
+    stop.wait()
+    gateway.stop()
+    log.info("stopped")
+    return 0

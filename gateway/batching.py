@@ -1,0 +1,213 @@
+"""Dynamic batching: a bounded queue per model version, and the loop that runs its batches.
+
+Requests wait in a :class:`BatchQueue`. A dispatcher thread per model instance takes the oldest
+request plus every queued request that can join it (same shape apart from the first axis, rows
+within ``max_batch_size``), waiting up to ``max_queue_delay`` for more when the batch is not full,
+and hands the parts to its host uncopied. Outputs are split back into per-request views.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from gateway.errors import DeadlineExceeded, Internal, TurnoutError, Unavailable
+
+Arrays = dict[str, np.ndarray[Any, Any]]
+
+
+class Pending:
+    """One request waiting for its batch: its inputs, and the slot its answer lands in.
+
+    A caller either blocks in :meth:`wait` or passes ``on_done``, which the dispatcher calls.
+    """
+
+    __slots__ = (
+        "_done",
+        "abandoned",
+        "dispatched_at",
+        "enqueued_at",
+        "error",
+        "expires_at",
+        "inputs",
+        "merge_key",
+        "on_done",
+        "output_names",
+        "outputs",
+        "rows",
+    )
+
+    def __init__(
+        self,
+        inputs: Arrays,
+        rows: int,
+        output_names: Sequence[str],
+        on_done: Callable[[Pending], None] | None = None,
+    ) -> None:
+        self.inputs = inputs
+        self.rows = rows
+        self.output_names = output_names
+        # Requests merge only when every input agrees on everything but the first axis.
+        self.merge_key = tuple((name, array.shape[1:], array.dtype) for name, array in inputs.items())
+        self.on_done = on_done
+        self.outputs: Arrays | None = None
+        self.error: TurnoutError | None = None
+        self.enqueued_at = 0.0
+        self.dispatched_at = 0.0
+        self.expires_at = float("inf")
+        self.abandoned = False
+        self._done = threading.Lock()
+        self._done.acquire()
+
+    def resolve(self, outputs: Arrays | None, error: TurnoutError | None = None) -> None:
+        self.outputs, self.error = outputs, error
+        if self.on_done is not None:
+            self.on_done(self)
+        else:
+            self._done.release()
+
+    def wait(self, timeout_s: float | None) -> Arrays:
+        """Block until answered; raises the request's error, or DeadlineExceeded after ``timeout_s``."""
+        if not self._done.acquire(timeout=-1 if timeout_s is None else max(timeout_s, 0.0)):
+            self.abandoned = True
+            raise DeadlineExceeded(f"no answer within the deadline ({timeout_s:.3f}s)")
+        if self.error is not None:
+            raise self.error
+        assert self.outputs is not None
+        return self.outputs
+
+
+@dataclass(frozen=True, slots=True)
+class BatchingSettings:
+    max_batch_size: int  # 0: the model has no batch axis; requests run one by one
+    max_queue_delay_s: float
+    max_queue_size: int
+    queue_timeout_s: float | None
+
+
+class BatchQueue:
+    """A bounded FIFO of pending requests from which dispatchers take batches."""
+
+    def __init__(self, label: str, settings: BatchingSettings) -> None:
+        self._label = label
+        self._settings = settings
+        self._items: deque[Pending] = deque()
+        self._rows = 0
+        self._closed = False
+        self._ready = threading.Condition(threading.Lock())
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, item: Pending) -> None:
+        """Queue a request; raises Unavailable when the queue is full or closed."""
+        now = time.monotonic()
+        item.enqueued_at = now
+        if self._settings.queue_timeout_s is not None:
+            item.expires_at = now + self._settings.queue_timeout_s
+        with self._ready:
+            if self._closed:
+                raise Unavailable(f"{self._label} is unloading and accepts no new requests")
+            if len(self._items) >= self._settings.max_queue_size:
+                raise Unavailable(
+                    f"{self._label} has {len(self._items)} requests queued, its limit (max_queue_size); retry later"
+                )
+            self._items.append(item)
+            self._rows += item.rows
+            self._ready.notify()
+
+    def close(self) -> None:
+        """Refuse new requests; dispatchers finish what is queued, then get None."""
+        with self._ready:
+            self._closed = True
+            self._ready.notify_all()
+
+    def take(self) -> list[Pending] | None:
+        """The next batch, blocking until there is one; None once closed and empty."""
+        settings = self._settings
+        with self._ready:
+            while not self._items:
+                if self._closed:
+                    return None
+                self._ready.wait()
+            if settings.max_queue_delay_s > 0 and settings.max_batch_size > 1:
+                deadline = self._items[0].enqueued_at + settings.max_queue_delay_s
+                while self._rows < settings.max_batch_size and not self._closed:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or not self._items:
+                        break
+                    self._ready.wait(remaining)
+                if not self._items:
+                    return []
+            batch, expired = self._pop_batch()
+        for item in expired:
+            waited_us = (time.monotonic() - item.enqueued_at) * 1e6
+            item.resolve(None, Unavailable(f"{self._label}: request timed out in the queue after {waited_us:.0f}us"))
+        return batch
+
+    def _pop_batch(self) -> tuple[list[Pending], list[Pending]]:
+        now = time.monotonic()
+        limit = max(self._settings.max_batch_size, 1)
+        batch: list[Pending] = []
+        expired: list[Pending] = []
+        kept: deque[Pending] = deque()
+        rows = 0
+        key: tuple[Any, ...] | None = None
+        while self._items:
+            item = self._items.popleft()
+            if item.abandoned or item.expires_at < now:
+                self._rows -= item.rows
+                if not item.abandoned:
+                    expired.append(item)
+                continue
+            fits = rows + item.rows <= limit and (key is None or item.merge_key == key)
+            if fits and (not batch or self._settings.max_batch_size > 0):
+                batch.append(item)
+                rows += item.rows
+                self._rows -= item.rows
+                key = item.merge_key
+                if rows >= limit:
+                    break
+            else:
+                kept.append(item)
+                if len(kept) > 64:  # far enough ahead; keep the rest for the next batch
+                    break
+        kept.extend(self._items)
+        self._items = kept
+        return batch, expired
+
+
+OutputsRunner = Callable[[dict[str, list[np.ndarray[Any, Any]]], Sequence[str]], Arrays]
+
+
+def wanted_outputs(batch: Sequence[Pending]) -> list[str]:
+    """The outputs to compute for a batch: empty (all) if any request wants all."""
+    names: dict[str, None] = {}
+    for item in batch:
+        if not item.output_names:
+            return []
+        names.update(dict.fromkeys(item.output_names))
+    return list(names)
+
+
+def split_outputs(batch: Sequence[Pending], outputs: Arrays, batched: bool) -> list[Arrays]:
+    """Per-request views of a batch's outputs (no copies)."""
+    if not batched:
+        return [outputs]
+    total = sum(item.rows for item in batch)
+    for name, array in outputs.items():
+        if array.ndim == 0 or array.shape[0] != total:
+            raise Internal(f"output {name!r} has shape {list(array.shape)}; expected a first axis of {total}")
+    results: list[Arrays] = []
+    offset = 0
+    for item in batch:
+        end = offset + item.rows
+        results.append({name: array[offset:end] for name, array in outputs.items()})
+        offset = end
+    return results

@@ -1,0 +1,74 @@
+"""The ``turnout`` command line: parses arguments and hands settings to the composition root."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+_SERVE_FLAGS: list[tuple[str, type, str]] = [
+    ("--host", str, "address to listen on (default 0.0.0.0)"),
+    ("--port", int, "gRPC port (default 8001, Triton's; 0 picks a free one)"),
+    ("--max-message-bytes", int, "largest request or response accepted (default 1 GiB)"),
+    ("--grpc-threads", int, "threads serving gRPC calls (default 128)"),
+    ("--intra-op-threads", int, "ONNX Runtime intra-op threads per worker (default 1)"),
+    ("--inter-op-threads", int, "ONNX Runtime inter-op threads per worker (default 1)"),
+    ("--poll-interval-s", float, "seconds between repository scans; 0 turns polling off (default 2)"),
+    ("--drain-timeout-s", float, "longest wait for in-flight requests when unloading (default 30)"),
+    ("--grace-period-s", float, "longest wait for in-flight calls on SIGTERM (default 10)"),
+]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="turnout", description="Turnout model-serving gateway")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="serve a model repository over gRPC")
+    serve.add_argument("--repository", type=Path, help="model repository directory (TURNOUT_REPOSITORY)")
+    serve.add_argument("--config", type=Path, help="YAML file of settings (flags and TURNOUT_* win over it)")
+    serve.add_argument(
+        "--worker-mode", choices=["process", "inprocess"], help="run models in worker processes (default) or here"
+    )
+    serve.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    for flag, kind, text in _SERVE_FLAGS:
+        serve.add_argument(flag, type=kind, help=text)
+    health = commands.add_parser("health", help="ask a gateway's grpc.health.v1 service; exit 0 when SERVING")
+    health.add_argument("--server", default="localhost:8001", help="HOST:PORT (default localhost:8001)")
+    health.add_argument("--timeout-s", type=float, default=3.0)
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from gateway.app import serve
+    from gateway.settings import load_settings
+
+    flags: dict[str, Any] = {
+        key: value for key, value in vars(args).items() if key not in ("command", "config")
+    }
+    try:
+        settings = load_settings(args.config, flags)
+    except (ValidationError, ValueError, OSError) as error:
+        print(f"turnout: invalid settings: {error}", file=sys.stderr)
+        return 2
+    return serve(settings)
+
+
+def _health(args: argparse.Namespace) -> int:
+    from gateway.edge.health_probe import probe
+
+    status = probe(args.server, args.timeout_s)
+    print(status)
+    return 0 if status == "SERVING" else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    return _health(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

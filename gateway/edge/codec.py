@@ -1,0 +1,229 @@
+"""Every conversion between protocol messages and the gateway's domain objects, in one module."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from gateway.edge.wire import inference_pb2 as pb
+from gateway.errors import InvalidArgument
+from gateway.inference_types import InferRequest, InferResponse
+from gateway.model_manager import IndexEntry, ModelRecord
+from gateway.model_version import ModelVersion, VersionState
+from gateway.statistics import Duration, StatisticsSnapshot
+from gateway.tensors import Tensor, raw_bytes, tensor_from_raw, tensor_from_values
+from runtimes.contract import TensorSpec
+
+# Which InferTensorContents field carries each datatype's typed values (FP16 has none: raw only).
+_TYPED_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+_CONFIG_TYPE = {
+    "BOOL": pb.TYPE_BOOL,
+    "UINT8": pb.TYPE_UINT8,
+    "UINT16": pb.TYPE_UINT16,
+    "UINT32": pb.TYPE_UINT32,
+    "UINT64": pb.TYPE_UINT64,
+    "INT8": pb.TYPE_INT8,
+    "INT16": pb.TYPE_INT16,
+    "INT32": pb.TYPE_INT32,
+    "INT64": pb.TYPE_INT64,
+    "FP16": pb.TYPE_FP16,
+    "FP32": pb.TYPE_FP32,
+    "FP64": pb.TYPE_FP64,
+    "BYTES": pb.TYPE_STRING,
+}
+
+
+def _parameter_value(parameter: Any) -> Any:
+    choice = parameter.WhichOneof("parameter_choice")
+    return getattr(parameter, choice) if choice else None
+
+
+def infer_request_from_proto(message: Any) -> InferRequest:
+    """Decode a ModelInferRequest; raw contents become numpy views without copying."""
+    raw = message.raw_input_contents
+    inputs = message.inputs
+    if raw:
+        if len(raw) != len(inputs):
+            raise InvalidArgument(
+                f"raw_input_contents has {len(raw)} entries for {len(inputs)} inputs; it needs one per input"
+            )
+        for tensor in inputs:
+            if tensor.HasField("contents"):
+                raise InvalidArgument(
+                    f"input {tensor.name!r} sets contents while the request uses raw_input_contents; "
+                    "use one or the other for every input"
+                )
+        decoded = [
+            tensor_from_raw(tensor.name, tensor.datatype, tensor.shape, data)
+            for tensor, data in zip(inputs, raw, strict=True)
+        ]
+    else:
+        decoded = [_typed_tensor(tensor) for tensor in inputs]
+    outputs = []
+    for requested in message.outputs:
+        if "classification" in requested.parameters:
+            raise InvalidArgument(f"output {requested.name!r}: the classification extension is not supported")
+        outputs.append(requested.name)
+    parameters = {key: _parameter_value(value) for key, value in message.parameters.items()}
+    return InferRequest(message.model_name, message.model_version, message.id, decoded, outputs, parameters)
+
+
+def _typed_tensor(tensor: Any) -> Tensor:
+    field = _TYPED_FIELD.get(tensor.datatype)
+    if field is None:
+        if tensor.datatype == "FP16":
+            raise InvalidArgument(f"input {tensor.name!r}: FP16 has no typed contents; send it in raw_input_contents")
+        # Let the tensor decoder name the unknown datatype.
+        return tensor_from_values(tensor.name, tensor.datatype, tensor.shape, [])
+    values = getattr(tensor.contents, field)
+    try:
+        return tensor_from_values(tensor.name, tensor.datatype, tensor.shape, values)
+    except InvalidArgument as error:
+        raise InvalidArgument(f"{error} (typed values of {tensor.datatype} go in contents.{field})") from None
+    except (OverflowError, ValueError) as error:
+        raise InvalidArgument(f"input {tensor.name!r}: values do not fit {tensor.datatype}: {error}") from None
+
+
+def infer_response_to_proto(response: InferResponse) -> Any:
+    """Encode a response: every output's bytes in raw_output_contents, in output order."""
+    outputs = response.outputs
+    return pb.ModelInferResponse(
+        model_name=response.model_name,
+        model_version=response.model_version,
+        id=response.id,
+        outputs=[
+            pb.ModelInferResponse.InferOutputTensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in outputs
+        ],
+        raw_output_contents=[raw_bytes(t) for t in outputs],
+    )
+
+
+def _tensor_metadata(specs: Sequence[TensorSpec]) -> list[Any]:
+    return [pb.ModelMetadataResponse.TensorMetadata(name=s.name, datatype=s.datatype, shape=s.shape) for s in specs]
+
+
+def model_metadata_to_proto(record: ModelRecord, version: ModelVersion) -> Any:
+    """ModelMetadata: the version's signature, and every READY version of the model."""
+    ready = [str(n) for n, v in sorted(record.versions.items()) if v.state is VersionState.READY]
+    plan = version.plan
+    if plan is None:
+        return pb.ModelMetadataResponse(name=record.name, versions=ready)
+    signature = plan.signature
+    return pb.ModelMetadataResponse(
+        name=record.name,
+        versions=ready,
+        platform=signature.platform,
+        inputs=_tensor_metadata(signature.inputs),
+        outputs=_tensor_metadata(signature.outputs),
+    )
+
+
+def _version_policy(version: ModelVersion) -> Any:
+    policy = version.settings.version_policy
+    if policy.kind == "all":
+        return pb.ModelVersionPolicy(all=pb.ModelVersionPolicy.All())
+    if policy.kind == "specific" and policy.specific is not None:
+        return pb.ModelVersionPolicy(specific=pb.ModelVersionPolicy.Specific(versions=policy.specific.versions))
+    count = policy.latest.num_versions if policy.latest else 1
+    return pb.ModelVersionPolicy(latest=pb.ModelVersionPolicy.Latest(num_versions=count))
+
+
+def model_config_to_proto(version: ModelVersion) -> Any:
+    """A Triton-shaped ModelConfig; the artifact's sha256 travels in ``parameters``."""
+    settings = version.settings
+    plan = version.plan
+    config = pb.ModelConfig(
+        name=version.model,
+        version_policy=_version_policy(version),
+        instance_group=[
+            pb.ModelInstanceGroup(
+                name=version.model, count=settings.instance_count, kind=pb.ModelInstanceGroup.KIND_CPU
+            )
+        ],
+        parameters={
+            "artifact_sha256": pb.ModelParameter(string_value=version.sha256),
+            "state": pb.ModelParameter(string_value=version.state.value),
+        },
+    )
+    if version.entry.artifact is not None:
+        config.default_model_filename = version.entry.artifact.name
+    if plan is None:
+        return config
+    skip = 1 if plan.max_batch_size > 0 else 0
+    config.platform = plan.signature.platform
+    config.backend = plan.runtime
+    config.max_batch_size = plan.max_batch_size
+    config.input.extend(
+        pb.ModelInput(name=s.name, data_type=_CONFIG_TYPE[s.datatype], dims=s.shape[skip:])
+        for s in plan.signature.inputs
+    )
+    config.output.extend(
+        pb.ModelOutput(name=s.name, data_type=_CONFIG_TYPE[s.datatype], dims=s.shape[skip:])
+        for s in plan.signature.outputs
+    )
+    batching = plan.batching
+    if plan.max_batch_size > 0:
+        config.dynamic_batching.CopyFrom(
+            pb.ModelDynamicBatching(
+                max_queue_delay_microseconds=int(batching.max_queue_delay_s * 1e6),
+                default_queue_policy=pb.ModelQueuePolicy(
+                    max_queue_size=batching.max_queue_size,
+                    default_timeout_microseconds=int((batching.queue_timeout_s or 0) * 1e6),
+                ),
+            )
+        )
+    return config
+
+
+def _duration(duration: Duration) -> Any:
+    return pb.StatisticDuration(count=duration.count, ns=duration.ns)
+
+
+def statistics_to_proto(version: ModelVersion, snapshot: StatisticsSnapshot) -> Any:
+    return pb.ModelStatistics(
+        name=version.model,
+        version=str(version.version),
+        last_inference=snapshot.last_inference_ms,
+        inference_count=snapshot.inference_count,
+        execution_count=snapshot.execution_count,
+        inference_stats=pb.InferStatistics(
+            success=_duration(snapshot.success),
+            fail=_duration(snapshot.fail),
+            queue=_duration(snapshot.queue),
+            compute_input=_duration(snapshot.compute_input),
+            compute_infer=_duration(snapshot.compute_infer),
+            compute_output=_duration(snapshot.compute_output),
+        ),
+        batch_stats=[
+            pb.InferBatchStatistics(
+                batch_size=size,
+                compute_input=_duration(d.compute_input),
+                compute_infer=_duration(d.compute_infer),
+                compute_output=_duration(d.compute_output),
+            )
+            for size, d in snapshot.batches.items()
+        ],
+    )
+
+
+def index_to_proto(entries: Sequence[IndexEntry]) -> Any:
+    return pb.RepositoryIndexResponse(
+        models=[
+            pb.RepositoryIndexResponse.ModelIndex(name=e.name, version=e.version, state=e.state, reason=e.reason)
+            for e in entries
+        ]
+    )

@@ -1,0 +1,191 @@
+"""``inference.GRPCInferenceService``: the Open Inference Protocol plus Triton's extensions.
+
+Servicers stay thin: decode with :mod:`gateway.edge.codec`, call a use case, encode the answer.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+
+from gateway.dataplane import Dataplane
+from gateway.edge.codec import (
+    index_to_proto,
+    infer_request_from_proto,
+    infer_response_to_proto,
+    model_config_to_proto,
+    model_metadata_to_proto,
+    statistics_to_proto,
+)
+from gateway.edge.status import maps_errors
+from gateway.edge.wire import inference_pb2 as pb
+from gateway.edge.wire import inference_pb2_grpc as pb_grpc
+from gateway.errors import InvalidArgument, NotFound, TurnoutError
+from gateway.inference_types import InferResponse
+from gateway.model_manager import ModelManager
+from gateway.model_version import ModelVersion, VersionState
+
+SERVER_NAME = "turnout"
+SERVER_VERSION = "0.1.0"
+EXTENSIONS = ["model_repository", "model_configuration", "statistics", "binary_tensor_data", "health"]
+
+_END = object()
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+    def __init__(self, dataplane: Dataplane, manager: ModelManager, is_ready: Callable[[], bool]) -> None:
+        self._dataplane = dataplane
+        self._manager = manager
+        self._is_ready = is_ready
+
+    # --- health and metadata ---------------------------------------------------------------
+
+    def ServerLive(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return pb.ServerLiveResponse(live=True)
+
+    def ServerReady(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return pb.ServerReadyResponse(ready=self._is_ready())
+
+    @maps_errors
+    def ModelReady(self, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            version = self._manager.version(request.name, request.version)
+        except NotFound:
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=version.state is VersionState.READY)
+
+    def ServerMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION, extensions=EXTENSIONS)
+
+    @maps_errors
+    def ModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
+        version = self._manager.version(request.name, request.version)
+        return model_metadata_to_proto(self._manager.record(request.name), version)
+
+    @maps_errors
+    def ModelConfig(self, request: Any, context: grpc.ServicerContext) -> Any:
+        version = self._manager.version(request.name, request.version)
+        return pb.ModelConfigResponse(config=model_config_to_proto(version))
+
+    @maps_errors
+    def ModelStatistics(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return pb.ModelStatisticsResponse(
+            model_stats=[statistics_to_proto(v, v.statistics.snapshot()) for v in self._versions_for(request)]
+        )
+
+    def _versions_for(self, request: Any) -> list[ModelVersion]:
+        if not request.name:
+            return [v for v in self._manager.versions() if v.plan is not None]
+        if not request.version:
+            record = self._manager.record(request.name)
+            return [v for _, v in sorted(record.versions.items()) if v.plan is not None]
+        return [self._manager.version(request.name, request.version)]
+
+    # --- repository ------------------------------------------------------------------------
+
+    @maps_errors
+    def RepositoryIndex(self, request: Any, context: grpc.ServicerContext) -> Any:
+        entries = self._manager.index()
+        if request.ready:
+            entries = [e for e in entries if e.state == VersionState.READY.value]
+        return index_to_proto(entries)
+
+    @maps_errors
+    def RepositoryModelLoad(self, request: Any, context: grpc.ServicerContext) -> Any:
+        overrides = [key for key in request.parameters if key == "config" or key.startswith("file:")]
+        if overrides:
+            raise InvalidArgument(
+                f"load parameters {overrides} are not supported: Turnout loads what the repository holds; "
+                "change model.yaml or the version directories instead"
+            )
+        self._manager.load_model(request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    @maps_errors
+    def RepositoryModelUnload(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._manager.unload_model(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    # --- inference -------------------------------------------------------------------------
+
+    @maps_errors
+    def ModelInfer(self, request: Any, context: grpc.ServicerContext) -> Any:
+        response = self._dataplane.infer(infer_request_from_proto(request), _timeout_s(context))
+        return infer_response_to_proto(response)
+
+    def ModelStreamInfer(self, request_iterator: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+        """Answers each request on the stream as its batch completes; errors travel in-band."""
+        answers: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        submitted = [0]
+
+        def answer(request_id: str) -> Callable[[InferResponse | None, TurnoutError | None], None]:
+            def done(response: InferResponse | None, error: TurnoutError | None) -> None:
+                answers.put(_stream_answer(request_id, response, error))
+
+            return done
+
+        def read() -> None:
+            try:
+                for message in request_iterator:
+                    submitted[0] += 1
+                    try:
+                        self._dataplane.submit(infer_request_from_proto(message), answer(message.id))
+                    except TurnoutError as error:
+                        answers.put(_stream_answer(message.id, None, error))
+            except grpc.RpcError:
+                pass  # the client went away; nothing left to answer
+            finally:
+                answers.put(_END)
+
+        threading.Thread(target=read, name="stream-reader", daemon=True).start()
+        sent, ended = 0, False
+        while not ended or sent < submitted[0]:
+            item = answers.get()
+            if item is _END:
+                ended = True
+                continue
+            if not context.is_active():
+                return
+            yield item
+            sent += 1
+
+    # --- shared memory, tracing, logging: not offered ----------------------------------------
+
+    def _unimplemented(self, what: str, context: grpc.ServicerContext) -> Any:
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, f"Turnout does not offer {what}; send tensors in the request")
+
+    def SystemSharedMemoryStatus(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return self._unimplemented("system shared memory", context)
+
+    def SystemSharedMemoryRegister(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return self._unimplemented("system shared memory", context)
+
+    def SystemSharedMemoryUnregister(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return self._unimplemented("system shared memory", context)
+
+    def CudaSharedMemoryStatus(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return self._unimplemented("CUDA shared memory", context)
+
+    def CudaSharedMemoryRegister(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return self._unimplemented("CUDA shared memory", context)
+
+    def CudaSharedMemoryUnregister(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return self._unimplemented("CUDA shared memory", context)
+
+
+def _timeout_s(context: grpc.ServicerContext) -> float | None:
+    # Without a deadline gRPC reports an enormous remaining time that no lock can wait for.
+    remaining = context.time_remaining()
+    return remaining if remaining is not None and remaining < 86_400 else None
+
+
+def _stream_answer(request_id: str, response: InferResponse | None, error: TurnoutError | None) -> Any:
+    if error is not None or response is None:
+        return pb.ModelStreamInferResponse(
+            error_message=str(error), infer_response=pb.ModelInferResponse(id=request_id)
+        )
+    return pb.ModelStreamInferResponse(infer_response=infer_response_to_proto(response))

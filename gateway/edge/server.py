@@ -1,0 +1,61 @@
+"""Builds the gRPC server: inference service, health (Check and Watch), reflection, limits."""
+
+from __future__ import annotations
+
+from concurrent import futures
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from gateway.edge.inference_servicer import InferenceServicer
+from gateway.edge.wire import inference_pb2 as pb
+from gateway.edge.wire import inference_pb2_grpc as pb_grpc
+from gateway.settings import Settings
+
+INFERENCE_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+
+
+def server_options(settings: Settings) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.keepalive_time_ms", int(settings.keepalive_time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(settings.keepalive_timeout_s * 1000)),
+        # Idle connections behind load balancers stay up: clients may ping every 10 s without calls.
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_ping_strikes", 0),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+class GatewayServer:
+    """The running gRPC server and its health status."""
+
+    def __init__(self, settings: Settings, servicer: InferenceServicer) -> None:
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=settings.grpc_threads, thread_name_prefix="grpc"),
+            options=server_options(settings),
+            maximum_concurrent_rpcs=None,
+        )
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, self._server)
+        self._health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        reflection.enable_server_reflection(
+            (INFERENCE_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
+        )
+        self.port = self._server.add_insecure_port(f"{settings.host}:{settings.port}")
+        if self.port == 0:
+            raise OSError(f"cannot listen on {settings.host}:{settings.port}")
+
+    def start(self) -> None:
+        self._server.start()
+        for service in ("", INFERENCE_SERVICE):
+            self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+    def stop(self, grace_s: float) -> None:
+        """Report NOT_SERVING, refuse new calls, give in-flight calls ``grace_s`` to finish."""
+        self._health.enter_graceful_shutdown()
+        self._server.stop(grace_s).wait()

@@ -1,0 +1,60 @@
+"""Domain errors to gRPC status codes: the one place where that mapping lives."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from gateway.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    TurnoutError,
+    Unavailable,
+)
+
+log = logging.getLogger(__name__)
+
+STATUS_BY_ERROR: dict[type[TurnoutError], grpc.StatusCode] = {
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Internal: grpc.StatusCode.INTERNAL,
+}
+
+
+def status_of(error: TurnoutError) -> grpc.StatusCode:
+    for kind in type(error).__mro__:
+        code = STATUS_BY_ERROR.get(kind)  # type: ignore[call-overload]
+        if code is not None:
+            return code
+    return grpc.StatusCode.UNKNOWN
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def maps_errors(method: F) -> F:
+    """Decorate a unary servicer method: a TurnoutError becomes its status and message."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return method(self, request, context)
+        except TurnoutError as error:
+            code = status_of(error)
+            if code is grpc.StatusCode.INTERNAL:
+                log.error("%s failed: %s", method.__name__, error)
+            context.abort(code, str(error))
+
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,48 @@
+"""Domain errors. The edge maps each class to one gRPC status, in one place (``gateway.edge.status``).
+
+::
+
+    TurnoutError
+    ├── NotFound            unknown model or version
+    ├── Unavailable         version not ready or unloading, queue full or timed out, worker died,
+    │                       server shutting down
+    ├── InvalidArgument     request that does not fit the model (name, shape, datatype, byte count)
+    ├── ResourceExhausted   request larger than a configured limit
+    ├── FailedPrecondition  an operation the current state does not allow (e.g. loading a broken artifact)
+    ├── DeadlineExceeded    the caller's deadline passed before the answer was ready
+    └── Internal            the runtime failed on a valid request
+"""
+
+from __future__ import annotations
+
+
+class TurnoutError(Exception):
+    """Base of every error Turnout reports to a caller."""
+
+
+class NotFound(TurnoutError):
+    pass
+
+
+class Unavailable(TurnoutError):
+    pass
+
+
+class InvalidArgument(TurnoutError):
+    pass
+
+
+class ResourceExhausted(TurnoutError):
+    pass
+
+
+class FailedPrecondition(TurnoutError):
+    pass
+
+
+class DeadlineExceeded(TurnoutError):
+    pass
+
+
+class Internal(TurnoutError):
+    pass

@@ -1,0 +1,26 @@
+"""The inference request and response as the use cases see them, free of any wire format."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.tensors import Tensor
+
+
+@dataclass(slots=True)
+class InferRequest:
+    model_name: str
+    model_version: str
+    id: str
+    inputs: list[Tensor]
+    output_names: list[str] = field(default_factory=list)  # empty: every output
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class InferResponse:
+    model_name: str
+    model_version: str
+    id: str
+    outputs: list[Tensor]

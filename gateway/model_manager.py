@@ -1,0 +1,255 @@
+"""Keeps the served versions in step with the repository (desired-state reconciliation).
+
+Each pass reads a model's directory, works out which versions its version policy wants, loads the
+missing ones and only then unloads versions no longer wanted: a new version never interrupts the
+one serving, and the last READY version is never unloaded to make room for one that failed. Passes
+run on a timer (polling) and on demand (RepositoryModelLoad); the request path never waits on them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+
+from gateway.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from gateway.model_version import HostFactory, ModelVersion, VersionState
+from gateway.registry.model_settings import ModelSettings
+from gateway.registry.repository import ModelEntry, ModelRepository, valid_model_name
+from runtimes.contract import RuntimeOptions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class ModelRecord:
+    """Everything known about one model name; ``default`` is its highest READY version."""
+
+    name: str
+    versions: dict[int, ModelVersion] = field(default_factory=dict)
+    default: ModelVersion | None = None
+    settings: ModelSettings | None = None
+    problem: str = ""
+    explicitly_unloaded: bool = False
+
+    def refresh_default(self) -> None:
+        ready = [v for v in self.versions.values() if v.state is VersionState.READY]
+        self.default = max(ready, key=lambda v: v.version) if ready else None
+
+
+@dataclass(frozen=True, slots=True)
+class IndexEntry:
+    name: str
+    version: str
+    state: str
+    reason: str
+
+
+class ModelManager:
+    """Owns every ModelVersion; the one place that loads and unloads them."""
+
+    def __init__(
+        self,
+        repository: ModelRepository,
+        make_host: HostFactory,
+        runtime_options: RuntimeOptions,
+        *,
+        poll_interval_s: float,
+        drain_timeout_s: float,
+    ) -> None:
+        self._repository = repository
+        self._make_host = make_host
+        self._runtime_options = runtime_options
+        self._poll_interval_s = poll_interval_s
+        self._drain_timeout_s = drain_timeout_s
+        self._models: dict[str, ModelRecord] = {}
+        self._reconcile_lock = threading.RLock()
+        self._stopping = threading.Event()
+        self._poller: threading.Thread | None = None
+        self.initial_load_done = False
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Load everything the repository holds, then poll it for changes (if polling is on)."""
+        self.reconcile_all()
+        self.initial_load_done = True
+        if self._poll_interval_s > 0:
+            self._poller = threading.Thread(target=self._poll, name="repository-poll", daemon=True)
+            self._poller.start()
+
+    def _poll(self) -> None:
+        while not self._stopping.wait(self._poll_interval_s):
+            try:
+                self.reconcile_all()
+            except Exception:  # a bad pass must not end polling
+                log.exception("repository poll failed")
+
+    def close(self) -> None:
+        """Stop polling and unload every version (each drains first)."""
+        self._stopping.set()
+        if self._poller is not None:
+            self._poller.join()
+        with self._reconcile_lock:
+            for record in self._models.values():
+                record.default = None
+                for version in record.versions.values():
+                    version.unload(self._drain_timeout_s)
+
+    # --- reconciliation --------------------------------------------------------------------
+
+    def reconcile_all(self) -> None:
+        with self._reconcile_lock:
+            names = set(self._repository.model_names()) | set(self._models)
+            for name in sorted(names):
+                self._reconcile(name)
+
+    def _reconcile(self, name: str) -> None:
+        entry = self._repository.scan_model(name)
+        record = self._models.get(name)
+        if record is None:
+            if entry is None:
+                return
+            record = ModelRecord(name)
+        if entry is None:
+            record.problem = "model directory was removed"
+            self._unload(record, set(record.versions))
+        elif not record.explicitly_unloaded:
+            self._apply(record, entry)
+        self._models[name] = record
+
+    def _apply(self, record: ModelRecord, entry: ModelEntry) -> None:
+        if entry.settings is None:
+            # Keep serving what is loaded; new versions wait for a valid model.yaml.
+            record.problem = entry.settings_error or "invalid settings"
+            return
+        record.settings, record.problem = entry.settings, ""
+        present = {number for number, item in entry.versions.items() if item.artifact is not None}
+        wanted = entry.settings.version_policy.select(present)
+        for number in sorted(wanted):
+            current = record.versions.get(number)
+            item = entry.versions[number]
+            retry = current is not None and current.state is VersionState.UNAVAILABLE and (
+                current.reason == "unloaded" or current.entry.fingerprint != item.fingerprint
+            )
+            if current is None or retry:
+                version = ModelVersion(record.name, item, entry.settings)
+                record.versions[number] = version
+                version.load(self._make_host, self._runtime_options)
+                record.refresh_default()
+        for number, item in entry.versions.items():
+            if item.artifact is None and number not in record.versions:
+                placeholder = ModelVersion(record.name, item, entry.settings)
+                placeholder.state = VersionState.UNAVAILABLE
+                placeholder.reason = f"{item.directory.name}/ holds no model file"
+                record.versions[number] = placeholder
+        ready_wanted = any(record.versions[n].state is VersionState.READY for n in wanted if n in record.versions)
+        unwanted = {n for n in record.versions if n not in wanted}
+        gone = {n for n in unwanted if n not in entry.versions}
+        # Availability first: unload unwanted versions only once a wanted one serves, unless deleted.
+        self._unload(record, unwanted if ready_wanted else gone)
+
+    def _unload(self, record: ModelRecord, numbers: set[int]) -> None:
+        leaving = [record.versions[n] for n in numbers if record.versions[n].state is VersionState.READY]
+        # Take them out of routing first, so requests without a version move on at once; the
+        # unload itself then waits for the requests already inside.
+        remaining = [v for v in record.versions.values() if v not in leaving and v.state is VersionState.READY]
+        record.default = max(remaining, key=lambda v: v.version) if remaining else None
+        for version in leaving:
+            threading.Thread(
+                target=version.unload, args=(self._drain_timeout_s,), name=f"unload-{version.label}", daemon=True
+            ).start()
+
+    # --- explicit control (RepositoryModelLoad / Unload) ------------------------------------
+
+    def load_model(self, name: str) -> None:
+        """Load (or reload) a model now; raises when it has no version that could be loaded."""
+        if not valid_model_name(name) or self._repository.scan_model(name) is None:
+            raise NotFound(f"model {name!r} is not in the repository")
+        with self._reconcile_lock:
+            record = self._models.get(name)
+            if record is not None:
+                record.explicitly_unloaded = False
+            self._reconcile(name)
+            record = self._models[name]
+            if record.problem:
+                raise FailedPrecondition(f"model {name!r} cannot be loaded: {record.problem}")
+            if record.default is None:
+                reasons = "; ".join(f"version {n}: {v.reason}" for n, v in sorted(record.versions.items()))
+                raise FailedPrecondition(f"model {name!r} has no version that loads ({reasons or 'no versions'})")
+
+    def unload_model(self, name: str) -> None:
+        """Unload every version of a model and keep it unloaded until load_model."""
+        with self._reconcile_lock:
+            record = self._models.get(name)
+            if record is None:
+                raise NotFound(f"model {name!r} is not loaded")
+            record.explicitly_unloaded = True
+            leaving = [v for v in record.versions.values() if v.state is VersionState.READY]
+            record.default = None
+        for version in leaving:
+            version.unload(self._drain_timeout_s)
+
+    # --- queries (request path) ------------------------------------------------------------
+
+    def acquire(self, name: str, version: str) -> ModelVersion:
+        """The version that serves this request, counted in flight; the caller must release it."""
+        for _ in range(3):
+            chosen = self._resolve(name, version)
+            if chosen.acquire():
+                return chosen
+        raise Unavailable(f"{chosen.label} is {chosen.state.value}")
+
+    def _resolve(self, name: str, version: str) -> ModelVersion:
+        record = self._models.get(name)
+        if record is None or not record.versions:
+            raise NotFound(f"unknown model {name!r}")
+        if not version:
+            chosen = record.default
+            if chosen is None:
+                raise Unavailable(f"model {name!r} has no READY version ({self._summary(record)})")
+            return chosen
+        if not version.isdigit():
+            raise InvalidArgument(f"model version {version!r} is not a positive integer")
+        found = record.versions.get(int(version))
+        if found is None:
+            raise NotFound(f"model {name!r} has no version {version} (known: {sorted(record.versions)})")
+        if found.state is not VersionState.READY:
+            detail = f": {found.reason}" if found.reason else ""
+            raise Unavailable(f"{found.label} is not ready, it is {found.state.value}{detail}")
+        return found
+
+    @staticmethod
+    def _summary(record: ModelRecord) -> str:
+        parts = [f"{n} {v.state.value}" for n, v in sorted(record.versions.items())]
+        return ", ".join(parts) or record.problem or "no versions"
+
+    def version(self, name: str, version: str) -> ModelVersion:
+        """Look a version up for metadata: NOT_FOUND when unknown, any state otherwise."""
+        record = self._models.get(name)
+        if record is None or not record.versions:
+            raise NotFound(f"unknown model {name!r}")
+        if not version:
+            if record.default is not None:
+                return record.default
+            return record.versions[max(record.versions)]
+        if not version.isdigit() or int(version) not in record.versions:
+            raise NotFound(f"model {name!r} has no version {version!r} (known: {sorted(record.versions)})")
+        return record.versions[int(version)]
+
+    def record(self, name: str) -> ModelRecord:
+        record = self._models.get(name)
+        if record is None:
+            raise NotFound(f"unknown model {name!r}")
+        return record
+
+    def versions(self) -> list[ModelVersion]:
+        return [v for record in self._models.values() for _, v in sorted(record.versions.items())]
+
+    def index(self) -> list[IndexEntry]:
+        entries = []
+        for name, record in sorted(self._models.items()):
+            for number, version in sorted(record.versions.items()):
+                reason = version.reason or (record.problem if version.state is not VersionState.READY else "")
+                entries.append(IndexEntry(name, str(number), version.state.value, reason))
+        return entries

@@ -1,0 +1,263 @@
+"""One version of one model as it is served: its state, its hosts, its queue and its dispatchers.
+
+States follow Triton's repository index: UNKNOWN, LOADING, READY, UNLOADING, UNAVAILABLE. A version
+takes new requests only while READY; unloading first refuses new ones, then waits for the ones
+in flight (reference count) before closing its queue and workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from gateway.batching import BatchingSettings, BatchQueue, Pending, split_outputs, wanted_outputs
+from gateway.errors import Internal, TurnoutError, Unavailable
+from gateway.registry.model_settings import ModelSettings
+from gateway.registry.repository import VersionEntry, sha256_of
+from gateway.statistics import VersionStatistics
+from runtimes.catalog import runtime_kind_for
+from runtimes.contract import (
+    HostUnavailable,
+    InferenceFailed,
+    ModelHost,
+    RuntimeFailure,
+    RuntimeOptions,
+    Signature,
+)
+
+log = logging.getLogger(__name__)
+
+HostFactory = Callable[[str, Path, RuntimeOptions, str], ModelHost]
+DEFAULT_MAX_BATCH_SIZE = 64
+
+
+class VersionState(StrEnum):
+    UNKNOWN = "UNKNOWN"
+    LOADING = "LOADING"
+    READY = "READY"
+    UNLOADING = "UNLOADING"
+    UNAVAILABLE = "UNAVAILABLE"
+
+
+class ConfigMismatch(ValueError):
+    """The artifact's signature contradicts what ``model.yaml`` declares."""
+
+
+def effective_max_batch_size(settings: ModelSettings, signature: Signature) -> int:
+    """``max_batch_size`` as configured, or inferred from a free first dimension on every tensor."""
+    batchable = all(spec.shape and spec.shape[0] == -1 for spec in (*signature.inputs, *signature.outputs))
+    if settings.max_batch_size is None:
+        return DEFAULT_MAX_BATCH_SIZE if batchable else 0
+    if settings.max_batch_size > 0 and not batchable:
+        raise ConfigMismatch(
+            f"max_batch_size is {settings.max_batch_size} but not every input and output has a free first dimension"
+        )
+    return settings.max_batch_size
+
+
+def check_declared(settings: ModelSettings, signature: Signature, max_batch_size: int) -> None:
+    """Raise ConfigMismatch when declared inputs or outputs disagree with the artifact."""
+    for kind, declared, actual in (
+        ("input", settings.inputs, signature.inputs),
+        ("output", settings.outputs, signature.outputs),
+    ):
+        if declared is None:
+            continue
+        by_name = {spec.name: spec for spec in actual}
+        if {d.name for d in declared} != set(by_name):
+            raise ConfigMismatch(
+                f"model.yaml declares {kind}s {sorted(d.name for d in declared)} "
+                f"but the artifact has {sorted(by_name)}"
+            )
+        for item in declared:
+            spec = by_name[item.name]
+            shape = spec.shape[1:] if max_batch_size > 0 else spec.shape
+            fits = len(shape) == len(item.dims) and all(a in (-1, d) for a, d in zip(shape, item.dims, strict=True))
+            if spec.datatype != item.datatype or not fits:
+                raise ConfigMismatch(
+                    f"{kind} {item.name!r}: model.yaml declares {item.datatype} {list(item.dims)} "
+                    f"but the artifact has {spec.datatype} {list(shape)}"
+                )
+
+
+@dataclass(frozen=True, slots=True)
+class ServingPlan:
+    """What is fixed once a version is READY: its signature and batching."""
+
+    signature: Signature
+    max_batch_size: int
+    batching: BatchingSettings
+    runtime: str
+
+
+class ModelVersion:
+    """A model version's lifecycle and its request path into the batch queue."""
+
+    def __init__(self, model: str, entry: VersionEntry, settings: ModelSettings) -> None:
+        self.model = model
+        self.version = entry.version
+        self.entry = entry
+        self.settings = settings
+        self.state = VersionState.UNKNOWN
+        self.reason = ""
+        self.sha256 = ""
+        self.plan: ServingPlan | None = None
+        self.statistics = VersionStatistics()
+        self._hosts: list[ModelHost] = []
+        self._queue: BatchQueue | None = None
+        self._dispatchers: list[threading.Thread] = []
+        self._in_flight = 0
+        self._gate = threading.Condition(threading.Lock())
+
+    @property
+    def label(self) -> str:
+        return f"version {self.version} of model {self.model!r}"
+
+    @property
+    def hosts(self) -> tuple[ModelHost, ...]:
+        return tuple(self._hosts)
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def load(self, make_host: HostFactory, runtime_options: RuntimeOptions) -> None:
+        """Start the workers and the queue; ends READY, or UNAVAILABLE with the reason."""
+        self.state = VersionState.LOADING
+        artifact = self.entry.artifact
+        try:
+            if artifact is None:
+                raise ConfigMismatch(f"{self.entry.directory.name}/ holds no model file")
+            self.sha256 = sha256_of(artifact)
+            kind = self.settings.runtime or runtime_kind_for(artifact)
+            options = self._options(runtime_options)
+            for index in range(self.settings.instance_count):
+                self._hosts.append(make_host(kind, artifact, options, f"{self.model}/{self.version}#{index}"))
+            signature = self._hosts[0].signature
+            max_batch_size = effective_max_batch_size(self.settings, signature)
+            check_declared(self.settings, signature, max_batch_size)
+        except (RuntimeFailure, ConfigMismatch, OSError) as error:
+            self._close_hosts()
+            self.state, self.reason = VersionState.UNAVAILABLE, str(error)
+            log.error("%s failed to load: %s", self.label, error)
+            return
+        batching = self.settings.dynamic_batching
+        timeout_us = batching.default_queue_timeout_microseconds
+        self.plan = ServingPlan(
+            signature,
+            max_batch_size,
+            BatchingSettings(
+                max_batch_size,
+                batching.max_queue_delay_microseconds / 1e6,
+                batching.max_queue_size,
+                timeout_us / 1e6 if timeout_us else None,
+            ),
+            kind,
+        )
+        self._queue = BatchQueue(self.label, self.plan.batching)
+        for index, host in enumerate(self._hosts):
+            thread = threading.Thread(
+                target=self._dispatch, args=(host,), name=f"batch-{self.model}-{self.version}-{index}", daemon=True
+            )
+            thread.start()
+            self._dispatchers.append(thread)
+        self.state, self.reason = VersionState.READY, ""
+        log.info("%s is READY (sha256 %s, max_batch_size %d)", self.label, self.sha256[:12], max_batch_size)
+
+    def _options(self, defaults: RuntimeOptions) -> RuntimeOptions:
+        own = self.settings.runtime_options
+        if own is None:
+            return defaults
+        return RuntimeOptions(own.intra_op_threads, own.inter_op_threads, defaults.extra)
+
+    def unload(self, drain_timeout_s: float) -> None:
+        """Refuse new requests, wait for those in flight, then stop the workers."""
+        with self._gate:
+            if self.state not in (VersionState.READY, VersionState.LOADING):
+                return
+            self.state = VersionState.UNLOADING
+            drained = self._gate.wait_for(lambda: self._in_flight == 0, timeout=drain_timeout_s)
+        if not drained:
+            log.warning("%s: %d requests still in flight after %.1fs; unloading anyway",
+                        self.label, self._in_flight, drain_timeout_s)
+        if self._queue is not None:
+            self._queue.close()
+        for thread in self._dispatchers:
+            thread.join(timeout=drain_timeout_s)
+        self._close_hosts()
+        self.state, self.reason = VersionState.UNAVAILABLE, "unloaded"
+        log.info("%s unloaded", self.label)
+
+    def _close_hosts(self) -> None:
+        for host in self._hosts:
+            host.close()
+        self._hosts.clear()
+
+    # --- request path ----------------------------------------------------------------------
+
+    def acquire(self) -> bool:
+        """Count a request in; False when the version no longer takes requests."""
+        with self._gate:
+            if self.state is not VersionState.READY:
+                return False
+            self._in_flight += 1
+            return True
+
+    def release(self) -> None:
+        with self._gate:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._gate.notify_all()
+
+    def submit(self, pending: Pending) -> None:
+        """Queue an acquired request; raises Unavailable when the queue is full."""
+        assert self._queue is not None
+        self._queue.put(pending)
+
+    def queued(self) -> int:
+        return len(self._queue) if self._queue is not None else 0
+
+    def _dispatch(self, host: ModelHost) -> None:
+        queue = self._queue
+        assert queue is not None and self.plan is not None
+        batched = self.plan.max_batch_size > 0
+        while (batch := queue.take()) is not None:
+            if batch:
+                self._run_batch(host, batch, batched)
+
+    def _run_batch(self, host: ModelHost, batch: list[Pending], batched: bool) -> None:
+        started = time.monotonic()
+        t0 = time.perf_counter_ns()
+        parts = {name: [item.inputs[name] for item in batch] for name in batch[0].inputs}
+        names = wanted_outputs(batch)
+        t1 = time.perf_counter_ns()
+        try:
+            outputs = host.infer(parts, names)
+            per_request = split_outputs(batch, outputs, batched)
+        except HostUnavailable as error:
+            self._fail(batch, Unavailable(f"{self.label}: {error}"))
+            return
+        except InferenceFailed as error:
+            self._fail(batch, Internal(f"{self.label}: {error}"))
+            return
+        except RuntimeFailure as error:
+            self._fail(batch, Internal(f"{self.label}: {error}"))
+            return
+        except TurnoutError as error:
+            self._fail(batch, error)
+            return
+        t2 = time.perf_counter_ns()
+        for item, outputs_of_item in zip(batch, per_request, strict=True):
+            item.dispatched_at = started
+            item.resolve(outputs_of_item)
+        t3 = time.perf_counter_ns()
+        queue_ns = sum(int((started - item.enqueued_at) * 1e9) for item in batch)
+        self.statistics.record_batch(len(batch), sum(i.rows for i in batch), queue_ns, t1 - t0, t2 - t1, t3 - t2)
+
+    @staticmethod
+    def _fail(batch: list[Pending], error: TurnoutError) -> None:
+        for item in batch:
+            item.resolve(None, error)

@@ -1,0 +1,1 @@
+"""The model registry: where model versions and their settings come from."""

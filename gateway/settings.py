@@ -1,0 +1,52 @@
+"""Gateway settings, parsed once at start-up and handed down.
+
+Sources, highest first: command-line flags, ``TURNOUT_*`` environment variables, an optional YAML
+config file (``--config``), then the defaults below.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+
+# Triton's server accepts messages up to INT32_MAX; 1 GiB is generous and keeps one request from
+# pinning unbounded memory. Operators can raise or lower it.
+DEFAULT_MAX_MESSAGE_BYTES = 1 << 30
+
+
+class Settings(BaseSettings):
+    """Everything ``turnout serve`` can be told."""
+
+    model_config = SettingsConfigDict(env_prefix="TURNOUT_", extra="forbid", frozen=True)
+
+    repository: Path = Path("models")
+    host: str = "0.0.0.0"
+    port: int = Field(8001, ge=0, le=65535)  # Triton's gRPC port, so Turnout is a drop-in
+    max_message_bytes: int = Field(DEFAULT_MAX_MESSAGE_BYTES, ge=1024, le=(1 << 31) - 1)
+    grpc_threads: int = Field(128, ge=1, le=4096)
+    worker_mode: Literal["process", "inprocess"] = "process"
+    intra_op_threads: int = Field(1, ge=0)
+    inter_op_threads: int = Field(1, ge=0)
+    poll_interval_s: float = Field(2.0, ge=0)  # 0 turns polling off
+    drain_timeout_s: float = Field(30.0, ge=0)
+    grace_period_s: float = Field(10.0, ge=0)
+    keepalive_time_s: float = Field(60.0, gt=0)
+    keepalive_timeout_s: float = Field(20.0, gt=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+def load_settings(config_file: Path | None, flags: dict[str, Any]) -> Settings:
+    """Merge the config file, the environment and the flags that were given (not None)."""
+    from_file: dict[str, Any] = {}
+    if config_file is not None:
+        loaded = yaml.safe_load(config_file.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{config_file}: expected a mapping of settings")
+        from_file = loaded
+    from_env = EnvSettingsSource(Settings)()
+    given = {key: value for key, value in flags.items() if value is not None}
+    return Settings(**{**from_file, **from_env, **given})

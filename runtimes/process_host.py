@@ -1,0 +1,190 @@
+"""A model host that runs the runtime in a worker process, and restarts that worker if it dies.
+
+A crash fails only the batch in flight (``HostUnavailable``); a watcher thread notices the exit,
+starts a new worker and reloads the model, and ``infer`` calls made meanwhile wait for it (up to
+``restart_wait_s``) instead of failing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import runtimes
+from runtimes.contract import (
+    Arrays,
+    ArtifactInvalid,
+    HostUnavailable,
+    InferenceFailed,
+    RuntimeFailure,
+    RuntimeOptions,
+    Signature,
+)
+from runtimes.ipc import ChannelClosed, Kind, channel_pair, recv_frame, send_frame
+
+log = logging.getLogger(__name__)
+
+_ERRORS: dict[str, type[RuntimeFailure]] = {
+    "ArtifactInvalid": ArtifactInvalid,
+    "InferenceFailed": InferenceFailed,
+}
+
+
+def _raise_from(meta: Mapping[str, Any]) -> None:
+    raise _ERRORS.get(str(meta.get("error")), RuntimeFailure)(str(meta.get("message", "worker failed")))
+
+
+class _Worker:
+    """One running worker process and our end of its socket."""
+
+    def __init__(self, label: str) -> None:
+        ours, theirs = channel_pair()
+        env = dict(os.environ)
+        # The worker imports `runtimes` from wherever this process found it, installed or not.
+        package_root = str(Path(runtimes.__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "runtimes.worker", "--fd", str(theirs.fileno())],
+            pass_fds=[theirs.fileno()],
+            env=env,
+        )
+        theirs.close()
+        self.sock = ours
+        self.label = label
+
+    def load(self, kind: str, artifact: Path, options: RuntimeOptions) -> Signature:
+        meta = {"runtime": kind, "artifact": str(artifact), "options": options.to_json()}
+        try:
+            send_frame(self.sock, Kind.LOAD, meta)
+            frame = recv_frame(self.sock)
+        except (OSError, ChannelClosed) as error:
+            raise ArtifactInvalid(f"worker exited while loading {artifact.name} ({self.exit_reason()})") from error
+        if frame.kind is Kind.ERROR:
+            _raise_from(frame.meta)
+        return Signature.from_json(frame.meta["signature"])
+
+    def infer(self, inputs: Mapping[str, Sequence[np.ndarray[Any, Any]]], output_names: Sequence[str]) -> Arrays:
+        send_frame(self.sock, Kind.INFER, {"outputs": list(output_names)}, inputs)
+        frame = recv_frame(self.sock)
+        if frame.kind is Kind.ERROR:
+            _raise_from(frame.meta)
+        return frame.tensors
+
+    def exit_reason(self) -> str:
+        try:
+            code: int | None = self.process.wait(0.5)  # a dead peer may not be reaped yet
+        except subprocess.TimeoutExpired:
+            code = None
+        if code is None:
+            return "still running"
+        return f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+
+    def stop(self, timeout_s: float) -> None:
+        try:
+            send_frame(self.sock, Kind.SHUTDOWN)
+        except OSError:
+            pass
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.sock.close()
+
+
+class WorkerProcessHost:
+    """Hosts one model in a worker process that is restarted when it dies."""
+
+    def __init__(
+        self,
+        kind: str,
+        artifact: Path,
+        options: RuntimeOptions,
+        *,
+        label: str = "",
+        restart_wait_s: float = 30.0,
+    ) -> None:
+        self._kind, self._artifact, self._options = kind, artifact, options
+        self._label = label or artifact.parent.name
+        self._restart_wait_s = restart_wait_s
+        self._call_lock = threading.Lock()  # one batch at a time through the socket
+        self._ready = threading.Event()
+        self._closing = False
+        self._worker: _Worker | None = None
+        self.restarts = 0
+        self.signature = self._start()
+
+    @property
+    def pid(self) -> int | None:
+        worker = self._worker
+        return worker.process.pid if worker else None
+
+    def _start(self) -> Signature:
+        worker = _Worker(self._label)
+        try:
+            signature = worker.load(self._kind, self._artifact, self._options)
+        except BaseException:
+            worker.stop(timeout_s=1.0)
+            raise
+        self._worker = worker
+        self._ready.set()
+        threading.Thread(target=self._watch, args=(worker,), name=f"watch-{self._label}", daemon=True).start()
+        return signature
+
+    def _watch(self, worker: _Worker) -> None:
+        worker.process.wait()
+        if self._closing or self._worker is not worker:
+            return
+        self._ready.clear()
+        self._worker = None
+        log.warning("worker for %s exited (%s); restarting", self._label, worker.exit_reason())
+        # Take the call lock so the socket is not closed under a batch still being read.
+        with self._call_lock:
+            worker.sock.close()
+        self._restart()
+
+    def _restart(self) -> None:
+        delay = 0.1
+        while not self._closing:
+            try:
+                self._start()
+            except RuntimeFailure as error:
+                log.error("restarting worker for %s failed: %s; retrying in %.1fs", self._label, error, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            else:
+                self.restarts += 1
+                log.warning("worker for %s is serving again (restart %d)", self._label, self.restarts)
+                return
+
+    def infer(self, inputs: Mapping[str, Sequence[np.ndarray[Any, Any]]], output_names: Sequence[str]) -> Arrays:
+        if not self._ready.wait(self._restart_wait_s):
+            raise HostUnavailable(f"worker for {self._label} is restarting")
+        with self._call_lock:
+            worker = self._worker
+            if worker is None:
+                raise HostUnavailable(f"worker for {self._label} is restarting")
+            try:
+                return worker.infer(inputs, output_names)
+            except (OSError, ChannelClosed):
+                raise HostUnavailable(
+                    f"worker process {worker.process.pid} for {self._label} died during the batch "
+                    f"({worker.exit_reason()}); it is being restarted"
+                ) from None
+
+    def close(self) -> None:
+        self._closing = True
+        self._ready.clear()
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            with self._call_lock:
+                worker.stop(timeout_s=5.0)
