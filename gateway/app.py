@@ -80,7 +80,8 @@ def serve(settings: Settings) -> int:
     stop = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
-        log.info("received %s; stopping", signal.Signals(signum).name)
+        if not stop.is_set():  # a supervisor may signal twice; one graceful stop is enough
+            log.info("received %s; stopping", signal.Signals(signum).name)
         stop.set()
 
     signal.signal(signal.SIGTERM, request_stop)

@@ -57,7 +57,9 @@ def _payload(array: np.ndarray[Any, Any]) -> tuple[str, memoryview | bytes]:
     datatype = datatype_of(array.dtype)
     if datatype == BYTES:
         return datatype, encode_bytes(array)
-    return datatype, memoryview(np.ascontiguousarray(array)).cast("B")
+    if array.size == 0:  # memoryview cannot cast a view with a zero in its shape
+        return datatype, b""
+    return datatype, np.ascontiguousarray(array).data.cast("B")
 
 
 def send_frame(

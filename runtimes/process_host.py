@@ -7,6 +7,7 @@ starts a new worker and reloads the model, and ``infer`` calls made meanwhile wa
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -56,6 +57,9 @@ class _Worker:
             [sys.executable, "-m", "runtimes.worker", "--fd", str(theirs.fileno())],
             pass_fds=[theirs.fileno()],
             env=env,
+            # A terminal's Ctrl-C or a group-wide SIGTERM must reach only the gateway, which then
+            # drains in-flight requests before stopping its workers itself.
+            start_new_session=True,
         )
         theirs.close()
         self.sock = ours
@@ -89,10 +93,8 @@ class _Worker:
         return f"killed by signal {-code}" if code < 0 else f"exit status {code}"
 
     def stop(self, timeout_s: float) -> None:
-        try:
+        with contextlib.suppress(OSError):  # it may be dead already
             send_frame(self.sock, Kind.SHUTDOWN)
-        except OSError:
-            pass
         try:
             self.process.wait(timeout_s)
         except subprocess.TimeoutExpired:
@@ -117,6 +119,7 @@ class WorkerProcessHost:
         self._label = label or artifact.parent.name
         self._restart_wait_s = restart_wait_s
         self._call_lock = threading.Lock()  # one batch at a time through the socket
+        self._life_lock = threading.Lock()  # orders close() against a restart in progress
         self._ready = threading.Event()
         self._closing = False
         self._worker: _Worker | None = None
@@ -135,7 +138,11 @@ class WorkerProcessHost:
         except BaseException:
             worker.stop(timeout_s=1.0)
             raise
-        self._worker = worker
+        with self._life_lock:
+            if self._closing:  # closed while this worker was loading: it must not outlive the host
+                worker.stop(timeout_s=1.0)
+                raise HostUnavailable(f"host for {self._label} is closed")
+            self._worker = worker
         self._ready.set()
         threading.Thread(target=self._watch, args=(worker,), name=f"watch-{self._label}", daemon=True).start()
         return signature
@@ -157,6 +164,8 @@ class WorkerProcessHost:
         while not self._closing:
             try:
                 self._start()
+            except HostUnavailable:
+                return
             except RuntimeFailure as error:
                 log.error("restarting worker for %s failed: %s; retrying in %.1fs", self._label, error, delay)
                 time.sleep(delay)
@@ -182,9 +191,10 @@ class WorkerProcessHost:
                 ) from None
 
     def close(self) -> None:
-        self._closing = True
-        self._ready.clear()
-        worker, self._worker = self._worker, None
+        with self._life_lock:
+            self._closing = True
+            self._ready.clear()
+            worker, self._worker = self._worker, None
         if worker is not None:
             with self._call_lock:
                 worker.stop(timeout_s=5.0)

@@ -7,6 +7,7 @@ with one end of a socket pair. It exits when the socket closes, so it never outl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import socket
 from pathlib import Path
 
@@ -20,7 +21,7 @@ def _serve(sock: socket.socket) -> None:
     while True:
         try:
             frame = recv_frame(sock)
-        except ChannelClosed:
+        except (ChannelClosed, ConnectionError):
             return
         if frame.kind is Kind.SHUTDOWN:
             return
@@ -50,7 +51,9 @@ def main() -> None:
     parser.add_argument("--fd", type=int, required=True, help="file descriptor of the gateway's socket")
     args = parser.parse_args()
     with socket.socket(fileno=args.fd) as sock:
-        _serve(sock)
+        # The gateway may go away mid-reply; there is nobody left to tell.
+        with contextlib.suppress(ConnectionError):
+            _serve(sock)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ STATUS_BY_ERROR: dict[type[TurnoutError], grpc.StatusCode] = {
 
 def status_of(error: TurnoutError) -> grpc.StatusCode:
     for kind in type(error).__mro__:
-        code = STATUS_BY_ERROR.get(kind)  # type: ignore[call-overload]
+        code = STATUS_BY_ERROR.get(kind)
         if code is not None:
             return code
     return grpc.StatusCode.UNKNOWN

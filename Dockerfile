@@ -1,0 +1,28 @@
+# Turnout gateway image: serves the bundled example repository unless another is mounted at /models.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /opt/turnout
+# Dependencies first, so a code change does not reinstall them.
+COPY pyproject.toml README.md ./
+COPY protos ./protos
+COPY gateway ./gateway
+COPY runtimes ./runtimes
+RUN pip install .
+
+COPY examples/models /models
+RUN useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin turnout
+USER turnout
+
+ENV TURNOUT_REPOSITORY=/models \
+    TURNOUT_HOST=0.0.0.0 \
+    TURNOUT_PORT=8001
+EXPOSE 8001
+STOPSIGNAL SIGTERM
+HEALTHCHECK --interval=10s --timeout=4s --start-period=20s --retries=3 \
+    CMD ["turnout", "health", "--server", "127.0.0.1:8001", "--timeout-s", "3"]
+ENTRYPOINT ["turnout", "serve"]

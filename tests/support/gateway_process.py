@@ -1,0 +1,133 @@
+"""Starts a real ``turnout serve`` in a child process on a free port, for integration tests.
+
+The gateway runs in its own interpreter because its generated ``inference`` messages and
+tritonclient's cannot share one protobuf descriptor pool; the tests talk to it as any client would.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+_READY_LINE = re.compile(r"^turnout: serving .* on (?P<host>[^\s]+):(?P<port>\d+)$")
+
+
+class GatewayFailedToStart(RuntimeError):
+    """The child exited or stayed silent before printing its serving line."""
+
+
+class GatewayProcess:
+    """One gateway child process; use as a context manager or call start()/stop()."""
+
+    def __init__(self, repository: Path, *flags: str, env: dict[str, str] | None = None) -> None:
+        self.repository = repository
+        self.flags = list(flags)
+        self.env = {**os.environ, **(env or {})}
+        self.process: subprocess.Popen[str] | None = None
+        self.port = 0
+        self._log = tempfile.NamedTemporaryFile("w+", prefix="turnout-", suffix=".log", delete=False)
+        self._lines: list[str] = []
+        self._reader: threading.Thread | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 60.0) -> GatewayProcess:
+        command = [
+            sys.executable, "-m", "gateway", "serve", "--repository", str(self.repository),
+            "--host", "127.0.0.1", "--port", "0", *self.flags,
+        ]
+        self.process = subprocess.Popen(
+            command, cwd=REPO_ROOT, env=self.env, stdout=subprocess.PIPE, stderr=self._log, text=True
+        )
+        ready = threading.Event()
+        self._reader = threading.Thread(target=self._read_stdout, args=(ready,), daemon=True)
+        self._reader.start()
+        deadline = time.monotonic() + timeout_s
+        while not ready.wait(0.05):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                raise GatewayFailedToStart(f"gateway did not start; its log:\n{self.log()}")
+        return self
+
+    def _read_stdout(self, ready: threading.Event) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        for line in self.process.stdout:
+            self._lines.append(line)
+            match = _READY_LINE.match(line.strip())
+            if match and not ready.is_set():
+                self.port = int(match["port"])
+                ready.set()
+
+    def log(self) -> str:
+        """Everything the gateway wrote to stderr (its log) so far."""
+        return Path(self._log.name).read_text()
+
+    def wait_for_log(self, text: str, timeout_s: float = 30.0) -> str:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if text in (log := self.log()):
+                return log
+            time.sleep(0.05)
+        raise AssertionError(f"{text!r} never appeared in the gateway log:\n{self.log()}")
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout_s: float = 30.0) -> int:
+        """Send ``sig`` and wait for the exit status."""
+        if self.process is None:
+            return 0
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+        finally:
+            self._close_files()
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._close_files()
+
+    def _close_files(self) -> None:
+        if self.process is not None and self.process.stdout is not None:
+            self.process.stdout.close()
+        self._log.close()
+
+    def __enter__(self) -> GatewayProcess:
+        return self.start()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.stop()
+        os.unlink(self._log.name)
+
+
+def worker_pids(gateway_pid: int) -> list[int]:
+    """PIDs of the runtime worker processes a gateway started (its children running runtimes.worker)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent == gateway_pid and b"runtimes.worker" in cmdline:
+            pids.append(int(entry.name))
+    return sorted(pids)
