@@ -1,0 +1,177 @@
+"""The embedded state store: SQLite in WAL mode, shared by every gateway process on one host.
+
+WAL lets every process read while one writes; a write transaction (``BEGIN IMMEDIATE``) makes the
+read-check-write of a policy change atomic across processes. Each thread gets its own connection,
+because a SQLite connection must not be used by two threads at once.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+from gateway.routing.policy import Policy, policy_from_dict, policy_to_dict
+from gateway.state.store import GenerationConflict, PolicyChange, ProcessReport, StoredPolicy
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO counters (name, value) VALUES ('generation', 0);
+CREATE TABLE IF NOT EXISTS policies (
+    model TEXT PRIMARY KEY,
+    policy TEXT NOT NULL,
+    generation INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS history (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    model TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    at REAL NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    before TEXT,
+    after TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS history_by_model ON history (model, id);
+CREATE TABLE IF NOT EXISTS processes (
+    process_id TEXT PRIMARY KEY,
+    pid INTEGER NOT NULL,
+    applied_generation INTEGER NOT NULL,
+    seen_at REAL NOT NULL
+);
+"""
+
+STATE_FILE = "turnout-state.sqlite3"
+
+
+def _encode(policy: Policy | None) -> str | None:
+    return None if policy is None else json.dumps(policy_to_dict(policy), sort_keys=True)
+
+
+def _decode(text: str | None) -> Policy | None:
+    return None if text is None else policy_from_dict(json.loads(text))
+
+
+class SqliteStateStore:
+    """:class:`gateway.state.store.StateStore` on a SQLite file under ``state_dir``."""
+
+    def __init__(self, state_dir: Path, busy_timeout_s: float = 10.0) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.path = state_dir / STATE_FILE
+        self._busy_timeout_s = busy_timeout_s
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        # Every statement is idempotent, so processes starting together may all run it.
+        self._connection().executescript(_SCHEMA)
+
+    def _connection(self) -> sqlite3.Connection:
+        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+        if connection is None:
+            # autocommit mode: transactions are begun explicitly where a write needs one.
+            connection = sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None)
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=FULL")  # an acknowledged policy change survives a power cut
+            self._local.connection = connection
+            with self._connections_lock:
+                self._connections.append(connection)
+        return connection
+
+    def _write(self) -> _WriteTransaction:
+        return _WriteTransaction(self._connection())
+
+    def generation(self) -> int:
+        row = self._connection().execute("SELECT value FROM counters WHERE name = 'generation'").fetchone()
+        return int(row[0])
+
+    def policies(self) -> dict[str, StoredPolicy]:
+        rows = self._connection().execute("SELECT model, policy, generation FROM policies").fetchall()
+        return {model: StoredPolicy(policy_from_dict(json.loads(text)), generation) for model, text, generation in rows}
+
+    def commit(
+        self, model: str, expected_generation: int | None, after: Policy, action: str, actor: str, reason: str
+    ) -> PolicyChange:
+        with self._write() as connection:
+            row = connection.execute("SELECT policy, generation FROM policies WHERE model = ?", (model,)).fetchone()
+            current_generation = None if row is None else int(row[1])
+            if current_generation != expected_generation:
+                raise GenerationConflict(
+                    f"policy of {model!r} is at generation {current_generation}, not {expected_generation}"
+                )
+            connection.execute("UPDATE counters SET value = value + 1 WHERE name = 'generation'")
+            generation = int(
+                connection.execute("SELECT value FROM counters WHERE name = 'generation'").fetchone()[0]
+            )
+            change = PolicyChange(
+                model, generation, time.time(), actor, action, reason, _decode(row[0] if row else None), after
+            )
+            connection.execute(
+                "INSERT INTO policies (model, policy, generation) VALUES (?, ?, ?) "
+                "ON CONFLICT (model) DO UPDATE SET policy = excluded.policy, generation = excluded.generation",
+                (model, _encode(after), generation),
+            )
+            connection.execute(
+                "INSERT INTO history (model, generation, at, actor, action, reason, before, after) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (model, generation, change.at, actor, action, reason, _encode(change.before), _encode(after)),
+            )
+        return change
+
+    def history(self, model: str, limit: int) -> list[PolicyChange]:
+        rows = self._connection().execute(
+            "SELECT model, generation, at, actor, action, reason, before, after FROM history "
+            "WHERE model = ? ORDER BY id DESC LIMIT ?",
+            (model, limit),
+        ).fetchall()
+        return [
+            PolicyChange(model_, generation, at, actor, action, reason, _decode(before), _require(_decode(after)))
+            for model_, generation, at, actor, action, reason, before, after in rows
+        ]
+
+    def report_applied(self, process_id: str, pid: int, generation: int) -> None:
+        with self._write() as connection:
+            connection.execute(
+                "INSERT INTO processes (process_id, pid, applied_generation, seen_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (process_id) DO UPDATE SET pid = excluded.pid, "
+                "applied_generation = excluded.applied_generation, seen_at = excluded.seen_at",
+                (process_id, pid, generation, time.time()),
+            )
+
+    def reports(self) -> list[ProcessReport]:
+        rows = self._connection().execute(
+            "SELECT process_id, pid, applied_generation, seen_at FROM processes ORDER BY process_id"
+        ).fetchall()
+        return [ProcessReport(*row) for row in rows]
+
+    def forget_process(self, process_id: str) -> None:
+        with self._write() as connection:
+            connection.execute("DELETE FROM processes WHERE process_id = ?", (process_id,))
+
+    def close(self) -> None:
+        with self._connections_lock:
+            for connection in self._connections:
+                connection.close()
+            self._connections.clear()
+
+
+def _require(policy: Policy | None) -> Policy:
+    if policy is None:
+        raise ValueError("history row without an 'after' policy")
+    return policy
+
+
+class _WriteTransaction:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``, or ``ROLLBACK`` on error: one writer at a time across processes."""
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._connection = connection
+
+    def __enter__(self) -> sqlite3.Connection:
+        self._connection.execute("BEGIN IMMEDIATE")
+        return self._connection
+
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        self._connection.execute("ROLLBACK" if kind is not None else "COMMIT")

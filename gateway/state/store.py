@@ -1,0 +1,78 @@
+"""The state store's interface: what the control plane and the routing watchers need from storage.
+
+SQLite under the state directory is the embedded implementation (one host, many processes); a
+shared store for several hosts (Redis, PostgreSQL) implements the same protocol.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from gateway.routing.policy import Policy
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPolicy:
+    policy: Policy
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyChange:
+    """One audit row: who changed which model's policy, when, why, from what to what."""
+
+    model: str
+    generation: int
+    at: float  # seconds since the epoch
+    actor: str
+    action: str
+    reason: str
+    before: Policy | None
+    after: Policy
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessReport:
+    """What one gateway process last said: the generation it serves, and when it said so."""
+
+    process_id: str
+    pid: int
+    applied_generation: int
+    seen_at: float
+
+
+class GenerationConflict(Exception):
+    """The policy changed between reading it and writing the change; read again and retry."""
+
+
+class StateStore(Protocol):
+    def generation(self) -> int:
+        """The newest generation of any policy; it only grows. Cheap: watchers poll it."""
+
+    def policies(self) -> dict[str, StoredPolicy]:
+        """Every model's policy in effect."""
+
+    def commit(
+        self, model: str, expected_generation: int | None, after: Policy, action: str, actor: str, reason: str
+    ) -> PolicyChange:
+        """Make ``after`` the model's policy and record it, atomically.
+
+        ``expected_generation`` is the generation the change was computed from (None: the model had
+        no policy); if another change landed since, nothing is written and
+        :class:`GenerationConflict` is raised.
+        """
+
+    def history(self, model: str, limit: int) -> list[PolicyChange]:
+        """The model's changes, newest first."""
+
+    def report_applied(self, process_id: str, pid: int, generation: int) -> None:
+        """Record that a gateway process now routes by ``generation`` (also its heartbeat)."""
+
+    def reports(self) -> list[ProcessReport]:
+        """The last report of every gateway process that has not said goodbye."""
+
+    def forget_process(self, process_id: str) -> None:
+        """A gateway process is stopping: stop waiting for it."""
+
+    def close(self) -> None: ...
