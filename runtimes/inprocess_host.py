@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from runtimes.catalog import open_runtime
-from runtimes.contract import Arrays, RuntimeOptions
+from runtimes.contract import Arrays, InferenceFailed, RuntimeFailure, RuntimeOptions
 
 
 def join_parts(parts: Sequence[np.ndarray[Any, Any]]) -> np.ndarray[Any, Any]:
@@ -28,7 +28,12 @@ class InProcessHost:
         self.signature = self._runtime.signature
 
     def infer(self, inputs: Mapping[str, Sequence[np.ndarray[Any, Any]]], output_names: Sequence[str]) -> Arrays:
-        return self._runtime.infer({name: join_parts(parts) for name, parts in inputs.items()}, output_names)
+        try:
+            return self._runtime.infer({name: join_parts(parts) for name, parts in inputs.items()}, output_names)
+        except RuntimeFailure:
+            raise
+        except Exception as error:  # as in a worker: a bug must fail one batch, not the model's dispatcher
+            raise InferenceFailed(f"{type(error).__name__}: {error}") from error
 
     def close(self) -> None:
         self._runtime.close()

@@ -87,7 +87,13 @@ class OnnxRuntime:
 
     def infer(self, inputs: Arrays, output_names: Sequence[str]) -> Arrays:
         names = list(output_names) or self._all_outputs
-        feed = {name: _to_ort(array) for name, array in inputs.items()}
+        try:
+            feed = {name: _to_ort(array) for name, array in inputs.items()}
+        except UnicodeDecodeError as error:
+            raise InferenceFailed(
+                f"a BYTES input holds an element that is not UTF-8 ({error}); "
+                "ONNX Runtime string tensors carry UTF-8 text only"
+            ) from None
         try:
             results = self._session.run(names, feed)
         except Exception as error:

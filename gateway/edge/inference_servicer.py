@@ -24,7 +24,7 @@ from gateway.edge.codec import (
 from gateway.edge.status import maps_errors
 from gateway.edge.wire import inference_pb2 as pb
 from gateway.edge.wire import inference_pb2_grpc as pb_grpc
-from gateway.errors import InvalidArgument, NotFound, TurnoutError
+from gateway.errors import InvalidArgument, NotFound, TurnoutError, Unavailable
 from gateway.inference_types import InferResponse
 from gateway.model_manager import ModelManager
 from gateway.model_version import ModelVersion, VersionState
@@ -34,6 +34,41 @@ SERVER_VERSION = "0.1.0"
 EXTENSIONS = ["model_repository", "model_configuration", "statistics", "binary_tensor_data", "health"]
 
 _END = object()
+_SHUTTING_DOWN = "the server is shutting down and accepts no new inference calls"
+
+
+class InferenceCalls:
+    """Counts inference calls in progress, so a graceful stop can refuse new ones and wait for the rest.
+
+    gRPC's own ``stop(grace)`` also waits for health Watch streams, which never end by themselves,
+    and refuses health Checks at once; counting here lets the server keep answering NOT_SERVING
+    while only the inference calls drain.
+    """
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._closed = False
+        self._idle = threading.Condition(threading.Lock())
+
+    def enter(self) -> bool:
+        """Count a call in; False once closing."""
+        with self._idle:
+            if self._closed:
+                return False
+            self._count += 1
+            return True
+
+    def leave(self) -> None:
+        with self._idle:
+            self._count -= 1
+            if self._count == 0:
+                self._idle.notify_all()
+
+    def close_and_wait(self, timeout_s: float) -> bool:
+        """Refuse new calls and wait up to ``timeout_s`` for those in progress; True when none is left."""
+        with self._idle:
+            self._closed = True
+            return self._idle.wait_for(lambda: self._count == 0, timeout=timeout_s)
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
@@ -41,6 +76,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         self._dataplane = dataplane
         self._manager = manager
         self._is_ready = is_ready
+        self.calls = InferenceCalls()
 
     # --- health and metadata ---------------------------------------------------------------
 
@@ -114,11 +150,24 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
 
     @maps_errors
     def ModelInfer(self, request: Any, context: grpc.ServicerContext) -> Any:
-        response = self._dataplane.infer(infer_request_from_proto(request), _timeout_s(context))
+        if not self.calls.enter():
+            raise Unavailable(_SHUTTING_DOWN)
+        try:
+            response = self._dataplane.infer(infer_request_from_proto(request), _timeout_s(context))
+        finally:
+            self.calls.leave()
         return infer_response_to_proto(response)
 
     def ModelStreamInfer(self, request_iterator: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
         """Answers each request on the stream as its batch completes; errors travel in-band."""
+        if not self.calls.enter():
+            context.abort(grpc.StatusCode.UNAVAILABLE, _SHUTTING_DOWN)
+        try:
+            yield from self._answer_stream(request_iterator, context)
+        finally:
+            self.calls.leave()
+
+    def _answer_stream(self, request_iterator: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
         answers: queue.SimpleQueue[Any] = queue.SimpleQueue()
         submitted = [0]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from concurrent import futures
 from typing import Any
 
@@ -15,6 +16,8 @@ from gateway.edge.wire import inference_pb2_grpc as pb_grpc
 from gateway.settings import Settings
 
 INFERENCE_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+# After the inference calls drain, what is left (health Watch streams, metadata calls) gets this long.
+_FINAL_GRACE_S = 0.5
 
 
 def server_options(settings: Settings) -> list[tuple[str, Any]]:
@@ -40,6 +43,7 @@ class GatewayServer:
             options=server_options(settings),
             maximum_concurrent_rpcs=None,
         )
+        self._servicer = servicer
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, self._server)
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
@@ -56,6 +60,13 @@ class GatewayServer:
             self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
     def stop(self, grace_s: float) -> None:
-        """Report NOT_SERVING, refuse new calls, give in-flight calls ``grace_s`` to finish."""
+        """Report NOT_SERVING, refuse new calls, give in-flight calls ``grace_s`` to finish.
+
+        Health Checks keep answering NOT_SERVING while inference calls drain; open Watch streams get
+        NOT_SERVING and are ended once the drain is over instead of holding the stop for ``grace_s``.
+        """
+        deadline = time.monotonic() + grace_s
         self._health.enter_graceful_shutdown()
-        self._server.stop(grace_s).wait()
+        self._servicer.calls.close_and_wait(grace_s)
+        remaining = max(deadline - time.monotonic(), 0.0)
+        self._server.stop(min(remaining, _FINAL_GRACE_S)).wait()

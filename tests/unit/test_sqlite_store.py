@@ -75,8 +75,9 @@ def _commit_many(state_dir: str, actor: str, count: int) -> int:
         for i in range(count):
             while True:
                 current = store.policies().get("digits")
+                expected = current.generation if current else None
                 try:
-                    store.commit("digits", current.generation if current else None, Policy(stable=i + 1), "set", actor, "")
+                    store.commit("digits", expected, Policy(stable=i + 1), "set", actor, "")
                     break
                 except GenerationConflict:
                     conflicts += 1
