@@ -63,6 +63,9 @@ class ModelManager:
         self._poll_interval_s = poll_interval_s
         self._drain_timeout_s = drain_timeout_s
         self._models: dict[str, ModelRecord] = {}
+        # Versions routing needs loaded whatever the version policy says (named by a policy, or
+        # inside the rollback window), per model.
+        self._kept: dict[str, frozenset[int]] = {}
         self._reconcile_lock = threading.RLock()
         self._stopping = threading.Event()
         self._poller: threading.Thread | None = None
@@ -125,7 +128,7 @@ class ModelManager:
             return
         record.settings, record.problem = entry.settings, ""
         present = {number for number, item in entry.versions.items() if item.artifact is not None}
-        wanted = entry.settings.version_policy.select(present)
+        wanted = entry.settings.version_policy.select(present) | (self._kept.get(record.name, frozenset()) & present)
         for number in sorted(wanted):
             current = record.versions.get(number)
             item = entry.versions[number]
@@ -178,6 +181,33 @@ class ModelManager:
                 reasons = "; ".join(f"version {n}: {v.reason}" for n, v in sorted(record.versions.items()))
                 raise FailedPrecondition(f"model {name!r} has no version that loads ({reasons or 'no versions'})")
 
+    def keep_loaded(self, name: str, versions: frozenset[int]) -> None:
+        """Keep these versions of a model loaded (routing needs them) beyond what its version policy wants."""
+        self._kept[name] = versions
+
+    def ensure_ready(self, name: str, version: int) -> None:
+        """Load one version now if it is in the repository but not loaded; raise unless it ends READY.
+
+        NotFound when the repository has no such version, FailedPrecondition when it fails to load.
+        """
+        with self._reconcile_lock:
+            record = self._models.get(name)
+            found = record.versions.get(version) if record is not None else None
+            if found is not None and found.state is VersionState.READY:
+                return
+            if record is not None and record.explicitly_unloaded:
+                raise FailedPrecondition(f"model {name!r} was unloaded; load it before routing to it")
+            entry = self._repository.scan_model(name)
+            if entry is None or version not in entry.versions:
+                known = sorted(entry.versions) if entry is not None else []
+                raise NotFound(f"model {name!r} has no version {version} in the repository (present: {known})")
+            self._kept[name] = self._kept.get(name, frozenset()) | {version}
+            self._reconcile(name)
+            found = self._models[name].versions.get(version)
+            if found is None or found.state is not VersionState.READY:
+                why = (found.reason if found is not None else "") or self._models[name].problem or "unknown reason"
+                raise FailedPrecondition(f"version {version} of model {name!r} cannot serve: {why}")
+
     def unload_model(self, name: str) -> None:
         """Unload every version of a model and keep it unloaded until load_model."""
         with self._reconcile_lock:
@@ -202,6 +232,8 @@ class ModelManager:
 
     def _resolve(self, name: str, version: str) -> ModelVersion:
         record = self._models.get(name)
+        if record is not None and not record.versions and record.problem:
+            raise Unavailable(f"model {name!r} is not available: {record.problem}")
         if record is None or not record.versions:
             raise NotFound(f"unknown model {name!r}")
         if not version:
@@ -249,6 +281,9 @@ class ModelManager:
     def index(self) -> list[IndexEntry]:
         entries = []
         for name, record in sorted(self._models.items()):
+            if not record.versions and record.problem:
+                # Nothing loaded (e.g. model.yaml is invalid): still list the model, with why.
+                entries.append(IndexEntry(name, "", VersionState.UNAVAILABLE.value, record.problem))
             for number, version in sorted(record.versions.items()):
                 reason = version.reason or (record.problem if version.state is not VersionState.READY else "")
                 entries.append(IndexEntry(name, str(number), version.state.value, reason))

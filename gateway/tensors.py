@@ -71,7 +71,9 @@ def tensor_from_values(name: str, datatype: str, shape: Sequence[int], values: S
         data = np.empty(count, dtype=np.object_)
         data[:] = list(values)
     else:
-        data = np.asarray(values).astype(dtype, copy=False)
+        # Convert straight to the target dtype: going through numpy's own guess turns UINT64 values
+        # above 2**63 into float64 (losing their low bits), and would wrap out-of-range ints silently.
+        data = np.asarray(values, dtype=dtype)
     return Tensor(name, datatype, data.reshape(shape))
 
 

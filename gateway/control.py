@@ -1,0 +1,223 @@
+"""The rollout use cases: read and change a model's routing policy, promote, roll back, audit.
+
+A change is checked (well formed; every version it names READY here, loading a present but
+unloaded one first), written to the state store atomically with its audit row, applied in this
+process at once, and then waited on until every live gateway process reports the new generation.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from gateway.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from gateway.model_manager import ModelManager
+from gateway.model_version import VersionState
+from gateway.policy_sync import PolicySync
+from gateway.routing.policy import Canary, Policy, PolicyInvalid, Shadow, checked, weight_bp_from_percent
+from gateway.routing.table import RoutingTableHolder
+from gateway.shadow import ShadowFigures, ShadowMirror
+from gateway.state.store import GenerationConflict, PolicyChange, StateStore
+
+_Compute = Callable[[Policy], Policy]  # a change, as a function of the policy it applies to
+
+_CONFLICT_RETRIES = 5
+_DEFAULT_HISTORY = 100
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyView:
+    model: str
+    policy: Policy
+    generation: int
+    explicit: bool  # False: no policy was ever set and the highest READY version serves
+    applied_by: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class VersionView:
+    version: int
+    state: str
+    reason: str
+    sha256: str
+    role: str
+
+
+class Rollouts:
+    def __init__(
+        self,
+        store: StateStore,
+        holder: RoutingTableHolder,
+        manager: ModelManager,
+        sync: PolicySync,
+        shadows: ShadowMirror,
+        *,
+        apply_timeout_s: float,
+        liveness_s: float,
+    ) -> None:
+        self._store = store
+        self._holder = holder
+        self._manager = manager
+        self._sync = sync
+        self._shadows = shadows
+        self._apply_timeout_s = apply_timeout_s
+        self._liveness_s = liveness_s
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def policy(self, model: str) -> PolicyView:
+        route = self._holder.current.routes.get(model)
+        if route is not None:
+            return PolicyView(model, route.policy, route.generation, True)
+        record = self._manager.record(model)
+        if record.default is None:
+            raise Unavailable(f"model {model!r} has no READY version and no policy")
+        return PolicyView(model, Policy(stable=record.default.version), 0, False)
+
+    def history(self, model: str, limit: int) -> list[PolicyChange]:
+        return self._store.history(model, limit or _DEFAULT_HISTORY)
+
+    def versions(self, model: str) -> tuple[PolicyView | None, list[VersionView]]:
+        record = self._manager.record(model)
+        try:
+            view: PolicyView | None = self.policy(model)
+        except Unavailable:
+            view = None
+        roles = _roles(view.policy) if view is not None else {}
+        listed = [
+            VersionView(number, version.state.value, version.reason, version.sha256, roles.get(number, ""))
+            for number, version in sorted(record.versions.items())
+        ]
+        return view, listed
+
+    def shadow_figures(self, model: str) -> list[ShadowFigures]:
+        self._manager.record(model)  # NOT_FOUND for a model we do not know
+        return self._shadows.figures_of(model)
+
+    # --- changing --------------------------------------------------------------------------
+
+    def set_policy(self, model: str, policy: Policy, actor: str, reason: str) -> PolicyView:
+        return self._change(model, "set-policy", actor, reason, lambda _: policy)
+
+    def set_canary(
+        self, model: str, version: int, weight_percent: float, sticky_key: str, actor: str, reason: str
+    ) -> PolicyView:
+        weight_bp = _weight(weight_percent)
+
+        def with_canary(current: Policy) -> Policy:
+            shadows = tuple(s for s in current.shadows if s.version != version)
+            return replace(
+                current, canary=Canary(version, weight_bp), shadows=shadows, sticky_key=sticky_key or current.sticky_key
+            )
+
+        return self._change(model, "set-canary", actor, reason, with_canary)
+
+    def clear_canary(self, model: str, actor: str, reason: str) -> PolicyView:
+        return self._change(model, "clear-canary", actor, reason, lambda current: replace(current, canary=None))
+
+    def set_shadow(self, model: str, version: int, fraction: float, actor: str, reason: str) -> PolicyView:
+        def with_shadow(current: Policy) -> Policy:
+            others = tuple(s for s in current.shadows if s.version != version)
+            return replace(current, shadows=others + ((Shadow(version, fraction),) if fraction else ()))
+
+        return self._change(model, "set-shadow", actor, reason, with_shadow)
+
+    def promote(self, model: str, actor: str, reason: str) -> PolicyView:
+        def promoted(current: Policy) -> Policy:
+            if current.canary is None:
+                raise FailedPrecondition(f"model {model!r} has no canary to promote (stable is {current.stable})")
+            shadows = tuple(s for s in current.shadows if s.version != current.canary.version)
+            return replace(current, stable=current.canary.version, canary=None, shadows=shadows)
+
+        return self._change(model, "promote", actor, reason, promoted)
+
+    def rollback(self, model: str, actor: str, reason: str) -> PolicyView:
+        """Clear the canary and shadows; with none, undo the last promotion. Never loads a model."""
+
+        def rolled_back(current: Policy) -> Policy:
+            if current.canary is not None or current.shadows:
+                return current.without_trials()
+            for change in self._store.history(model, _DEFAULT_HISTORY):
+                before = change.before
+                if change.after.stable == current.stable and before is not None and before.stable != current.stable:
+                    return replace(current.without_trials(), stable=before.stable)
+            raise FailedPrecondition(
+                f"nothing to roll back for model {model!r}: no canary, no shadows, and no earlier stable version"
+            )
+
+        return self._change(model, "rollback", actor, reason, rolled_back, may_load=False)
+
+    def _change(
+        self,
+        model: str,
+        action: str,
+        actor: str,
+        reason: str,
+        compute: _Compute,
+        *,
+        may_load: bool = True,
+    ) -> PolicyView:
+        self._manager.record(model)  # NOT_FOUND for a model the registry does not know
+        for _ in range(_CONFLICT_RETRIES):
+            stored = self._store.policies().get(model)
+            current = stored.policy if stored is not None else self.policy(model).policy
+            try:
+                after = checked(compute(current))
+            except PolicyInvalid as error:
+                raise InvalidArgument(f"policy for model {model!r} is malformed: {error}") from None
+            self._require_ready(model, after, may_load)
+            try:
+                change = self._store.commit(
+                    model, stored.generation if stored else None, after, action, actor or "unknown", reason
+                )
+            except GenerationConflict:
+                continue  # another process changed it meanwhile: recompute from the new policy
+            return self._wait_applied(model, change)
+        raise Unavailable(f"policy of model {model!r} kept changing under this {action}; retry")
+
+    def _require_ready(self, model: str, policy: Policy, may_load: bool) -> None:
+        record = self._manager.record(model)
+        for number in sorted(policy.versions()):
+            found = record.versions.get(number)
+            if found is not None and found.state is VersionState.READY:
+                continue
+            if not may_load:
+                state = found.state.value if found is not None else "not in the registry"
+                raise FailedPrecondition(
+                    f"version {number} of model {model!r} is {state}; rollback only returns to a loaded version"
+                )
+            try:
+                self._manager.ensure_ready(model, number)
+            except NotFound as error:
+                raise FailedPrecondition(f"policy names a version that does not exist: {error}") from None
+
+    def _wait_applied(self, model: str, change: PolicyChange) -> PolicyView:
+        self._sync.sync_now()
+        deadline = time.monotonic() + self._apply_timeout_s
+        while True:
+            live = [r for r in self._store.reports() if r.seen_at >= time.time() - self._liveness_s]
+            behind = [r.process_id for r in live if r.applied_generation < change.generation]
+            if not behind:
+                applied = tuple(r.process_id for r in live)
+                return PolicyView(model, change.after, change.generation, True, applied)
+            if time.monotonic() >= deadline:
+                raise DeadlineExceeded(
+                    f"generation {change.generation} is committed but not yet applied by {', '.join(behind)}"
+                )
+            time.sleep(0.005)
+
+
+def _weight(weight_percent: float) -> int:
+    try:
+        return weight_bp_from_percent(weight_percent)
+    except PolicyInvalid as error:
+        raise InvalidArgument(str(error)) from None
+
+
+def _roles(policy: Policy) -> dict[int, str]:
+    roles = {shadow.version: "shadow" for shadow in policy.shadows}
+    if policy.canary is not None:
+        roles[policy.canary.version] = "canary"
+    roles[policy.stable] = "stable"
+    return roles

@@ -1,0 +1,94 @@
+"""``turnout.v1.Rollouts``: the control plane's gRPC face; every call is one use case of :mod:`gateway.control`."""
+
+from __future__ import annotations
+
+import grpc
+
+from gateway.control import Rollouts
+from gateway.edge.rollouts_codec import (
+    history_to_proto,
+    policy_from_proto,
+    policy_state_to_proto,
+    shadow_figures_to_proto,
+    versions_to_proto,
+)
+from gateway.edge.status import maps_errors
+from gateway.edge.wire.turnout.v1 import rollouts_pb2 as pb
+from gateway.edge.wire.turnout.v1 import rollouts_pb2_grpc as pb_grpc
+from gateway.errors import InvalidArgument
+
+ACTOR_METADATA = "turnout-actor"
+
+
+def _actor(context: grpc.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == ACTOR_METADATA and isinstance(value, str):
+            return value
+    return "unknown"
+
+
+def _model(name: str) -> str:
+    if not name:
+        raise InvalidArgument("model is required")
+    return name
+
+
+class RolloutsServicer(pb_grpc.RolloutsServicer):  # type: ignore[misc]
+    def __init__(self, rollouts: Rollouts) -> None:
+        self._rollouts = rollouts
+
+    @maps_errors
+    def GetPolicy(self, request: pb.GetPolicyRequest, context: grpc.ServicerContext) -> pb.PolicyState:
+        return policy_state_to_proto(self._rollouts.policy(_model(request.model)))
+
+    @maps_errors
+    def SetPolicy(self, request: pb.SetPolicyRequest, context: grpc.ServicerContext) -> pb.PolicyState:
+        if not request.HasField("policy"):
+            raise InvalidArgument("policy is required")
+        view = self._rollouts.set_policy(
+            _model(request.model), policy_from_proto(request.policy), _actor(context), request.reason
+        )
+        return policy_state_to_proto(view)
+
+    @maps_errors
+    def SetCanary(self, request: pb.SetCanaryRequest, context: grpc.ServicerContext) -> pb.PolicyState:
+        model, actor = _model(request.model), _actor(context)
+        if request.clear:
+            return policy_state_to_proto(self._rollouts.clear_canary(model, actor, request.reason))
+        view = self._rollouts.set_canary(
+            model, request.version, request.weight_percent, request.sticky_key, actor, request.reason
+        )
+        return policy_state_to_proto(view)
+
+    @maps_errors
+    def SetShadow(self, request: pb.SetShadowRequest, context: grpc.ServicerContext) -> pb.PolicyState:
+        view = self._rollouts.set_shadow(
+            _model(request.model), request.version, request.fraction, _actor(context), request.reason
+        )
+        return policy_state_to_proto(view)
+
+    @maps_errors
+    def Promote(self, request: pb.PromoteRequest, context: grpc.ServicerContext) -> pb.PolicyState:
+        return policy_state_to_proto(self._rollouts.promote(_model(request.model), _actor(context), request.reason))
+
+    @maps_errors
+    def Rollback(self, request: pb.RollbackRequest, context: grpc.ServicerContext) -> pb.PolicyState:
+        return policy_state_to_proto(self._rollouts.rollback(_model(request.model), _actor(context), request.reason))
+
+    @maps_errors
+    def History(self, request: pb.HistoryRequest, context: grpc.ServicerContext) -> pb.HistoryResponse:
+        model = _model(request.model)
+        return history_to_proto(model, self._rollouts.history(model, request.limit))
+
+    @maps_errors
+    def ListVersions(self, request: pb.ListVersionsRequest, context: grpc.ServicerContext) -> pb.ListVersionsResponse:
+        model = _model(request.model)
+        view, versions = self._rollouts.versions(model)
+        return versions_to_proto(model, view, versions)
+
+    @maps_errors
+    def GetShadowComparison(
+        self, request: pb.ShadowComparisonRequest, context: grpc.ServicerContext
+    ) -> pb.ShadowComparisonResponse:
+        model = _model(request.model)
+        return shadow_figures_to_proto(model, self._rollouts.shadow_figures(model))

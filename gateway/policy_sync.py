@@ -1,0 +1,118 @@
+"""Keeps this process's routing table in step with the state store, and says which generation it serves.
+
+Every gateway process runs one. It polls the store's generation (a single-row read), and when it
+grows, makes sure every version the new policies name is loaded here, swaps in the new routing
+table and reports the generation back, which is what a policy change waits for. It also tells the
+model manager which versions to keep loaded whatever the version policy says: the ones policies
+name, and the stable versions of the rollback window.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from types import MappingProxyType
+
+from gateway.errors import TurnoutError
+from gateway.model_manager import ModelManager
+from gateway.routing.table import ModelRoute, RoutingTable, RoutingTableHolder
+from gateway.state.store import StateStore, StoredPolicy
+
+log = logging.getLogger(__name__)
+
+
+class PolicySync:
+    def __init__(
+        self,
+        store: StateStore,
+        holder: RoutingTableHolder,
+        manager: ModelManager,
+        *,
+        poll_interval_s: float,
+        heartbeat_interval_s: float,
+        rollback_window_s: float,
+    ) -> None:
+        self._store = store
+        self._holder = holder
+        self._manager = manager
+        self._poll_interval_s = poll_interval_s
+        self._heartbeat_interval_s = heartbeat_interval_s
+        self._rollback_window_s = rollback_window_s
+        self.process_id = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self._sync_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def applied_generation(self) -> int:
+        return self._holder.current.generation
+
+    def start(self) -> None:
+        self.sync_now()
+        self._thread = threading.Thread(target=self._run, name="policy-sync", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        try:
+            self._store.forget_process(self.process_id)
+        except Exception:  # the store may be gone at shutdown; nobody waits for us any more anyway
+            log.exception("could not deregister %s from the state store", self.process_id)
+
+    def _run(self) -> None:
+        next_heartbeat = 0.0
+        while not self._stopping.wait(self._poll_interval_s):
+            try:
+                changed = self.sync_now()
+                if changed or time.monotonic() >= next_heartbeat:
+                    if not changed:
+                        self._keep_needed_versions(self._store.policies())
+                        self._report()
+                    next_heartbeat = time.monotonic() + self._heartbeat_interval_s
+            except Exception:  # a failed pass must not end the sync; the next one retries
+                log.exception("policy sync failed")
+
+    def sync_now(self) -> bool:
+        """Apply the store's newest generation if it is newer than ours; True when it was."""
+        with self._sync_lock:
+            generation = self._store.generation()
+            if generation <= self._holder.current.generation and self._thread is not None:
+                return False
+            policies = self._store.policies()
+            self._keep_needed_versions(policies)
+            self._load_named_versions(policies)
+            routes = {model: ModelRoute(stored.policy, stored.generation) for model, stored in policies.items()}
+            self._holder.swap(RoutingTable(generation, MappingProxyType(routes)))
+            self._report()
+            if generation:
+                log.info("routing by policy generation %d", generation)
+            return True
+
+    def _report(self) -> None:
+        self._store.report_applied(self.process_id, os.getpid(), self._holder.current.generation)
+
+    def _keep_needed_versions(self, policies: dict[str, StoredPolicy]) -> None:
+        since = time.time() - self._rollback_window_s
+        for model, stored in policies.items():
+            needed = set(stored.policy.versions())
+            for change in self._store.history(model, 20):
+                if change.at < since:
+                    break
+                if change.before is not None:
+                    needed.add(change.before.stable)  # a rollback must never have to load it
+            self._manager.keep_loaded(model, frozenset(needed))
+
+    def _load_named_versions(self, policies: dict[str, StoredPolicy]) -> None:
+        # The process that accepted the change loaded them already; the others catch up here, before
+        # they report the generation as applied.
+        for model, stored in policies.items():
+            for version in sorted(stored.policy.versions()):
+                try:
+                    self._manager.ensure_ready(model, version)
+                except TurnoutError as error:
+                    log.error("policy of %r names version %d, which cannot serve here: %s", model, version, error)
