@@ -1,12 +1,15 @@
 """A dependency-free runtime that answers each input with itself: a yardstick for the transport.
 
 Its artifact is a JSON file (``model.echo.json``) declaring the inputs; every output mirrors the
-input of the same name, so a request's bytes come back untouched.
+input of the same name, so a request's bytes come back untouched. Two optional keys make it a
+stand-in for a misbehaving model in tests and benchmarks: ``delay_ms`` (sleep per batch) and
+``fail`` (a message every inference fails with).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,11 +25,17 @@ class EchoRuntime:
         try:
             declared = json.loads(artifact.read_text())
             inputs = tuple(TensorSpec.from_json(item) for item in declared["inputs"])
+            self._delay_s = float(declared.get("delay_ms", 0)) / 1000
+            self._failure = str(declared["fail"]) if "fail" in declared else None
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise ArtifactInvalid(f"{artifact.name} is not a valid echo declaration: {error}") from error
         self.signature = Signature(inputs, inputs, PLATFORM)
 
     def infer(self, inputs: Arrays, output_names: Sequence[str]) -> Arrays:
+        if self._delay_s:
+            time.sleep(self._delay_s)
+        if self._failure is not None:
+            raise InferenceFailed(self._failure)
         names = list(output_names) or [spec.name for spec in self.signature.outputs]
         try:
             return {name: inputs[name] for name in names}

@@ -50,10 +50,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--fd", type=int, required=True, help="file descriptor of the gateway's socket")
     args = parser.parse_args()
-    with socket.socket(fileno=args.fd) as sock:
-        # The gateway may go away mid-reply; there is nobody left to tell.
-        with contextlib.suppress(ConnectionError):
-            _serve(sock)
+    # The gateway may go away mid-reply; there is nobody left to tell.
+    with socket.socket(fileno=args.fd) as sock, contextlib.suppress(ConnectionError):
+        _serve(sock)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,8 @@ class GatewayProcess:
         self.env = {**os.environ, **(env or {})}
         self.process: subprocess.Popen[str] | None = None
         self.port = 0
-        self._log = tempfile.NamedTemporaryFile("w+", prefix="turnout-", suffix=".log", delete=False)
+        # Closed in stop()/kill(); its name outlives it so the log can be read after the process ends.
+        self._log = tempfile.NamedTemporaryFile("w+", prefix="turnout-", suffix=".log", delete=False)  # noqa: SIM115
         self._lines: list[str] = []
         self._reader: threading.Thread | None = None
 

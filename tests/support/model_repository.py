@@ -61,3 +61,54 @@ def copy_digits(repository: Path, versions: tuple[int, ...] = (1, 2), model_yaml
         shutil.copytree(source / str(version), target / str(version))
     (target / "model.yaml").write_text(model_yaml if model_yaml is not None else (source / "model.yaml").read_text())
     return target
+
+
+def slow_model(size: int = 256) -> onnx.ModelProto:
+    """A model whose run time the request picks: ``x`` FP32 [-1, 1] -> ``y`` = ``x``.
+
+    Before answering it runs max(x) rounds of a [size, size] MatMul (about 1 ms each here), so
+    tests can hold requests in flight for as long as they need without sleeping in the server.
+    """
+    round_body = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["a_in", "a_in"], ["product"]),
+            helper.make_node("Tanh", ["product"], ["a_out"]),  # keeps the values finite
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+        ],
+        "round",
+        [
+            helper.make_tensor_value_info("round", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("a_in", TensorProto.FLOAT, [size, size]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("a_out", TensorProto.FLOAT, [size, size]),
+        ],
+    )
+    start_value = helper.make_tensor("start_value", TensorProto.FLOAT, [1], [0.01])
+    nodes = [
+        helper.make_node("ReduceMax", ["x"], ["most"], keepdims=0),
+        helper.make_node("Cast", ["most"], ["rounds"], to=TensorProto.INT64),
+        helper.make_node("ConstantOfShape", ["square"], ["start"], value=start_value),
+        helper.make_node("Loop", ["rounds", "keep_going", "start"], ["end"], body=round_body),
+        # Tie the loop to the output so no optimizer may drop it; adds zero.
+        helper.make_node("ReduceSum", ["end"], ["total"], keepdims=0),
+        helper.make_node("Mul", ["total", "zero"], ["nothing"]),
+        helper.make_node("Add", ["x", "nothing"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "slow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])],
+        initializer=[
+            helper.make_tensor("square", TensorProto.INT64, [2], [size, size]),
+            helper.make_tensor("keep_going", TensorProto.BOOL, [], [True]),
+            helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model

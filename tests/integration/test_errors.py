@@ -1,0 +1,426 @@
+"""Every error a caller or a bad repository can cause: its gRPC status, a message naming the problem,
+and a gateway that still serves a good request right after.
+
+One gateway serves a repository holding the good digits model next to deliberately broken ones; the
+size-limit test starts its own gateway with a small ``--max-message-bytes``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+import pytest
+import tritonclient.grpc as triton
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.utils import InferenceServerException
+
+from tests.support.gateway_process import GatewayProcess
+from tests.support.model_repository import EXAMPLES, copy_digits, identity_model, save_version, slow_model
+
+Pixels = npt.NDArray[np.float32]
+
+MODEL = "digits"
+TIMEOUT_S = 20.0
+# digits version 1 good, version 2 random bytes: one version fails, the other serves.
+BROKEN = "broken"
+# Only a corrupted artifact.
+CORRUPT = "corrupt"
+# An artifact whose input is `x` FP32 [-1, 4] while model.yaml declares `input` FP32 [64].
+MISMATCH = "mismatch"
+# A model.yaml that is not YAML.
+BAD_YAML = "bad_yaml"
+# A copy of digits version 1 that a test unloads and loads again.
+SPARE = "spare"
+# The slow model with room for one queued request.
+SLOW = "slow"
+SLOW_ROUNDS = 400  # about 0.4 s of MatMuls per batch here; longer on a busy machine
+
+DIGITS_YAML = (EXAMPLES / "digits" / "model.yaml").read_text()
+MISMATCH_YAML = """
+max_batch_size: 8
+inputs:
+  - {name: input, datatype: FP32, dims: [64]}
+"""
+SLOW_YAML = """
+max_batch_size: 8
+dynamic_batching:
+  max_queue_delay_microseconds: 0
+  max_queue_size: 1
+"""
+
+
+def _build_repository(root: Path) -> Path:
+    copy_digits(root)
+    shutil.copytree(EXAMPLES / "digits", root / BROKEN)
+    (root / BROKEN / "2" / "model.onnx").write_bytes(np.random.default_rng(2).bytes(4096))
+    corrupt = root / CORRUPT / "1"
+    corrupt.mkdir(parents=True)
+    (corrupt / "model.onnx").write_bytes(np.random.default_rng(1).bytes(4096))
+    save_version(root, MISMATCH, 1, identity_model("FP32"))
+    (root / MISMATCH / "model.yaml").write_text(MISMATCH_YAML)
+    shutil.copytree(EXAMPLES / "digits" / "1", root / BAD_YAML / "1")
+    (root / BAD_YAML / "model.yaml").write_text("max_batch_size: [64\ndynamic_batching: {")
+    shutil.copytree(EXAMPLES / "digits" / "1", root / SPARE / "1")
+    (root / SPARE / "model.yaml").write_text(DIGITS_YAML)
+    save_version(root, SLOW, 1, slow_model())
+    (root / SLOW / "model.yaml").write_text(SLOW_YAML)
+    return root
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    repository = _build_repository(tmp_path_factory.mktemp("errors"))
+    with GatewayProcess(repository, "--poll-interval-s", "0") as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(gateway: GatewayProcess) -> Iterator[triton.InferenceServerClient]:
+    with triton.InferenceServerClient(gateway.address) as connected:
+        yield connected
+
+
+@pytest.fixture(scope="module")
+def stub(gateway: GatewayProcess) -> Iterator[service_pb2_grpc.GRPCInferenceServiceStub]:
+    """The raw protocol, for requests tritonclient refuses to build."""
+    with grpc.insecure_channel(gateway.address) as channel:
+        yield service_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def tensor(name: str, array: np.ndarray[Any, Any], datatype: str) -> triton.InferInput:
+    item = triton.InferInput(name, list(array.shape), datatype)
+    item.set_data_from_numpy(array)
+    return item
+
+
+def expect_error(code: grpc.StatusCode, call: Callable[[], object], *fragments: str) -> str:
+    """Run ``call``, which must fail with ``code`` and a message holding every fragment; the message."""
+    with pytest.raises(InferenceServerException) as raised:
+        call()
+    message = str(raised.value.message())
+    assert raised.value.status() == str(code), message
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+    return message
+
+
+def expect_raw_error(code: grpc.StatusCode, call: Callable[[], object], *fragments: str) -> str:
+    """As expect_error, for a call on the raw stub."""
+    with pytest.raises(grpc.RpcError) as raised:
+        call()
+    error: Any = raised.value
+    message = str(error.details())
+    assert error.code() == code, message
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+    return message
+
+
+def assert_serves(client: triton.InferenceServerClient, pixels: Pixels, model: str = MODEL) -> None:
+    """A good request right after an error: the digits answer for real rows."""
+    rows = pixels[:3]
+    result = client.infer(model, [tensor("input", rows, "FP32")], client_timeout=TIMEOUT_S)
+    probabilities = result.as_numpy("probabilities")
+    assert probabilities is not None and probabilities.shape == (3, 10)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-4)
+    labels = result.as_numpy("label")
+    assert labels is not None and labels.shape == (3,) and set(labels.tolist()) <= set(range(10))
+
+
+def raw_request(model: str = MODEL, **fields: Any) -> Any:
+    return service_pb2.ModelInferRequest(model_name=model, **fields)
+
+
+def raw_input(name: str, shape: Sequence[int], datatype: str = "FP32", **fields: Any) -> Any:
+    return service_pb2.ModelInferRequest.InferInputTensor(name=name, datatype=datatype, shape=shape, **fields)
+
+
+def index_by_version(client: triton.InferenceServerClient, model: str) -> dict[str, Any]:
+    index = client.get_model_repository_index()
+    return {entry.version: entry for entry in index.models if entry.name == model}
+
+
+# --- unknown model or version, version not ready ---------------------------------------------------
+
+
+def test_unknown_model_is_not_found(client: triton.InferenceServerClient, digits_pixels: Pixels) -> None:
+    expect_error(
+        grpc.StatusCode.NOT_FOUND,
+        lambda: client.infer("no_such_model", [tensor("input", digits_pixels[:1], "FP32")]),
+        "'no_such_model'",
+    )
+    assert_serves(client, digits_pixels)
+
+
+def test_unknown_version_is_not_found(client: triton.InferenceServerClient, digits_pixels: Pixels) -> None:
+    expect_error(
+        grpc.StatusCode.NOT_FOUND,
+        lambda: client.infer(MODEL, [tensor("input", digits_pixels[:1], "FP32")], model_version="9"),
+        "no version 9",
+        "[1, 2]",
+    )
+    assert_serves(client, digits_pixels)
+
+
+def test_version_that_is_not_a_number_is_invalid(client: triton.InferenceServerClient, digits_pixels: Pixels) -> None:
+    expect_error(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        lambda: client.infer(MODEL, [tensor("input", digits_pixels[:1], "FP32")], model_version="latest"),
+        "'latest'",
+        "positive integer",
+    )
+    assert_serves(client, digits_pixels)
+
+
+def test_failed_version_is_unavailable_with_its_reason(
+    client: triton.InferenceServerClient, digits_pixels: Pixels
+) -> None:
+    expect_error(
+        grpc.StatusCode.UNAVAILABLE,
+        lambda: client.infer(BROKEN, [tensor("input", digits_pixels[:1], "FP32")], model_version="2"),
+        "version 2",
+        "UNAVAILABLE",
+        "not a loadable ONNX model",
+    )
+    # The model's good version still answers requests that name no version.
+    assert_serves(client, digits_pixels, model=BROKEN)
+    assert_serves(client, digits_pixels)
+
+
+def test_unloaded_version_is_unavailable(client: triton.InferenceServerClient, digits_pixels: Pixels) -> None:
+    client.unload_model(SPARE)
+    try:
+        assert not client.is_model_ready(SPARE, "1")
+        expect_error(
+            grpc.StatusCode.UNAVAILABLE,
+            lambda: client.infer(SPARE, [tensor("input", digits_pixels[:1], "FP32")], model_version="1"),
+            "version 1",
+            "unloaded",
+        )
+        expect_error(
+            grpc.StatusCode.UNAVAILABLE,
+            lambda: client.infer(SPARE, [tensor("input", digits_pixels[:1], "FP32")]),
+            "no READY version",
+        )
+        assert_serves(client, digits_pixels)
+    finally:
+        client.load_model(SPARE)
+    assert_serves(client, digits_pixels, model=SPARE)
+
+
+# --- requests that do not fit the model -----------------------------------------------------------
+
+
+def _wrong_name(pixels: Pixels) -> dict[str, Any]:
+    return {"inputs": [tensor("pixels", pixels[:1], "FP32")]}
+
+
+def _wrong_shape(pixels: Pixels) -> dict[str, Any]:
+    return {"inputs": [tensor("input", pixels[:1, :63], "FP32")]}
+
+
+def _wrong_datatype(pixels: Pixels) -> dict[str, Any]:
+    return {"inputs": [tensor("input", pixels[:1].astype(np.float64), "FP64")]}
+
+
+def _missing_input(pixels: Pixels) -> dict[str, Any]:
+    return {"inputs": []}
+
+
+def _unknown_output(pixels: Pixels) -> dict[str, Any]:
+    return {"inputs": [tensor("input", pixels[:1], "FP32")], "outputs": [triton.InferRequestedOutput("logits")]}
+
+
+def _batch_too_large(pixels: Pixels) -> dict[str, Any]:
+    # 5 MiB: also shows the default message limit is well above gRPC's 4 MiB.
+    rows = np.resize(pixels, (20480, 64)).astype(np.float32)
+    return {"inputs": [tensor("input", rows, "FP32")]}
+
+
+INVALID_REQUESTS: dict[str, tuple[Callable[[Pixels], dict[str, Any]], tuple[str, ...]]] = {
+    "wrong input name": (_wrong_name, ("'pixels'", "['input']")),
+    "wrong shape": (_wrong_shape, ("'input'", "[1, 63]", "expected [-1, 64]")),
+    "wrong datatype": (_wrong_datatype, ("'input'", "FP64", "expected FP32")),
+    "missing input": (_missing_input, ("['input']", "lacks")),
+    "unknown requested output": (_unknown_output, ("'logits'", "'label'", "'probabilities'")),
+    "batch larger than max_batch_size": (_batch_too_large, ("'input'", "batch size 20480", "1 to 64")),
+}
+
+
+@pytest.mark.parametrize("case", list(INVALID_REQUESTS))
+def test_request_that_does_not_fit_is_invalid(
+    case: str, client: triton.InferenceServerClient, digits_pixels: Pixels
+) -> None:
+    build, fragments = INVALID_REQUESTS[case]
+    arguments = build(digits_pixels)
+    expect_error(
+        grpc.StatusCode.INVALID_ARGUMENT, lambda: client.infer(MODEL, client_timeout=TIMEOUT_S, **arguments), *fragments
+    )
+    assert_serves(client, digits_pixels)
+
+
+def test_raw_byte_count_that_does_not_match_the_shape_is_invalid(
+    stub: service_pb2_grpc.GRPCInferenceServiceStub, client: triton.InferenceServerClient, digits_pixels: Pixels
+) -> None:
+    request = raw_request(inputs=[raw_input("input", [1, 64])], raw_input_contents=[bytes(255)])
+    expect_raw_error(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        lambda: stub.ModelInfer(request, timeout=TIMEOUT_S),
+        "'input'",
+        "[1, 64]",
+        "needs 256 bytes, got 255",
+    )
+    assert_serves(client, digits_pixels)
+
+
+def test_mixed_raw_and_typed_contents_are_invalid(
+    stub: service_pb2_grpc.GRPCInferenceServiceStub, client: triton.InferenceServerClient, digits_pixels: Pixels
+) -> None:
+    typed = service_pb2.InferTensorContents(fp32_contents=digits_pixels[0].tolist())
+    request = raw_request(
+        inputs=[raw_input("input", [1, 64], contents=typed)], raw_input_contents=[digits_pixels[:1].tobytes()]
+    )
+    expect_raw_error(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        lambda: stub.ModelInfer(request, timeout=TIMEOUT_S),
+        "'input'",
+        "raw_input_contents",
+        "one or the other",
+    )
+    assert_serves(client, digits_pixels)
+
+
+def test_raw_contents_count_that_does_not_match_the_inputs_is_invalid(
+    stub: service_pb2_grpc.GRPCInferenceServiceStub, client: triton.InferenceServerClient, digits_pixels: Pixels
+) -> None:
+    request = raw_request(
+        inputs=[raw_input("input", [1, 64])], raw_input_contents=[digits_pixels[:1].tobytes(), b"extra"]
+    )
+    expect_raw_error(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        lambda: stub.ModelInfer(request, timeout=TIMEOUT_S),
+        "2 entries for 1 inputs",
+    )
+    assert_serves(client, digits_pixels)
+
+
+def test_typed_value_count_that_does_not_match_the_shape_is_invalid(
+    stub: service_pb2_grpc.GRPCInferenceServiceStub, client: triton.InferenceServerClient, digits_pixels: Pixels
+) -> None:
+    typed = service_pb2.InferTensorContents(fp32_contents=digits_pixels[0, :60].tolist())
+    request = raw_request(inputs=[raw_input("input", [1, 64], contents=typed)])
+    expect_raw_error(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        lambda: stub.ModelInfer(request, timeout=TIMEOUT_S),
+        "'input'",
+        "needs 64 values, got 60",
+    )
+    assert_serves(client, digits_pixels)
+
+
+def test_oversized_message_is_resource_exhausted(tmp_path: Path, digits_pixels: Pixels) -> None:
+    copy_digits(tmp_path, versions=(2,))
+    two_mib = np.resize(digits_pixels, (8192, 64)).astype(np.float32)
+    with (
+        GatewayProcess(tmp_path, "--max-message-bytes", str(1 << 20), "--poll-interval-s", "0") as small,
+        triton.InferenceServerClient(small.address) as client,
+    ):
+        expect_error(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            lambda: client.infer(MODEL, [tensor("input", two_mib, "FP32")], client_timeout=TIMEOUT_S),
+            str(1 << 20),
+        )
+        assert_serves(client, digits_pixels)
+
+
+# --- broken repository content ---------------------------------------------------------------------
+
+
+def test_corrupted_artifact_fails_its_version_with_a_reason(
+    client: triton.InferenceServerClient, digits_pixels: Pixels
+) -> None:
+    entry = index_by_version(client, CORRUPT)["1"]
+    assert entry.state == "UNAVAILABLE"
+    assert "model.onnx is not a loadable ONNX model" in entry.reason
+    broken = index_by_version(client, BROKEN)
+    assert broken["1"].state == "READY" and broken["2"].state == "UNAVAILABLE"
+    assert "not a loadable ONNX model" in broken["2"].reason
+    assert not client.is_model_ready(CORRUPT)
+    expect_error(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        lambda: client.load_model(CORRUPT),
+        f"'{CORRUPT}'",
+        "version 1",
+        "not a loadable ONNX model",
+    )
+    assert_serves(client, digits_pixels)
+
+
+def test_artifact_that_contradicts_model_yaml_fails_with_a_reason(
+    client: triton.InferenceServerClient, digits_pixels: Pixels
+) -> None:
+    entry = index_by_version(client, MISMATCH)["1"]
+    assert entry.state == "UNAVAILABLE"
+    assert "model.yaml declares inputs ['input'] but the artifact has ['x']" in entry.reason
+    expect_error(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        lambda: client.load_model(MISMATCH),
+        "model.yaml declares inputs ['input']",
+    )
+    assert_serves(client, digits_pixels)
+
+
+def test_malformed_model_yaml_fails_with_a_reason(client: triton.InferenceServerClient, digits_pixels: Pixels) -> None:
+    entries = index_by_version(client, BAD_YAML)
+    assert {entry.state for entry in entries.values()} == {"UNAVAILABLE"}
+    assert all("model.yaml" in entry.reason for entry in entries.values()), entries
+    expect_error(
+        grpc.StatusCode.UNAVAILABLE,
+        lambda: client.infer(BAD_YAML, [tensor("input", digits_pixels[:1], "FP32")]),
+        "model.yaml",
+    )
+    expect_error(
+        grpc.StatusCode.FAILED_PRECONDITION, lambda: client.load_model(BAD_YAML), f"'{BAD_YAML}'", "model.yaml"
+    )
+    assert_serves(client, digits_pixels)
+
+
+# --- a full queue ----------------------------------------------------------------------------------
+
+
+def test_full_queue_is_unavailable_with_a_message(client: triton.InferenceServerClient, digits_pixels: Pixels) -> None:
+    answers: list[tuple[Any, InferenceServerException | None]] = []
+    all_answered = threading.Event()
+    sent = 8
+
+    def collect(result: Any, error: InferenceServerException | None) -> None:
+        answers.append((result, error))
+        if len(answers) == sent:
+            all_answered.set()
+
+    slow_rows = np.full((1, 1), SLOW_ROUNDS, np.float32)
+    for _ in range(sent):
+        client.async_infer(SLOW, [tensor("x", slow_rows, "FP32")], collect, client_timeout=TIMEOUT_S)
+    assert all_answered.wait(TIMEOUT_S)
+    errors = [error for _, error in answers if error is not None]
+    assert errors, "no request was refused although the queue holds one"
+    for error in errors:
+        assert error.status() == str(grpc.StatusCode.UNAVAILABLE), error
+        assert "max_queue_size" in str(error.message()), error
+    served = [result for result, error in answers if error is None]
+    assert served, "the queue refused every request"
+    for result in served:
+        np.testing.assert_array_equal(result.as_numpy("y"), slow_rows)
+    assert_serves(client, digits_pixels)
+    quick = client.infer(SLOW, [tensor("x", np.zeros((1, 1), np.float32), "FP32")], client_timeout=TIMEOUT_S)
+    np.testing.assert_array_equal(quick.as_numpy("y"), np.zeros((1, 1), np.float32))

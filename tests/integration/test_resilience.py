@@ -1,0 +1,367 @@
+"""The gateway under trouble while clients keep calling: a killed worker, a new version, an unload,
+a SIGTERM; and the standard gRPC services operators point at it (health Check and Watch, reflection).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+import pytest
+import tritonclient.grpc as triton
+from google.protobuf import descriptor_pool
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+from tritonclient.utils import InferenceServerException
+
+from tests.support.gateway_process import GatewayProcess, worker_pids
+from tests.support.model_repository import copy_digits, save_version, slow_model
+
+Pixels = npt.NDArray[np.float32]
+
+MODEL = "digits"
+SLOW = "slow"
+THREADS = 8
+TIMEOUT_S = 20.0
+GRACE_S = 10.0
+INFERENCE_SERVICE = "inference.GRPCInferenceService"
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+# max_queue_delay 0: a batch holds what is queued when the dispatcher looks, nothing waits for more.
+SLOW_YAML = """
+max_batch_size: 8
+dynamic_batching:
+  max_queue_delay_microseconds: 0
+"""
+SLOW_ROUNDS = 1000  # about a second of MatMuls here, longer on a busy machine
+SETTLE_S = 0.3  # long enough for requests sent just before to reach the gateway and be queued
+
+
+# --- a steady load of digits requests ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    started: float
+    finished: float
+    status: str  # "OK", or the gRPC status name of the failure
+    version: str
+    message: str
+
+
+class SteadyLoad:
+    """``threads`` clients, each sending one digits request after another until the block ends."""
+
+    def __init__(self, address: str, rows: Pixels, threads: int = THREADS) -> None:
+        self._address = address
+        self._rows = rows
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._outcomes: list[Outcome] = []
+        self._threads = [threading.Thread(target=self._run, name=f"load-{n}") for n in range(threads)]
+
+    def __enter__(self) -> SteadyLoad:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(TIMEOUT_S)
+
+    def _run(self) -> None:
+        request = triton.InferInput("input", list(self._rows.shape), "FP32")
+        request.set_data_from_numpy(self._rows)
+        with triton.InferenceServerClient(self._address) as client:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                try:
+                    result = client.infer(MODEL, [request], client_timeout=TIMEOUT_S)
+                except InferenceServerException as error:
+                    outcome = Outcome(started, time.monotonic(), str(error.status()), "", str(error.message()))
+                else:
+                    version = result.get_response().model_version
+                    outcome = Outcome(started, time.monotonic(), "OK", version, "")
+                with self._lock:
+                    self._outcomes.append(outcome)
+
+    def outcomes(self) -> list[Outcome]:
+        with self._lock:
+            return list(self._outcomes)
+
+    def wait_for_successes(self, count: int, started_after: float = 0.0, timeout_s: float = TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            done = [o for o in self.outcomes() if o.status == "OK" and o.started > started_after]
+            if len(done) >= count:
+                return
+            time.sleep(0.02)
+        raise AssertionError(f"fewer than {count} successes within {timeout_s}s: {self.outcomes()[-5:]}")
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = TIMEOUT_S) -> float:
+    """Poll until ``condition`` holds; the monotonic time it was first seen to hold."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return time.monotonic()
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+# --- slow requests held in flight ------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class SlowCall:
+    sent: float
+    finished: float = 0.0
+    result: Any = None
+    error: InferenceServerException | None = None
+
+
+def send_slow(client: triton.InferenceServerClient, count: int, rounds: int = SLOW_ROUNDS) -> list[SlowCall]:
+    """Start ``count`` slow requests without waiting; each SlowCall fills in when answered."""
+    rows = np.full((1, 1), rounds, np.float32)
+    calls = []
+    for _ in range(count):
+        call = SlowCall(time.monotonic())
+        request = triton.InferInput("x", [1, 1], "FP32")
+        request.set_data_from_numpy(rows)
+
+        def answered(result: Any, error: InferenceServerException | None, call: SlowCall = call) -> None:
+            call.result, call.error, call.finished = result, error, time.monotonic()
+
+        client.async_infer(SLOW, [request], answered, client_timeout=TIMEOUT_S)
+        calls.append(call)
+    return calls
+
+
+def assert_all_served(calls: list[SlowCall]) -> None:
+    wait_until(lambda: all(call.finished for call in calls), "every slow request to be answered")
+    for call in calls:
+        assert call.error is None, call.error
+        np.testing.assert_array_equal(call.result.as_numpy("y"), np.full((1, 1), SLOW_ROUNDS, np.float32))
+
+
+def slow_repository(root: Path) -> Path:
+    save_version(root, SLOW, 1, slow_model())
+    (root / SLOW / "model.yaml").write_text(SLOW_YAML)
+    return root
+
+
+# --- fixtures --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def digits_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    """digits version 2 alone, so it has exactly one worker process."""
+    repository = tmp_path_factory.mktemp("resilience")
+    copy_digits(repository, versions=(2,))
+    with GatewayProcess(repository, "--poll-interval-s", "0") as running:
+        yield running
+
+
+@pytest.fixture
+def slow_gateway(tmp_path: Path) -> Iterator[GatewayProcess]:
+    with GatewayProcess(slow_repository(tmp_path), "--poll-interval-s", "0", "--grace-period-s", str(GRACE_S)) as gw:
+        yield gw
+
+
+@pytest.fixture
+def health(slow_gateway: GatewayProcess) -> Iterator[health_pb2_grpc.HealthStub]:
+    with grpc.insecure_channel(slow_gateway.address) as channel:
+        yield health_pb2_grpc.HealthStub(channel)
+
+
+# --- (a) a worker killed under load ----------------------------------------------------------------
+
+
+def test_killed_worker_fails_only_its_batch_and_serving_resumes(
+    digits_gateway: GatewayProcess, digits_pixels: Pixels
+) -> None:
+    assert digits_gateway.process is not None
+    gateway_pid = digits_gateway.process.pid
+    [old_worker] = worker_pids(gateway_pid)
+    with SteadyLoad(digits_gateway.address, digits_pixels[:2]) as load:
+        load.wait_for_successes(20)
+        killed_at = time.monotonic()
+        os.kill(old_worker, signal.SIGKILL)
+        digits_gateway.wait_for_log("serving again (restart 1)")
+        recovered_at = time.monotonic()
+        [new_worker] = worker_pids(gateway_pid)
+        load.wait_for_successes(50, started_after=recovered_at)
+    assert new_worker != old_worker
+    outcomes = load.outcomes()
+    failures = [o for o in outcomes if o.status != "OK"]
+    assert failures, "killing the worker failed no request: was it busy?"
+    assert {o.status for o in failures} == {str(grpc.StatusCode.UNAVAILABLE)}, failures
+    assert all("died during the batch" in o.message for o in failures), failures
+    # Only requests in flight when the worker died fail: at most one per client thread.
+    assert len(failures) <= THREADS, failures
+    assert all(o.finished >= killed_at and o.started <= recovered_at for o in failures), failures
+    later = [o for o in outcomes if o.started > recovered_at]
+    assert later and all(o.status == "OK" for o in later)
+
+
+# --- (b) a new version directory appears under load -------------------------------------------------
+
+
+def test_new_version_is_picked_up_under_load_without_failures(tmp_path: Path, digits_pixels: Pixels) -> None:
+    repository = tmp_path / "repository"
+    model_dir = copy_digits(repository)
+    # Built outside the repository and renamed in, so the poller never sees half a file.
+    staging = tmp_path / "staging"
+    shutil.copytree(model_dir / "2", staging)
+    with (
+        GatewayProcess(repository, "--poll-interval-s", "0.2") as gateway,
+        triton.InferenceServerClient(gateway.address) as client,
+    ):
+        with SteadyLoad(gateway.address, digits_pixels[:2]) as load:
+            load.wait_for_successes(20)
+            staging.rename(model_dir / "3")
+            wait_until(lambda: client.is_model_ready(MODEL, "3"), "version 3 to become READY")
+            first_answer = wait_until(
+                lambda: any(o.version == "3" for o in load.outcomes()), "a request answered by version 3"
+            )
+            load.wait_for_successes(20, started_after=first_answer)
+        index = {e.version: e.state for e in client.get_model_repository_index().models if e.name == MODEL}
+        latest = client.infer(MODEL, [_digits_input(digits_pixels)], client_timeout=TIMEOUT_S)
+    assert index == {"1": "READY", "2": "READY", "3": "READY"}
+    outcomes = load.outcomes()
+    assert [o for o in outcomes if o.status != "OK"] == []
+    assert {o.version for o in outcomes} == {"2", "3"}
+    assert all(o.version == "3" for o in outcomes if o.started > first_answer)
+    assert latest.get_response().model_version == "3"
+
+
+def _digits_input(pixels: Pixels) -> triton.InferInput:
+    item = triton.InferInput("input", [1, 64], "FP32")
+    item.set_data_from_numpy(pixels[:1])
+    return item
+
+
+# --- (c) unloading drains the requests in flight ----------------------------------------------------
+
+
+def test_unload_waits_for_accepted_requests_and_refuses_later_ones(slow_gateway: GatewayProcess) -> None:
+    quick = np.zeros((1, 1), np.float32)
+    later: list[tuple[float, str]] = []
+    stop = threading.Event()
+
+    def keep_calling(client: triton.InferenceServerClient) -> None:
+        request = triton.InferInput("x", [1, 1], "FP32")
+        request.set_data_from_numpy(quick)
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                client.infer(SLOW, [request], client_timeout=TIMEOUT_S)
+                later.append((started, "OK"))
+            except InferenceServerException as error:
+                later.append((started, str(error.status())))
+                time.sleep(0.01)
+
+    with (
+        triton.InferenceServerClient(slow_gateway.address) as client,
+        triton.InferenceServerClient(slow_gateway.address) as prober,
+    ):
+        accepted = send_slow(client, 4)
+        time.sleep(SETTLE_S)
+        prober_thread = threading.Thread(target=keep_calling, args=(prober,))
+        unload_started = time.monotonic()
+        prober_thread.start()
+        client.unload_model(SLOW)
+        unload_done = time.monotonic()
+        time.sleep(0.2)
+        stop.set()
+        prober_thread.join(TIMEOUT_S)
+        assert_all_served(accepted)
+        assert not client.is_model_ready(SLOW, "1")
+        client.load_model(SLOW)
+        assert client.is_model_ready(SLOW, "1")
+    # unload_model returned only once every accepted request had its answer.
+    assert all(call.finished <= unload_done for call in accepted)
+    assert unload_done - unload_started > 0.3
+    assert {status for _, status in later} <= {"OK", str(grpc.StatusCode.UNAVAILABLE)}
+    after = [status for started, status in later if started > unload_done]
+    assert after and set(after) == {str(grpc.StatusCode.UNAVAILABLE)}
+
+
+# --- (d) SIGTERM: NOT_SERVING, drain, exit 0 ---------------------------------------------------------
+
+
+def check(stub: health_pb2_grpc.HealthStub, service: str = "") -> int:
+    reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=TIMEOUT_S)
+    return int(reply.status)
+
+
+def test_sigterm_reports_not_serving_drains_and_exits_zero(
+    slow_gateway: GatewayProcess, health: health_pb2_grpc.HealthStub
+) -> None:
+    assert slow_gateway.process is not None
+    assert check(health) == SERVING and check(health, INFERENCE_SERVICE) == SERVING
+    with triton.InferenceServerClient(slow_gateway.address) as client:
+        in_flight = send_slow(client, 4)
+        time.sleep(SETTLE_S)
+        signalled = time.monotonic()
+        slow_gateway.process.send_signal(signal.SIGTERM)
+        wait_until(lambda: check(health) == NOT_SERVING, "health to say NOT_SERVING", timeout_s=5.0)
+        assert check(health, INFERENCE_SERVICE) == NOT_SERVING
+        refused = send_slow(client, 1, rounds=0)
+        status = slow_gateway.stop(timeout_s=GRACE_S + 5)
+        exited = time.monotonic()
+        assert_all_served(in_flight)
+        wait_until(lambda: bool(refused[0].finished), "the refused request's answer")
+    assert status == 0, slow_gateway.log()
+    assert exited - signalled < GRACE_S
+    assert all(call.finished <= exited for call in in_flight)
+    assert refused[0].error is not None and refused[0].error.status() == str(grpc.StatusCode.UNAVAILABLE)
+    assert "shutting down" in str(refused[0].error.message())
+
+
+# --- (e) health Watch -------------------------------------------------------------------------------
+
+
+def test_health_watch_streams_serving_then_not_serving_on_shutdown(tmp_path: Path) -> None:
+    copy_digits(tmp_path, versions=(2,))
+    with (
+        GatewayProcess(tmp_path, "--poll-interval-s", "0", "--grace-period-s", str(GRACE_S)) as gateway,
+        grpc.insecure_channel(gateway.address) as channel,
+    ):
+        assert gateway.process is not None
+        statuses = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=INFERENCE_SERVICE))
+        assert next(statuses).status == SERVING
+        signalled = time.monotonic()
+        gateway.process.send_signal(signal.SIGTERM)
+        assert next(statuses).status == NOT_SERVING
+        with pytest.raises(grpc.RpcError) as ended:
+            next(statuses)
+        assert ended.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)  # type: ignore[attr-defined]
+        assert gateway.stop(timeout_s=GRACE_S) == 0
+        # An open Watch stream must not hold the stop for the whole grace period.
+        assert time.monotonic() - signalled < GRACE_S / 2
+
+
+# --- (f) server reflection ---------------------------------------------------------------------------
+
+
+def test_reflection_lists_and_describes_the_inference_service(digits_gateway: GatewayProcess) -> None:
+    with grpc.insecure_channel(digits_gateway.address) as channel:
+        database = ProtoReflectionDescriptorDatabase(channel)
+        services = set(database.get_services())
+        # Its own pool: tritonclient's copy of these messages already sits in the default one.
+        service = descriptor_pool.DescriptorPool(database).FindServiceByName(INFERENCE_SERVICE)
+        methods = {method.name for method in service.methods}
+    assert {INFERENCE_SERVICE, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= services
+    assert {"ModelInfer", "ModelStreamInfer", "ModelMetadata", "RepositoryIndex"} <= methods
