@@ -8,16 +8,27 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+from gateway.control import Rollouts
 from gateway.dataplane import Dataplane
 from gateway.edge.inference_servicer import InferenceServicer
+from gateway.edge.rollouts_servicer import RolloutsServicer
 from gateway.edge.server import GatewayServer
 from gateway.model_manager import ModelManager
 from gateway.model_version import HostFactory
+from gateway.policy_sync import PolicySync
 from gateway.registry.repository import ModelRepository
+from gateway.routing.table import RoutingTableHolder
 from gateway.settings import Settings
+from gateway.shadow import ShadowMirror
+from gateway.state.sqlite_store import SqliteStateStore
 from runtimes.contract import ModelHost, RuntimeOptions
 
 log = logging.getLogger("turnout")
+
+# Every process reports its applied generation this often; a policy change stops waiting for a
+# process that has been silent for _LIVENESS_S (it died without saying goodbye).
+_HEARTBEAT_S = 0.5
+_LIVENESS_S = 3.0
 
 
 def host_factory(settings: Settings) -> HostFactory:
@@ -50,10 +61,36 @@ class Gateway:
             poll_interval_s=settings.poll_interval_s,
             drain_timeout_s=settings.drain_timeout_s,
         )
-        self.dataplane = Dataplane(self.manager)
+        self.store = SqliteStateStore(settings.state_dir)
+        self.routes = RoutingTableHolder()
+        self.sync = PolicySync(
+            self.store,
+            self.routes,
+            self.manager,
+            poll_interval_s=settings.policy_poll_interval_s,
+            heartbeat_interval_s=_HEARTBEAT_S,
+            rollback_window_s=settings.rollback_window_s,
+        )
+        self.shadows = ShadowMirror(
+            lambda model, version: self.manager.acquire(model, str(version)),
+            settings.shadow_max_in_flight,
+            settings.shadow_timeout_s,
+        )
+        self.rollouts = Rollouts(
+            self.store,
+            self.routes,
+            self.manager,
+            self.sync,
+            self.shadows,
+            apply_timeout_s=settings.apply_timeout_s,
+            liveness_s=_LIVENESS_S,
+        )
+        self.dataplane = Dataplane(self.manager, self.routes, self.shadows)
         self._stopping = threading.Event()
         self.server = GatewayServer(
-            settings, InferenceServicer(self.dataplane, self.manager, self.is_ready)
+            settings,
+            InferenceServicer(self.dataplane, self.manager, self.is_ready),
+            RolloutsServicer(self.rollouts),
         )
 
     def is_ready(self) -> bool:
@@ -61,13 +98,17 @@ class Gateway:
 
     def start(self) -> None:
         self.manager.start()
+        self.sync.start()  # loads what the stored policies name before the port opens
         self.server.start()
 
     def stop(self) -> None:
         """Graceful stop: NOT_SERVING, refuse new calls, finish in-flight ones, unload models."""
         self._stopping.set()
         self.server.stop(self.settings.grace_period_s)
+        self.sync.close()
+        self.shadows.close()
         self.manager.close()
+        self.store.close()
 
 
 def serve(settings: Settings) -> int:

@@ -19,6 +19,11 @@ _SERVE_FLAGS: list[tuple[str, type, str]] = [
     ("--poll-interval-s", float, "seconds between repository scans; 0 turns polling off (default 2)"),
     ("--drain-timeout-s", float, "longest wait for in-flight requests when unloading (default 30)"),
     ("--grace-period-s", float, "longest wait for in-flight calls on SIGTERM (default 10)"),
+    ("--state-dir", Path, "directory of the routing state shared by gateway processes (default ./state)"),
+    ("--apply-timeout-s", float, "how long a policy change waits for every gateway process (default 10)"),
+    ("--rollback-window-s", float, "how long a replaced stable version stays loaded (default 600)"),
+    ("--shadow-max-in-flight", int, "shadow copies in flight at once; more are dropped (default 64)"),
+    ("--shadow-timeout-s", float, "a shadow answer later than this counts as failed (default 5)"),
 ]
 
 

@@ -138,10 +138,17 @@ class Rollouts:
         def rolled_back(current: Policy) -> Policy:
             if current.canary is not None or current.shadows:
                 return current.without_trials()
+            # Undo the newest change of the stable version, unless that change was itself a rollback.
             for change in self._store.history(model, _DEFAULT_HISTORY):
                 before = change.before
-                if change.after.stable == current.stable and before is not None and before.stable != current.stable:
-                    return replace(current.without_trials(), stable=before.stable)
+                if before is None or before.stable == change.after.stable:
+                    continue
+                if change.action == "rollback":
+                    raise FailedPrecondition(
+                        f"model {model!r} was already rolled back to version {change.after.stable} "
+                        f"(generation {change.generation}); set a policy to move on"
+                    )
+                return replace(current.without_trials(), stable=before.stable)
             raise FailedPrecondition(
                 f"nothing to roll back for model {model!r}: no canary, no shadows, and no earlier stable version"
             )

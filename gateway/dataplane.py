@@ -1,46 +1,71 @@
-"""The inference use case: pick the version, check the request, queue it, and shape the answer.
+"""The inference use case: route to a version, check the request, queue it, mirror it, shape the answer.
 
 Both transports of the edge use it: unary calls block in :meth:`Dataplane.infer`, streams pass a
-callback to :meth:`Dataplane.submit` and keep reading while earlier requests are in flight.
+callback to :meth:`Dataplane.submit` and keep reading while earlier requests are in flight. The
+routing decision is made once per request from the routing table snapshot it started with.
 """
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from gateway.batching import Arrays, Pending
-from gateway.errors import Internal, TurnoutError
+from gateway.errors import Internal, InvalidArgument, TurnoutError
 from gateway.inference_types import InferRequest, InferResponse
 from gateway.model_manager import ModelManager
 from gateway.model_version import ModelVersion
 from gateway.request_checks import checked_inputs, checked_outputs
+from gateway.routing.decide import Arm, decide
+from gateway.routing.table import RoutingTableHolder
+from gateway.shadow import ShadowMirror, ShadowPair
 from gateway.tensors import Tensor
 
 Done = Callable[[InferResponse | None, TurnoutError | None], None]
 
+PIN_METADATA = "turnout-pin"
+
+
+@dataclass(frozen=True, slots=True)
+class _Routed:
+    version: ModelVersion  # acquired: the caller must release it
+    arm: Arm
+    generation: int
+    shadows: tuple[int, ...]
+
 
 class Dataplane:
-    """Answers inference requests with whichever version the manager says serves them."""
+    """Answers inference requests with whichever version routing picks."""
 
-    def __init__(self, manager: ModelManager) -> None:
+    def __init__(self, manager: ModelManager, routes: RoutingTableHolder, shadows: ShadowMirror) -> None:
         self._manager = manager
+        self._routes = routes
+        self._shadows = shadows
+        self._random = random.Random()
 
     def infer(self, request: InferRequest, timeout_s: float | None = None) -> InferResponse:
         """Serve one request, blocking the calling thread until its batch has run."""
         started = time.perf_counter_ns()
-        version = self._manager.acquire(request.model_name, request.model_version)
+        routed = self._route(request)
+        version = routed.version
         ok = False
+        pairs: list[ShadowPair] = []
+        outputs: Arrays | None = None
         try:
             pending = self._pending(version, request, None)
             version.submit(pending)
+            pairs = self._mirror(routed, pending)
             outputs = pending.wait(timeout_s)
-            response = self._response(version, request, outputs)
+            response = self._response(routed, request, outputs)
             ok = True
             return response
         finally:
             version.release()
             version.statistics.record_request(ok, time.perf_counter_ns() - started)
+            for pair in pairs:
+                self._shadows.primary_answered(pair, outputs)
 
     def submit(self, request: InferRequest, done: Done) -> None:
         """Queue one request; ``done`` runs on a dispatcher thread with the answer or the error.
@@ -48,27 +73,59 @@ class Dataplane:
         Errors found before queueing (unknown model, bad input) are raised here instead.
         """
         started = time.perf_counter_ns()
-        version = self._manager.acquire(request.model_name, request.model_version)
+        routed = self._route(request)
+        version = routed.version
+        pairs: list[ShadowPair] = []
 
         def finish(pending: Pending) -> None:
             response, error = None, pending.error
             if error is None:
                 try:
                     assert pending.outputs is not None
-                    response = self._response(version, request, pending.outputs)
+                    response = self._response(routed, request, pending.outputs)
                 except TurnoutError as problem:
                     error = problem
             version.release()
             version.statistics.record_request(error is None, time.perf_counter_ns() - started)
             done(response, error)
+            for pair in pairs:
+                self._shadows.primary_answered(pair, pending.outputs if error is None else None)
 
         try:
             pending = self._pending(version, request, finish)
+            # Mirror before queueing: the primary may finish (and read `pairs`) before submit returns.
+            pairs.extend(self._mirror(routed, pending))
             version.submit(pending)
         except BaseException:
+            for pair in pairs:
+                self._shadows.primary_answered(pair, None)
             version.release()
             version.statistics.record_request(False, time.perf_counter_ns() - started)
             raise
+
+    def _route(self, request: InferRequest) -> _Routed:
+        """Pick and acquire the version: pin, then the model's policy, else its highest READY version."""
+        pin = request.model_version or request.routing_metadata.get(PIN_METADATA, "")
+        route = self._routes.current.routes.get(request.model_name)
+        if route is None:
+            version = self._manager.acquire(request.model_name, pin)
+            return _Routed(version, Arm.PINNED if pin else Arm.STABLE, 0, ())
+        if pin and not pin.isdigit():
+            raise InvalidArgument(f"model version {pin!r} is not a positive integer")
+        policy = route.policy
+        sticky = request.routing_metadata.get(policy.sticky_key) if policy.sticky_key else None
+        decision = decide(policy, int(pin) if pin else None, sticky, self._random.random(), self._random.random())
+        version = self._manager.acquire(request.model_name, str(decision.version))
+        return _Routed(version, decision.arm, route.generation, decision.shadows)
+
+    def _mirror(self, routed: _Routed, pending: Pending) -> list[ShadowPair]:
+        pairs = []
+        for shadow in routed.shadows:
+            version = routed.version
+            pair = self._shadows.mirror(version.model, version.version, shadow, pending.inputs, pending.rows)
+            if pair is not None:
+                pairs.append(pair)
+        return pairs
 
     @staticmethod
     def _pending(version: ModelVersion, request: InferRequest, on_done: Callable[[Pending], None] | None) -> Pending:
@@ -80,7 +137,8 @@ class Dataplane:
         return Pending(inputs, rows, outputs, on_done)
 
     @staticmethod
-    def _response(version: ModelVersion, request: InferRequest, outputs: Arrays) -> InferResponse:
+    def _response(routed: _Routed, request: InferRequest, outputs: Arrays) -> InferResponse:
+        version = routed.version
         assert version.plan is not None
         specs = {spec.name: spec for spec in version.plan.signature.outputs}
         names = request.output_names or list(specs)
@@ -89,4 +147,6 @@ class Dataplane:
             str(version.version),
             request.id,
             [Tensor(name, specs[name].datatype, outputs[name]) for name in names],
+            routed.arm.value,
+            routed.generation,
         )

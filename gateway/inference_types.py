@@ -16,6 +16,8 @@ class InferRequest:
     inputs: list[Tensor]
     output_names: list[str] = field(default_factory=list)  # empty: every output
     parameters: dict[str, Any] = field(default_factory=dict)
+    # Text request metadata (gRPC headers) that routing reads: the pin header and the sticky key.
+    routing_metadata: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -24,3 +26,5 @@ class InferResponse:
     model_version: str
     id: str
     outputs: list[Tensor]
+    arm: str = "stable"  # stable, canary or pinned
+    generation: int = 0  # the policy generation that routed it; 0 before any policy is set

@@ -37,6 +37,14 @@ class Settings(BaseSettings):
     keepalive_time_s: float = Field(60.0, gt=0)
     keepalive_timeout_s: float = Field(20.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Routing state (policies, history) shared by every gateway process on this host.
+    state_dir: Path = Path("state")
+    processes: int = Field(1, ge=1, le=256)
+    policy_poll_interval_s: float = Field(0.02, gt=0)  # how soon a change made elsewhere is seen here
+    apply_timeout_s: float = Field(10.0, gt=0)  # a policy change waits this long for every process
+    rollback_window_s: float = Field(600.0, ge=0)  # an old stable version stays loaded this long
+    shadow_max_in_flight: int = Field(64, ge=1)
+    shadow_timeout_s: float = Field(5.0, gt=0)
 
 
 def load_settings(config_file: Path | None, flags: dict[str, Any]) -> Settings:

@@ -84,7 +84,7 @@ def compare_outputs(primary: Arrays, shadow: Arrays) -> Comparison:
     return Comparison(max_abs_diff, agreed, rows)
 
 
-class _Pair:
+class ShadowPair:
     """The primary and shadow answers of one request; compared once both are in."""
 
     __slots__ = ("_lock", "figures", "primary", "shadow", "shadow_latency_s", "sides")
@@ -113,7 +113,7 @@ class ShadowMirror:
         self._timeout_s = timeout_s
         self._figures: dict[tuple[str, int, int], ShadowFigures] = {}
         self._figures_lock = threading.Lock()
-        self._completed: queue.SimpleQueue[_Pair | None] = queue.SimpleQueue()
+        self._completed: queue.SimpleQueue[ShadowPair | None] = queue.SimpleQueue()
         self._comparer = threading.Thread(target=self._compare_forever, name="shadow-compare", daemon=True)
         self._comparer.start()
 
@@ -129,7 +129,7 @@ class ShadowMirror:
                 found = self._figures[key] = ShadowFigures(model, primary, shadow)
             return found
 
-    def mirror(self, model: str, primary: int, shadow: int, inputs: Arrays, rows: int) -> _Pair | None:
+    def mirror(self, model: str, primary: int, shadow: int, inputs: Arrays, rows: int) -> ShadowPair | None:
         """Queue a copy for ``shadow``; returns the pair the primary's answer must be given to, or None."""
         figures = self._figures_for(model, primary, shadow)
         if not self._slots.acquire(blocking=False):
@@ -141,7 +141,7 @@ class ShadowMirror:
             self._slots.release()
             figures.count("failed")
             return None
-        pair = _Pair(figures)
+        pair = ShadowPair(figures)
         started = time.monotonic()
 
         def shadow_done(pending: Pending) -> None:
@@ -167,7 +167,7 @@ class ShadowMirror:
         figures.count("mirrored")
         return pair
 
-    def primary_answered(self, pair: _Pair, outputs: Arrays | None) -> None:
+    def primary_answered(self, pair: ShadowPair, outputs: Arrays | None) -> None:
         """Hand over the primary's answer (None if it failed); never blocks the caller."""
         pair.primary = outputs
         if pair.arrive():
@@ -184,7 +184,7 @@ class ShadowMirror:
             except Exception:  # a comparison bug must not stop the figures
                 log.exception("shadow comparison failed")
 
-    def _record(self, pair: _Pair) -> None:
+    def _record(self, pair: ShadowPair) -> None:
         figures = pair.figures
         if pair.shadow is None or pair.shadow_latency_s > self._timeout_s:
             figures.count("failed")
@@ -196,7 +196,7 @@ class ShadowMirror:
             self._add(figures, pair, comparison)
 
     @staticmethod
-    def _add(figures: ShadowFigures, pair: _Pair, comparison: Comparison) -> None:
+    def _add(figures: ShadowFigures, pair: ShadowPair, comparison: Comparison) -> None:
         figures.compared += 1
         figures.latency_sum_s += pair.shadow_latency_s
         figures.top1_agreed += comparison.top1_agreed

@@ -46,6 +46,10 @@ _CONFIG_TYPE = {
     "BYTES": pb.TYPE_STRING,
 }
 
+VERSION_TRAILER = "turnout-version"
+ARM_TRAILER = "turnout-arm"
+GENERATION_TRAILER = "turnout-generation"
+
 
 def _parameter_value(parameter: Any) -> Any:
     choice = parameter.WhichOneof("parameter_choice")
@@ -98,10 +102,14 @@ def _typed_tensor(tensor: Any) -> Tensor:
         raise InvalidArgument(f"input {tensor.name!r}: values do not fit {tensor.datatype}: {error}") from None
 
 
-def infer_response_to_proto(response: InferResponse) -> Any:
-    """Encode a response: every output's bytes in raw_output_contents, in output order."""
+def infer_response_to_proto(response: InferResponse, routing_parameters: bool = False) -> Any:
+    """Encode a response: every output's bytes in raw_output_contents, in output order.
+
+    Streams have no per-response trailers, so there the routing decision travels as response
+    parameters (``routing_parameters``) under the same names as the unary call's trailing metadata.
+    """
     outputs = response.outputs
-    return pb.ModelInferResponse(
+    message = pb.ModelInferResponse(
         model_name=response.model_name,
         model_version=response.model_version,
         id=response.id,
@@ -110,6 +118,24 @@ def infer_response_to_proto(response: InferResponse) -> Any:
         ],
         raw_output_contents=[raw_bytes(t) for t in outputs],
     )
+    if routing_parameters:
+        for key, value in routing_trailers(response):
+            message.parameters[key].string_value = value
+    return message
+
+
+def routing_trailers(response: InferResponse) -> tuple[tuple[str, str], ...]:
+    """Which version answered, on which arm, under which policy generation: trailing metadata."""
+    return (
+        (VERSION_TRAILER, response.model_version),
+        (ARM_TRAILER, response.arm),
+        (GENERATION_TRAILER, str(response.generation)),
+    )
+
+
+def text_metadata(metadata: Any) -> dict[str, str]:
+    """The request's text headers (binary ``-bin`` ones are left out), for routing to read."""
+    return {key: value for key, value in metadata or () if isinstance(value, str)}
 
 
 def _tensor_metadata(specs: Sequence[TensorSpec]) -> list[Any]:

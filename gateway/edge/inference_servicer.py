@@ -19,7 +19,9 @@ from gateway.edge.codec import (
     infer_response_to_proto,
     model_config_to_proto,
     model_metadata_to_proto,
+    routing_trailers,
     statistics_to_proto,
+    text_metadata,
 )
 from gateway.edge.status import maps_errors
 from gateway.edge.wire import inference_pb2 as pb
@@ -153,9 +155,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         if not self.calls.enter():
             raise Unavailable(_SHUTTING_DOWN)
         try:
-            response = self._dataplane.infer(infer_request_from_proto(request), _timeout_s(context))
+            decoded = infer_request_from_proto(request)
+            decoded.routing_metadata = text_metadata(context.invocation_metadata())
+            response = self._dataplane.infer(decoded, _timeout_s(context))
         finally:
             self.calls.leave()
+        context.set_trailing_metadata(routing_trailers(response))
         return infer_response_to_proto(response)
 
     def ModelStreamInfer(self, request_iterator: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
@@ -177,12 +182,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
 
             return done
 
+        metadata = text_metadata(context.invocation_metadata())
+
         def read() -> None:
             try:
                 for message in request_iterator:
                     submitted[0] += 1
                     try:
-                        self._dataplane.submit(infer_request_from_proto(message), answer(message.id))
+                        decoded = infer_request_from_proto(message)
+                        decoded.routing_metadata = metadata
+                        self._dataplane.submit(decoded, answer(message.id))
                     except TurnoutError as error:
                         answers.put(_stream_answer(message.id, None, error))
             except grpc.RpcError:
@@ -237,4 +246,4 @@ def _stream_answer(request_id: str, response: InferResponse | None, error: Turno
         return pb.ModelStreamInferResponse(
             error_message=str(error), infer_response=pb.ModelInferResponse(id=request_id)
         )
-    return pb.ModelStreamInferResponse(infer_response=infer_response_to_proto(response))
+    return pb.ModelStreamInferResponse(infer_response=infer_response_to_proto(response, routing_parameters=True))

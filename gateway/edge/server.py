@@ -11,11 +11,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from gateway.edge.inference_servicer import InferenceServicer
+from gateway.edge.rollouts_servicer import RolloutsServicer
 from gateway.edge.wire import inference_pb2 as pb
 from gateway.edge.wire import inference_pb2_grpc as pb_grpc
+from gateway.edge.wire.turnout.v1 import rollouts_pb2, rollouts_pb2_grpc
 from gateway.settings import Settings
 
 INFERENCE_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+ROLLOUTS_SERVICE = rollouts_pb2.DESCRIPTOR.services_by_name["Rollouts"].full_name
 # After the inference calls drain, what is left (health Watch streams, metadata calls) gets this long.
 _FINAL_GRACE_S = 0.5
 
@@ -37,7 +40,7 @@ def server_options(settings: Settings) -> list[tuple[str, Any]]:
 class GatewayServer:
     """The running gRPC server and its health status."""
 
-    def __init__(self, settings: Settings, servicer: InferenceServicer) -> None:
+    def __init__(self, settings: Settings, servicer: InferenceServicer, rollouts: RolloutsServicer) -> None:
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.grpc_threads, thread_name_prefix="grpc"),
             options=server_options(settings),
@@ -45,10 +48,11 @@ class GatewayServer:
         )
         self._servicer = servicer
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, self._server)
+        rollouts_pb2_grpc.add_RolloutsServicer_to_server(rollouts, self._server)
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
-            (INFERENCE_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
+            (INFERENCE_SERVICE, ROLLOUTS_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
         )
         self.port = self._server.add_insecure_port(f"{settings.host}:{settings.port}")
         if self.port == 0:

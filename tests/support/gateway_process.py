@@ -44,9 +44,11 @@ class GatewayProcess:
         return f"127.0.0.1:{self.port}"
 
     def start(self, timeout_s: float = 60.0) -> GatewayProcess:
+        # Each gateway gets its own routing state unless the test shares one on purpose.
+        state = [] if "--state-dir" in self.flags else ["--state-dir", tempfile.mkdtemp(prefix="turnout-state-")]
         command = [
             sys.executable, "-m", "gateway", "serve", "--repository", str(self.repository),
-            "--host", "127.0.0.1", "--port", "0", *self.flags,
+            "--host", "127.0.0.1", "--port", "0", *state, *self.flags,
         ]
         self.process = subprocess.Popen(
             command, cwd=REPO_ROOT, env=self.env, stdout=subprocess.PIPE, stderr=self._log, text=True
