@@ -42,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     health = commands.add_parser("health", help="ask a gateway's grpc.health.v1 service; exit 0 when SERVING")
     health.add_argument("--server", default="localhost:8001", help="HOST:PORT (default localhost:8001)")
     health.add_argument("--timeout-s", type=float, default=3.0)
+    from gateway.edge.control_cli import add_commands
+
+    add_commands(commands)
     return parser
 
 
@@ -72,7 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
-    return _health(args)
+    if args.command == "health":
+        return _health(args)
+    from gateway.edge.control_cli import run
+
+    return run(args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,205 @@
+"""The operator's commands (status, policy, canary, shadow, promote, rollback, history) over Rollouts gRPC.
+
+Each command makes one call to a running gateway and prints the result for a person, or as JSON
+with ``--json`` for scripts. The actor recorded in the audit history is the local user name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+
+from gateway.edge.wire import inference_pb2, inference_pb2_grpc
+from gateway.edge.wire.turnout.v1 import rollouts_pb2 as pb
+from gateway.edge.wire.turnout.v1 import rollouts_pb2_grpc as pb_grpc
+
+DEFAULT_SERVER = "localhost:8001"
+COMMANDS = ("status", "policy", "canary", "shadow", "promote", "rollback", "history")
+
+
+def add_commands(commands: Any) -> None:
+    """Register the control commands on the ``turnout`` argument parser's subcommands."""
+
+    def command(name: str, text: str, model_optional: bool = False) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = commands.add_parser(name, help=text)
+        parser.add_argument("model", nargs="?" if model_optional else None)
+        parser.add_argument(
+            "--server",
+            default=os.environ.get("TURNOUT_SERVER", DEFAULT_SERVER),
+            help=f"gateway HOST:PORT (default $TURNOUT_SERVER or {DEFAULT_SERVER})",
+        )
+        parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+        parser.add_argument("--timeout-s", type=float, default=30.0)
+        return parser
+
+    command("status", "show models, their policies and versions", model_optional=True)
+    policy = command("policy", "replace a model's policy with just a stable version (clears trials)")
+    policy.add_argument("--stable", type=int, required=True)
+    policy.add_argument("--sticky-key", default="")
+    policy.add_argument("--reason", default="")
+    canary = command("canary", "send a share of traffic to a candidate version")
+    canary.add_argument("version", type=int, nargs="?", default=0)
+    canary.add_argument("--weight", type=float, help="percent of requests, in steps of 0.01")
+    canary.add_argument("--sticky-key", default="", help="metadata key that keeps a caller on one side")
+    canary.add_argument("--clear", action="store_true", help="remove the canary")
+    canary.add_argument("--reason", default="")
+    shadow = command("shadow", "mirror a fraction of requests to a version (0 removes it)")
+    shadow.add_argument("version", type=int)
+    shadow.add_argument("--fraction", type=float, required=True)
+    shadow.add_argument("--reason", default="")
+    promote = command("promote", "make the canary the stable version")
+    promote.add_argument("--reason", default="")
+    rollback = command("rollback", "back to the last stable policy, at once")
+    rollback.add_argument("--reason", default="")
+    history = command("history", "the model's policy changes, newest first")
+    history.add_argument("--limit", type=int, default=20)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run one control command; exit status 0 on success, 1 when the gateway refused."""
+    metadata = (("turnout-actor", getpass.getuser()),)
+    with grpc.insecure_channel(args.server) as channel:
+        stub = pb_grpc.RolloutsStub(channel)
+        try:
+            if args.command == "status":
+                return _status(channel, stub, args, metadata)
+            call, request, show = _call_for(stub, args)
+            response = call(request, timeout=args.timeout_s, metadata=metadata)
+        except grpc.RpcError as error:
+            print(f"turnout {args.command}: {error.code().name}: {error.details()}", file=sys.stderr)
+            return 1
+    _print(response, args.json, show)
+    return 0
+
+
+def _call_for(stub: Any, args: argparse.Namespace) -> tuple[Any, Any, Callable[[Any], str]]:
+    model, reason = args.model, getattr(args, "reason", "")
+    if args.command == "policy":
+        policy = pb.Policy(stable=args.stable, sticky_key=args.sticky_key)
+        return stub.SetPolicy, pb.SetPolicyRequest(model=model, policy=policy, reason=reason), describe_policy
+    if args.command == "canary":
+        if not args.clear and (not args.version or args.weight is None):
+            raise SystemExit("turnout canary: give VERSION and --weight, or --clear")
+        request = pb.SetCanaryRequest(
+            model=model,
+            version=args.version,
+            weight_percent=args.weight or 0.0,
+            sticky_key=args.sticky_key,
+            reason=reason,
+            clear=args.clear,
+        )
+        return stub.SetCanary, request, describe_policy
+    if args.command == "shadow":
+        request = pb.SetShadowRequest(model=model, version=args.version, fraction=args.fraction, reason=reason)
+        return stub.SetShadow, request, describe_policy
+    if args.command == "promote":
+        return stub.Promote, pb.PromoteRequest(model=model, reason=reason), describe_policy
+    if args.command == "rollback":
+        return stub.Rollback, pb.RollbackRequest(model=model, reason=reason), describe_policy
+    return stub.History, pb.HistoryRequest(model=model, limit=args.limit), describe_history
+
+
+def _status(channel: grpc.Channel, stub: Any, args: argparse.Namespace, metadata: Any) -> int:
+    if args.model:
+        models = [args.model]
+    else:
+        index = inference_pb2_grpc.GRPCInferenceServiceStub(channel).RepositoryIndex(
+            inference_pb2.RepositoryIndexRequest(), timeout=args.timeout_s
+        )
+        models = sorted({entry.name for entry in index.models})
+    reports = []
+    for model in models:
+        versions = stub.ListVersions(pb.ListVersionsRequest(model=model), timeout=args.timeout_s, metadata=metadata)
+        try:
+            policy = stub.GetPolicy(pb.GetPolicyRequest(model=model), timeout=args.timeout_s, metadata=metadata)
+        except grpc.RpcError as error:
+            if error.code() is not grpc.StatusCode.UNAVAILABLE:
+                raise
+            policy = None
+        figures = stub.GetShadowComparison(pb.ShadowComparisonRequest(model=model), timeout=args.timeout_s)
+        reports.append((policy, versions, figures))
+    if args.json:
+        print(json.dumps([_status_json(*report) for report in reports], indent=2))
+    else:
+        print("\n\n".join(_status_text(*report) for report in reports))
+    return 0
+
+
+def _to_dict(message: Any) -> dict[str, Any]:
+    converted: dict[str, Any] = MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    return converted
+
+
+def _status_json(policy: Any, versions: Any, figures: Any) -> dict[str, Any]:
+    return {
+        "model": versions.model,
+        "policy": _to_dict(policy) if policy is not None else None,
+        "versions": _to_dict(versions)["versions"],
+        "shadow_comparison": _to_dict(figures)["figures"],
+    }
+
+
+def _status_text(policy: Any, versions: Any, figures: Any) -> str:
+    lines = [describe_policy(policy) if policy is not None else f"{versions.model}: no READY version"]
+    lines.append("  versions:")
+    for v in versions.versions:
+        role = f"  {v.role}" if v.role else ""
+        why = f"  ({v.reason})" if v.reason else ""
+        lines.append(f"    {v.version:>4}  {v.state:<11} sha256 {v.artifact_sha256[:12] or '-':<12}{role}{why}")
+    for f in figures.figures:
+        agreement = f"{100 * f.top1_agreed / f.top1_rows:.2f}% top-1 agreement" if f.top1_rows else "no class scores"
+        diffs = ", ".join(f"{d.output} max |diff| {d.max_abs_diff:.3g}" for d in f.outputs)
+        lines.append(
+            f"  shadow v{f.shadow_version} vs v{f.primary_version}: {f.compared} compared, {f.failed} failed, "
+            f"{f.dropped} dropped; {agreement}; {diffs or 'nothing compared yet'}"
+        )
+    return "\n".join(lines)
+
+
+def describe_policy(state: Any) -> str:
+    policy = state.policy
+    kind = "policy" if state.explicit else "no policy set; highest READY version serves"
+    lines = [f"{state.model}  generation {state.generation}  ({kind})", f"  stable  v{policy.stable}"]
+    if policy.HasField("canary"):
+        sticky = f"  sticky by {policy.sticky_key}" if policy.sticky_key else "  random split"
+        lines.append(f"  canary  v{policy.canary.version}  {policy.canary.weight_bp / 100:.2f}%{sticky}")
+    lines.extend(f"  shadow  v{s.version}  {100 * s.fraction:g}% of requests" for s in policy.shadows)
+    if state.applied_by:
+        lines.append(f"  applied by {len(state.applied_by)} gateway process(es)")
+    return "\n".join(lines)
+
+
+def _short_policy(policy: Any) -> str:
+    parts = [f"stable v{policy.stable}"]
+    if policy.HasField("canary"):
+        parts.append(f"canary v{policy.canary.version} {policy.canary.weight_bp / 100:.2f}%")
+    parts.extend(f"shadow v{s.version} {100 * s.fraction:g}%" for s in policy.shadows)
+    if policy.sticky_key:
+        parts.append(f"sticky {policy.sticky_key}")
+    return ", ".join(parts)
+
+
+def describe_history(history: Any) -> str:
+    lines = [f"{history.model}: {len(history.changes)} change(s), newest first"]
+    for change in history.changes:
+        at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(change.at_unix_ms / 1000))
+        before = _short_policy(change.before) if change.HasField("before") else "(none)"
+        reason = f"  \"{change.reason}\"" if change.reason else ""
+        lines.append(f"  #{change.generation:<4} {at}  {change.action:<12} by {change.actor}{reason}")
+        lines.append(f"        {before}  ->  {_short_policy(change.after)}")
+    return "\n".join(lines)
+
+
+def _print(response: Any, as_json: bool, show: Callable[[Any], str]) -> None:
+    print(json.dumps(_to_dict(response), indent=2) if as_json else show(response))
