@@ -32,7 +32,8 @@ _LIVENESS_S = 3.0
 
 
 def host_factory(settings: Settings) -> HostFactory:
-    """Worker processes by default; the calling process when ``worker_mode`` is ``inprocess``."""
+    """Worker processes by default (shared through the broker when a supervisor runs several gateway
+    processes); the calling process when ``worker_mode`` is ``inprocess``."""
     if settings.worker_mode == "inprocess":
         from runtimes.inprocess_host import InProcessHost
 
@@ -40,6 +41,16 @@ def host_factory(settings: Settings) -> HostFactory:
             return InProcessHost(kind, artifact, options)
 
         return in_process
+
+    if settings.worker_broker is not None:
+        from runtimes.shared_host import BrokerClient, SharedWorkerHost
+
+        broker = BrokerClient(settings.worker_broker)
+
+        def shared(kind: str, artifact: Path, options: RuntimeOptions, label: str) -> ModelHost:
+            return SharedWorkerHost(broker, kind, artifact, options, label=label)
+
+        return shared
 
     from runtimes.process_host import WorkerProcessHost
 

@@ -19,6 +19,7 @@ _SERVE_FLAGS: list[tuple[str, type, str]] = [
     ("--poll-interval-s", float, "seconds between repository scans; 0 turns polling off (default 2)"),
     ("--drain-timeout-s", float, "longest wait for in-flight requests when unloading (default 30)"),
     ("--grace-period-s", float, "longest wait for in-flight calls on SIGTERM (default 10)"),
+    ("--processes", int, "gateway processes sharing the port (SO_REUSEPORT) and the workers (default 1)"),
     ("--state-dir", Path, "directory of the routing state shared by gateway processes (default ./state)"),
     ("--apply-timeout-s", float, "how long a policy change waits for every gateway process (default 10)"),
     ("--rollback-window-s", float, "how long a replaced stable version stays loaded (default 600)"),
@@ -39,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     for flag, kind, text in _SERVE_FLAGS:
         serve.add_argument(flag, type=kind, help=text)
+    # How the supervisor of --processes N starts its gateway processes.
+    serve.add_argument("--worker-broker", type=Path, help=argparse.SUPPRESS)
+    serve.add_argument("--reuse-port", action="store_const", const=True, help=argparse.SUPPRESS)
     health = commands.add_parser("health", help="ask a gateway's grpc.health.v1 service; exit 0 when SERVING")
     health.add_argument("--server", default="localhost:8001", help="HOST:PORT (default localhost:8001)")
     health.add_argument("--timeout-s", type=float, default=3.0)
@@ -49,7 +53,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from gateway.app import serve
     from gateway.settings import load_settings
 
     flags: dict[str, Any] = {
@@ -60,6 +63,12 @@ def _serve(args: argparse.Namespace) -> int:
     except (ValidationError, ValueError, OSError) as error:
         print(f"turnout: invalid settings: {error}", file=sys.stderr)
         return 2
+    if settings.processes > 1:
+        from gateway.supervisor import supervise
+
+        return supervise(settings)
+    from gateway.app import serve
+
     return serve(settings)
 
 

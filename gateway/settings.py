@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     # Routing state (policies, history) shared by every gateway process on this host.
     state_dir: Path = Path("state")
     processes: int = Field(1, ge=1, le=256)
+    # Set by the supervisor for the gateway processes it starts; not for people.
+    worker_broker: Path | None = None
+    reuse_port: bool = False
     policy_poll_interval_s: float = Field(0.02, gt=0)  # how soon a change made elsewhere is seen here
     apply_timeout_s: float = Field(10.0, gt=0)  # a policy change waits this long for every process
     rollback_window_s: float = Field(600.0, ge=0)  # an old stable version stays loaded this long

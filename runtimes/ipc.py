@@ -40,6 +40,11 @@ class Kind(IntEnum):
     RESULT = 4
     ERROR = 5
     SHUTDOWN = 6
+    # Between a gateway process and the worker broker (runtimes.broker).
+    ATTACH = 7
+    ATTACHED = 8
+    DETACH = 9
+    DETACHED = 10
 
 
 @dataclass(slots=True)

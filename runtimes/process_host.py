@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -47,15 +48,16 @@ def _raise_from(meta: Mapping[str, Any]) -> None:
 class _Worker:
     """One running worker process and our end of its socket."""
 
-    def __init__(self, label: str) -> None:
+    def __init__(self, label: str, listener: socket.socket | None) -> None:
         ours, theirs = channel_pair()
+        extra = ["--listen-fd", str(listener.fileno())] if listener is not None else []
         env = dict(os.environ)
         # The worker imports `runtimes` from wherever this process found it, installed or not.
         package_root = str(Path(runtimes.__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "runtimes.worker", "--fd", str(theirs.fileno())],
-            pass_fds=[theirs.fileno()],
+            [sys.executable, "-m", "runtimes.worker", "--fd", str(theirs.fileno()), *extra],
+            pass_fds=[theirs.fileno(), *([listener.fileno()] if listener is not None else [])],
             env=env,
             # A terminal's Ctrl-C or a group-wide SIGTERM must reach only the gateway, which then
             # drains in-flight requests before stopping its workers itself.
@@ -114,8 +116,12 @@ class WorkerProcessHost:
         *,
         label: str = "",
         restart_wait_s: float = 30.0,
+        listener: socket.socket | None = None,
     ) -> None:
+        """``listener``: a listening socket every incarnation of the worker also accepts other
+        gateway processes on (see :mod:`runtimes.broker`); it stays open across restarts."""
         self._kind, self._artifact, self._options = kind, artifact, options
+        self._listener = listener
         self._label = label or artifact.parent.name
         self._restart_wait_s = restart_wait_s
         self._call_lock = threading.Lock()  # one batch at a time through the socket
@@ -132,7 +138,7 @@ class WorkerProcessHost:
         return worker.process.pid if worker else None
 
     def _start(self) -> Signature:
-        worker = _Worker(self._label)
+        worker = _Worker(self._label, self._listener)
         try:
             signature = worker.load(self._kind, self._artifact, self._options)
         except BaseException:

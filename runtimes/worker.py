@@ -1,7 +1,11 @@
-"""The worker process: loads one model and answers inference frames until told to stop.
+"""The worker process: loads one model and answers inference frames until its owner goes away.
 
-Started by :class:`runtimes.process_host.WorkerProcessHost` as ``python -m runtimes.worker --fd N``
-with one end of a socket pair. It exits when the socket closes, so it never outlives its gateway.
+Started as ``python -m runtimes.worker --fd N`` with one end of a socket pair, by
+:class:`runtimes.process_host.WorkerProcessHost` (the gateway owns it) or by
+:class:`runtimes.broker.WorkerBroker` (several gateway processes share it). With ``--listen-fd M``
+it also accepts connections on that listening socket, one thread each, so every gateway process
+of a host talks to the same loaded model. It exits when the owner's socket closes, so it never
+outlives its owner.
 """
 
 from __future__ import annotations
@@ -9,15 +13,40 @@ from __future__ import annotations
 import argparse
 import contextlib
 import socket
+import threading
 from pathlib import Path
 
 from runtimes.catalog import open_runtime
 from runtimes.contract import Runtime, RuntimeFailure, RuntimeOptions
-from runtimes.ipc import ChannelClosed, Kind, recv_frame, send_frame
+from runtimes.ipc import ChannelClosed, Frame, Kind, recv_frame, send_frame
 
 
-def _serve(sock: socket.socket) -> None:
-    runtime: Runtime | None = None
+class _LoadedModel:
+    """The one model of this worker, loaded by the first LOAD; later LOADs of the same artifact reuse it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._runtime: Runtime | None = None
+        self._source: tuple[str, str] | None = None
+
+    def load(self, frame: Frame) -> Runtime:
+        source = (str(frame.meta["runtime"]), str(frame.meta["artifact"]))
+        with self._lock:
+            if self._runtime is None:
+                options = RuntimeOptions.from_json(frame.meta["options"])
+                self._runtime = open_runtime(source[0], Path(source[1]), options)
+                self._source = source
+            elif source != self._source:
+                raise RuntimeFailure(f"this worker serves {self._source}, not {source}")
+            return self._runtime
+
+    @property
+    def runtime(self) -> Runtime | None:
+        return self._runtime
+
+
+def _serve(sock: socket.socket, model: _LoadedModel) -> None:
+    """Answer one connection's frames in order until it closes or says SHUTDOWN."""
     while True:
         try:
             frame = recv_frame(sock)
@@ -27,16 +56,13 @@ def _serve(sock: socket.socket) -> None:
             return
         try:
             if frame.kind is Kind.LOAD:
-                runtime = open_runtime(
-                    frame.meta["runtime"],
-                    Path(frame.meta["artifact"]),
-                    RuntimeOptions.from_json(frame.meta["options"]),
-                )
+                runtime = model.load(frame)
                 send_frame(sock, Kind.LOADED, {"signature": runtime.signature.to_json()})
             elif frame.kind is Kind.INFER:
-                if runtime is None:
+                loaded = model.runtime
+                if loaded is None:
                     raise RuntimeFailure("no model is loaded in this worker")
-                outputs = runtime.infer(frame.tensors, frame.meta["outputs"])
+                outputs = loaded.infer(frame.tensors, frame.meta["outputs"])
                 send_frame(sock, Kind.RESULT, None, {name: [array] for name, array in outputs.items()})
             else:
                 raise RuntimeFailure(f"unexpected frame {frame.kind.name}")
@@ -46,13 +72,28 @@ def _serve(sock: socket.socket) -> None:
             send_frame(sock, Kind.ERROR, {"error": "InferenceFailed", "message": f"{type(error).__name__}: {error}"})
 
 
+def _serve_quietly(sock: socket.socket, model: _LoadedModel) -> None:
+    # A peer may go away mid-reply; there is nobody left to tell.
+    with sock, contextlib.suppress(ConnectionError):
+        _serve(sock, model)
+
+
+def _accept_forever(listener: socket.socket, model: _LoadedModel) -> None:
+    while True:
+        connection, _ = listener.accept()
+        threading.Thread(target=_serve_quietly, args=(connection, model), daemon=True).start()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--fd", type=int, required=True, help="file descriptor of the gateway's socket")
+    parser.add_argument("--fd", type=int, required=True, help="file descriptor of the owner's socket")
+    parser.add_argument("--listen-fd", type=int, help="a listening Unix socket other gateway processes connect to")
     args = parser.parse_args()
-    # The gateway may go away mid-reply; there is nobody left to tell.
-    with socket.socket(fileno=args.fd) as sock, contextlib.suppress(ConnectionError):
-        _serve(sock)
+    model = _LoadedModel()
+    if args.listen_fd is not None:
+        listener = socket.socket(fileno=args.listen_fd)
+        threading.Thread(target=_accept_forever, args=(listener, model), name="accept", daemon=True).start()
+    _serve_quietly(socket.socket(fileno=args.fd), model)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,9 @@ def server_options(settings: Settings) -> list[tuple[str, Any]]:
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
         ("grpc.http2.max_ping_strikes", 0),
-        ("grpc.so_reuseport", 0),
+        # Only the processes of one supervisor may share the port; otherwise a second gateway on a
+        # busy port must fail rather than silently split its traffic.
+        ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
     ]
 
 

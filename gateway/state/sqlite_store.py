@@ -72,7 +72,10 @@ class SqliteStateStore:
         connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
         if connection is None:
             # autocommit mode: transactions are begun explicitly where a write needs one.
-            connection = sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None)
+            # Used by this thread only; close() runs on the stopping thread, hence no same-thread check.
+            connection = sqlite3.connect(
+                self.path, timeout=self._busy_timeout_s, isolation_level=None, check_same_thread=False
+            )
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=FULL")  # an acknowledged policy change survives a power cut
             self._local.connection = connection

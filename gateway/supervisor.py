@@ -1,0 +1,148 @@
+"""``turnout serve --processes N``: N gateway processes on one port, sharing workers and routing state.
+
+The supervisor reserves the port, runs the worker broker (one worker per model instance for the
+whole host, see :mod:`runtimes.broker`), and starts N ordinary gateway processes that bind the port
+with SO_REUSEPORT, so the kernel spreads connections across them. They share the routing state
+through the SQLite store under the state directory. A gateway process that dies is started again;
+SIGTERM or SIGINT is passed on to every one, and the supervisor exits once they have drained.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+import yaml
+
+from gateway.settings import Settings
+from runtimes.broker import WorkerBroker
+
+log = logging.getLogger("turnout.supervisor")
+
+_RESTART_DELAY_S = 1.0
+_START_TIMEOUT_S = 120.0
+
+
+def reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
+    """Bind (without listening) a SO_REUSEPORT socket, so ``--port 0`` becomes one port for every process."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    placeholder = socket.socket(family, socket.SOCK_STREAM)
+    placeholder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    placeholder.bind((host, port))
+    return placeholder, int(placeholder.getsockname()[1])
+
+
+class _GatewayChild:
+    """One gateway process, and the serving line it prints once it listens."""
+
+    def __init__(self, command: list[str], index: int) -> None:
+        self.index = index
+        self.serving = threading.Event()
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        threading.Thread(target=self._read_stdout, name=f"gateway-{index}-stdout", daemon=True).start()
+
+    def _read_stdout(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            if line.startswith("turnout: serving"):
+                self.serving.set()
+            else:
+                sys.stdout.write(line)
+
+
+class Supervisor:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        # Unix socket paths must stay short (108 bytes), so they live in a fresh /tmp directory.
+        self._socket_dir = Path(tempfile.mkdtemp(prefix="turnout-"))
+        self._placeholder, self.port = reserve_port(settings.host, settings.port)
+        self.broker = WorkerBroker(self._socket_dir)
+        self._command = self._child_command()
+        self._children: list[_GatewayChild] = []
+        self._stopping = threading.Event()
+
+    def _child_command(self) -> list[str]:
+        config = self._socket_dir / "gateway.yaml"
+        inherited = self.settings.model_dump(mode="json", exclude={"processes", "port", "worker_broker", "reuse_port"})
+        config.write_text(yaml.safe_dump(inherited))
+        return [
+            sys.executable, "-m", "gateway", "serve", "--config", str(config), "--processes", "1",
+            "--port", str(self.port), "--reuse-port", "--worker-broker", str(self.broker.path),
+        ]
+
+    def start(self) -> None:
+        self._children = [_GatewayChild(self._command, index) for index in range(self.settings.processes)]
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        for child in self._children:
+            while not child.serving.wait(0.1):
+                if child.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"gateway process {child.index} did not start (exit {child.process.poll()})")
+
+    def watch(self) -> None:
+        """Start again any gateway process that exits while we are not stopping."""
+        while not self._stopping.wait(0.2):
+            for position, child in enumerate(self._children):
+                code = child.process.poll()
+                if code is None or self._stopping.is_set():
+                    continue
+                log.error("gateway process %d (pid %d) exited with %s; starting it again",
+                          child.index, child.process.pid, code)
+                time.sleep(_RESTART_DELAY_S)
+                self._children[position] = _GatewayChild(self._command, child.index)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        for child in self._children:
+            if child.process.poll() is None:
+                child.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.settings.grace_period_s + 10
+        for child in self._children:
+            try:
+                child.process.wait(max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                log.error("gateway process %d did not stop in time; killing it", child.index)
+                child.process.kill()
+                child.process.wait()
+        self.broker.close()
+        self._placeholder.close()
+        shutil.rmtree(self._socket_dir, ignore_errors=True)
+
+
+def supervise(settings: Settings) -> int:
+    """Run N gateway processes until SIGTERM or SIGINT; returns the exit status."""
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not settings.repository.is_dir():
+        log.error("model repository %s is not a directory", settings.repository)
+        return 2
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        if not stop.is_set():
+            log.info("received %s; stopping %d gateway processes", signal.Signals(signum).name, settings.processes)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    supervisor = Supervisor(settings)
+    try:
+        supervisor.start()
+        threading.Thread(target=supervisor.watch, name="supervisor-watch", daemon=True).start()
+        print(
+            f"turnout: serving {settings.repository} with {settings.processes} processes "
+            f"on {settings.host}:{supervisor.port}",
+            flush=True,
+        )
+        stop.wait()
+    finally:
+        supervisor.stop()
+    log.info("stopped")
+    return 0

@@ -1,0 +1,186 @@
+"""The worker broker: one set of worker processes shared by every gateway process on a host.
+
+``turnout serve --processes N`` runs the broker in its supervisor. A gateway process asks it to
+ATTACH a model instance (runtime kind, artifact, options, label); the first ask starts the worker
+and loads the model, later asks get the same worker's socket path. Each worker keeps the broker's
+listening socket across restarts, so a gateway that reconnects while the worker restarts simply
+waits in the backlog. A worker stops when the last gateway process detaches or disconnects.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from runtimes.contract import RuntimeFailure, RuntimeOptions
+from runtimes.ipc import ChannelClosed, Kind, recv_frame, send_frame
+from runtimes.process_host import WorkerProcessHost
+
+log = logging.getLogger(__name__)
+
+_Key = tuple[str, str, str, str, int, int]  # kind, artifact, options, label, size, mtime_ns
+
+
+@dataclass(slots=True)
+class _SharedWorker:
+    host: WorkerProcessHost
+    listener: socket.socket
+    path: Path
+    refs: int = 0
+
+
+class WorkerBroker:
+    """Starts, shares, restarts (through WorkerProcessHost) and stops workers for gateway processes."""
+
+    def __init__(self, socket_dir: Path, restart_wait_s: float = 30.0) -> None:
+        self.socket_dir = socket_dir
+        self.path = socket_dir / "broker.sock"
+        self._restart_wait_s = restart_wait_s
+        self._lock = threading.Lock()
+        self._workers: dict[_Key, _SharedWorker] = {}
+        self._creating: dict[_Key, threading.Lock] = {}
+        self._next_id = 0
+        self._closed = False
+        self._listener = _listen(self.path)
+        self._acceptor = threading.Thread(target=self._accept, name="broker-accept", daemon=True)
+        self._acceptor.start()
+
+    def worker_pids(self) -> list[int]:
+        with self._lock:
+            return sorted(pid for w in self._workers.values() if (pid := w.host.pid) is not None)
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                connection, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            threading.Thread(target=self._serve_client, args=(connection,), name="broker-client", daemon=True).start()
+
+    def _serve_client(self, connection: socket.socket) -> None:
+        attached: Counter[_Key] = Counter()
+        try:
+            while True:
+                frame = recv_frame(connection)
+                if frame.kind is Kind.ATTACH:
+                    try:
+                        key, worker = self._attach(frame.meta)
+                    except (RuntimeFailure, OSError) as error:
+                        send_frame(connection, Kind.ERROR, {"error": type(error).__name__, "message": str(error)})
+                        continue
+                    attached[key] += 1
+                    send_frame(connection, Kind.ATTACHED, {"path": str(worker.path)})
+                elif frame.kind is Kind.DETACH:
+                    key = _key_from(frame.meta)
+                    if attached[key] > 0:
+                        attached[key] -= 1
+                        self._release(key)
+                    send_frame(connection, Kind.DETACHED)
+        except (ChannelClosed, ConnectionError, OSError):
+            pass  # the gateway process went away: whatever it held is released below
+        finally:
+            connection.close()
+            for key, count in attached.items():
+                for _ in range(count):
+                    self._release(key)
+
+    def _attach(self, meta: dict[str, object]) -> tuple[_Key, _SharedWorker]:
+        key = _key_from(meta)
+        with self._lock:
+            creating = self._creating.setdefault(key, threading.Lock())
+        with creating:  # one load per model instance, however many processes ask at once
+            with self._lock:
+                worker = self._workers.get(key)
+                if worker is not None:
+                    worker.refs += 1
+                    return key, worker
+            worker = self._start(key)
+            with self._lock:
+                worker.refs += 1
+                self._workers[key] = worker
+            return key, worker
+
+    def _start(self, key: _Key) -> _SharedWorker:
+        kind, artifact, options, label, _, _ = key
+        with self._lock:
+            self._next_id += 1
+            path = self.socket_dir / f"worker-{self._next_id}.sock"
+        listener = _listen(path)
+        try:
+            host = WorkerProcessHost(
+                kind,
+                Path(artifact),
+                RuntimeOptions.from_json(json.loads(options)),
+                label=label,
+                restart_wait_s=self._restart_wait_s,
+                listener=listener,
+            )
+        except BaseException:
+            listener.close()
+            path.unlink(missing_ok=True)
+            raise
+        log.info("worker for %s started, shared at %s", label, path)
+        return _SharedWorker(host, listener, path)
+
+    def _release(self, key: _Key) -> None:
+        with self._lock:
+            worker = self._workers.get(key)
+            if worker is None:
+                return
+            worker.refs -= 1
+            if worker.refs > 0:
+                return
+            del self._workers[key]
+        self._stop(worker)
+
+    @staticmethod
+    def _stop(worker: _SharedWorker) -> None:
+        worker.host.close()
+        worker.listener.close()
+        worker.path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        self._closed = True
+        self._listener.close()
+        self.path.unlink(missing_ok=True)
+        with self._lock:
+            workers, self._workers = list(self._workers.values()), {}
+        for worker in workers:
+            self._stop(worker)
+
+
+def attach_request(kind: str, artifact: Path, options: RuntimeOptions, label: str) -> dict[str, object]:
+    """The ATTACH (and DETACH) frame's fields for one model instance."""
+    stat = artifact.stat()
+    return {
+        "kind": kind,
+        "artifact": str(artifact.resolve()),
+        "options": json.dumps(options.to_json(), sort_keys=True),
+        "label": label,
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+    }
+
+
+def _key_from(meta: dict[str, object]) -> _Key:
+    return (
+        str(meta["kind"]),
+        str(meta["artifact"]),
+        str(meta["options"]),
+        str(meta["label"]),
+        int(str(meta["size"])),
+        int(str(meta["mtime_ns"])),
+    )
+
+
+def _listen(path: Path) -> socket.socket:
+    path.unlink(missing_ok=True)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(256)
+    return listener
