@@ -1,8 +1,9 @@
 """Every error a caller or a bad repository can cause: its gRPC status, a message naming the problem,
 and a gateway that still serves a good request right after.
 
-One gateway serves a repository holding the good digits model next to deliberately broken ones; the
-size-limit test starts its own gateway with a small ``--max-message-bytes``.
+One gateway (per worker mode) serves a repository holding the good digits model next to
+deliberately broken ones; the size-limit test starts its own gateway with a small
+``--max-message-bytes``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import tritonclient.grpc as triton
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
+from tests.integration.conftest import WORKER_MODES
 from tests.support.gateway_process import GatewayProcess
 from tests.support.model_repository import EXAMPLES, copy_digits, identity_model, save_version, slow_model
 
@@ -34,13 +36,14 @@ BROKEN = "broken"
 CORRUPT = "corrupt"
 # An artifact whose input is `x` FP32 [-1, 4] while model.yaml declares `input` FP32 [64].
 MISMATCH = "mismatch"
-# A model.yaml that is not YAML.
+# A model.yaml that is not YAML, and one that is YAML with a misspelt and an out-of-range setting.
 BAD_YAML = "bad_yaml"
+BAD_SETTINGS = "bad_settings"
 # A copy of digits version 1 that a test unloads and loads again.
 SPARE = "spare"
 # The slow model with room for one queued request.
 SLOW = "slow"
-SLOW_ROUNDS = 400  # about 0.4 s of MatMuls per batch here; longer on a busy machine
+SLOW_ROUNDS = 1000  # about 0.3 s of MatMuls per batch here; longer on a busy machine
 
 DIGITS_YAML = (EXAMPLES / "digits" / "model.yaml").read_text()
 MISMATCH_YAML = """
@@ -67,6 +70,8 @@ def _build_repository(root: Path) -> Path:
     (root / MISMATCH / "model.yaml").write_text(MISMATCH_YAML)
     shutil.copytree(EXAMPLES / "digits" / "1", root / BAD_YAML / "1")
     (root / BAD_YAML / "model.yaml").write_text("max_batch_size: [64\ndynamic_batching: {")
+    shutil.copytree(EXAMPLES / "digits" / "1", root / BAD_SETTINGS / "1")
+    (root / BAD_SETTINGS / "model.yaml").write_text("max_batch_sise: 8\ninstance_count: 0\n")
     shutil.copytree(EXAMPLES / "digits" / "1", root / SPARE / "1")
     (root / SPARE / "model.yaml").write_text(DIGITS_YAML)
     save_version(root, SLOW, 1, slow_model())
@@ -74,10 +79,10 @@ def _build_repository(root: Path) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    repository = _build_repository(tmp_path_factory.mktemp("errors"))
-    with GatewayProcess(repository, "--poll-interval-s", "0") as running:
+@pytest.fixture(scope="module", params=WORKER_MODES)
+def gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    repository = _build_repository(tmp_path_factory.mktemp(f"errors-{request.param}"))
+    with GatewayProcess(repository, "--worker-mode", request.param, "--poll-interval-s", "0") as running:
         yield running
 
 
@@ -380,18 +385,27 @@ def test_artifact_that_contradicts_model_yaml_fails_with_a_reason(
     assert_serves(client, digits_pixels)
 
 
-def test_malformed_model_yaml_fails_with_a_reason(client: triton.InferenceServerClient, digits_pixels: Pixels) -> None:
-    entries = index_by_version(client, BAD_YAML)
-    assert {entry.state for entry in entries.values()} == {"UNAVAILABLE"}
-    assert all("model.yaml" in entry.reason for entry in entries.values()), entries
+MALFORMED_SETTINGS = {
+    BAD_YAML: ("model.yaml: cannot be read", "line 1"),
+    BAD_SETTINGS: ("max_batch_sise: Extra inputs are not permitted", "instance_count: Input should be greater than"),
+}
+
+
+@pytest.mark.parametrize("model", list(MALFORMED_SETTINGS))
+def test_malformed_model_yaml_fails_with_a_reason(
+    model: str, client: triton.InferenceServerClient, digits_pixels: Pixels
+) -> None:
+    fragments = MALFORMED_SETTINGS[model]
+    entries = index_by_version(client, model)
+    assert [entry.state for entry in entries.values()] == ["UNAVAILABLE"], entries
+    assert all(fragment in entries[""].reason for fragment in fragments), entries[""].reason
     expect_error(
         grpc.StatusCode.UNAVAILABLE,
-        lambda: client.infer(BAD_YAML, [tensor("input", digits_pixels[:1], "FP32")]),
-        "model.yaml",
+        lambda: client.infer(model, [tensor("input", digits_pixels[:1], "FP32")]),
+        f"'{model}'",
+        *fragments,
     )
-    expect_error(
-        grpc.StatusCode.FAILED_PRECONDITION, lambda: client.load_model(BAD_YAML), f"'{BAD_YAML}'", "model.yaml"
-    )
+    expect_error(grpc.StatusCode.FAILED_PRECONDITION, lambda: client.load_model(model), f"'{model}'", *fragments)
     assert_serves(client, digits_pixels)
 
 

@@ -37,13 +37,13 @@ GRACE_S = 10.0
 INFERENCE_SERVICE = "inference.GRPCInferenceService"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-# max_queue_delay 0: a batch holds what is queued when the dispatcher looks, nothing waits for more.
+# The first slow request waits 50 ms for others, so requests sent together run as one batch.
 SLOW_YAML = """
 max_batch_size: 8
 dynamic_batching:
-  max_queue_delay_microseconds: 0
+  max_queue_delay_microseconds: 50000
 """
-SLOW_ROUNDS = 1000  # about a second of MatMuls here, longer on a busy machine
+SLOW_ROUNDS = 3000  # about a second of MatMuls here, longer on a busy machine
 SETTLE_S = 0.3  # long enough for requests sent just before to reach the gateway and be queued
 
 
@@ -204,9 +204,9 @@ def test_killed_worker_fails_only_its_batch_and_serving_resumes(
         load.wait_for_successes(50, started_after=recovered_at)
     assert new_worker != old_worker
     outcomes = load.outcomes()
+    # None at all is possible too: the kill may land between two batches.
     failures = [o for o in outcomes if o.status != "OK"]
-    assert failures, "killing the worker failed no request: was it busy?"
-    assert {o.status for o in failures} == {str(grpc.StatusCode.UNAVAILABLE)}, failures
+    assert all(o.status == str(grpc.StatusCode.UNAVAILABLE) for o in failures), failures
     assert all("died during the batch" in o.message for o in failures), failures
     # Only requests in flight when the worker died fail: at most one per client thread.
     assert len(failures) <= THREADS, failures
@@ -290,9 +290,9 @@ def test_unload_waits_for_accepted_requests_and_refuses_later_ones(slow_gateway:
         assert not client.is_model_ready(SLOW, "1")
         client.load_model(SLOW)
         assert client.is_model_ready(SLOW, "1")
+    assert all(call.finished > unload_started for call in accepted), "done before the unload: raise SLOW_ROUNDS"
     # unload_model returned only once every accepted request had its answer.
     assert all(call.finished <= unload_done for call in accepted)
-    assert unload_done - unload_started > 0.3
     assert {status for _, status in later} <= {"OK", str(grpc.StatusCode.UNAVAILABLE)}
     after = [status for started, status in later if started > unload_done]
     assert after and set(after) == {str(grpc.StatusCode.UNAVAILABLE)}
@@ -325,6 +325,7 @@ def test_sigterm_reports_not_serving_drains_and_exits_zero(
         wait_until(lambda: bool(refused[0].finished), "the refused request's answer")
     assert status == 0, slow_gateway.log()
     assert exited - signalled < GRACE_S
+    assert all(call.finished > signalled for call in in_flight), "done before SIGTERM: raise SLOW_ROUNDS"
     assert all(call.finished <= exited for call in in_flight)
     assert refused[0].error is not None and refused[0].error.status() == str(grpc.StatusCode.UNAVAILABLE)
     assert "shutting down" in str(refused[0].error.message())
@@ -347,7 +348,7 @@ def test_health_watch_streams_serving_then_not_serving_on_shutdown(tmp_path: Pat
         assert next(statuses).status == NOT_SERVING
         with pytest.raises(grpc.RpcError) as ended:
             next(statuses)
-        assert ended.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)  # type: ignore[attr-defined]
+        assert ended.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
         assert gateway.stop(timeout_s=GRACE_S) == 0
         # An open Watch stream must not hold the stop for the whole grace period.
         assert time.monotonic() - signalled < GRACE_S / 2

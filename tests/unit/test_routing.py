@@ -28,7 +28,7 @@ def test_random_draw_goes_to_canary_exactly_below_its_weight(weight_bp: int, u: 
     assert decision.arm is (Arm.CANARY if expected_canary else Arm.STABLE)
 
 
-@settings(max_examples=15)
+@settings(max_examples=15, deadline=None)  # 10,000 decisions per example
 @given(weights)
 def test_random_split_over_an_even_grid_of_draws_matches_the_weight(weight_bp: int) -> None:
     draws = [(i + 0.5) / BUCKETS for i in range(BUCKETS)]
