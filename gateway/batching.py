@@ -8,6 +8,7 @@ and hands the parts to its host uncopied. Outputs are split back into per-reques
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -18,6 +19,8 @@ from typing import Any
 import numpy as np
 
 from gateway.errors import DeadlineExceeded, Internal, TurnoutError, Unavailable
+
+log = logging.getLogger(__name__)
 
 Arrays = dict[str, np.ndarray[Any, Any]]
 
@@ -68,7 +71,10 @@ class Pending:
     def resolve(self, outputs: Arrays | None, error: TurnoutError | None = None) -> None:
         self.outputs, self.error = outputs, error
         if self.on_done is not None:
-            self.on_done(self)
+            try:
+                self.on_done(self)
+            except Exception:  # a broken callback must not end the dispatcher thread that calls it
+                log.exception("the completion callback of a request failed")
         else:
             self._done.release()
 

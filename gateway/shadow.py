@@ -30,6 +30,8 @@ class OutputDivergence:
     max_abs_diff: float = 0.0
     sum_max_abs_diff: float = 0.0
     compared: int = 0
+    equal_elements: int = 0  # exact agreement, the useful figure for labels and other integer outputs
+    elements: int = 0
 
 
 @dataclass(slots=True)
@@ -58,6 +60,7 @@ class ShadowFigures:
 @dataclass(frozen=True, slots=True)
 class Comparison:
     max_abs_diff: dict[str, float]
+    equal_elements: dict[str, tuple[int, int]]  # output -> (equal, compared) elements
     top1_agreed: int
     top1_rows: int
 
@@ -68,6 +71,7 @@ def compare_outputs(primary: Arrays, shadow: Arrays) -> Comparison:
     An output whose shapes differ counts as an infinite difference: the shadow disagrees outright.
     """
     max_abs_diff: dict[str, float] = {}
+    equal: dict[str, tuple[int, int]] = {}
     agreed = rows = 0
     for name, ours in primary.items():
         theirs = shadow.get(name)
@@ -75,13 +79,15 @@ def compare_outputs(primary: Arrays, shadow: Arrays) -> Comparison:
             continue
         if ours.shape != theirs.shape:
             max_abs_diff[name] = float("inf")
+            equal[name] = (0, ours.size)
             continue
+        equal[name] = (int(np.count_nonzero(ours == theirs)), ours.size)
         difference = np.abs(ours.astype(np.float64) - theirs.astype(np.float64))
         max_abs_diff[name] = float(difference.max()) if difference.size else 0.0
         if ours.ndim == 2 and ours.shape[1] > 1 and ours.dtype.kind == "f":
             agreed += int(np.count_nonzero(ours.argmax(axis=1) == theirs.argmax(axis=1)))
             rows += ours.shape[0]
-    return Comparison(max_abs_diff, agreed, rows)
+    return Comparison(max_abs_diff, equal, agreed, rows)
 
 
 class ShadowPair:
@@ -206,3 +212,6 @@ class ShadowMirror:
             output.max_abs_diff = max(output.max_abs_diff, difference)
             output.sum_max_abs_diff += difference
             output.compared += 1
+            equal_elements, elements = comparison.equal_elements[name]
+            output.equal_elements += equal_elements
+            output.elements += elements

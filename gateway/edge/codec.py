@@ -120,7 +120,7 @@ def infer_response_to_proto(response: InferResponse, routing_parameters: bool = 
     )
     if routing_parameters:
         for key, value in routing_trailers(response):
-            message.parameters[key].string_value = value
+            message.parameters[key].string_param = value
     return message
 
 

@@ -159,12 +159,17 @@ def _status_text(policy: Any, versions: Any, figures: Any) -> str:
         lines.append(f"    {v.version:>4}  {v.state:<11} sha256 {v.artifact_sha256[:12] or '-':<12}{role}{why}")
     for f in figures.figures:
         agreement = f"{100 * f.top1_agreed / f.top1_rows:.2f}% top-1 agreement" if f.top1_rows else "no class scores"
-        diffs = ", ".join(f"{d.output} max |diff| {d.max_abs_diff:.3g}" for d in f.outputs)
+        diffs = ", ".join(_divergence(d) for d in f.outputs)
         lines.append(
             f"  shadow v{f.shadow_version} vs v{f.primary_version}: {f.compared} compared, {f.failed} failed, "
             f"{f.dropped} dropped; {agreement}; {diffs or 'nothing compared yet'}"
         )
     return "\n".join(lines)
+
+
+def _divergence(output: Any) -> str:
+    equal = f"{100 * output.equal_elements / output.elements:.2f}% equal" if output.elements else "none compared"
+    return f"{output.output}: {equal}, max |diff| {output.max_abs_diff:.3g}"
 
 
 def describe_policy(state: Any) -> str:

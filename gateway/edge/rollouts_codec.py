@@ -91,6 +91,8 @@ def shadow_figures_to_proto(model: str, figures: list[ShadowFigures]) -> pb.Shad
                             output=name,
                             max_abs_diff=d.max_abs_diff,
                             mean_max_abs_diff=d.sum_max_abs_diff / d.compared if d.compared else 0.0,
+                            equal_elements=d.equal_elements,
+                            elements=d.elements,
                         )
                         for name, d in sorted(f.outputs.items())
                     ],

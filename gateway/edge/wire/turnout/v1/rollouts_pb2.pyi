@@ -179,14 +179,18 @@ class ShadowComparisonRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ...) -> None: ...
 
 class OutputDivergence(_message.Message):
-    __slots__ = ("output", "max_abs_diff", "mean_max_abs_diff")
+    __slots__ = ("output", "max_abs_diff", "mean_max_abs_diff", "equal_elements", "elements")
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     MAX_ABS_DIFF_FIELD_NUMBER: _ClassVar[int]
     MEAN_MAX_ABS_DIFF_FIELD_NUMBER: _ClassVar[int]
+    EQUAL_ELEMENTS_FIELD_NUMBER: _ClassVar[int]
+    ELEMENTS_FIELD_NUMBER: _ClassVar[int]
     output: str
     max_abs_diff: float
     mean_max_abs_diff: float
-    def __init__(self, output: _Optional[str] = ..., max_abs_diff: _Optional[float] = ..., mean_max_abs_diff: _Optional[float] = ...) -> None: ...
+    equal_elements: int
+    elements: int
+    def __init__(self, output: _Optional[str] = ..., max_abs_diff: _Optional[float] = ..., mean_max_abs_diff: _Optional[float] = ..., equal_elements: _Optional[int] = ..., elements: _Optional[int] = ...) -> None: ...
 
 class ShadowFigures(_message.Message):
     __slots__ = ("primary_version", "shadow_version", "mirrored", "compared", "failed", "dropped", "top1_agreed", "top1_rows", "outputs", "mean_shadow_latency_ms")
