@@ -85,11 +85,14 @@ class Rollouts:
         except Unavailable:
             view = None
         roles = _roles(view.policy) if view is not None else {}
-        listed = [
-            VersionView(number, version.state.value, version.reason, version.sha256, roles.get(number, ""))
-            for number, version in sorted(record.versions.items())
-        ]
-        return view, listed
+        listed = {
+            number: VersionView(number, version.state.value, version.reason, version.sha256, roles.get(number, ""))
+            for number, version in record.versions.items()
+        }
+        for number in self._manager.repository_versions(model) - set(listed):
+            not_loaded = "in the repository; its version policy does not load it (a policy naming it will)"
+            listed[number] = VersionView(number, VersionState.UNKNOWN.value, not_loaded, "", roles.get(number, ""))
+        return view, [listed[number] for number in sorted(listed)]
 
     def shadow_figures(self, model: str) -> list[ShadowFigures]:
         self._manager.record(model)  # NOT_FOUND for a model we do not know

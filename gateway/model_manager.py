@@ -181,6 +181,11 @@ class ModelManager:
                 reasons = "; ".join(f"version {n}: {v.reason}" for n, v in sorted(record.versions.items()))
                 raise FailedPrecondition(f"model {name!r} has no version that loads ({reasons or 'no versions'})")
 
+    def repository_versions(self, name: str) -> set[int]:
+        """Version numbers the repository holds for a model right now, loaded or not."""
+        entry = self._repository.scan_model(name)
+        return set(entry.versions) if entry is not None else set()
+
     def keep_loaded(self, name: str, versions: frozenset[int]) -> None:
         """Keep these versions of a model loaded (routing needs them) beyond what its version policy wants."""
         self._kept[name] = versions

@@ -1,0 +1,228 @@
+"""The ``turnout`` control commands, run as an operator runs them: subprocesses against a live gateway.
+
+Each command is checked for its exit status (0 done, 1 refused with the reason on stderr), its
+human-readable output, and its ``--json`` output, which scripts rely on (proto3 JSON: 64-bit numbers
+are strings, field names as in the .proto).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+import pytest
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from gateway.edge.wire.turnout.v1 import rollouts_pb2 as pb
+from gateway.edge.wire.turnout.v1 import rollouts_pb2_grpc as pb_grpc
+from tests.support.gateway_process import REPO_ROOT, GatewayProcess
+from tests.support.model_repository import EXAMPLES
+
+OPERATOR = "operator-ann"  # the CLI records the local user name as the actor
+
+
+def add_digits(repository: Path, name: str, versions: dict[int, int]) -> None:
+    """Model ``name`` whose version N is a copy of digits version ``versions[N]``."""
+    for number, source in versions.items():
+        shutil.copytree(EXAMPLES / "digits" / str(source), repository / name / str(number))
+    shutil.copy(EXAMPLES / "digits" / "model.yaml", repository / name / "model.yaml")
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    repository = tmp_path_factory.mktemp("control-cli")
+    add_digits(repository, "digits", {1: 1, 2: 2, 3: 2})
+    add_digits(repository, "plain", {1: 1, 2: 2})
+    add_digits(repository, "mirror", {1: 1, 2: 2})
+    with GatewayProcess(repository, "--worker-mode", "inprocess", "--poll-interval-s", "0") as running:
+        yield running
+
+
+def turnout(*args: str, server: str | None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m gateway ARGS`` (the ``turnout`` entry point) as the operator would."""
+    command = [sys.executable, "-m", "gateway", *args, *(["--server", server] if server else [])]
+    environment = {**os.environ, "LOGNAME": OPERATOR}
+    environment.pop("TURNOUT_SERVER", None)  # only the test says where the commands go
+    environment.update(env or {})
+    return subprocess.run(command, cwd=REPO_ROOT, env=environment, capture_output=True, text=True, timeout=60)
+
+
+def ok(*args: str, server: str) -> str:
+    done = turnout(*args, server=server)
+    assert (done.returncode, done.stderr) == (0, ""), f"turnout {' '.join(args)} failed: {done.stderr}"
+    return done.stdout
+
+
+def ok_json(*args: str, server: str) -> Any:
+    return json.loads(ok(*args, "--json", server=server))
+
+
+def refused(*args: str, server: str) -> str:
+    """Run a command the gateway (or the parser) must refuse; its stderr."""
+    done = turnout(*args, server=server)
+    assert done.returncode == 1, f"turnout {' '.join(args)} exited {done.returncode}: {done.stdout}{done.stderr}"
+    assert done.stdout == ""
+    return done.stderr
+
+
+def test_status_before_any_policy(gateway: GatewayProcess) -> None:
+    everything = ok_json("status", server=gateway.address)
+    assert [report["model"] for report in everything] == ["digits", "mirror", "plain"]
+    plain = ok_json("status", "plain", server=gateway.address)
+    assert plain == [
+        {
+            "model": "plain",
+            "policy": {
+                "model": "plain",
+                "policy": {"stable": "2", "shadows": [], "sticky_key": ""},
+                "generation": "0",
+                "explicit": False,
+                "applied_by": [],
+            },
+            "versions": [
+                {"version": str(n), "state": "READY", "reason": "", "artifact_sha256": sha, "role": role}
+                for n, sha, role in zip((1, 2), artifact_hashes(gateway, "plain"), ("", "stable"), strict=True)
+            ],
+            "shadow_comparison": [],
+        }
+    ]
+    text = ok("status", "plain", server=gateway.address)
+    assert "plain  generation 0  (no policy set; highest READY version serves)" in text
+    assert "stable  v2" in text and "READY" in text
+
+
+def artifact_hashes(gateway: GatewayProcess, model: str) -> list[str]:
+    folders = sorted((gateway.repository / model).glob("[0-9]*"), key=lambda folder: int(folder.name))
+    return [hashlib.sha256((folder / "model.onnx").read_bytes()).hexdigest() for folder in folders]
+
+
+def test_refusals_exit_1_with_the_reason_on_stderr(gateway: GatewayProcess) -> None:
+    address = gateway.address
+    commands = {
+        "missing version": (("canary", "plain", "9", "--weight", "10"), address),
+        "weight 150%": (("canary", "plain", "1", "--weight", "150"), address),
+        "fraction 2": (("shadow", "plain", "1", "--fraction", "2"), address),
+        "no canary to promote": (("promote", "plain"), address),
+        "unknown model": (("policy", "nothing-here", "--stable", "1"), address),
+        "no version given": (("canary", "plain"), address),
+        "no gateway there": (("status", "--timeout-s", "1"), "127.0.0.1:1"),
+    }
+    # None of them changes anything, so they may run side by side: subprocess start-up dominates.
+    with ThreadPoolExecutor(len(commands)) as pool:
+        futures = {case: pool.submit(refused, *args, server=server) for case, (args, server) in commands.items()}
+        errors = {case: future.result() for case, future in futures.items()}
+    assert errors["missing version"].startswith("turnout canary: FAILED_PRECONDITION: ")
+    assert "version 9" in errors["missing version"]
+    assert "INVALID_ARGUMENT" in errors["weight 150%"] and "INVALID_ARGUMENT" in errors["fraction 2"]
+    assert "FAILED_PRECONDITION" in errors["no canary to promote"]
+    assert "NOT_FOUND" in errors["unknown model"]
+    assert "give VERSION and --weight" in errors["no version given"]
+    assert errors["no gateway there"].startswith("turnout status: UNAVAILABLE: ")
+    assert ok_json("status", "plain", server=address)[0]["policy"]["explicit"] is False, "nothing changed"
+    assert ok_json("history", "plain", server=address) == {"model": "plain", "changes": []}
+
+
+def test_server_comes_from_turnout_server_by_default(gateway: GatewayProcess) -> None:
+    done = turnout("status", "plain", "--json", server=None, env={"TURNOUT_SERVER": gateway.address})
+    assert done.returncode == 0 and json.loads(done.stdout)[0]["model"] == "plain"
+
+
+def test_a_rollout_from_the_command_line(gateway: GatewayProcess) -> None:
+    address = gateway.address
+    baseline = ok_json("policy", "digits", "--stable", "1", "--reason", "baseline", server=address)
+    assert (baseline["policy"]["stable"], baseline["explicit"]) == ("1", True)
+    assert len(baseline["applied_by"]) == 1
+
+    canary = ok_json(
+        "canary", "digits", "2", "--weight", "12.5", "--sticky-key", "x-user-id", "--reason", "try v2", server=address
+    )
+    assert canary["policy"]["canary"] == {"version": "2", "weight_bp": 1250}
+    assert canary["policy"]["sticky_key"] == "x-user-id"
+    assert int(canary["generation"]) > int(baseline["generation"])
+
+    shadow = ok_json("shadow", "digits", "3", "--fraction", "0.5", "--reason", "watch v3", server=address)
+    assert shadow["policy"]["shadows"] == [{"version": "3", "fraction": 0.5}]
+
+    text = ok("promote", "digits", "--reason", "v2 is good", server=address)
+    assert "stable  v2" in text and "canary" not in text and "shadow  v3  50% of requests" in text
+
+    cleared = ok_json("rollback", "digits", "--reason", "stop the trials", server=address)
+    assert (cleared["policy"]["stable"], cleared["policy"]["shadows"]) == ("2", [])
+    undone = ok_json("rollback", "digits", "--reason", "v2 is bad", server=address)
+    assert undone["policy"]["stable"] == "1" and "canary" not in undone["policy"]
+    again = refused("rollback", "digits", server=address)
+    assert again.startswith("turnout rollback: FAILED_PRECONDITION: ") and "already rolled back" in again
+
+    history = ok_json("history", "digits", server=address)
+    steps = [(c["action"], c["reason"], c["actor"]) for c in history["changes"]]
+    assert steps == [
+        ("rollback", "v2 is bad", OPERATOR),
+        ("rollback", "stop the trials", OPERATOR),
+        ("promote", "v2 is good", OPERATOR),
+        ("set-shadow", "watch v3", OPERATOR),
+        ("set-canary", "try v2", OPERATOR),
+        ("set-policy", "baseline", OPERATOR),
+    ]
+    generations = [int(c["generation"]) for c in history["changes"]]
+    assert generations == sorted(generations, reverse=True) and generations[0] == int(undone["generation"])
+    assert "before" not in history["changes"][-1], "the first policy has nothing before it"
+    assert history["changes"][0]["before"]["stable"] == "2" and history["changes"][0]["after"]["stable"] == "1"
+    assert abs(int(history["changes"][0]["at_unix_ms"]) / 1000 - time.time()) < 60
+
+    text = ok("history", "digits", "--limit", "2", server=address)
+    assert text.splitlines()[0] == "digits: 2 change(s), newest first"
+    newest = text.splitlines()[1:3]
+    assert "rollback" in newest[0] and f"by {OPERATOR}" in newest[0] and '"v2 is bad"' in newest[0]
+    assert newest[1].strip().startswith("stable v2") and "->  stable v1" in newest[1]
+
+
+def test_status_shows_shadow_figures(gateway: GatewayProcess, digits_pixels: npt.NDArray[np.float32]) -> None:
+    address = gateway.address
+    ok("policy", "mirror", "--stable", "1", server=address)
+    ok("shadow", "mirror", "2", "--fraction", "1", server=address)
+    requests = 20
+    with grpc.insecure_channel(address) as channel:
+        inference = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        for row in range(requests):
+            pixels = digits_pixels[row : row + 1]
+            tensor = service_pb2.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=[1, 64])
+            request = service_pb2.ModelInferRequest(
+                model_name="mirror", inputs=[tensor], raw_input_contents=[pixels.tobytes()]
+            )
+            assert inference.ModelInfer(request, timeout=20).model_version == "1"
+        compared_all(pb_grpc.RolloutsStub(channel), requests)
+
+    report = ok_json("status", "mirror", server=address)[0]
+    assert [(v["version"], v["role"]) for v in report["versions"]] == [("1", "stable"), ("2", "shadow")]
+    [figures] = report["shadow_comparison"]
+    assert (figures["primary_version"], figures["shadow_version"]) == ("1", "2")
+    assert (figures["mirrored"], figures["compared"], figures["failed"]) == (str(requests), str(requests), "0")
+    assert int(figures["top1_rows"]) == requests and 0 <= int(figures["top1_agreed"]) <= requests
+    assert {item["output"] for item in figures["outputs"]} == {"label", "probabilities"}
+
+    text = ok("status", "mirror", server=address)
+    assert f"shadow v2 vs v1: {requests} compared, 0 failed, 0 dropped;" in text
+    assert "% top-1 agreement" in text and "probabilities" in text and "max |diff|" in text
+    assert "shadow  v2  100% of requests" in text
+
+
+def compared_all(rollouts: Any, requests: int) -> None:
+    deadline = time.monotonic() + 15
+    while True:
+        found = rollouts.GetShadowComparison(pb.ShadowComparisonRequest(model="mirror"), timeout=20).figures
+        if found and found[0].compared == requests:
+            return
+        assert time.monotonic() < deadline, f"shadow copies never all compared: {found}"
+        time.sleep(0.05)
