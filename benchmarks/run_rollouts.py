@@ -1,0 +1,274 @@
+"""What routing policies cost, and how fast a rollback takes effect; prints one JSON document.
+
+Part 1, policy overhead: two gateways on one repository (digits version 1; version 3, a copy of
+version 1, so every arm costs the same; echo versions 4, which sleeps 10 ms a batch, and 5, which
+always fails). Gateway A never gets a policy; gateway B is switched between a 10% canary on 3, a
+100% shadow on 3, and 100% shadows on both 4 and 5. Cells run in interleaved rounds, and each
+policy cell is reported as a ratio to the no-policy cell of the same round.
+
+Part 2, rollback latency: a gateway with ``--processes 2``. Eight probe clients, each on its own
+connection (so both processes are probed), send requests back to back. Fifty times: put a 100%
+canary on version 3, then call Rollback and measure, for every probe, the time from the start of
+the call to the first answer from stable version 1 to a request sent after the call started; the
+slowest probe is that rollback's time to "stable on every process".
+
+    python benchmarks/run_rollouts.py            # about 2 minutes
+    python benchmarks/run_rollouts.py --quick    # about 40 seconds
+    python benchmarks/run_rollouts.py --pin      # gateways on CPU 0, load generator on CPU 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))  # for gateway.edge.wire.turnout (our control-plane stubs)
+
+from gateway.edge.wire.turnout.v1 import rollouts_pb2, rollouts_pb2_grpc  # noqa: E402
+
+_READY = re.compile(r"turnout: serving .* on (?P<host>[^\s]+):(?P<port>\d+)$")
+PROBES = 8
+SCENARIOS = ("no_policy", "canary_10", "shadow_100", "slow_and_failing_shadows")
+
+
+class Gateway:
+    def __init__(self, repository: Path, cpu: str | None, *flags: str) -> None:
+        self.state = tempfile.mkdtemp(prefix="turnout-bench-state-")
+        command = [
+            sys.executable, "-m", "gateway", "serve", "--repository", str(repository), "--host", "127.0.0.1",
+            "--port", "0", "--poll-interval-s", "0", "--log-level", "WARNING", "--state-dir", self.state, *flags,
+        ]
+        if cpu is not None:
+            command = ["taskset", "-c", cpu, *command]
+        self.process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            if match := _READY.search(line.strip()):
+                self.address = f"127.0.0.1:{match['port']}"
+                break
+        else:
+            raise RuntimeError("gateway exited before serving")
+        self.channel = grpc.insecure_channel(self.address)
+        self.control = rollouts_pb2_grpc.RolloutsStub(self.channel)
+
+    def set_policy(self, policy: rollouts_pb2.Policy) -> None:
+        self.control.SetPolicy(rollouts_pb2.SetPolicyRequest(model="digits", policy=policy, reason="benchmark"))
+
+    def stop(self) -> None:
+        self.channel.close()
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(60)
+        shutil.rmtree(self.state, ignore_errors=True)
+
+
+def build_repository(root: Path, misbehaving_shadows: bool = True) -> Path:
+    source = REPO_ROOT / "examples" / "models" / "digits"
+    target = root / "digits"
+    target.mkdir(parents=True)
+    shutil.copytree(source / "1", target / "1")
+    shutil.copytree(source / "1", target / "3")  # same model, same cost: every arm costs the same
+    # Misbehaving shadows: 4 sleeps 10 ms a batch (about 10x the primary's latency), 5 always fails.
+    echo = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}]}
+    extras = ((4, {"delay_ms": 10}), (5, {"fail": "this shadow always fails"})) if misbehaving_shadows else ()
+    for version, extra in extras:
+        (target / str(version)).mkdir()
+        (target / str(version) / "model.echo.json").write_text(json.dumps(echo | extra))
+    # No declared outputs: the echo versions answer with their input, unlike the digits versions.
+    (target / "model.yaml").write_text(
+        "max_batch_size: 64\nversion_policy: {all: {}}\n"
+        "dynamic_batching: {max_queue_delay_microseconds: 0, max_queue_size: 1024}\n"
+    )
+    return root
+
+
+def load(address: str, concurrency: int, duration_s: float, cpu: str | None) -> dict[str, Any]:
+    command = [
+        sys.executable, str(REPO_ROOT / "benchmarks" / "loadgen.py"), "--target", address, "--batch", "1",
+        "--concurrency", str(concurrency), "--duration-s", str(duration_s), "--warmup-s", "0.5",
+    ]
+    if cpu is not None:
+        command = ["taskset", "-c", cpu, *command]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    measured: dict[str, Any] = json.loads(result.stdout)
+    return measured
+
+
+def policy_overhead(repository: Path, plain_repository: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """``plain_repository`` holds only versions 1 and 3, so with no policy a digits model serves."""
+    server_cpu, client_cpu = ("0", "1") if args.pin else (None, None)
+    plain = Gateway(plain_repository, server_cpu)
+    policed = Gateway(repository, server_cpu)
+    canary = rollouts_pb2.Policy(stable=1, canary=rollouts_pb2.Canary(version=3, weight_bp=1_000))
+    shadow = rollouts_pb2.Policy(stable=1, shadows=[rollouts_pb2.Shadow(version=3, fraction=1.0)])
+    misbehaving = rollouts_pb2.Policy(
+        stable=1, shadows=[rollouts_pb2.Shadow(version=4, fraction=1.0), rollouts_pb2.Shadow(version=5, fraction=1.0)]
+    )
+    cells: list[dict[str, Any]] = []
+    try:
+        for concurrency in (8, 64):
+            for round_index in range(args.rounds):
+                row = {"concurrency": concurrency, "round": round_index}
+                row["no_policy"] = load(plain.address, concurrency, args.duration_s, client_cpu)
+                policed.set_policy(canary)
+                row["canary_10"] = load(policed.address, concurrency, args.duration_s, client_cpu)
+                policed.set_policy(shadow)
+                row["shadow_100"] = load(policed.address, concurrency, args.duration_s, client_cpu)
+                policed.set_policy(misbehaving)
+                row["slow_and_failing_shadows"] = load(policed.address, concurrency, args.duration_s, client_cpu)
+                cells.append(row)
+                print(one_line(row), file=sys.stderr, flush=True)
+        shadow_figures = policed.control.GetShadowComparison(rollouts_pb2.ShadowComparisonRequest(model="digits"))
+    finally:
+        plain.stop()
+        policed.stop()
+    ratios = overhead_ratios(cells)
+    # Issue 3's goal: misbehaving shadows keep the caller's p99 within 10% of no shadow at all.
+    goal = {
+        f"slow_and_failing_shadows@{c}_p99_within_10pct": ratios[f"slow_and_failing_shadows@{c}"]["p99_ratio"] <= 1.10
+        for c in (8, 64)
+    }
+    return {"cells": cells, "ratios": ratios, "goals": goal, "shadow_figures": text_format(shadow_figures)}
+
+
+def text_format(message: Any) -> list[str]:
+    return [line for line in str(message).splitlines() if line.strip()]
+
+
+def one_line(row: dict[str, Any]) -> str:
+    parts = [f"c={row['concurrency']} round {row['round']}:"]
+    for name in SCENARIOS:
+        cell = row[name]
+        parts.append(f"{name} {cell['throughput_rps']:.0f}/s p99 {cell['latency_ms']['p99']:.2f}ms")
+    return "  ".join(parts)
+
+
+def overhead_ratios(cells: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Median over rounds of (policy cell / no-policy cell of the same round), per concurrency."""
+    ratios: dict[str, dict[str, float]] = {}
+    for concurrency in sorted({row["concurrency"] for row in cells}):
+        rows = [row for row in cells if row["concurrency"] == concurrency]
+        for name in SCENARIOS[1:]:
+            throughput = [r[name]["throughput_rps"] / r["no_policy"]["throughput_rps"] for r in rows]
+            p99 = [r[name]["latency_ms"]["p99"] / r["no_policy"]["latency_ms"]["p99"] for r in rows]
+            ratios[f"{name}@{concurrency}"] = {
+                "throughput_ratio": round(statistics.median(throughput), 3),
+                "p99_ratio": round(statistics.median(p99), 3),
+            }
+    return ratios
+
+
+class Probe(threading.Thread):
+    """Sends requests back to back on its own connection; keeps (started, answered, version)."""
+
+    def __init__(self, address: str, stop: threading.Event) -> None:
+        super().__init__(daemon=True)
+        self.address, self.stop = address, stop
+        self.answers: list[tuple[float, float, str]] = []
+        self.errors = 0
+
+    def run(self) -> None:
+        pixels = np.zeros((1, 64), np.float32)
+        tensor = service_pb2.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=[1, 64])
+        request = service_pb2.ModelInferRequest(
+            model_name="digits", inputs=[tensor], raw_input_contents=[pixels.tobytes()]
+        )
+        options = [("grpc.use_local_subchannel_pool", 1)]  # its own connection, so its own process
+        with grpc.insecure_channel(self.address, options=options) as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            while not self.stop.is_set():
+                started = time.perf_counter()
+                try:
+                    version = stub.ModelInfer(request, timeout=10).model_version
+                except grpc.RpcError:
+                    self.errors += 1
+                    continue
+                self.answers.append((started, time.perf_counter(), version))
+
+
+def first_stable_after(answers: list[tuple[float, float, str]], since: float) -> float | None:
+    for started, answered, version in answers:
+        if started >= since and version == "1":
+            return answered - since
+    return None
+
+
+def rollback_latency(repository: Path, args: argparse.Namespace) -> dict[str, Any]:
+    gateway = Gateway(repository, None, "--processes", "2")
+    stop = threading.Event()
+    probes = [Probe(gateway.address, stop) for _ in range(PROBES)]
+    canary = rollouts_pb2.SetCanaryRequest(model="digits", version=3, weight_percent=100)
+    every_process_ms: list[float] = []
+    call_ms: list[float] = []
+    try:
+        gateway.set_policy(rollouts_pb2.Policy(stable=1))
+        for probe in probes:
+            probe.start()
+        for _ in range(args.rollbacks):
+            gateway.control.SetCanary(canary)
+            time.sleep(0.1)
+            since = time.perf_counter()
+            gateway.control.Rollback(rollouts_pb2.RollbackRequest(model="digits", reason="benchmark"))
+            call_ms.append((time.perf_counter() - since) * 1000)
+            time.sleep(0.2)
+            firsts = [first_stable_after(probe.answers, since) for probe in probes]
+            if None in firsts:
+                raise RuntimeError("a probe saw no stable answer within 200 ms of a rollback")
+            every_process_ms.append(max(f for f in firsts if f is not None) * 1000)
+    finally:
+        stop.set()
+        for probe in probes:
+            probe.join()
+        gateway.stop()
+    return {
+        "rollbacks": len(every_process_ms),
+        "probe_connections": PROBES,
+        "probe_errors": sum(probe.errors for probe in probes),
+        "stable_on_every_process_ms": percentiles(every_process_ms),
+        "rollback_call_ms": percentiles(call_ms),
+    }
+
+
+def percentiles(values: Sequence[float]) -> dict[str, float]:
+    ordered = np.sort(np.asarray(values))
+    return {f"p{q}": round(float(np.percentile(ordered, q)), 2) for q in (50, 90, 99)} | {
+        "max": round(float(ordered[-1]), 2)
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="shorter cells, fewer rounds and rollbacks")
+    parser.add_argument("--pin", action="store_true", help="gateways on CPU 0, load generator on CPU 1")
+    args = parser.parse_args(argv)
+    args.duration_s, args.rounds, args.rollbacks = (1.5, 1, 20) if args.quick else (3.0, 3, 50)
+    with tempfile.TemporaryDirectory(prefix="turnout-bench-repo-") as root:
+        repository = build_repository(Path(root) / "all")
+        plain = build_repository(Path(root) / "plain", misbehaving_shadows=False)
+        document = {
+            "command": " ".join(["python benchmarks/run_rollouts.py", *(argv or sys.argv[1:])]),
+            "policy_overhead": policy_overhead(repository, plain, args),
+            "rollback": rollback_latency(repository, args),
+        }
+    print(json.dumps(document, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
