@@ -94,10 +94,19 @@ class ModelManager:
         if self._poller is not None:
             self._poller.join()
         with self._reconcile_lock:
+            versions = []
             for record in self._models.values():
                 record.default = None
-                for version in record.versions.values():
-                    version.unload(self._drain_timeout_s)
+                versions.extend(record.versions.values())
+            # All at once: a stop waits for the slowest drain, not for the sum of them.
+            unloading = [
+                threading.Thread(target=v.unload, args=(self._drain_timeout_s,), name=f"unload-{v.label}")
+                for v in versions
+            ]
+            for thread in unloading:
+                thread.start()
+            for thread in unloading:
+                thread.join()
 
     # --- reconciliation --------------------------------------------------------------------
 
