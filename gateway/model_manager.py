@@ -94,7 +94,7 @@ class ModelManager:
         if self._poller is not None:
             self._poller.join()
         with self._reconcile_lock:
-            versions = []
+            versions: list[ModelVersion] = []
             for record in self._models.values():
                 record.default = None
                 versions.extend(record.versions.values())
