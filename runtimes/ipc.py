@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from runtimes.contract import ArtifactInvalid, InferenceFailed, RuntimeFailure
 from runtimes.datatypes import BYTES, datatype_of, decode_bytes, encode_bytes, numpy_dtype
 
 HEADER = struct.Struct("<BxHIQ")
@@ -145,3 +146,14 @@ def channel_pair() -> tuple[socket.socket, socket.socket]:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     return parent, child
+
+
+def raise_if_error(frame: Frame) -> None:
+    """Re-raise an ERROR frame as the runtime failure the worker reported (ArtifactInvalid, ...)."""
+    if frame.kind is Kind.ERROR:
+        kinds: dict[str, type[RuntimeFailure]] = {
+            "ArtifactInvalid": ArtifactInvalid,
+            "InferenceFailed": InferenceFailed,
+        }
+        failure = kinds.get(str(frame.meta.get("error")), RuntimeFailure)
+        raise failure(str(frame.meta.get("message", "worker failed")))

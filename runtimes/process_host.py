@@ -26,24 +26,13 @@ from runtimes.contract import (
     Arrays,
     ArtifactInvalid,
     HostUnavailable,
-    InferenceFailed,
     RuntimeFailure,
     RuntimeOptions,
     Signature,
 )
-from runtimes.ipc import ChannelClosed, Kind, channel_pair, recv_frame, send_frame
+from runtimes.ipc import ChannelClosed, Kind, channel_pair, raise_if_error, recv_frame, send_frame
 
 log = logging.getLogger(__name__)
-
-_ERRORS: dict[str, type[RuntimeFailure]] = {
-    "ArtifactInvalid": ArtifactInvalid,
-    "InferenceFailed": InferenceFailed,
-}
-
-
-def _raise_from(meta: Mapping[str, Any]) -> None:
-    raise _ERRORS.get(str(meta.get("error")), RuntimeFailure)(str(meta.get("message", "worker failed")))
-
 
 class _Worker:
     """One running worker process and our end of its socket."""
@@ -74,15 +63,13 @@ class _Worker:
             frame = recv_frame(self.sock)
         except (OSError, ChannelClosed) as error:
             raise ArtifactInvalid(f"worker exited while loading {artifact.name} ({self.exit_reason()})") from error
-        if frame.kind is Kind.ERROR:
-            _raise_from(frame.meta)
+        raise_if_error(frame)
         return Signature.from_json(frame.meta["signature"])
 
     def infer(self, inputs: Mapping[str, Sequence[np.ndarray[Any, Any]]], output_names: Sequence[str]) -> Arrays:
         send_frame(self.sock, Kind.INFER, {"outputs": list(output_names)}, inputs)
         frame = recv_frame(self.sock)
-        if frame.kind is Kind.ERROR:
-            _raise_from(frame.meta)
+        raise_if_error(frame)
         return frame.tensors
 
     def exit_reason(self) -> str:

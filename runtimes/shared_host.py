@@ -20,22 +20,11 @@ import numpy as np
 from runtimes.broker import attach_request
 from runtimes.contract import (
     Arrays,
-    ArtifactInvalid,
     HostUnavailable,
-    InferenceFailed,
-    RuntimeFailure,
     RuntimeOptions,
     Signature,
 )
-from runtimes.ipc import ChannelClosed, Frame, Kind, recv_frame, send_frame
-
-_ERRORS: dict[str, type[RuntimeFailure]] = {"ArtifactInvalid": ArtifactInvalid, "InferenceFailed": InferenceFailed}
-
-
-def _raise_from(frame: Frame) -> None:
-    if frame.kind is Kind.ERROR:
-        error = _ERRORS.get(str(frame.meta.get("error")), RuntimeFailure)
-        raise error(str(frame.meta.get("message", "worker failed")))
+from runtimes.ipc import ChannelClosed, Frame, Kind, raise_if_error, recv_frame, send_frame
 
 
 class BrokerClient:
@@ -50,7 +39,7 @@ class BrokerClient:
         with self._lock:
             send_frame(self._sock, kind, meta)
             frame = recv_frame(self._sock)
-        _raise_from(frame)
+        raise_if_error(frame)
         return frame
 
     def attach(self, request: dict[str, object]) -> Path:
@@ -104,7 +93,7 @@ class SharedWorkerHost:
             sock.close()
             raise HostUnavailable(f"shared worker for {self._label} is not answering: {error}") from None
         try:
-            _raise_from(frame)
+            raise_if_error(frame)
         except BaseException:
             sock.close()
             raise
@@ -124,7 +113,7 @@ class SharedWorkerHost:
                 raise HostUnavailable(
                     f"shared worker for {self._label} died during the batch; it is being restarted"
                 ) from None
-        _raise_from(frame)
+        raise_if_error(frame)
         return frame.tensors
 
     def close(self) -> None:

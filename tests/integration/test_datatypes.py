@@ -144,18 +144,6 @@ def gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         yield running
 
 
-@pytest.fixture(scope="module")
-def client(gateway: GatewayProcess) -> Iterator[triton.InferenceServerClient]:
-    with triton.InferenceServerClient(gateway.address) as connected:
-        yield connected
-
-
-@pytest.fixture(scope="module")
-def stub(gateway: GatewayProcess) -> Iterator[service_pb2_grpc.GRPCInferenceServiceStub]:
-    with grpc.insecure_channel(gateway.address) as channel:
-        yield service_pb2_grpc.GRPCInferenceServiceStub(channel)
-
-
 def raw_input(name: str, datatype: str, values: np.ndarray[Any, Any]) -> triton.InferInput:
     tensor = triton.InferInput(name, list(values.shape), datatype)
     tensor.set_data_from_numpy(values)

@@ -86,19 +86,6 @@ def gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         yield running
 
 
-@pytest.fixture(scope="module")
-def client(gateway: GatewayProcess) -> Iterator[triton.InferenceServerClient]:
-    with triton.InferenceServerClient(gateway.address) as connected:
-        yield connected
-
-
-@pytest.fixture(scope="module")
-def stub(gateway: GatewayProcess) -> Iterator[service_pb2_grpc.GRPCInferenceServiceStub]:
-    """The raw protocol, for requests tritonclient refuses to build."""
-    with grpc.insecure_channel(gateway.address) as channel:
-        yield service_pb2_grpc.GRPCInferenceServiceStub(channel)
-
-
 # --- helpers -------------------------------------------------------------------------------------
 
 

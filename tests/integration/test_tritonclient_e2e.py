@@ -45,12 +45,6 @@ def gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 
 
 @pytest.fixture(scope="module")
-def client(gateway: GatewayProcess) -> Iterator[triton.InferenceServerClient]:
-    with triton.InferenceServerClient(gateway.address) as connected:
-        yield connected
-
-
-@pytest.fixture(scope="module")
 def direct(gateway: GatewayProcess) -> dict[str, ort.InferenceSession]:
     """onnxruntime sessions on the very files the gateway serves, by version."""
     options = ort.SessionOptions()
