@@ -84,7 +84,7 @@ class Gateway:
         )
         self.shadows = ShadowMirror(
             lambda model, version: self.manager.acquire(model, str(version)),
-            settings.shadow_max_in_flight,
+            settings.shadow_queue_size,
             settings.shadow_timeout_s,
         )
         self.rollouts = Rollouts(

@@ -23,7 +23,7 @@ _SERVE_FLAGS: list[tuple[str, type, str]] = [
     ("--state-dir", Path, "directory of the routing state shared by gateway processes (default ./state)"),
     ("--apply-timeout-s", float, "how long a policy change waits for every gateway process (default 10)"),
     ("--rollback-window-s", float, "how long a replaced stable version stays loaded (default 600)"),
-    ("--shadow-max-in-flight", int, "shadow copies in flight at once; more are dropped (default 64)"),
+    ("--shadow-queue-size", int, "shadow copies waiting per shadow version; more are dropped (default 128)"),
     ("--shadow-timeout-s", float, "a shadow answer later than this counts as failed (default 5)"),
 ]
 

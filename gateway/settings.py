@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     policy_poll_interval_s: float = Field(0.02, gt=0)  # how soon a change made elsewhere is seen here
     apply_timeout_s: float = Field(10.0, gt=0)  # a policy change waits this long for every process
     rollback_window_s: float = Field(600.0, ge=0)  # an old stable version stays loaded this long
-    shadow_max_in_flight: int = Field(64, ge=1)
+    shadow_queue_size: int = Field(128, ge=1)  # copies waiting per shadow version; more are dropped
     shadow_timeout_s: float = Field(5.0, gt=0)
 
 

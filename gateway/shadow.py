@@ -11,8 +11,10 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -110,18 +112,48 @@ class ShadowPair:
             return self.sides == 2
 
 
-class ShadowMirror:
-    """Sends shadow copies, enforces the cap, and keeps the figures."""
+@dataclass(slots=True)
+class _Copy:
+    pair: ShadowPair
+    inputs: Arrays
+    rows: int
+    queued_at: float
 
-    def __init__(self, acquire: Acquire, max_in_flight: int, timeout_s: float) -> None:
+
+@dataclass(slots=True)
+class _Lane:
+    """The copies waiting for one shadow version, and whether a batch of them is running."""
+
+    model: str
+    version: int
+    copies: deque[_Copy] = field(default_factory=deque)
+    busy: bool = False
+
+
+_Task = tuple[str, Any]
+
+
+class ShadowMirror:
+    """Sends shadow copies, bounds them, and keeps the figures.
+
+    Each shadow version has a lane: a bounded queue of copies and at most one batch in flight. The
+    caller's thread only appends to the lane (a copy that finds it full is dropped and counted); one
+    shadow thread turns everything waiting into a single batch (one queue entry and one worker
+    round trip however many copies it holds), splits the answers and compares them. Under load the
+    shadow costs a round trip per batch, not per request, and sheds what it cannot keep up with.
+    """
+
+    def __init__(self, acquire: Acquire, max_queued: int, timeout_s: float) -> None:
         self._acquire = acquire
-        self._slots = threading.BoundedSemaphore(max_in_flight)
+        self._max_queued = max_queued
         self._timeout_s = timeout_s
         self._figures: dict[tuple[str, int, int], ShadowFigures] = {}
         self._figures_lock = threading.Lock()
-        self._completed: queue.SimpleQueue[ShadowPair | None] = queue.SimpleQueue()
-        self._comparer = threading.Thread(target=self._compare_forever, name="shadow-compare", daemon=True)
-        self._comparer.start()
+        self._lanes: dict[tuple[str, int], _Lane] = {}
+        self._lanes_lock = threading.Lock()
+        self._tasks: queue.SimpleQueue[_Task | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._work_forever, name="shadow", daemon=True)
+        self._thread.start()
 
     def figures_of(self, model: str) -> list[ShadowFigures]:
         with self._figures_lock:
@@ -138,57 +170,118 @@ class ShadowMirror:
     def mirror(self, model: str, primary: int, shadow: int, inputs: Arrays, rows: int) -> ShadowPair | None:
         """Queue a copy for ``shadow``; returns the pair the primary's answer must be given to, or None."""
         figures = self._figures_for(model, primary, shadow)
-        if not self._slots.acquire(blocking=False):
-            figures.count("dropped")
-            return None
-        try:
-            version = self._acquire(model, shadow)
-        except TurnoutError:
-            self._slots.release()
-            figures.count("failed")
-            return None
         pair = ShadowPair(figures)
-        started = time.monotonic()
-
-        def shadow_done(pending: Pending) -> None:
-            version.release()
-            self._slots.release()
-            pair.shadow_latency_s = time.monotonic() - started
-            pair.shadow = pending.outputs if pending.error is None else None
-            if pending.error is not None:
-                log.debug("shadow %s failed: %s", version.label, pending.error)
-            if pair.arrive():
-                self._completed.put(pair)
-
-        # Every output: the comparison wants all of them, whatever the caller asked for.
-        copy = Pending(inputs, rows, [], shadow_done)
-        try:
-            version.submit(copy)
-        except TurnoutError:  # its queue is full or it is unloading: the copy is dropped
-            version.release()
-            self._slots.release()
-            figures.count("dropped")
-            return None
-        copy.expires_at = min(copy.expires_at, started + self._timeout_s)
+        with self._lanes_lock:
+            lane = self._lanes.get((model, shadow))
+            if lane is None:
+                lane = self._lanes[(model, shadow)] = _Lane(model, shadow)
+            if len(lane.copies) >= self._max_queued:
+                figures.count("dropped")
+                return None
+            lane.copies.append(_Copy(pair, inputs, rows, time.monotonic()))
+            wake = not lane.busy
+            lane.busy = True
         figures.count("mirrored")
+        if wake:  # one wake-up per batch: a busy lane is picked up again when its batch returns
+            self._tasks.put(("lane", lane))
         return pair
 
     def primary_answered(self, pair: ShadowPair, outputs: Arrays | None) -> None:
         """Hand over the primary's answer (None if it failed); never blocks the caller."""
         pair.primary = outputs
         if pair.arrive():
-            self._completed.put(pair)
+            self._tasks.put(("pair", pair))
 
     def close(self) -> None:
-        self._completed.put(None)
-        self._comparer.join(timeout=5)
+        self._tasks.put(None)
+        self._thread.join(timeout=5)
 
-    def _compare_forever(self) -> None:
-        while (pair := self._completed.get()) is not None:
+    def _work_forever(self) -> None:
+        while (task := self._tasks.get()) is not None:
+            kind, item = task
             try:
-                self._record(pair)
-            except Exception:  # a comparison bug must not stop the figures
-                log.exception("shadow comparison failed")
+                if kind == "lane":
+                    self._run_lane(item)
+                elif kind == "done":
+                    self._finish_batch(*item)
+                else:
+                    self._record(item)
+            except Exception:  # a shadow bug must not stop the shadows, and never reaches a caller
+                log.exception("shadow work failed")
+
+    def _take_batch(self, lane: _Lane, max_rows: int) -> list[_Copy]:
+        """The oldest waiting copies that fit one batch; copies past the timeout fail here."""
+        batch: list[_Copy] = []
+        now = time.monotonic()
+        with self._lanes_lock:
+            while lane.copies:
+                head = lane.copies[0]
+                if now - head.queued_at > self._timeout_s:
+                    lane.copies.popleft()
+                    self._fail([head])
+                    continue
+                rows = sum(c.rows for c in batch) + head.rows
+                if batch and (rows > max_rows or _shape_key(head.inputs) != _shape_key(batch[0].inputs)):
+                    break
+                batch.append(lane.copies.popleft())
+            if not batch:
+                lane.busy = False
+        return batch
+
+    def _run_lane(self, lane: _Lane) -> None:
+        try:
+            version = self._acquire(lane.model, lane.version)
+        except TurnoutError:  # not READY (any more): these copies fail; the lane goes on with the rest
+            batch = self._take_batch(lane, max_rows=1 << 30)
+            self._fail(batch)
+            if batch:
+                self._tasks.put(("lane", lane))
+            return
+        plan = version.plan
+        batch = self._take_batch(lane, max(plan.max_batch_size if plan is not None else 1, 1))
+        if not batch:
+            version.release()
+            return
+        started = time.monotonic()
+        merged = {name: _rows_of(batch, name) for name in batch[0].inputs}
+        # Every output: the comparison wants all of them, whatever the callers asked for.
+        copy = Pending(
+            merged,
+            sum(c.rows for c in batch),
+            [],
+            lambda done: self._tasks.put(("done", (lane, version, batch, done, started))),
+        )
+        try:
+            version.submit(copy)
+        except TurnoutError:  # its queue is full or it is unloading
+            version.release()
+            self._fail(batch)
+            self._tasks.put(("lane", lane))
+
+    def _finish_batch(
+        self, lane: _Lane, version: ModelVersion, batch: list[_Copy], done: Pending, started: float
+    ) -> None:
+        version.release()
+        latency = time.monotonic() - started
+        if done.error is not None or done.outputs is None:
+            log.debug("shadow %s failed: %s", version.label, done.error)
+            self._fail(batch)
+        else:
+            offset = 0
+            for item in batch:
+                end = offset + item.rows
+                item.pair.shadow = {name: array[offset:end] for name, array in done.outputs.items()}
+                item.pair.shadow_latency_s = latency
+                offset = end
+                if item.pair.arrive():
+                    self._record(item.pair)
+        self._run_lane(lane)
+
+    def _fail(self, batch: list[_Copy]) -> None:
+        for item in batch:
+            item.pair.shadow = None
+            if item.pair.arrive():
+                self._record(item.pair)
 
     def _record(self, pair: ShadowPair) -> None:
         figures = pair.figures
@@ -215,3 +308,12 @@ class ShadowMirror:
             equal_elements, elements = comparison.equal_elements[name]
             output.equal_elements += equal_elements
             output.elements += elements
+
+
+def _shape_key(inputs: Arrays) -> tuple[tuple[str, tuple[int, ...], str], ...]:
+    return tuple((name, array.shape[1:], array.dtype.str) for name, array in inputs.items())
+
+
+def _rows_of(batch: list[_Copy], name: str) -> np.ndarray[Any, Any]:
+    parts = [item.inputs[name] for item in batch]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
