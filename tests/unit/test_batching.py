@@ -1,0 +1,142 @@
+"""Dynamic batching: merge and split are exact, batches stay within bounds, the queue stays bounded."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.batching import BatchingSettings, BatchQueue, Pending, split_outputs, wanted_outputs
+from gateway.errors import DeadlineExceeded, Unavailable
+
+
+def queue_of(max_batch_size: int = 8, max_queue_size: int = 1024, timeout_s: float | None = None) -> BatchQueue:
+    return BatchQueue("version 1 of model 'm'", BatchingSettings(max_batch_size, 0.0, max_queue_size, timeout_s))
+
+
+def pending(rows: int, width: int = 3, start: int = 0, dtype: Any = np.float32) -> Pending:
+    values = np.arange(start, start + rows * width, dtype=dtype).reshape(rows, width)
+    return Pending({"x": values}, rows, [])
+
+
+def drain(queue: BatchQueue) -> list[list[Pending]]:
+    queue.close()
+    batches = []
+    while (batch := queue.take()) is not None:
+        batches.append(batch)
+    return batches
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.lists(st.integers(min_value=1, max_value=8), min_size=1, max_size=30),
+    max_batch_size=st.integers(min_value=8, max_value=64),
+)
+def test_batches_keep_order_stay_within_bounds_and_split_back_exactly(rows: list[int], max_batch_size: int) -> None:
+    queue = queue_of(max_batch_size)
+    requests = []
+    start = 0
+    for count in rows:
+        requests.append(pending(count, start=start))
+        start += count * 3
+        queue.put(requests[-1])
+    batches = drain(queue)
+    taken = [item for batch in batches for item in batch]
+    assert sorted(map(id, taken)) == sorted(map(id, requests)), "nothing lost or repeated"
+    remaining = list(requests)
+    for batch in batches:
+        # The oldest waiting request always leads the next batch; smaller ones behind a request that
+        # does not fit may join it early (fill the batch), but nobody waits behind them for ever.
+        assert batch[0] is remaining[0]
+        assert [requests.index(item) for item in batch] == sorted(requests.index(item) for item in batch)
+        remaining = [item for item in remaining if item not in batch]
+        assert sum(item.rows for item in batch) <= max_batch_size
+        # The identity model: outputs are the concatenated inputs; each request must get its rows back.
+        merged = np.concatenate([item.inputs["x"] for item in batch])
+        for item, outputs in zip(batch, split_outputs(batch, {"y": merged}, batched=True), strict=True):
+            np.testing.assert_array_equal(outputs["y"], item.inputs["x"])
+            assert np.shares_memory(outputs["y"], merged), "split makes views, not copies"
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.sampled_from([(3, np.float32), (4, np.float32), (3, np.int64)]), min_size=2, max_size=20))
+def test_only_requests_of_one_shape_and_dtype_merge(kinds: list[tuple[int, Any]]) -> None:
+    queue = queue_of(max_batch_size=64)
+    for width, dtype in kinds:
+        queue.put(pending(1, width=width, dtype=dtype))
+    batches = drain(queue)
+    assert sum(len(batch) for batch in batches) == len(kinds)
+    for batch in batches:
+        assert len({(item.inputs["x"].shape[1:], item.inputs["x"].dtype) for item in batch}) == 1
+
+
+def test_a_model_without_a_batch_axis_runs_requests_one_by_one() -> None:
+    queue = queue_of(max_batch_size=0)
+    for _ in range(3):
+        queue.put(pending(1))
+    assert [len(batch) for batch in drain(queue)] == [1, 1, 1]
+
+
+def test_split_refuses_outputs_whose_first_axis_is_not_the_batch() -> None:
+    batch = [pending(2), pending(1)]
+    with pytest.raises(Exception, match="first axis of 3"):
+        split_outputs(batch, {"y": np.zeros((4, 3))}, batched=True)
+
+
+def test_wanted_outputs_is_the_union_or_everything() -> None:
+    a, b, c = (Pending({"x": np.zeros((1, 1))}, 1, names) for names in (["p"], ["q", "p"], []))
+    assert wanted_outputs([a, b]) == ["p", "q"]
+    assert wanted_outputs([a, c]) == [], "one request wanting every output means every output"
+
+
+def test_a_full_queue_refuses_with_a_message_and_does_not_grow() -> None:
+    queue = queue_of(max_queue_size=2)
+    queue.put(pending(1))
+    queue.put(pending(1))
+    with pytest.raises(Unavailable, match="max_queue_size"):
+        queue.put(pending(1))
+    assert len(queue) == 2
+
+
+def test_a_closed_queue_refuses_new_requests_and_hands_out_what_it_holds() -> None:
+    queue = queue_of()
+    queue.put(pending(1))
+    queue.close()
+    with pytest.raises(Unavailable, match="unloading"):
+        queue.put(pending(1))
+    assert len(queue.take() or []) == 1
+    assert queue.take() is None
+
+
+def test_requests_past_the_queue_timeout_fail_with_unavailable() -> None:
+    queue = queue_of(timeout_s=0.01)
+    late = pending(1)
+    queue.put(late)
+    time.sleep(0.03)
+    queue.put(fresh := pending(1))
+    assert queue.take() == [fresh]
+    with pytest.raises(Unavailable, match="timed out in the queue"):
+        late.wait(0)
+
+
+def test_abandoned_requests_are_skipped() -> None:
+    queue = queue_of()
+    gone, kept = pending(1), pending(1)
+    queue.put(gone)
+    queue.put(kept)
+    with pytest.raises(DeadlineExceeded):
+        gone.wait(0.001)
+    assert gone.abandoned
+    assert queue.take() == [kept]
+
+
+def test_a_failing_callback_does_not_escape_resolve() -> None:
+    def broken(_: Pending) -> None:
+        raise RuntimeError("bug in a callback")
+
+    item = Pending({"x": np.zeros((1, 1))}, 1, [], broken)
+    item.resolve({"y": np.zeros((1, 1))})  # logged, not raised: the dispatcher thread must live on
