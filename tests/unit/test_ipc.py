@@ -1,0 +1,73 @@
+"""The worker framing round-trips every datatype and shape, and says so when a peer vanishes."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from runtimes.datatypes import decode_bytes, encode_bytes
+from runtimes.ipc import HEADER, ChannelClosed, Kind, recv_frame, send_frame
+
+NUMERIC = ["?", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8"]
+
+
+def round_trip(parts: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        # Send from a thread: a frame may be larger than the socket buffer.
+        sender = threading.Thread(target=send_frame, args=(ours, Kind.INFER, {"outputs": []}, parts))
+        sender.start()
+        frame = recv_frame(theirs)
+        sender.join()
+    assert frame.kind is Kind.INFER and frame.meta == {"outputs": []}
+    return frame.tensors
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    dtype=st.sampled_from(NUMERIC),
+    rows=st.lists(st.integers(min_value=0, max_value=5), min_size=1, max_size=4),
+    tail=hnp.array_shapes(min_dims=0, max_dims=2, min_side=0, max_side=4),
+    data=st.data(),
+)
+def test_numeric_parts_arrive_concatenated_and_exact(
+    dtype: str, rows: list[int], tail: tuple[int, ...], data: st.DataObject
+) -> None:
+    parts = [data.draw(hnp.arrays(np.dtype(dtype), (count, *tail))) for count in rows]
+    received = round_trip({"x": parts})["x"]
+    expected = np.concatenate(parts)
+    assert received.dtype == expected.dtype and received.shape == expected.shape
+    assert received.tobytes() == expected.tobytes(), "bit for bit, NaNs included"
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.binary(max_size=40), min_size=0, max_size=5), min_size=1, max_size=3))
+def test_bytes_parts_arrive_concatenated(rows: list[list[bytes]]) -> None:
+    parts = [np.array(row, dtype=np.object_).reshape(len(row), 1) for row in rows]
+    received = round_trip({"s": parts})["s"]
+    assert received.reshape(-1).tolist() == [item for row in rows for item in row]
+
+
+@given(st.lists(st.binary(max_size=64), max_size=20))
+def test_bytes_encoding_round_trips(items: list[bytes]) -> None:
+    array = np.array(items, dtype=np.object_)
+    assert decode_bytes(encode_bytes(array), len(items)).tolist() == items
+
+
+def test_a_scalar_tensor_keeps_its_empty_shape() -> None:
+    assert round_trip({"x": [np.array(2.5, np.float32)]})["x"].shape == ()
+
+
+def test_a_peer_that_dies_mid_frame_is_reported() -> None:
+    ours, theirs = socket.socketpair()
+    with theirs:
+        ours.sendall(HEADER.pack(Kind.RESULT, 0, 10, 0) + b'{"tensor')  # promises 10 bytes, sends 8
+        ours.close()
+        with pytest.raises(ChannelClosed):
+            recv_frame(theirs)

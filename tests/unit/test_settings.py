@@ -1,0 +1,48 @@
+"""Settings come from a file, the environment and flags, in that order of strength."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from gateway.settings import load_settings
+
+
+def test_defaults_match_triton(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in ("TURNOUT_PORT", "TURNOUT_GRPC_THREADS", "TURNOUT_REPOSITORY"):
+        monkeypatch.delenv(key, raising=False)
+    settings = load_settings(None, {})
+    assert settings.port == 8001 and settings.processes == 1 and settings.max_message_bytes == 1 << 30
+
+
+def test_flags_beat_the_environment_which_beats_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "turnout.yaml"
+    config.write_text("port: 9000\ngrpc_threads: 16\nrepository: /from/file\nlog_level: ERROR\n")
+    monkeypatch.setenv("TURNOUT_PORT", "9100")
+    monkeypatch.setenv("TURNOUT_GRPC_THREADS", "32")
+    settings = load_settings(config, {"port": 9200, "grpc_threads": None})
+    assert settings.port == 9200, "a flag wins"
+    assert settings.grpc_threads == 32, "the environment wins over the file; a flag not given does not count"
+    assert settings.repository == Path("/from/file") and settings.log_level == "ERROR"
+
+
+@pytest.mark.parametrize(("key", "value"), [("port", 70_000), ("processes", 0), ("shadow_queue_size", 0)])
+def test_out_of_range_values_are_refused(key: str, value: int) -> None:
+    with pytest.raises(ValidationError, match=key):
+        load_settings(None, {key: value})
+
+
+def test_unknown_keys_in_the_file_are_refused(tmp_path: Path) -> None:
+    config = tmp_path / "turnout.yaml"
+    config.write_text("prot: 9000\n")
+    with pytest.raises(ValidationError, match="prot"):
+        load_settings(config, {})
+
+
+def test_a_file_that_is_not_a_mapping_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "turnout.yaml"
+    config.write_text("- 1\n- 2\n")
+    with pytest.raises(ValueError, match="expected a mapping"):
+        load_settings(config, {})
