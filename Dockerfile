@@ -7,7 +7,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /opt/turnout
-# Dependencies first, so a code change does not reinstall them.
+# The package and its dependencies (the generated stubs are committed, so no protoc at build time).
 COPY pyproject.toml README.md ./
 COPY protos ./protos
 COPY gateway ./gateway
@@ -15,10 +15,14 @@ COPY runtimes ./runtimes
 RUN pip install .
 
 COPY examples/models /models
-RUN useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin turnout
+RUN useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin turnout \
+    && mkdir -p /var/lib/turnout && chown turnout /var/lib/turnout
 USER turnout
 
+# Routing policies and their history; mount a volume here to keep them across containers.
+VOLUME /var/lib/turnout
 ENV TURNOUT_REPOSITORY=/models \
+    TURNOUT_STATE_DIR=/var/lib/turnout \
     TURNOUT_HOST=0.0.0.0 \
     TURNOUT_PORT=8001
 EXPOSE 8001
