@@ -7,6 +7,7 @@ timeouts and slowness only ever change the figures. Comparison runs on a thread 
 
 from __future__ import annotations
 
+import heapq
 import logging
 import queue
 import threading
@@ -128,6 +129,7 @@ class _Lane:
     version: int
     copies: deque[_Copy] = field(default_factory=deque)
     busy: bool = False
+    next_batch_at: float = 0.0
 
 
 _Task = tuple[str, Any]
@@ -139,12 +141,18 @@ class ShadowMirror:
     Each shadow version has a lane: a bounded queue of copies and at most one batch in flight. The
     caller's thread only appends to the lane (a copy that finds it full is dropped and counted); one
     shadow thread turns everything waiting into a single batch (one queue entry and one worker
-    round trip however many copies it holds), splits the answers and compares them. Under load the
-    shadow costs a round trip per batch, not per request, and sheds what it cannot keep up with.
+    round trip however many copies it holds), splits the answers and compares them. A lane starts
+    at most one batch per ``batch_window_s``: an idle lane sends a copy at once, a busy one gathers
+    copies, so under load a shadow costs a round trip per window, not per request, and sheds what
+    it cannot keep up with.
     """
 
-    def __init__(self, acquire: Acquire, max_queued: int, timeout_s: float) -> None:
+    def __init__(self, acquire: Acquire, max_queued: int, timeout_s: float, batch_window_s: float = 0.02) -> None:
         self._acquire = acquire
+        self._batch_window_s = batch_window_s
+        # Lanes waiting for their batching window, by due time; touched by the shadow thread only.
+        self._delayed: list[tuple[float, int, _Lane]] = []
+        self._sequence = 0
         self._max_queued = max_queued
         self._timeout_s = timeout_s
         self._figures: dict[tuple[str, int, int], ShadowFigures] = {}
@@ -196,8 +204,22 @@ class ShadowMirror:
         self._tasks.put(None)
         self._thread.join(timeout=5)
 
+    def _next_task(self) -> _Task | None:
+        """The next task; a lane whose batching window has passed comes first."""
+        while True:
+            if self._delayed:
+                wait = self._delayed[0][0] - time.monotonic()
+                if wait <= 0:
+                    return ("lane", heapq.heappop(self._delayed)[2])
+            else:
+                wait = None
+            try:
+                return self._tasks.get(timeout=wait)
+            except queue.Empty:
+                continue
+
     def _work_forever(self) -> None:
-        while (task := self._tasks.get()) is not None:
+        while (task := self._next_task()) is not None:
             kind, item = task
             try:
                 if kind == "lane":
@@ -229,6 +251,10 @@ class ShadowMirror:
         return batch
 
     def _run_lane(self, lane: _Lane) -> None:
+        if time.monotonic() < lane.next_batch_at:  # let copies gather: one round trip per window
+            self._sequence += 1
+            heapq.heappush(self._delayed, (lane.next_batch_at, self._sequence, lane))
+            return
         try:
             version = self._acquire(lane.model, lane.version)
         except TurnoutError:  # not READY (any more): these copies fail; the lane goes on with the rest
@@ -243,6 +269,7 @@ class ShadowMirror:
             version.release()
             return
         started = time.monotonic()
+        lane.next_batch_at = started + self._batch_window_s
         merged = {name: _rows_of(batch, name) for name in batch[0].inputs}
         # Every output: the comparison wants all of them, whatever the callers asked for.
         copy = Pending(
