@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -38,6 +39,7 @@ class GatewayProcess:
         self._log = tempfile.NamedTemporaryFile("w+", prefix="turnout-", suffix=".log", delete=False)  # noqa: SIM115
         self._lines: list[str] = []
         self._reader: threading.Thread | None = None
+        self._own_state = ""  # a state directory made for this gateway alone, removed with it
 
     @property
     def address(self) -> str:
@@ -45,7 +47,9 @@ class GatewayProcess:
 
     def start(self, timeout_s: float = 60.0) -> GatewayProcess:
         # Each gateway gets its own routing state unless the test shares one on purpose.
-        state = [] if "--state-dir" in self.flags else ["--state-dir", tempfile.mkdtemp(prefix="turnout-state-")]
+        if "--state-dir" not in self.flags:
+            self._own_state = tempfile.mkdtemp(prefix="turnout-state-")
+        state = ["--state-dir", self._own_state] if self._own_state else []
         command = [
             sys.executable, "-m", "gateway", "serve", "--repository", str(self.repository),
             "--host", "127.0.0.1", "--port", "0", *state, *self.flags,
@@ -117,6 +121,8 @@ class GatewayProcess:
     ) -> None:
         self.stop()
         os.unlink(self._log.name)
+        if self._own_state:
+            shutil.rmtree(self._own_state, ignore_errors=True)
 
 
 def worker_pids(gateway_pid: int) -> list[int]:
