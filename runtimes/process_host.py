@@ -178,6 +178,11 @@ class WorkerProcessHost:
             try:
                 return worker.infer(inputs, output_names)
             except (OSError, ChannelClosed):
+                # Later batches wait for the restart instead of meeting the dead socket too; the
+                # watcher sets _ready again once the new worker has loaded the model.
+                with self._life_lock:
+                    if self._worker is worker and not self._closing:
+                        self._ready.clear()
                 raise HostUnavailable(
                     f"worker process {worker.process.pid} for {self._label} died during the batch "
                     f"({worker.exit_reason()}); it is being restarted"
