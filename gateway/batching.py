@@ -106,7 +106,9 @@ class BatchQueue:
         self._items: deque[Pending] = deque()
         self._rows = 0
         self._closed = False
-        self._ready = threading.Condition(threading.Lock())
+        # put() takes the plain lock (its `with` runs in C); dispatchers wait on the condition.
+        self._lock = threading.Lock()
+        self._ready = threading.Condition(self._lock)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -117,7 +119,7 @@ class BatchQueue:
         item.enqueued_at = now
         if self._settings.queue_timeout_s is not None:
             item.expires_at = now + self._settings.queue_timeout_s
-        with self._ready:
+        with self._lock:
             if self._closed:
                 raise Unavailable(f"{self._label} is unloading and accepts no new requests")
             if len(self._items) >= self._settings.max_queue_size:

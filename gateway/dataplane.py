@@ -140,13 +140,13 @@ class Dataplane:
     def _response(routed: _Routed, request: InferRequest, outputs: Arrays) -> InferResponse:
         version = routed.version
         assert version.plan is not None
-        specs = {spec.name: spec for spec in version.plan.signature.outputs}
-        names = request.output_names or list(specs)
+        datatypes = version.plan.output_datatypes
+        names = request.output_names or datatypes
         return InferResponse(
             request.model_name,
             str(version.version),
             request.id,
-            [Tensor(name, specs[name].datatype, outputs[name]) for name in names],
+            [Tensor(name, datatypes[name], outputs[name]) for name in names],
             routed.arm.value,
             routed.generation,
         )

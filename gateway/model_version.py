@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
@@ -93,6 +93,12 @@ class ServingPlan:
     max_batch_size: int
     batching: BatchingSettings
     runtime: str
+    # Looked up for every response, so built once here.
+    output_datatypes: dict[str, str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        datatypes = {spec.name: spec.datatype for spec in self.signature.outputs}
+        object.__setattr__(self, "output_datatypes", datatypes)
 
 
 class ModelVersion:
@@ -112,7 +118,9 @@ class ModelVersion:
         self._queue: BatchQueue | None = None
         self._dispatchers: list[threading.Thread] = []
         self._in_flight = 0
-        self._gate = threading.Condition(threading.Lock())
+        # The request path takes the plain lock (its `with` runs in C); unloading waits on the condition.
+        self._gate_lock = threading.Lock()
+        self._gate = threading.Condition(self._gate_lock)
 
     @property
     def label(self) -> str:
@@ -200,14 +208,14 @@ class ModelVersion:
 
     def acquire(self) -> bool:
         """Count a request in; False when the version no longer takes requests."""
-        with self._gate:
+        with self._gate_lock:
             if self.state is not VersionState.READY:
                 return False
             self._in_flight += 1
             return True
 
     def release(self) -> None:
-        with self._gate:
+        with self._gate_lock:
             self._in_flight -= 1
             if self._in_flight == 0:
                 self._gate.notify_all()

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from gateway.errors import InvalidArgument
-from runtimes.datatypes import BYTES, UnknownDatatype, decode_bytes, element_size, encode_bytes, numpy_dtype
+from runtimes.datatypes import BYTES, UnknownDatatype, decode_bytes, encode_bytes, numpy_dtype
 
 
 @dataclass(slots=True)
@@ -38,7 +38,7 @@ def _checked_dtype(name: str, datatype: str) -> np.dtype[Any]:
 
 
 def _checked_count(name: str, shape: Sequence[int]) -> int:
-    if any(dim < 0 for dim in shape):
+    if shape and min(shape) < 0:
         raise InvalidArgument(f"input {name!r}: shape {list(shape)} has a negative dimension")
     return math.prod(shape)
 
@@ -53,7 +53,7 @@ def tensor_from_raw(name: str, datatype: str, shape: Sequence[int], raw: bytes) 
         except ValueError as error:
             raise InvalidArgument(f"input {name!r}: BYTES raw contents {error}") from None
         return Tensor(name, datatype, flat.reshape(shape))
-    expected = count * element_size(datatype)
+    expected = count * dtype.itemsize
     if len(raw) != expected:
         raise InvalidArgument(
             f"input {name!r}: shape {list(shape)} of {datatype} needs {expected} bytes, got {len(raw)}"

@@ -1,15 +1,19 @@
-"""The framing between the gateway and a worker process: JSON for control, raw buffers for tensors.
+"""The framing between the gateway and a worker process: a binary tensor table, raw tensor bytes, JSON for control.
 
 One frame on the stream socket::
 
-    header  <B x H I Q>  kind, (pad), tensor count, meta length, body length
-    meta    JSON         control fields, plus [name, datatype, shape, nbytes] for each tensor
-    body    bytes        each tensor's bytes, in table order, row-major
+    header  <B x H I I Q>  kind, (pad), tensor count, table length, meta length, body length
+    table   per tensor     <B B H Q> datatype code, rank, name length, byte count; the name (UTF-8);
+                           then one <q> per dimension
+    meta    JSON           control fields (load requests, errors, requested outputs); absent when empty
+    body    bytes          each tensor's bytes, in table order, row-major
 
-Tensors are never pickled. The sender hands the kernel a list of buffers (``sendmsg``), so a batch
-made of many requests is gathered into one contiguous frame without a copy in Python; the receiver
-reads the body into one buffer and wraps each tensor with ``np.frombuffer``. BYTES tensors travel in
-their length-prefixed raw form, so they concatenate like any other.
+Tensors are never pickled, and the hot frames (a batch and its result) carry no JSON at all: the
+tensor table is fixed binary, so neither side runs an encoder per batch. The sender hands the kernel
+a list of buffers (``sendmsg``), so a batch made of many requests is gathered into one contiguous
+frame without a copy in Python; the receiver reads everything after the header into one buffer and
+wraps each tensor with ``np.frombuffer``. BYTES tensors travel in their length-prefixed raw form, so
+they concatenate like any other.
 """
 
 from __future__ import annotations
@@ -25,9 +29,12 @@ from typing import Any
 import numpy as np
 
 from runtimes.contract import ArtifactInvalid, InferenceFailed, RuntimeFailure
-from runtimes.datatypes import BYTES, datatype_of, decode_bytes, encode_bytes, numpy_dtype
+from runtimes.datatypes import BYTES, DATATYPES, datatype_of, decode_bytes, encode_bytes, numpy_dtype
 
-HEADER = struct.Struct("<BxHIQ")
+HEADER = struct.Struct("<BxHIIQ")
+_ENTRY = struct.Struct("<BBHQ")
+_DIMS: dict[int, struct.Struct] = {}
+_CODE_BY_DATATYPE = {datatype: code for code, datatype in enumerate(DATATYPES)}
 # Linux accepts at most 1024 buffers per sendmsg; stay well below it.
 _MAX_BUFFERS_PER_SEND = 512
 
@@ -68,6 +75,13 @@ def _payload(array: np.ndarray[Any, Any]) -> tuple[str, memoryview | bytes]:
     return datatype, np.ascontiguousarray(array).data.cast("B")
 
 
+def _dims(rank: int) -> struct.Struct:
+    dims = _DIMS.get(rank)
+    if dims is None:
+        dims = _DIMS[rank] = struct.Struct(f"<{rank}q")
+    return dims
+
+
 def send_frame(
     sock: socket.socket,
     kind: Kind,
@@ -75,8 +89,9 @@ def send_frame(
     tensors: Mapping[str, Sequence[np.ndarray[Any, Any]]] | None = None,
 ) -> None:
     """Write one frame. Each tensor is given as parts joined along the first axis."""
-    table: list[list[Any]] = []
+    table: list[bytes] = []
     buffers: list[memoryview | bytes] = []
+    body_len = 0
     for name, parts in (tensors or {}).items():
         nbytes, rows, datatype = 0, 0, ""
         for part in parts:
@@ -85,28 +100,33 @@ def send_frame(
             nbytes += len(buffer)
             rows += part.shape[0] if part.ndim else 1
         first = parts[0]
-        shape = [rows, *first.shape[1:]] if first.ndim else []
-        table.append([name, datatype, shape, nbytes])
-    body = dict(meta or {})
-    body["tensors"] = table
-    encoded_meta = json.dumps(body, separators=(",", ":")).encode()
-    body_len = sum(len(buffer) for buffer in buffers)
-    header = HEADER.pack(kind, len(table), len(encoded_meta), body_len)
-    _send_all(sock, [header, encoded_meta, *buffers])
+        shape = (rows, *first.shape[1:]) if first.ndim else ()
+        encoded_name = name.encode()
+        table.append(_ENTRY.pack(_CODE_BY_DATATYPE[datatype], len(shape), len(encoded_name), nbytes))
+        table.append(encoded_name)
+        table.append(_dims(len(shape)).pack(*shape))
+        body_len += nbytes
+    encoded_table = b"".join(table)
+    encoded_meta = json.dumps(meta, separators=(",", ":")).encode() if meta else b""
+    header = HEADER.pack(kind, len(tensors or ()), len(encoded_table), len(encoded_meta), body_len)
+    _send_all(sock, [header, encoded_table, encoded_meta, *buffers])
 
 
 def _send_all(sock: socket.socket, buffers: list[memoryview | bytes]) -> None:
-    pending = [memoryview(buffer).cast("B") for buffer in buffers if len(buffer)]
+    pending = [buffer for buffer in buffers if len(buffer)]
+    sent = sock.sendmsg(pending[:_MAX_BUFFERS_PER_SEND])
+    # One call almost always takes the whole frame; a large one continues where the kernel stopped.
     while pending:
-        sent = sock.sendmsg(pending[:_MAX_BUFFERS_PER_SEND])
         while sent:
             head = pending[0]
             if sent >= len(head):
                 sent -= len(head)
                 pending.pop(0)
             else:
-                pending[0] = head[sent:]
+                pending[0] = memoryview(head).cast("B")[sent:]
                 sent = 0
+        if pending:
+            sent = sock.sendmsg(pending[:_MAX_BUFFERS_PER_SEND])
 
 
 def _recv_exact(sock: socket.socket, size: int) -> bytearray:
@@ -122,21 +142,40 @@ def _recv_exact(sock: socket.socket, size: int) -> bytearray:
 
 
 def recv_frame(sock: socket.socket) -> Frame:
-    """Read one frame; tensors are views into one buffer received for the whole body."""
-    kind, _count, meta_len, body_len = HEADER.unpack(_recv_exact(sock, HEADER.size))
-    data = _recv_exact(sock, meta_len + body_len)
-    meta = json.loads(bytes(data[:meta_len]))
-    body = memoryview(data)[meta_len:]
+    """Read one frame; tensors are views into one buffer received for the whole frame."""
+    kind, count, table_len, meta_len, body_len = HEADER.unpack(_recv_exact(sock, HEADER.size))
+    data = memoryview(_recv_exact(sock, table_len + meta_len + body_len))
+    meta = json.loads(bytes(data[table_len : table_len + meta_len])) if meta_len else {}
     tensors: dict[str, np.ndarray[Any, Any]] = {}
-    offset = 0
-    for name, datatype, shape, nbytes in meta.pop("tensors"):
-        chunk = body[offset : offset + nbytes]
+    position, offset = 0, table_len + meta_len
+    for _ in range(count):
+        code, rank, name_len, nbytes = _ENTRY.unpack_from(data, position)
+        position += _ENTRY.size
+        name = bytes(data[position : position + name_len]).decode()
+        position += name_len
+        dims = _dims(rank)
+        shape = dims.unpack_from(data, position)
+        position += dims.size
+        chunk = data[offset : offset + nbytes]
         offset += nbytes
+        datatype = DATATYPES[code]
         if datatype == BYTES:
             tensors[name] = decode_bytes(chunk).reshape(shape)
         else:
             tensors[name] = np.frombuffer(chunk, dtype=numpy_dtype(datatype)).reshape(shape)
     return Frame(Kind(kind), meta, tensors)
+
+
+def send_batch(
+    sock: socket.socket, inputs: Mapping[str, Sequence[np.ndarray[Any, Any]]], output_names: Sequence[str]
+) -> None:
+    """Send a batch to a worker: an INFER frame, with JSON only when specific outputs are asked for."""
+    send_frame(sock, Kind.INFER, {"outputs": list(output_names)} if output_names else None, inputs)
+
+
+def requested_outputs(frame: Frame) -> list[str]:
+    """The outputs an INFER frame asks for; empty means all of them."""
+    return [str(name) for name in frame.meta.get("outputs", ())]
 
 
 def channel_pair() -> tuple[socket.socket, socket.socket]:

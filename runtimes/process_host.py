@@ -30,7 +30,7 @@ from runtimes.contract import (
     RuntimeOptions,
     Signature,
 )
-from runtimes.ipc import ChannelClosed, Kind, channel_pair, raise_if_error, recv_frame, send_frame
+from runtimes.ipc import ChannelClosed, Kind, channel_pair, raise_if_error, recv_frame, send_batch, send_frame
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class _Worker:
         return Signature.from_json(frame.meta["signature"])
 
     def infer(self, inputs: Mapping[str, Sequence[np.ndarray[Any, Any]]], output_names: Sequence[str]) -> Arrays:
-        send_frame(self.sock, Kind.INFER, {"outputs": list(output_names)}, inputs)
+        send_batch(self.sock, inputs, output_names)
         frame = recv_frame(self.sock)
         raise_if_error(frame)
         return frame.tensors

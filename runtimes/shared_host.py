@@ -24,7 +24,7 @@ from runtimes.contract import (
     RuntimeOptions,
     Signature,
 )
-from runtimes.ipc import ChannelClosed, Frame, Kind, raise_if_error, recv_frame, send_frame
+from runtimes.ipc import ChannelClosed, Frame, Kind, raise_if_error, recv_frame, send_batch, send_frame
 
 
 class BrokerClient:
@@ -105,7 +105,7 @@ class SharedWorkerHost:
                 self._sock, _ = self._connect()
             sock = self._sock
             try:
-                send_frame(sock, Kind.INFER, {"outputs": list(output_names)}, inputs)
+                send_batch(sock, inputs, output_names)
                 frame = recv_frame(sock)
             except (OSError, ChannelClosed):
                 sock.close()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from runtimes.catalog import open_runtime
 from runtimes.contract import Runtime, RuntimeFailure, RuntimeOptions
-from runtimes.ipc import ChannelClosed, Frame, Kind, recv_frame, send_frame
+from runtimes.ipc import ChannelClosed, Frame, Kind, recv_frame, requested_outputs, send_frame
 
 
 class _LoadedModel:
@@ -62,7 +62,7 @@ def _serve(sock: socket.socket, model: _LoadedModel) -> None:
                 loaded = model.runtime
                 if loaded is None:
                     raise RuntimeFailure("no model is loaded in this worker")
-                outputs = loaded.infer(frame.tensors, frame.meta["outputs"])
+                outputs = loaded.infer(frame.tensors, requested_outputs(frame))
                 send_frame(sock, Kind.RESULT, None, {name: [array] for name, array in outputs.items()})
             else:
                 raise RuntimeFailure(f"unexpected frame {frame.kind.name}")

@@ -72,7 +72,7 @@ def infer_request_from_proto(message: Any) -> InferRequest:
                     "use one or the other for every input"
                 )
         decoded = [
-            tensor_from_raw(tensor.name, tensor.datatype, tensor.shape, data)
+            tensor_from_raw(tensor.name, tensor.datatype, tuple(tensor.shape), data)
             for tensor, data in zip(inputs, raw, strict=True)
         ]
     else:
@@ -82,7 +82,9 @@ def infer_request_from_proto(message: Any) -> InferRequest:
         if "classification" in requested.parameters:
             raise InvalidArgument(f"output {requested.name!r}: the classification extension is not supported")
         outputs.append(requested.name)
-    parameters = {key: _parameter_value(value) for key, value in message.parameters.items()}
+    parameters: dict[str, Any] = {}
+    if message.parameters:  # usually empty: skip building an iterator over the map
+        parameters = {key: _parameter_value(value) for key, value in message.parameters.items()}
     return InferRequest(message.model_name, message.model_version, message.id, decoded, outputs, parameters)
 
 
@@ -108,16 +110,13 @@ def infer_response_to_proto(response: InferResponse, routing_parameters: bool = 
     Streams have no per-response trailers, so there the routing decision travels as response
     parameters (``routing_parameters``) under the same names as the unary call's trailing metadata.
     """
-    outputs = response.outputs
     message = pb.ModelInferResponse(
-        model_name=response.model_name,
-        model_version=response.model_version,
-        id=response.id,
-        outputs=[
-            pb.ModelInferResponse.InferOutputTensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in outputs
-        ],
-        raw_output_contents=[raw_bytes(t) for t in outputs],
+        model_name=response.model_name, model_version=response.model_version, id=response.id
     )
+    # add() and one extend() build the repeated fields in place, without temporary messages.
+    for tensor in response.outputs:
+        message.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.data.shape)
+    message.raw_output_contents.extend([raw_bytes(tensor) for tensor in response.outputs])
     if routing_parameters:
         for key, value in routing_trailers(response):
             message.parameters[key].string_param = value

@@ -50,18 +50,19 @@ class InferenceCalls:
     def __init__(self) -> None:
         self._count = 0
         self._closed = False
-        self._idle = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
 
     def enter(self) -> bool:
         """Count a call in; False once closing."""
-        with self._idle:
+        with self._lock:
             if self._closed:
                 return False
             self._count += 1
             return True
 
     def leave(self) -> None:
-        with self._idle:
+        with self._lock:
             self._count -= 1
             if self._count == 0:
                 self._idle.notify_all()

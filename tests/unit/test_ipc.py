@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from runtimes.datatypes import decode_bytes, encode_bytes
-from runtimes.ipc import HEADER, ChannelClosed, Kind, recv_frame, send_frame
+from runtimes.ipc import HEADER, ChannelClosed, Kind, recv_frame, requested_outputs, send_batch, send_frame
 
 NUMERIC = ["?", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8"]
 
@@ -21,11 +21,12 @@ def round_trip(parts: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
     ours, theirs = socket.socketpair()
     with ours, theirs:
         # Send from a thread: a frame may be larger than the socket buffer.
-        sender = threading.Thread(target=send_frame, args=(ours, Kind.INFER, {"outputs": []}, parts))
+        sender = threading.Thread(target=send_batch, args=(ours, parts, ()))
         sender.start()
         frame = recv_frame(theirs)
         sender.join()
-    assert frame.kind is Kind.INFER and frame.meta == {"outputs": []}
+    assert frame.kind is Kind.INFER and frame.meta == {} and requested_outputs(frame) == []
+    assert list(frame.tensors) == list(parts), "tensors keep their order"
     return frame.tensors
 
 
@@ -64,10 +65,28 @@ def test_a_scalar_tensor_keeps_its_empty_shape() -> None:
     assert round_trip({"x": [np.array(2.5, np.float32)]})["x"].shape == ()
 
 
+def test_several_tensors_and_control_fields_travel_together() -> None:
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        tensors = {"first": [np.arange(6, dtype=np.int64).reshape(2, 3)], "zweite-é": [np.array([b"a", b""], object)]}
+        send_frame(ours, Kind.RESULT, {"note": "both", "n": [1, 2]}, tensors)
+        frame = recv_frame(theirs)
+    assert frame.kind is Kind.RESULT and frame.meta == {"note": "both", "n": [1, 2]}
+    assert frame.tensors["first"].tolist() == [[0, 1, 2], [3, 4, 5]]
+    assert frame.tensors["zweite-é"].tolist() == [b"a", b""]
+
+
+def test_a_batch_names_the_outputs_it_wants() -> None:
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        send_batch(ours, {"x": [np.zeros((1, 2), np.float32)]}, ["probabilities"])
+        assert requested_outputs(recv_frame(theirs)) == ["probabilities"]
+
+
 def test_a_peer_that_dies_mid_frame_is_reported() -> None:
     ours, theirs = socket.socketpair()
     with theirs:
-        ours.sendall(HEADER.pack(Kind.RESULT, 0, 10, 0) + b'{"tensor')  # promises 10 bytes, sends 8
+        ours.sendall(HEADER.pack(Kind.RESULT, 0, 0, 10, 0) + b'{"tensor')  # promises 10 bytes, sends 8
         ours.close()
         with pytest.raises(ChannelClosed):
             recv_frame(theirs)
