@@ -24,7 +24,14 @@ from tritonclient.utils import InferenceServerException
 
 from tests.integration.conftest import WORKER_MODES
 from tests.support.gateway_process import GatewayProcess
-from tests.support.model_repository import EXAMPLES, copy_digits, identity_model, save_version, slow_model
+from tests.support.model_repository import (
+    EXAMPLES,
+    copy_digits,
+    identity_model,
+    save_version,
+    slow_model,
+    slow_rounds_for,
+)
 
 Pixels = npt.NDArray[np.float32]
 
@@ -43,7 +50,7 @@ BAD_SETTINGS = "bad_settings"
 SPARE = "spare"
 # The slow model with room for one queued request.
 SLOW = "slow"
-SLOW_ROUNDS = 1000  # about 0.3 s of MatMuls per batch here; longer on a busy machine
+SLOW_S = 0.3  # how long each slow request computes, so that the next ones find the queue full
 
 DIGITS_YAML = (EXAMPLES / "digits" / "model.yaml").read_text()
 MISMATCH_YAML = """
@@ -409,7 +416,7 @@ def test_full_queue_is_unavailable_with_a_message(client: triton.InferenceServer
         if len(answers) == sent:
             all_answered.set()
 
-    slow_rows = np.full((1, 1), SLOW_ROUNDS, np.float32)
+    slow_rows = np.full((1, 1), slow_rounds_for(SLOW_S), np.float32)
     for _ in range(sent):
         client.async_infer(SLOW, [tensor("x", slow_rows, "FP32")], collect, client_timeout=TIMEOUT_S)
     assert all_answered.wait(TIMEOUT_S)

@@ -25,7 +25,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from tritonclient.utils import InferenceServerException
 
 from tests.support.gateway_process import GatewayProcess, worker_pids
-from tests.support.model_repository import copy_digits, save_version, slow_model
+from tests.support.model_repository import copy_digits, save_version, slow_model, slow_rounds_for
 
 Pixels = npt.NDArray[np.float32]
 
@@ -43,7 +43,7 @@ max_batch_size: 8
 dynamic_batching:
   max_queue_delay_microseconds: 50000
 """
-SLOW_ROUNDS = 3000  # about a second of MatMuls here, longer on a busy machine
+SLOW_S = 1.0  # how long each slow request computes: long enough to still be in flight when acted on
 SETTLE_S = 0.3  # long enough for requests sent just before to reach the gateway and be queued
 
 
@@ -131,9 +131,9 @@ class SlowCall:
     error: InferenceServerException | None = None
 
 
-def send_slow(client: triton.InferenceServerClient, count: int, rounds: int = SLOW_ROUNDS) -> list[SlowCall]:
-    """Start ``count`` slow requests without waiting; each SlowCall fills in when answered."""
-    rows = np.full((1, 1), rounds, np.float32)
+def send_slow(client: triton.InferenceServerClient, count: int, rounds: int | None = None) -> list[SlowCall]:
+    """Start ``count`` slow requests (about SLOW_S each) without waiting; each SlowCall fills in when answered."""
+    rows = np.full((1, 1), slow_rounds_for(SLOW_S) if rounds is None else rounds, np.float32)
     calls = []
     for _ in range(count):
         call = SlowCall(time.monotonic())
@@ -152,7 +152,7 @@ def assert_all_served(calls: list[SlowCall]) -> None:
     wait_until(lambda: all(call.finished for call in calls), "every slow request to be answered")
     for call in calls:
         assert call.error is None, call.error
-        np.testing.assert_array_equal(call.result.as_numpy("y"), np.full((1, 1), SLOW_ROUNDS, np.float32))
+        np.testing.assert_array_equal(call.result.as_numpy("y"), np.full((1, 1), slow_rounds_for(SLOW_S), np.float32))
 
 
 def slow_repository(root: Path) -> Path:
@@ -290,7 +290,7 @@ def test_unload_waits_for_accepted_requests_and_refuses_later_ones(slow_gateway:
         assert not client.is_model_ready(SLOW, "1")
         client.load_model(SLOW)
         assert client.is_model_ready(SLOW, "1")
-    assert all(call.finished > unload_started for call in accepted), "done before the unload: raise SLOW_ROUNDS"
+    assert all(call.finished > unload_started for call in accepted), "done before the unload: raise SLOW_S"
     # unload_model returned only once every accepted request had its answer.
     assert all(call.finished <= unload_done for call in accepted)
     assert {status for _, status in later} <= {"OK", str(grpc.StatusCode.UNAVAILABLE)}
@@ -325,7 +325,7 @@ def test_sigterm_reports_not_serving_drains_and_exits_zero(
         wait_until(lambda: bool(refused[0].finished), "the refused request's answer")
     assert status == 0, slow_gateway.log()
     assert exited - signalled < GRACE_S
-    assert all(call.finished > signalled for call in in_flight), "done before SIGTERM: raise SLOW_ROUNDS"
+    assert all(call.finished > signalled for call in in_flight), "done before SIGTERM: raise SLOW_S"
     assert all(call.finished <= exited for call in in_flight)
     assert refused[0].error is not None and refused[0].error.status() == str(grpc.StatusCode.UNAVAILABLE)
     assert "shutting down" in str(refused[0].error.message())

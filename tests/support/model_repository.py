@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import math
 import shutil
+import time
 from pathlib import Path
 
+import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import TensorProto, helper
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -112,3 +117,28 @@ def slow_model(size: int = 256) -> onnx.ModelProto:
     model.ir_version = 8
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+@functools.cache
+def _seconds_per_slow_round() -> float:
+    """How long one round of :func:`slow_model` takes on this machine, as a worker runs it (one thread)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(slow_model().SerializeToString(), options, providers=["CPUExecutionProvider"])
+    rounds = 100
+    best = float("inf")
+    for _ in range(3):  # the quickest of three: a busy moment must not shorten the calls tests rely on
+        started = time.perf_counter()
+        session.run(None, {"x": np.full((1, 1), rounds, np.float32)})
+        best = min(best, time.perf_counter() - started)
+    return best / rounds
+
+
+def slow_rounds_for(seconds: float) -> int:
+    """The ``x`` that keeps a :func:`slow_model` request busy for about ``seconds`` on this machine.
+
+    Tests that must catch calls in flight (drains, unloads, full queues) size them with this, so
+    they hold on a fast machine as on a slow one. Measured once per test process.
+    """
+    return max(10, math.ceil(seconds / _seconds_per_slow_round()))
