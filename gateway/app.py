@@ -22,6 +22,7 @@ from gateway.settings import Settings
 from gateway.shadow import ShadowMirror
 from gateway.state.sqlite_store import SqliteStateStore
 from runtimes.contract import ModelHost, RuntimeOptions
+from runtimes.zygote import Zygote, start_zygote
 
 log = logging.getLogger("turnout")
 
@@ -31,9 +32,10 @@ _HEARTBEAT_S = 0.5
 _LIVENESS_S = 3.0
 
 
-def host_factory(settings: Settings) -> HostFactory:
+def host_factory(settings: Settings, zygote: Zygote | None = None) -> HostFactory:
     """Worker processes by default (shared through the broker when a supervisor runs several gateway
-    processes); the calling process when ``worker_mode`` is ``inprocess``."""
+    processes; forked from ``zygote`` when there is one); the calling process when ``worker_mode``
+    is ``inprocess``."""
     if settings.worker_mode == "inprocess":
         from runtimes.inprocess_host import InProcessHost
 
@@ -55,7 +57,7 @@ def host_factory(settings: Settings) -> HostFactory:
     from runtimes.process_host import WorkerProcessHost
 
     def in_worker(kind: str, artifact: Path, options: RuntimeOptions, label: str) -> ModelHost:
-        return WorkerProcessHost(kind, artifact, options, label=label)
+        return WorkerProcessHost(kind, artifact, options, label=label, zygote=zygote)
 
     return in_worker
 
@@ -63,11 +65,11 @@ def host_factory(settings: Settings) -> HostFactory:
 class Gateway:
     """Every part of one gateway process, wired together."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, zygote: Zygote | None = None) -> None:
         self.settings = settings
         self.manager = ModelManager(
             ModelRepository(settings.repository),
-            host_factory(settings),
+            host_factory(settings, zygote),
             RuntimeOptions(settings.intra_op_threads, settings.inter_op_threads),
             poll_interval_s=settings.poll_interval_s,
             drain_timeout_s=settings.drain_timeout_s,
@@ -128,7 +130,22 @@ def serve(settings: Settings) -> int:
     if not settings.repository.is_dir():
         log.error("model repository %s is not a directory", settings.repository)
         return 2
-    gateway = Gateway(settings)
+    # Forked first, while this process has one thread; the broker forks shared workers instead.
+    zygote = start_zygote() if owns_workers(settings) else None
+    try:
+        return _run(settings, zygote)
+    finally:
+        if zygote is not None:
+            zygote.close()
+
+
+def owns_workers(settings: Settings) -> bool:
+    """Whether this process forks its own workers (not in-process, not through a broker, not spawned)."""
+    return settings.worker_mode == "process" and settings.worker_broker is None and settings.worker_start == "fork"
+
+
+def _run(settings: Settings, zygote: Zygote | None) -> int:
+    gateway = Gateway(settings, zygote)
     stop = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:

@@ -37,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--worker-mode", choices=["process", "inprocess"], help="run models in worker processes (default) or here"
     )
+    serve.add_argument(
+        "--worker-start", choices=["fork", "spawn"], help="fork workers from a zygote (default) or spawn each"
+    )
     serve.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     for flag, kind, text in _SERVE_FLAGS:
         serve.add_argument(flag, type=kind, help=text)

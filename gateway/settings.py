@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(DEFAULT_MAX_MESSAGE_BYTES, ge=1024, le=(1 << 31) - 1)
     grpc_threads: int = Field(128, ge=1, le=4096)
     worker_mode: Literal["process", "inprocess"] = "process"
+    # fork: workers are forked from a zygote process (quick to start, cheaper round trips);
+    # spawn: each worker is a new interpreter, for platforms or libraries that dislike fork.
+    worker_start: Literal["fork", "spawn"] = "fork"
     intra_op_threads: int = Field(1, ge=0)
     inter_op_threads: int = Field(1, ge=0)
     poll_interval_s: float = Field(2.0, ge=0)  # 0 turns polling off

@@ -25,6 +25,7 @@ import yaml
 
 from gateway.settings import Settings
 from runtimes.broker import WorkerBroker
+from runtimes.zygote import Zygote, start_zygote
 
 log = logging.getLogger("turnout.supervisor")
 
@@ -60,12 +61,12 @@ class _GatewayChild:
 
 
 class Supervisor:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, zygote: Zygote | None = None) -> None:
         self.settings = settings
         # Unix socket paths must stay short (108 bytes), so they live in a fresh /tmp directory.
         self._socket_dir = Path(tempfile.mkdtemp(prefix="turnout-"))
         self._placeholder, self.port = reserve_port(settings.host, settings.port)
-        self.broker = WorkerBroker(self._socket_dir)
+        self.broker = WorkerBroker(self._socket_dir, zygote=zygote)
         self._command = self._child_command()
         self._children: list[_GatewayChild] = []
         self._stopping = threading.Event()
@@ -132,7 +133,9 @@ def supervise(settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    supervisor = Supervisor(settings)
+    # Forked first, while this process has one thread: the broker forks the shared workers from it.
+    zygote = start_zygote() if settings.worker_mode == "process" and settings.worker_start == "fork" else None
+    supervisor = Supervisor(settings, zygote)
     try:
         supervisor.start()
         threading.Thread(target=supervisor.watch, name="supervisor-watch", daemon=True).start()
@@ -144,5 +147,7 @@ def supervise(settings: Settings) -> int:
         stop.wait()
     finally:
         supervisor.stop()
+        if zygote is not None:
+            zygote.close()
     log.info("stopped")
     return 0

@@ -20,6 +20,7 @@ from pathlib import Path
 from runtimes.contract import RuntimeFailure, RuntimeOptions
 from runtimes.ipc import ChannelClosed, Kind, recv_frame, send_frame
 from runtimes.process_host import WorkerProcessHost
+from runtimes.zygote import Zygote
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,9 @@ class _SharedWorker:
 class WorkerBroker:
     """Starts, shares, restarts (through WorkerProcessHost) and stops workers for gateway processes."""
 
-    def __init__(self, socket_dir: Path, restart_wait_s: float = 30.0) -> None:
+    def __init__(self, socket_dir: Path, restart_wait_s: float = 30.0, zygote: Zygote | None = None) -> None:
         self.socket_dir = socket_dir
+        self._zygote = zygote
         self.path = socket_dir / "broker.sock"
         self._restart_wait_s = restart_wait_s
         self._lock = threading.Lock()
@@ -119,6 +121,7 @@ class WorkerBroker:
                 label=label,
                 restart_wait_s=self._restart_wait_s,
                 listener=listener,
+                zygote=self._zygote,
             )
         except BaseException:
             listener.close()

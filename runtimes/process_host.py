@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -31,28 +31,53 @@ from runtimes.contract import (
     Signature,
 )
 from runtimes.ipc import ChannelClosed, Kind, channel_pair, raise_if_error, recv_frame, send_batch, send_frame
+from runtimes.zygote import Zygote, ZygoteGone
 
 log = logging.getLogger(__name__)
+
+class WorkerProcess(Protocol):
+    """What a host needs of a worker process: ``subprocess.Popen`` or a worker the zygote forked."""
+
+    pid: int
+
+    def wait(self, timeout: float | None = None) -> int | None: ...
+
+    def kill(self) -> None: ...
+
+
+def _spawn(fds: list[int]) -> WorkerProcess:
+    env = dict(os.environ)
+    # The worker imports `runtimes` from wherever this process found it, installed or not.
+    package_root = str(Path(runtimes.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    extra = ["--listen-fd", str(fds[1])] if len(fds) > 1 else []
+    return subprocess.Popen(
+        [sys.executable, "-m", "runtimes.worker", "--fd", str(fds[0]), *extra],
+        pass_fds=fds,
+        env=env,
+        # A terminal's Ctrl-C or a group-wide SIGTERM must reach only the gateway, which then
+        # drains in-flight requests before stopping its workers itself.
+        start_new_session=True,
+    )
+
+
+def _launch(fds: list[int], zygote: Zygote | None) -> WorkerProcess:
+    if zygote is not None:
+        with contextlib.suppress(ZygoteGone):  # the zygote's reader has said so in the log
+            return zygote.launch(fds)
+    return _spawn(fds)
+
 
 class _Worker:
     """One running worker process and our end of its socket."""
 
-    def __init__(self, label: str, listener: socket.socket | None) -> None:
+    def __init__(self, label: str, listener: socket.socket | None, zygote: Zygote | None) -> None:
         ours, theirs = channel_pair()
-        extra = ["--listen-fd", str(listener.fileno())] if listener is not None else []
-        env = dict(os.environ)
-        # The worker imports `runtimes` from wherever this process found it, installed or not.
-        package_root = str(Path(runtimes.__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "runtimes.worker", "--fd", str(theirs.fileno()), *extra],
-            pass_fds=[theirs.fileno(), *([listener.fileno()] if listener is not None else [])],
-            env=env,
-            # A terminal's Ctrl-C or a group-wide SIGTERM must reach only the gateway, which then
-            # drains in-flight requests before stopping its workers itself.
-            start_new_session=True,
-        )
-        theirs.close()
+        fds = [theirs.fileno(), *([listener.fileno()] if listener is not None else [])]
+        try:
+            self.process = _launch(fds, zygote)
+        finally:
+            theirs.close()
         self.sock = ours
         self.label = label
 
@@ -74,11 +99,11 @@ class _Worker:
 
     def exit_reason(self) -> str:
         try:
-            code: int | None = self.process.wait(0.5)  # a dead peer may not be reaped yet
+            code = self.process.wait(0.5)  # a dead peer may not be reaped yet
         except subprocess.TimeoutExpired:
-            code = None
-        if code is None:
             return "still running"
+        if code is None:
+            return "exit status unknown"
         return f"killed by signal {-code}" if code < 0 else f"exit status {code}"
 
     def stop(self, timeout_s: float) -> None:
@@ -104,11 +129,14 @@ class WorkerProcessHost:
         label: str = "",
         restart_wait_s: float = 30.0,
         listener: socket.socket | None = None,
+        zygote: Zygote | None = None,
     ) -> None:
         """``listener``: a listening socket every incarnation of the worker also accepts other
-        gateway processes on (see :mod:`runtimes.broker`); it stays open across restarts."""
+        gateway processes on (see :mod:`runtimes.broker`); it stays open across restarts.
+        ``zygote``: fork workers from it (see :mod:`runtimes.zygote`); without one they are spawned."""
         self._kind, self._artifact, self._options = kind, artifact, options
         self._listener = listener
+        self._zygote = zygote
         self._label = label or artifact.parent.name
         self._restart_wait_s = restart_wait_s
         self._call_lock = threading.Lock()  # one batch at a time through the socket
@@ -125,7 +153,7 @@ class WorkerProcessHost:
         return worker.process.pid if worker else None
 
     def _start(self) -> Signature:
-        worker = _Worker(self._label, self._listener)
+        worker = _Worker(self._label, self._listener, self._zygote)
         try:
             signature = worker.load(self._kind, self._artifact, self._options)
         except BaseException:

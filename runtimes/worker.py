@@ -1,6 +1,7 @@
 """The worker process: loads one model and answers inference frames until its owner goes away.
 
-Started as ``python -m runtimes.worker --fd N`` with one end of a socket pair, by
+Forked from the zygote (:mod:`runtimes.zygote`), or started as ``python -m runtimes.worker --fd N``,
+with one end of a socket pair, by
 :class:`runtimes.process_host.WorkerProcessHost` (the gateway owns it) or by
 :class:`runtimes.broker.WorkerBroker` (several gateway processes share it). With ``--listen-fd M``
 it also accepts connections on that listening socket, one thread each, so every gateway process
@@ -84,16 +85,21 @@ def _accept_forever(listener: socket.socket, model: _LoadedModel) -> None:
         threading.Thread(target=_serve_quietly, args=(connection, model), daemon=True).start()
 
 
+def run(fd: int, listen_fd: int | None = None) -> None:
+    """Serve the owner's socket ``fd`` (and connections on ``listen_fd``) until the owner goes away."""
+    model = _LoadedModel()
+    if listen_fd is not None:
+        listener = socket.socket(fileno=listen_fd)
+        threading.Thread(target=_accept_forever, args=(listener, model), name="accept", daemon=True).start()
+    _serve_quietly(socket.socket(fileno=fd), model)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--fd", type=int, required=True, help="file descriptor of the owner's socket")
     parser.add_argument("--listen-fd", type=int, help="a listening Unix socket other gateway processes connect to")
     args = parser.parse_args()
-    model = _LoadedModel()
-    if args.listen_fd is not None:
-        listener = socket.socket(fileno=args.listen_fd)
-        threading.Thread(target=_accept_forever, args=(listener, model), name="accept", daemon=True).start()
-    _serve_quietly(socket.socket(fileno=args.fd), model)
+    run(args.fd, args.listen_fd)
 
 
 if __name__ == "__main__":

@@ -164,12 +164,14 @@ def slow_repository(root: Path) -> Path:
 # --- fixtures --------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def digits_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    """digits version 2 alone, so it has exactly one worker process."""
+@pytest.fixture(scope="module", params=["fork", "spawn"])
+def digits_gateway(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[GatewayProcess]:
+    """digits version 2 alone, so it has exactly one worker process: forked from the zygote, or spawned."""
     repository = tmp_path_factory.mktemp("resilience")
     copy_digits(repository, versions=(2,))
-    with GatewayProcess(repository, "--poll-interval-s", "0") as running:
+    with GatewayProcess(repository, "--poll-interval-s", "0", "--worker-start", request.param) as running:
         yield running
 
 
@@ -198,6 +200,8 @@ def test_killed_worker_fails_only_its_batch_and_serving_resumes(
         load.wait_for_successes(20)
         killed_at = time.monotonic()
         os.kill(old_worker, signal.SIGKILL)
+        # How the worker ended is known even when the zygote, not the gateway, is its parent.
+        digits_gateway.wait_for_log("exited (killed by signal 9); restarting")
         digits_gateway.wait_for_log("serving again (restart 1)")
         recovered_at = time.monotonic()
         [new_worker] = worker_pids(gateway_pid)

@@ -126,8 +126,10 @@ class GatewayProcess:
 
 
 def worker_pids(gateway_pid: int) -> list[int]:
-    """PIDs of the runtime worker processes a gateway started (its children running runtimes.worker)."""
-    pids = []
+    """PIDs of the runtime workers a gateway (or supervisor) started: forked from its zygote, so
+    named ``turnout-worker``, or spawned as ``python -m runtimes.worker``; children or grandchildren."""
+    parents: dict[int, int] = {}
+    workers = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -136,7 +138,16 @@ def worker_pids(gateway_pid: int) -> list[int]:
             cmdline = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        if parent == gateway_pid and b"runtimes.worker" in cmdline:
-            pids.append(int(entry.name))
-    return sorted(pids)
+        name, after = stat.split("(", 1)[1].rsplit(")", 1)
+        parents[int(entry.name)] = int(after.split()[1])
+        if name == "turnout-worker" or b"runtimes.worker" in cmdline:
+            workers.add(int(entry.name))
+
+    def descends(pid: int) -> bool:
+        for _ in range(2):  # the gateway's child, or its zygote's
+            pid = parents.get(pid, 0)
+            if pid == gateway_pid:
+                return True
+        return False
+
+    return sorted(pid for pid in workers if descends(pid))
