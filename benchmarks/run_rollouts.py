@@ -15,6 +15,7 @@ slowest probe is that rollback's time to "stable on every process".
     python benchmarks/run_rollouts.py            # about 2 minutes
     python benchmarks/run_rollouts.py --quick    # about 40 seconds
     python benchmarks/run_rollouts.py --pin      # gateways on CPU 0, load generator on CPU 1
+    python benchmarks/run_rollouts.py --pin --rounds 7   # medians over more rounds
 """
 
 from __future__ import annotations
@@ -268,8 +269,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="shorter cells, fewer rounds and rollbacks")
     parser.add_argument("--pin", action="store_true", help="gateways on CPU 0, load generator on CPU 1")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds of policy cells (default 3; --quick 1)")
+    parser.add_argument("--duration-s", type=float, help="measured seconds per policy cell (default 3; --quick 1.5)")
     args = parser.parse_args(argv)
-    args.duration_s, args.rounds, args.rollbacks = (1.5, 1, 20) if args.quick else (3.0, 3, 50)
+    duration_s, rounds, args.rollbacks = (1.5, 1, 20) if args.quick else (3.0, 3, 50)
+    # Each round is compared within itself, so more rounds narrow the medians on a noisy machine.
+    args.rounds = args.rounds or rounds
+    args.duration_s = args.duration_s or duration_s
     with tempfile.TemporaryDirectory(prefix="turnout-bench-repo-") as root:
         repository = build_repository(Path(root) / "all")
         plain = build_repository(Path(root) / "plain", misbehaving_shadows=False)

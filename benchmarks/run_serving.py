@@ -5,6 +5,8 @@ load generator on CPU 1; ``unpinned``: no affinity), it starts every target on a
 
 * ``turnout-process``   ``turnout serve`` with models in worker processes (the default)
 * ``turnout-inprocess`` ``turnout serve --worker-mode inprocess``
+* ``turnout-process+gateway-cpus`` (unpinned only) ``turnout serve --gateway-cpus 0``: the gateway's
+  threads on one CPU, its workers and the load generator free
 * ``bare-sync``         benchmarks/bare_server.py, ``grpc.server`` with a thread pool
 * ``bare-aio``          benchmarks/bare_server.py, ``grpc.aio``
 * ``bare-sync+handoff`` and ``bare-sync+handoff+trailers`` (batch 1, 1 and 64 in flight, unary):
@@ -68,6 +70,7 @@ class Target:
     command: list[str]
     modes: tuple[str, ...]
     workloads: tuple[tuple[int, int], ...] = tuple(WORKLOADS)
+    placements: tuple[str, ...] = PLACEMENTS
 
 
 def targets(repository: Path, python: str) -> list[Target]:
@@ -94,6 +97,11 @@ def targets(repository: Path, python: str) -> list[Target]:
     return [
         Target("turnout-process", turnout, both),
         Target("turnout-inprocess", [*turnout, "--worker-mode", "inprocess"], both),
+        # Unpinned, with the gateway's own threads kept on one CPU (workers free): what an operator
+        # gets from --gateway-cpus. Pinned it would be the same as turnout-process.
+        Target(
+            "turnout-process+gateway-cpus", [*turnout, "--gateway-cpus", SERVER_CPU], both, placements=("unpinned",)
+        ),
         Target("bare-sync", [*bare, "--flavor", "sync"], both),
         Target("bare-aio", [*bare, "--flavor", "aio"], both),
         # The bare server plus the structure a batching gateway has by design, without its work:
@@ -298,7 +306,7 @@ def compute_yardstick(args: argparse.Namespace, cpu: str | None) -> dict[str, An
 def run_placement(args: argparse.Namespace, placement: str) -> dict[str, Any]:
     server_cpu = SERVER_CPU if placement == "pinned" else None
     client_cpu = CLIENT_CPU if placement == "pinned" else None
-    chosen = [t for t in targets(args.repository, args.python) if t.name in args.targets]
+    chosen = [t for t in targets(args.repository, args.python) if t.name in args.targets and placement in t.placements]
     cells: list[dict[str, Any]] = []
     with running(chosen, server_cpu) as servers:
         affinity = {name: server.cpus() for name, server in servers.items()}
@@ -484,6 +492,7 @@ def arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         default=[
             "turnout-process",
             "turnout-inprocess",
+            "turnout-process+gateway-cpus",
             "bare-sync",
             "bare-aio",
             "bare-sync+handoff",

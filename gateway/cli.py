@@ -25,6 +25,7 @@ _SERVE_FLAGS: list[tuple[str, type, str]] = [
     ("--rollback-window-s", float, "how long a replaced stable version stays loaded (default 600)"),
     ("--shadow-queue-size", int, "shadow copies waiting per shadow version; more are dropped (default 128)"),
     ("--shadow-timeout-s", float, "a shadow answer later than this counts as failed (default 5)"),
+    ("--gateway-cpus", str, "CPUs for the gateway's threads, e.g. 0 or 0-3; with --processes N, one each"),
 ]
 
 

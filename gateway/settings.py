@@ -7,11 +7,11 @@ config file (``--config``), then the defaults below.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field
-from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 
 # Triton's server accepts messages up to INT32_MAX; 1 GiB is generous and keeps one request from
 # pinning unbounded memory. Operators can raise or lower it.
@@ -51,6 +51,28 @@ class Settings(BaseSettings):
     rollback_window_s: float = Field(600.0, ge=0)  # an old stable version stays loaded this long
     shadow_queue_size: int = Field(128, ge=1)  # copies waiting per shadow version; more are dropped
     shadow_timeout_s: float = Field(5.0, gt=0)
+    # CPUs the gateway's own threads run on ("0", "0,2", "4-7"); workers stay free. With
+    # --processes N, process i gets the i-th listed CPU alone. Empty: wherever the kernel likes.
+    gateway_cpus: Annotated[tuple[int, ...], NoDecode] = ()  # NoDecode: TURNOUT_GATEWAY_CPUS=0-3 is not JSON
+
+    @field_validator("gateway_cpus", mode="before")
+    @classmethod
+    def _cpu_list(cls, value: Any) -> Any:
+        return parse_cpu_list(value) if isinstance(value, str) else value
+
+
+def parse_cpu_list(text: str) -> tuple[int, ...]:
+    """``"0,2,4-6"`` -> (0, 2, 4, 5, 6), the notation of taskset and cpusets."""
+    cpus: list[int] = []
+    for part in filter(None, (piece.strip() for piece in text.split(","))):
+        first, dash, last = part.partition("-")
+        if not first.isdigit() or (dash and not last.isdigit()):
+            raise ValueError(f"{part!r} is not a CPU number or range like 4-7")
+        low, high = int(first), int(last or first)
+        if high < low:
+            raise ValueError(f"the CPU range {part!r} runs backwards")
+        cpus.extend(range(low, high + 1))
+    return tuple(dict.fromkeys(cpus))
 
 
 def load_settings(config_file: Path | None, flags: dict[str, Any]) -> Settings:

@@ -73,15 +73,22 @@ class Supervisor:
 
     def _child_command(self) -> list[str]:
         config = self._socket_dir / "gateway.yaml"
-        inherited = self.settings.model_dump(mode="json", exclude={"processes", "port", "worker_broker", "reuse_port"})
+        inherited = self.settings.model_dump(
+            mode="json", exclude={"processes", "port", "worker_broker", "reuse_port", "gateway_cpus"}
+        )
         config.write_text(yaml.safe_dump(inherited))
         return [
             sys.executable, "-m", "gateway", "serve", "--config", str(config), "--processes", "1",
             "--port", str(self.port), "--reuse-port", "--worker-broker", str(self.broker.path),
         ]
 
+    def _command_for(self, index: int) -> list[str]:
+        cpus = self.settings.gateway_cpus
+        # One gateway per core: process i gets the i-th listed CPU, round robin.
+        return [*self._command, "--gateway-cpus", str(cpus[index % len(cpus)])] if cpus else self._command
+
     def start(self) -> None:
-        self._children = [_GatewayChild(self._command, index) for index in range(self.settings.processes)]
+        self._children = [_GatewayChild(self._command_for(index), index) for index in range(self.settings.processes)]
         deadline = time.monotonic() + _START_TIMEOUT_S
         for child in self._children:
             while not child.serving.wait(0.1):
@@ -98,7 +105,7 @@ class Supervisor:
                 log.error("gateway process %d (pid %d) exited with %s; starting it again",
                           child.index, child.process.pid, code)
                 time.sleep(_RESTART_DELAY_S)
-                self._children[position] = _GatewayChild(self._command, child.index)
+                self._children[position] = _GatewayChild(self._command_for(child.index), child.index)
 
     def stop(self) -> None:
         self._stopping.set()

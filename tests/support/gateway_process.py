@@ -64,7 +64,9 @@ class GatewayProcess:
         while not ready.wait(0.05):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.kill()
-                raise GatewayFailedToStart(f"gateway did not start; its log:\n{self.log()}")
+                log = self.log()
+                self._remove_own_files()
+                raise GatewayFailedToStart(f"gateway did not start (exit {self.process.returncode}); its log:\n{log}")
         return self
 
     def _read_stdout(self, ready: threading.Event) -> None:
@@ -120,7 +122,10 @@ class GatewayProcess:
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
         self.stop()
-        os.unlink(self._log.name)
+        self._remove_own_files()
+
+    def _remove_own_files(self) -> None:
+        Path(self._log.name).unlink(missing_ok=True)
         if self._own_state:
             shutil.rmtree(self._own_state, ignore_errors=True)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from gateway.settings import load_settings
+from gateway.settings import load_settings, parse_cpu_list
 
 
 def test_defaults_match_triton(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -46,3 +46,17 @@ def test_a_file_that_is_not_a_mapping_is_refused(tmp_path: Path) -> None:
     config.write_text("- 1\n- 2\n")
     with pytest.raises(ValueError, match="expected a mapping"):
         load_settings(config, {})
+
+
+def test_gateway_cpus_read_like_taskset_from_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert parse_cpu_list("0,2,4-6") == (0, 2, 4, 5, 6)
+    assert parse_cpu_list("3, 3,1") == (3, 1)
+    assert load_settings(None, {"gateway_cpus": "1-2"}).gateway_cpus == (1, 2)
+    monkeypatch.setenv("TURNOUT_GATEWAY_CPUS", "0-1")
+    assert load_settings(None, {}).gateway_cpus == (0, 1)
+
+
+@pytest.mark.parametrize("text", ["a", "1-", "-1", "3-1", "0,x-2"])
+def test_malformed_cpu_lists_are_refused(text: str) -> None:
+    with pytest.raises(ValidationError, match="gateway_cpus"):
+        load_settings(None, {"gateway_cpus": text})
