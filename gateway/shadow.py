@@ -93,6 +93,63 @@ def compare_outputs(primary: Arrays, shadow: Arrays) -> Comparison:
     return Comparison(max_abs_diff, equal, agreed, rows)
 
 
+@dataclass(slots=True)
+class BatchComparison:
+    """What :func:`compare_batch` found over many copies, summed as the figures keep it."""
+
+    copies: int
+    max_abs_diff: dict[str, float]  # the largest difference of any copy
+    sum_max_abs_diff: dict[str, float]  # each copy's largest difference, summed
+    equal_elements: dict[str, tuple[int, int]]
+    top1_agreed: int
+    top1_rows: int
+
+
+def compare_batch(primaries: list[Arrays], shadows: list[Arrays]) -> BatchComparison | None:
+    """The comparison of many copies in one numpy pass per output, instead of one pass per copy.
+
+    Gives the same figures as :func:`compare_outputs` applied to each pair and summed. Returns None
+    when the copies do not line up (an output missing or shaped differently in some copy, a scalar
+    output): compare those one by one.
+    """
+    first_primary, first_shadow = primaries[0], shadows[0]
+    names = [
+        name
+        for name, ours in first_primary.items()
+        if name in first_shadow and ours.dtype.kind in "biuf" and first_shadow[name].dtype.kind in "biuf"
+    ]
+    starts: list[int] = []
+    offset = 0
+    for primary, shadow in zip(primaries, shadows, strict=True):
+        for name in names:
+            ours, theirs = primary.get(name), shadow.get(name)
+            if ours is None or theirs is None or ours.ndim == 0 or ours.shape != theirs.shape:
+                return None
+            if ours.shape[1:] != first_primary[name].shape[1:] or theirs.dtype != first_shadow[name].dtype:
+                return None
+        rows = primary[names[0]].shape[0] if names else 0
+        if rows == 0:
+            return None
+        starts.append(offset)
+        offset += rows
+    result = BatchComparison(len(primaries), {}, {}, {}, 0, 0)
+    for name in names:
+        ours = np.concatenate([primary[name] for primary in primaries])
+        theirs = np.concatenate([shadow[name] for shadow in shadows])
+        result.equal_elements[name] = (int(np.count_nonzero(ours == theirs)), ours.size)
+        difference = np.abs(ours.astype(np.float64) - theirs.astype(np.float64)).reshape(offset, -1)
+        if difference.shape[1] == 0:
+            result.max_abs_diff[name] = result.sum_max_abs_diff[name] = 0.0
+            continue
+        per_copy = np.maximum.reduceat(difference.max(axis=1), starts)
+        result.max_abs_diff[name] = float(per_copy.max())
+        result.sum_max_abs_diff[name] = float(per_copy.sum())
+        if ours.ndim == 2 and ours.shape[1] > 1 and ours.dtype.kind == "f":
+            result.top1_agreed += int(np.count_nonzero(ours.argmax(axis=1) == theirs.argmax(axis=1)))
+            result.top1_rows += ours.shape[0]
+    return result
+
+
 class ShadowPair:
     """The primary and shadow answers of one request; compared once both are in."""
 
@@ -295,14 +352,37 @@ class ShadowMirror:
             self._fail(batch)
         else:
             offset = 0
+            complete: list[ShadowPair] = []
             for item in batch:
                 end = offset + item.rows
                 item.pair.shadow = {name: array[offset:end] for name, array in done.outputs.items()}
                 item.pair.shadow_latency_s = latency
                 offset = end
                 if item.pair.arrive():
-                    self._record(item.pair)
+                    complete.append(item.pair)
+            self._record_many(complete)
         self._run_lane(lane)
+
+    def _record_many(self, pairs: list[ShadowPair]) -> None:
+        """Record the pairs one batch completed; those of one primary version are compared together."""
+        groups: dict[int, tuple[list[ShadowPair], list[Arrays], list[Arrays]]] = {}
+        for pair in pairs:
+            if pair.shadow is None or pair.primary is None or pair.shadow_latency_s > self._timeout_s:
+                self._record(pair)
+                continue
+            group, primaries, shadows = groups.setdefault(id(pair.figures), ([], [], []))
+            group.append(pair)
+            primaries.append(pair.primary)
+            shadows.append(pair.shadow)
+        for group, primaries, shadows in groups.values():
+            together = compare_batch(primaries, shadows) if len(group) > 1 else None
+            if together is None:
+                for pair in group:
+                    self._record(pair)
+                continue
+            figures = group[0].figures
+            with figures.lock:
+                self._add_batch(figures, group[0].shadow_latency_s, together)
 
     def _fail(self, batch: list[_Copy]) -> None:
         for item in batch:
@@ -332,6 +412,22 @@ class ShadowMirror:
             output.max_abs_diff = max(output.max_abs_diff, difference)
             output.sum_max_abs_diff += difference
             output.compared += 1
+            equal_elements, elements = comparison.equal_elements[name]
+            output.equal_elements += equal_elements
+            output.elements += elements
+
+
+    @staticmethod
+    def _add_batch(figures: ShadowFigures, latency_s: float, comparison: BatchComparison) -> None:
+        figures.compared += comparison.copies
+        figures.latency_sum_s += latency_s * comparison.copies
+        figures.top1_agreed += comparison.top1_agreed
+        figures.top1_rows += comparison.top1_rows
+        for name, difference in comparison.max_abs_diff.items():
+            output = figures.outputs.setdefault(name, OutputDivergence())
+            output.max_abs_diff = max(output.max_abs_diff, difference)
+            output.sum_max_abs_diff += comparison.sum_max_abs_diff[name]
+            output.compared += comparison.copies
             equal_elements, elements = comparison.equal_elements[name]
             output.equal_elements += equal_elements
             output.elements += elements

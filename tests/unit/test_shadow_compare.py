@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
-from gateway.shadow import compare_outputs
+from gateway.shadow import BatchComparison, compare_batch, compare_outputs
 
 
 def test_identical_answers_agree_everywhere() -> None:
@@ -28,3 +31,54 @@ def test_a_shape_mismatch_is_an_outright_disagreement_and_missing_outputs_are_sk
     result = compare_outputs({"p": np.zeros((2, 3)), "only_primary": np.zeros(2)}, {"p": np.zeros((2, 4))})
     assert result.max_abs_diff == {"p": float("inf")}
     assert result.equal_elements == {"p": (0, 6)}
+
+
+def summed_one_by_one(primaries: list[dict[str, np.ndarray]], shadows: list[dict[str, np.ndarray]]) -> BatchComparison:
+    total = BatchComparison(len(primaries), {}, {}, {}, 0, 0)
+    for primary, shadow in zip(primaries, shadows, strict=True):
+        one = compare_outputs(primary, shadow)
+        total.top1_agreed += one.top1_agreed
+        total.top1_rows += one.top1_rows
+        for name, difference in one.max_abs_diff.items():
+            total.max_abs_diff[name] = max(total.max_abs_diff.get(name, 0.0), difference)
+            total.sum_max_abs_diff[name] = total.sum_max_abs_diff.get(name, 0.0) + difference
+            equal, elements = total.equal_elements.get(name, (0, 0))
+            more_equal, more_elements = one.equal_elements[name]
+            total.equal_elements[name] = (equal + more_equal, elements + more_elements)
+    return total
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.lists(st.integers(min_value=1, max_value=4), min_size=2, max_size=8),
+    classes=st.integers(min_value=1, max_value=5),
+    data=st.data(),
+)
+def test_a_batch_compares_like_its_copies_one_by_one(rows: list[int], classes: int, data: st.DataObject) -> None:
+    """The shadow thread compares a whole batch at once; the figures must not notice."""
+    scores = hnp.arrays(np.float32, st.just((sum(rows), classes)), elements=st.floats(-4, 4, width=32))
+    labels = hnp.arrays(np.int64, st.just((sum(rows),)), elements=st.integers(0, 3))
+    primary_scores, shadow_scores = data.draw(scores), data.draw(scores)
+    primary_labels, shadow_labels = data.draw(labels), data.draw(labels)
+    primaries, shadows, offset = [], [], 0
+    for count in rows:
+        cut = slice(offset, offset + count)
+        primaries.append({"p": primary_scores[cut], "label": primary_labels[cut]})
+        shadows.append({"p": shadow_scores[cut], "label": shadow_labels[cut]})
+        offset += count
+    together = compare_batch(primaries, shadows)
+    expected = summed_one_by_one(primaries, shadows)
+    assert together is not None
+    assert together.copies == expected.copies
+    assert together.equal_elements == expected.equal_elements
+    assert (together.top1_agreed, together.top1_rows) == (expected.top1_agreed, expected.top1_rows)
+    for name in ("p", "label"):
+        assert together.max_abs_diff[name] == expected.max_abs_diff[name]
+        assert np.isclose(together.sum_max_abs_diff[name], expected.sum_max_abs_diff[name])
+
+
+def test_copies_that_do_not_line_up_are_left_to_one_by_one() -> None:
+    agree = {"p": np.zeros((1, 3))}
+    assert compare_batch([agree, agree], [agree, {"p": np.zeros((1, 4))}]) is None
+    assert compare_batch([agree, agree], [agree, {}]) is None
+    assert compare_batch([{"s": np.float32(1.0)}] * 2, [{"s": np.float32(1.0)}] * 2) is None
