@@ -135,13 +135,21 @@ class SqliteStateStore:
         ]
 
     def report_applied(self, process_id: str, pid: int, generation: int) -> None:
-        with self._write() as connection:
-            connection.execute(
-                "INSERT INTO processes (process_id, pid, applied_generation, seen_at) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (process_id) DO UPDATE SET pid = excluded.pid, "
-                "applied_generation = excluded.applied_generation, seen_at = excluded.seen_at",
-                (process_id, pid, generation, time.time()),
-            )
+        # A report is liveness, not history: one lost in a power cut is rewritten by the next
+        # heartbeat. Written without an fsync it holds the write lock for microseconds, so policy
+        # commits and other processes' reports do not queue behind a slow disk.
+        connection = self._connection()
+        connection.execute("PRAGMA synchronous=NORMAL")
+        try:
+            with self._write() as writing:
+                writing.execute(
+                    "INSERT INTO processes (process_id, pid, applied_generation, seen_at) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (process_id) DO UPDATE SET pid = excluded.pid, "
+                    "applied_generation = excluded.applied_generation, seen_at = excluded.seen_at",
+                    (process_id, pid, generation, time.time()),
+                )
+        finally:
+            connection.execute("PRAGMA synchronous=FULL")
 
     def reports(self) -> list[ProcessReport]:
         rows = self._connection().execute(

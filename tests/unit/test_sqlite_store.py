@@ -67,6 +67,13 @@ def test_process_reports(store: SqliteStateStore) -> None:
     assert [r.process_id for r in store.reports()] == ["gw-b"]
 
 
+def test_reports_skip_the_fsync_but_policy_commits_keep_it(store: SqliteStateStore) -> None:
+    full = 2  # PRAGMA synchronous
+    store.report_applied("gw-a", 11, 3)
+    # The same thread's connection may commit a policy next: it must be back to FULL.
+    assert store._connection().execute("PRAGMA synchronous").fetchone()[0] == full
+
+
 def _commit_many(state_dir: str, actor: str, count: int) -> int:
     """Child process: make ``count`` changes, retrying on conflict; returns how many conflicts it met."""
     store = SqliteStateStore(Path(state_dir))
