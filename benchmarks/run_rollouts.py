@@ -126,7 +126,7 @@ def policy_overhead(repository: Path, plain_repository: Path, args: argparse.Nam
     try:
         for concurrency in (8, 64):
             for round_index in range(args.rounds):
-                row = {"concurrency": concurrency, "round": round_index}
+                row: dict[str, Any] = {"concurrency": concurrency, "round": round_index}
                 row["no_policy"] = load(plain.address, concurrency, args.duration_s, client_cpu)
                 policed.set_policy(stable_only)
                 row["stable_only"] = load(policed.address, concurrency, args.duration_s, client_cpu)

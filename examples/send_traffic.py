@@ -8,7 +8,7 @@ import tritonclient.grpc as grpcclient
 client = grpcclient.InferenceServerClient("localhost:8001")
 table = pq.read_table("examples/models/digits/1/reference.parquet")
 pixels = np.column_stack([table.column(f"px_{i}").to_numpy() for i in range(64)]).astype(np.float32)
-served = Counter()
+served: Counter[str] = Counter()
 for i in range(1000):
     row = grpcclient.InferInput("input", [1, 64], "FP32")
     row.set_data_from_numpy(pixels[i : i + 1])

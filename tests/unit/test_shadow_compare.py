@@ -81,4 +81,5 @@ def test_copies_that_do_not_line_up_are_left_to_one_by_one() -> None:
     agree = {"p": np.zeros((1, 3))}
     assert compare_batch([agree, agree], [agree, {"p": np.zeros((1, 4))}]) is None
     assert compare_batch([agree, agree], [agree, {}]) is None
-    assert compare_batch([{"s": np.float32(1.0)}] * 2, [{"s": np.float32(1.0)}] * 2) is None
+    scalar = {"s": np.array(1.0, np.float32)}
+    assert compare_batch([scalar, scalar], [scalar, scalar]) is None
