@@ -157,7 +157,14 @@ def _await_orphan(worker: ForkedWorker) -> None:
         select.select([pidfd], [], [])
     finally:
         os.close(pidfd)
-    worker._exit(None)
+    # Orphans go to PID 1, which is this gateway in a container: then it must reap them, and learns
+    # how they ended after all.
+    returncode = None
+    with contextlib.suppress(ChildProcessError):
+        pid, status = os.waitpid(worker.pid, os.WNOHANG)
+        if pid == worker.pid:
+            returncode = os.waitstatus_to_exitcode(status)
+    worker._exit(returncode)
 
 
 def _name_process(name: bytes) -> None:

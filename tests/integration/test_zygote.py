@@ -28,6 +28,12 @@ from runtimes.zygote import Zygote, start_zygote
 
 logging.basicConfig(level=logging.WARNING, format="%(message)s")
 artifact = Path(sys.argv[1])
+if sys.argv[2] == "subreaper":
+    # Like PID 1 in a container: orphaned workers become this process's children.
+    import ctypes
+
+    PR_SET_CHILD_SUBREAPER = 36
+    assert ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
 rows = np.arange(6, dtype=np.float32).reshape(1, 6)
 
 
@@ -88,16 +94,17 @@ print(json.dumps(report))
 """
 
 
-@pytest.fixture(scope="module")
-def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+@pytest.fixture(scope="module", params=["plain", "subreaper"])
+def report(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The scenario run by an ordinary process, and by one that inherits orphans as PID 1 does."""
     artifact = tmp_path_factory.mktemp("zygote") / "model.echo.json"
     artifact.write_text(json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 6]}]}))
-    finished = subprocess.run(
-        [sys.executable, "-c", SCENARIO, str(artifact)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
-    )
+    command = [sys.executable, "-c", SCENARIO, str(artifact), request.param]
+    finished = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert finished.returncode == 0, finished.stderr
     result: dict[str, Any] = json.loads(finished.stdout)
     result["log"] = finished.stderr
+    result["mode"] = request.param
     return result
 
 
@@ -120,8 +127,12 @@ def test_without_the_zygote_workers_keep_serving_and_are_then_spawned(report: di
     assert "the worker zygote" in report["log"] and "exited" in report["log"]
     assert report["answer_without_zygote"] == report["answer_after_spawn"] == report["answer"]
     assert report["restarts_without_zygote"] == 2
-    # Orphaned by the zygote, the dead worker's exit status is unknowable; its death is not.
-    assert "exited (exit status unknown); restarting" in report["log"]
+    if report["mode"] == "subreaper":
+        # The orphan became our child, so we reaped it and know how it ended.
+        assert report["log"].count("exited (killed by signal 9); restarting") == 2
+    else:
+        # Orphaned by the zygote, the dead worker's exit status is unknowable; its death is not.
+        assert "exited (exit status unknown); restarting" in report["log"]
     third_pid, parent, _ = report["third"]
     assert "runtimes.worker" in report["third_command"]
     assert parent not in (report["zygote"][0], 0)
