@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -61,25 +61,33 @@ def _spawn(fds: list[int]) -> WorkerProcess:
     )
 
 
-def _launch(fds: list[int], zygote: Zygote | None) -> WorkerProcess:
-    if zygote is not None:
-        with contextlib.suppress(ZygoteGone):  # the zygote's reader has said so in the log
-            return zygote.launch(fds)
-    return _spawn(fds)
-
-
 class _Worker:
     """One running worker process and our end of its socket."""
 
     def __init__(self, label: str, listener: socket.socket | None, zygote: Zygote | None) -> None:
+        self.label = label
+        if zygote is not None:
+            try:
+                self.process, self.sock = self._start(listener, zygote.launch)
+                return
+            except ZygoteGone:  # the zygote's reader has said so in the log
+                pass
+        # A fresh socket pair: a zygote that died mid-launch may have forked a worker on the old one.
+        self.process, self.sock = self._start(listener, _spawn)
+
+    @staticmethod
+    def _start(
+        listener: socket.socket | None, launch: Callable[[list[int]], WorkerProcess]
+    ) -> tuple[WorkerProcess, socket.socket]:
         ours, theirs = channel_pair()
         fds = [theirs.fileno(), *([listener.fileno()] if listener is not None else [])]
         try:
-            self.process = _launch(fds, zygote)
+            return launch(fds), ours
+        except BaseException:
+            ours.close()
+            raise
         finally:
             theirs.close()
-        self.sock = ours
-        self.label = label
 
     def load(self, kind: str, artifact: Path, options: RuntimeOptions) -> Signature:
         meta = {"runtime": kind, "artifact": str(artifact), "options": options.to_json()}

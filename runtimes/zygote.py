@@ -48,9 +48,6 @@ class ForkedWorker:
         self.returncode = returncode
         self._exited.set()
 
-    def poll(self) -> int | None:
-        return self.returncode
-
     def wait(self, timeout: float | None = None) -> int | None:
         """The exit status as ``Popen.wait`` gives it (negative: killed by that signal)."""
         if not self._exited.wait(timeout):
@@ -147,7 +144,7 @@ class Zygote:
 
 
 def _await_orphan(worker: ForkedWorker) -> None:
-    """Without the zygote nobody can tell how a worker ended; notice that it did, at least."""
+    """Without the zygote, notice that a worker ended, and reap it if it was handed to us."""
     try:
         pidfd = os.pidfd_open(worker.pid)
     except ProcessLookupError:
