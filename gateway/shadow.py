@@ -118,36 +118,36 @@ def compare_batch(primaries: list[Arrays], shadows: list[Arrays]) -> BatchCompar
         for name, ours in first_primary.items()
         if name in first_shadow and ours.dtype.kind in "biuf" and first_shadow[name].dtype.kind in "biuf"
     ]
-    starts: list[int] = []
-    offset = 0
-    for primary, shadow in zip(primaries, shadows, strict=True):
-        for name in names:
-            ours, theirs = primary.get(name), shadow.get(name)
-            if ours is None or theirs is None or ours.ndim == 0 or ours.shape != theirs.shape:
-                return None
-            if ours.shape[1:] != first_primary[name].shape[1:] or theirs.dtype != first_shadow[name].dtype:
-                return None
-        rows = primary[names[0]].shape[0] if names else 0
-        if rows == 0:
-            return None
-        starts.append(offset)
-        offset += rows
     result = BatchComparison(len(primaries), {}, {}, {}, 0, 0)
+    copy_rows: list[int] | None = None
     for name in names:
-        ours = np.concatenate([primary[name] for primary in primaries])
-        theirs = np.concatenate([shadow[name] for shadow in shadows])
+        # List comprehensions and numpy do the checking: a missing output, a scalar or a tail shape
+        # that differs between copies raises here, and sends the batch back to one by one.
+        try:
+            ours_parts = [primary[name] for primary in primaries]
+            theirs_parts = [shadow[name] for shadow in shadows]
+            rows = [part.shape[0] for part in ours_parts]
+            if rows != [part.shape[0] for part in theirs_parts] or (copy_rows is not None and rows != copy_rows):
+                return None
+            ours, theirs = np.concatenate(ours_parts), np.concatenate(theirs_parts)
+        except (KeyError, IndexError, ValueError):
+            return None
+        if ours.shape != theirs.shape or 0 in rows:
+            return None
+        copy_rows = rows
         result.equal_elements[name] = (int(np.count_nonzero(ours == theirs)), ours.size)
-        difference = np.abs(ours.astype(np.float64) - theirs.astype(np.float64)).reshape(offset, -1)
+        difference = np.abs(ours.astype(np.float64) - theirs.astype(np.float64)).reshape(len(ours), -1)
         if difference.shape[1] == 0:
             result.max_abs_diff[name] = result.sum_max_abs_diff[name] = 0.0
             continue
+        starts = np.cumsum([0, *rows[:-1]])
         per_copy = np.maximum.reduceat(difference.max(axis=1), starts)
         result.max_abs_diff[name] = float(per_copy.max())
         result.sum_max_abs_diff[name] = float(per_copy.sum())
         if ours.ndim == 2 and ours.shape[1] > 1 and ours.dtype.kind == "f":
             result.top1_agreed += int(np.count_nonzero(ours.argmax(axis=1) == theirs.argmax(axis=1)))
             result.top1_rows += ours.shape[0]
-    return result
+    return result if names else None
 
 
 class ShadowPair:
