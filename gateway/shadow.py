@@ -104,6 +104,18 @@ class BatchComparison:
     top1_agreed: int
     top1_rows: int
 
+    @classmethod
+    def of_one(cls, comparison: Comparison) -> BatchComparison:
+        """One copy's comparison, in the summed form the figures take."""
+        return cls(
+            1,
+            dict(comparison.max_abs_diff),
+            dict(comparison.max_abs_diff),
+            dict(comparison.equal_elements),
+            comparison.top1_agreed,
+            comparison.top1_rows,
+        )
+
 
 def compare_batch(primaries: list[Arrays], shadows: list[Arrays]) -> BatchComparison | None:
     """The comparison of many copies in one numpy pass per output, instead of one pass per copy.
@@ -382,7 +394,7 @@ class ShadowMirror:
                 continue
             figures = group[0].figures
             with figures.lock:
-                self._add_batch(figures, group[0].shadow_latency_s, together)
+                self._add(figures, group[0].shadow_latency_s, together)
 
     def _fail(self, batch: list[_Copy]) -> None:
         for item in batch:
@@ -397,28 +409,12 @@ class ShadowMirror:
             return
         if pair.primary is None:
             return  # nothing to compare against; the primary's failure is the caller's business
-        comparison = compare_outputs(pair.primary, pair.shadow)
+        comparison = BatchComparison.of_one(compare_outputs(pair.primary, pair.shadow))
         with figures.lock:
-            self._add(figures, pair, comparison)
+            self._add(figures, pair.shadow_latency_s, comparison)
 
     @staticmethod
-    def _add(figures: ShadowFigures, pair: ShadowPair, comparison: Comparison) -> None:
-        figures.compared += 1
-        figures.latency_sum_s += pair.shadow_latency_s
-        figures.top1_agreed += comparison.top1_agreed
-        figures.top1_rows += comparison.top1_rows
-        for name, difference in comparison.max_abs_diff.items():
-            output = figures.outputs.setdefault(name, OutputDivergence())
-            output.max_abs_diff = max(output.max_abs_diff, difference)
-            output.sum_max_abs_diff += difference
-            output.compared += 1
-            equal_elements, elements = comparison.equal_elements[name]
-            output.equal_elements += equal_elements
-            output.elements += elements
-
-
-    @staticmethod
-    def _add_batch(figures: ShadowFigures, latency_s: float, comparison: BatchComparison) -> None:
+    def _add(figures: ShadowFigures, latency_s: float, comparison: BatchComparison) -> None:
         figures.compared += comparison.copies
         figures.latency_sum_s += latency_s * comparison.copies
         figures.top1_agreed += comparison.top1_agreed
