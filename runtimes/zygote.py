@@ -26,7 +26,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 log = logging.getLogger(__name__)
@@ -170,10 +170,25 @@ def _name_process(name: bytes) -> None:
         comm.write(name)
 
 
-def _zygote_main(control: socket.socket) -> NoReturn:
-    """The zygote's whole life, in the forked child."""
+def _live_then_exit(what: str, life: Callable[[], None]) -> NoReturn:
+    """Run a forked child's whole ``life``; it must never return into the code it was forked from."""
     code = 0
     try:
+        life()
+    except BaseException:
+        code = 1
+        with contextlib.suppress(Exception):
+            log.exception("%s failed", what)
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        os._exit(code)
+
+
+def _zygote_main(control: socket.socket) -> NoReturn:
+    """The zygote's whole life, in the forked child."""
+
+    def life() -> None:
         os.setsid()
         _name_process(ZYGOTE_NAME)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -185,14 +200,8 @@ def _zygote_main(control: socket.socket) -> NoReturn:
         signal.set_wakeup_fd(wake_write)
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)
         _fork_and_reap(control, wake_read, wake_write)
-    except BaseException:  # the zygote must never return into the gateway's code
-        code = 1
-        with contextlib.suppress(Exception):
-            log.exception("the worker zygote failed")
-    finally:
-        with contextlib.suppress(Exception):
-            sys.stderr.flush()
-        os._exit(code)
+
+    _live_then_exit("the worker zygote", life)
 
 
 def _preload() -> None:
@@ -217,10 +226,9 @@ def _close_other_fds(keep: set[int]) -> None:
 def _fork_and_reap(control: socket.socket, wake_read: int, wake_write: int) -> None:
     while True:
         readable, _, _ = select.select([control.fileno(), wake_read], [], [])
-        if wake_read in readable:
+        if wake_read in readable:  # a SIGCHLD: drain the wake-up; the reaping below sees the exits
             with contextlib.suppress(BlockingIOError, InterruptedError):
                 os.read(wake_read, 512)
-            _reap(control)
         if control.fileno() in readable:
             message, fds, _, _ = socket.recv_fds(control, _MESSAGE_BYTES, 4)
             if not message:
@@ -246,8 +254,7 @@ def _reap(control: socket.socket) -> None:
 
 
 def _become_worker(control: socket.socket, wake_read: int, wake_write: int, fds: list[int]) -> NoReturn:
-    code = 0
-    try:
+    def life() -> None:
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -259,14 +266,8 @@ def _become_worker(control: socket.socket, wake_read: int, wake_write: int, fds:
         from runtimes.worker import run
 
         run(fds[0], fds[1] if len(fds) > 1 else None)
-    except BaseException:
-        code = 1
-        with contextlib.suppress(Exception):
-            log.exception("a forked worker failed")
-    finally:
-        with contextlib.suppress(Exception):
-            sys.stderr.flush()
-        os._exit(code)
+
+    _live_then_exit("a forked worker", life)
 
 
 def start_zygote() -> Zygote | None:
