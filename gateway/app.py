@@ -133,7 +133,7 @@ def serve(settings: Settings) -> int:
         log.error("model repository %s is not a directory", settings.repository)
         return 2
     # Forked first, while this process has one thread; the broker forks shared workers instead.
-    zygote = start_zygote() if owns_workers(settings) else None
+    zygote = start_zygote() if settings.forks_workers else None
     try:
         if settings.gateway_cpus and not pin_gateway_threads(settings.gateway_cpus):
             return 2
@@ -159,11 +159,6 @@ def pin_gateway_threads(cpus: tuple[int, ...]) -> bool:
                   ",".join(map(str, cpus)), error, sorted(os.sched_getaffinity(0)))
         return False
     return True
-
-
-def owns_workers(settings: Settings) -> bool:
-    """Whether this process forks its own workers (not in-process, not through a broker, not spawned)."""
-    return settings.worker_mode == "process" and settings.worker_broker is None and settings.worker_start == "fork"
 
 
 def _run(settings: Settings, zygote: Zygote | None) -> int:

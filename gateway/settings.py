@@ -55,6 +55,12 @@ class Settings(BaseSettings):
     # --processes N, process i gets the i-th listed CPU alone. Empty: wherever the kernel likes.
     gateway_cpus: Annotated[tuple[int, ...], NoDecode] = ()  # NoDecode: TURNOUT_GATEWAY_CPUS=0-3 is not JSON
 
+    @property
+    def forks_workers(self) -> bool:
+        """Whether this process forks its own workers from a zygote: not in-process, not spawned, and
+        not a gateway whose workers a supervisor's broker starts."""
+        return self.worker_mode == "process" and self.worker_start == "fork" and self.worker_broker is None
+
     @field_validator("gateway_cpus", mode="before")
     @classmethod
     def _cpu_list(cls, value: Any) -> Any:

@@ -141,7 +141,7 @@ def supervise(settings: Settings) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     # Forked first, while this process has one thread: the broker forks the shared workers from it.
-    zygote = start_zygote() if settings.worker_mode == "process" and settings.worker_start == "fork" else None
+    zygote = start_zygote() if settings.forks_workers else None
     supervisor = Supervisor(settings, zygote)
     try:
         supervisor.start()
