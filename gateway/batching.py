@@ -25,10 +25,16 @@ log = logging.getLogger(__name__)
 Arrays = dict[str, np.ndarray[Any, Any]]
 
 
+# (model, version that answered, the answered requests of one batch that name shadows)
+MirrorBatch = Callable[[str, int, Sequence["Pending"]], None]
+
+
 class Pending:
     """One request waiting for its batch: its inputs, and the slot its answer lands in.
 
-    A caller either blocks in :meth:`wait` or passes ``on_done``, which the dispatcher calls.
+    A caller either blocks in :meth:`wait` or passes ``on_done``, which the dispatcher calls. A
+    request routed to shadow versions names them in ``shadows``; once its batch is answered, the
+    dispatcher hands every such request of the batch to ``mirror`` in one call.
     """
 
     __slots__ = (
@@ -40,10 +46,12 @@ class Pending:
         "expires_at",
         "inputs",
         "merge_key",
+        "mirror",
         "on_done",
         "output_names",
         "outputs",
         "rows",
+        "shadows",
     )
 
     def __init__(
@@ -65,6 +73,8 @@ class Pending:
         self.dispatched_at = 0.0
         self.expires_at = float("inf")
         self.abandoned = False
+        self.shadows: tuple[int, ...] = ()
+        self.mirror: MirrorBatch | None = None
         self._done = threading.Lock()
         self._done.acquire()
 

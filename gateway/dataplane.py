@@ -1,4 +1,4 @@
-"""The inference use case: route to a version, check the request, queue it, mirror it, shape the answer.
+"""The inference use case: route to a version, check the request, queue it, shape the answer.
 
 Both transports of the edge use it: unary calls block in :meth:`Dataplane.infer`, streams pass a
 callback to :meth:`Dataplane.submit` and keep reading while earlier requests are in flight. The
@@ -20,7 +20,7 @@ from gateway.model_version import ModelVersion
 from gateway.request_checks import checked_inputs, checked_outputs
 from gateway.routing.decide import Arm, decide
 from gateway.routing.table import RoutingTableHolder
-from gateway.shadow import ShadowMirror, ShadowPair
+from gateway.shadow import ShadowMirror
 from gateway.tensors import Tensor
 
 Done = Callable[[InferResponse | None, TurnoutError | None], None]
@@ -51,21 +51,15 @@ class Dataplane:
         routed = self._route(request)
         version = routed.version
         ok = False
-        pairs: list[ShadowPair] = []
-        outputs: Arrays | None = None
         try:
-            pending = self._pending(version, request, None)
+            pending = self._pending(routed, request, None)
             version.submit(pending)
-            pairs = self._mirror(routed, pending)
-            outputs = pending.wait(timeout_s)
-            response = self._response(routed, request, outputs)
+            response = self._response(routed, request, pending.wait(timeout_s))
             ok = True
             return response
         finally:
             version.release()
             version.statistics.record_request(ok, time.perf_counter_ns() - started)
-            for pair in pairs:
-                self._shadows.primary_answered(pair, outputs)
 
     def submit(self, request: InferRequest, done: Done) -> None:
         """Queue one request; ``done`` runs on a dispatcher thread with the answer or the error.
@@ -75,7 +69,6 @@ class Dataplane:
         started = time.perf_counter_ns()
         routed = self._route(request)
         version = routed.version
-        pairs: list[ShadowPair] = []
 
         def finish(pending: Pending) -> None:
             response, error = None, pending.error
@@ -88,17 +81,10 @@ class Dataplane:
             version.release()
             version.statistics.record_request(error is None, time.perf_counter_ns() - started)
             done(response, error)
-            for pair in pairs:
-                self._shadows.primary_answered(pair, pending.outputs if error is None else None)
 
         try:
-            pending = self._pending(version, request, finish)
-            # Mirror before queueing: the primary may finish (and read `pairs`) before submit returns.
-            pairs.extend(self._mirror(routed, pending))
-            version.submit(pending)
+            version.submit(self._pending(routed, request, finish))
         except BaseException:
-            for pair in pairs:
-                self._shadows.primary_answered(pair, None)
             version.release()
             version.statistics.record_request(False, time.perf_counter_ns() - started)
             raise
@@ -118,23 +104,18 @@ class Dataplane:
         version = self._manager.acquire(request.model_name, str(decision.version))
         return _Routed(version, decision.arm, route.generation, decision.shadows)
 
-    def _mirror(self, routed: _Routed, pending: Pending) -> list[ShadowPair]:
-        pairs = []
-        for shadow in routed.shadows:
-            version = routed.version
-            pair = self._shadows.mirror(version.model, version.version, shadow, pending.inputs, pending.rows)
-            if pair is not None:
-                pairs.append(pair)
-        return pairs
-
-    @staticmethod
-    def _pending(version: ModelVersion, request: InferRequest, on_done: Callable[[Pending], None] | None) -> Pending:
-        plan = version.plan
+    def _pending(self, routed: _Routed, request: InferRequest, on_done: Callable[[Pending], None] | None) -> Pending:
+        """The checked request, ready to queue; copies for its shadows are made once it is answered."""
+        plan = routed.version.plan
         if plan is None:
-            raise Internal(f"{version.label} is READY without a serving plan")
+            raise Internal(f"{routed.version.label} is READY without a serving plan")
         inputs, rows = checked_inputs(request, plan.signature, plan.max_batch_size)
         outputs = checked_outputs(request, plan.signature)
-        return Pending(inputs, rows, outputs, on_done)
+        pending = Pending(inputs, rows, outputs, on_done)
+        if routed.shadows:
+            pending.shadows = routed.shadows
+            pending.mirror = self._shadows.mirror_batch
+        return pending
 
     @staticmethod
     def _response(routed: _Routed, request: InferRequest, outputs: Arrays) -> InferResponse:

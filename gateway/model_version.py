@@ -264,6 +264,17 @@ class ModelVersion:
         t3 = time.perf_counter_ns()
         queue_ns = sum(int((started - item.enqueued_at) * 1e9) for item in batch)
         self.statistics.record_batch(len(batch), sum(i.rows for i in batch), queue_ns, t1 - t0, t2 - t1, t3 - t2)
+        self._mirror(batch)
+
+    def _mirror(self, batch: list[Pending]) -> None:
+        """Hand the answered requests that name shadows to the mirror, one call per batch."""
+        mirrored = [item for item in batch if item.shadows]
+        if not mirrored or mirrored[0].mirror is None:
+            return
+        try:
+            mirrored[0].mirror(self.model, self.version, mirrored)
+        except Exception:  # shadows must never stop a dispatcher
+            log.exception("%s: mirroring a batch to its shadows failed", self.label)
 
     @staticmethod
     def _fail(batch: list[Pending], error: TurnoutError) -> None:

@@ -1,8 +1,8 @@
 """Shadow traffic: copies of requests sent to other versions, compared with the primary's answers.
 
-A shadow never touches the caller: its copy is queued after the primary is, on the shadow version's
-own queue, under its own concurrency cap (a full cap drops the copy and counts it), and its errors,
-timeouts and slowness only ever change the figures. Comparison runs on a thread of its own.
+A shadow never touches the caller: its copy is made once the primary has answered, it waits in a
+bounded lane of its own (a full lane drops the copy and counts it), and its errors, timeouts and
+slowness only ever change the figures. Sending and comparison run on a thread of their own.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,11 +53,6 @@ class ShadowFigures:
     latency_sum_s: float = 0.0
     outputs: dict[str, OutputDivergence] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
-
-    def count(self, counter: str) -> None:
-        """Add one to ``mirrored``, ``failed`` or ``dropped``; callers race, so under the lock."""
-        with self.lock:
-            setattr(self, counter, getattr(self, counter) + 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,20 +112,28 @@ class BatchComparison:
         )
 
 
+def _comparable_outputs(primary: Arrays, shadow: Arrays) -> list[str]:
+    """The numeric outputs both answers have."""
+    return [
+        name
+        for name, ours in primary.items()
+        if name in shadow and ours.dtype.kind in "biuf" and shadow[name].dtype.kind in "biuf"
+    ]
+
+
 def compare_batch(primaries: list[Arrays], shadows: list[Arrays]) -> BatchComparison | None:
     """The comparison of many copies in one numpy pass per output, instead of one pass per copy.
 
     Gives the same figures as :func:`compare_outputs` applied to each pair and summed. Returns None
     when the copies do not line up (an output missing or shaped differently in some copy, a scalar
-    output): compare those one by one.
+    output, some copies with outputs in common and others without): compare those one by one.
     """
-    first_primary, first_shadow = primaries[0], shadows[0]
-    names = [
-        name
-        for name, ours in first_primary.items()
-        if name in first_shadow and ours.dtype.kind in "biuf" and first_shadow[name].dtype.kind in "biuf"
-    ]
+    names = _comparable_outputs(primaries[0], shadows[0])
     result = BatchComparison(len(primaries), {}, {}, {}, 0, 0)
+    if not names:
+        # Nothing to compare (a shadow that answers with other outputs): the copies still count as
+        # compared, exactly as they would one by one, provided no copy has anything in common.
+        return None if any(_comparable_outputs(p, s) for p, s in zip(primaries, shadows, strict=True)) else result
     copy_rows: list[int] | None = None
     for name in names:
         # List comprehensions and numpy do the checking: a missing output, a scalar or a tail shape
@@ -159,34 +162,18 @@ def compare_batch(primaries: list[Arrays], shadows: list[Arrays]) -> BatchCompar
         if ours.ndim == 2 and ours.shape[1] > 1 and ours.dtype.kind == "f":
             result.top1_agreed += int(np.count_nonzero(ours.argmax(axis=1) == theirs.argmax(axis=1)))
             result.top1_rows += ours.shape[0]
-    return result if names else None
-
-
-class ShadowPair:
-    """The primary and shadow answers of one request; compared once both are in."""
-
-    __slots__ = ("_lock", "figures", "primary", "shadow", "shadow_latency_s", "sides")
-
-    def __init__(self, figures: ShadowFigures) -> None:
-        self.figures = figures
-        self.primary: Arrays | None = None
-        self.shadow: Arrays | None = None
-        self.shadow_latency_s = 0.0
-        self.sides = 0
-        self._lock = threading.Lock()
-
-    def arrive(self) -> bool:
-        """Count one side in; True for the side that completes the pair."""
-        with self._lock:
-            self.sides += 1
-            return self.sides == 2
+    return result
 
 
 @dataclass(slots=True)
 class _Copy:
-    pair: ShadowPair
+    """One mirrored request: its inputs, and the primary's answer it will be compared with."""
+
+    figures: ShadowFigures
     inputs: Arrays
     rows: int
+    merge_key: tuple[Any, ...]  # the request's own: copies merge when their keys are equal
+    primary: Arrays
     queued_at: float
 
 
@@ -207,13 +194,15 @@ _Task = tuple[str, Any]
 class ShadowMirror:
     """Sends shadow copies, bounds them, and keeps the figures.
 
-    Each shadow version has a lane: a bounded queue of copies and at most one batch in flight. The
-    caller's thread only appends to the lane (a copy that finds it full is dropped and counted); one
-    shadow thread turns everything waiting into a single batch (one queue entry and one worker
-    round trip however many copies it holds), splits the answers and compares them. A lane starts
-    at most one batch per ``batch_window_s``: an idle lane sends a copy at once, a busy one gathers
-    copies, so under load a shadow costs a round trip per window, not per request, and sheds what
-    it cannot keep up with.
+    Copies are made a primary batch at a time, on the dispatcher thread that ran the batch, once its
+    requests are answered (:meth:`mirror_batch`): by then the primary's answers are known, so
+    nothing has to wait for the two sides to meet, and the callers' threads do no shadow work at
+    all. Each shadow version has a lane: a bounded queue of copies (a copy that finds it full is
+    dropped and counted) and at most one batch in flight. One shadow thread turns everything waiting
+    in a lane into a single batch (one queue entry and one worker round trip however many copies it
+    holds), splits the answers and compares them. A lane starts at most one batch per
+    ``batch_window_s``: an idle lane sends at once, a busy one gathers copies, so under load a
+    shadow costs a round trip per window, not per request, and sheds what it cannot keep up with.
     """
 
     def __init__(self, acquire: Acquire, max_queued: int, timeout_s: float, batch_window_s: float = 0.02) -> None:
@@ -244,30 +233,41 @@ class ShadowMirror:
                 found = self._figures[key] = ShadowFigures(model, primary, shadow)
             return found
 
-    def mirror(self, model: str, primary: int, shadow: int, inputs: Arrays, rows: int) -> ShadowPair | None:
-        """Queue a copy for ``shadow``; returns the pair the primary's answer must be given to, or None."""
-        figures = self._figures_for(model, primary, shadow)
-        pair = ShadowPair(figures)
+    def mirror_batch(self, model: str, primary: int, answered: Sequence[Pending]) -> None:
+        """Queue a copy of each answered request for each shadow version routing chose for it.
+
+        Runs on the dispatcher thread of the primary version, after the callers have their answers;
+        it only appends to lanes and never blocks.
+        """
+        now = time.monotonic()
+        by_shadow: dict[int, list[_Copy]] = {}
+        for item in answered:
+            if item.outputs is None:  # the primary failed: nothing to compare a shadow with
+                continue
+            for shadow in item.shadows:
+                copies = by_shadow.get(shadow)
+                if copies is None:
+                    copies = by_shadow[shadow] = []
+                figures = self._figures_for(model, primary, shadow) if not copies else copies[0].figures
+                copies.append(_Copy(figures, item.inputs, item.rows, item.merge_key, item.outputs, now))
+        for shadow, copies in by_shadow.items():
+            self._enqueue(model, shadow, copies)
+
+    def _enqueue(self, model: str, shadow: int, copies: list[_Copy]) -> None:
+        figures = copies[0].figures
         with self._lanes_lock:
             lane = self._lanes.get((model, shadow))
             if lane is None:
                 lane = self._lanes[(model, shadow)] = _Lane(model, shadow)
-            if len(lane.copies) >= self._max_queued:
-                figures.count("dropped")
-                return None
-            lane.copies.append(_Copy(pair, inputs, rows, time.monotonic()))
-            wake = not lane.busy
-            lane.busy = True
-        figures.count("mirrored")
+            room = max(self._max_queued - len(lane.copies), 0)
+            lane.copies.extend(copies[:room])
+            wake = not lane.busy and room > 0
+            lane.busy = lane.busy or room > 0
+        with figures.lock:
+            figures.mirrored += min(room, len(copies))
+            figures.dropped += max(len(copies) - room, 0)
         if wake:  # one wake-up per batch: a busy lane is picked up again when its batch returns
             self._tasks.put(("lane", lane))
-        return pair
-
-    def primary_answered(self, pair: ShadowPair, outputs: Arrays | None) -> None:
-        """Hand over the primary's answer (None if it failed); never blocks the caller."""
-        pair.primary = outputs
-        if pair.arrive():
-            self._tasks.put(("pair", pair))
 
     def close(self) -> None:
         self._tasks.put(None)
@@ -293,30 +293,30 @@ class ShadowMirror:
             try:
                 if kind == "lane":
                     self._run_lane(item)
-                elif kind == "done":
-                    self._finish_batch(*item)
                 else:
-                    self._record(item)
+                    self._finish_batch(*item)
             except Exception:  # a shadow bug must not stop the shadows, and never reaches a caller
                 log.exception("shadow work failed")
 
     def _take_batch(self, lane: _Lane, max_rows: int) -> list[_Copy]:
         """The oldest waiting copies that fit one batch; copies past the timeout fail here."""
         batch: list[_Copy] = []
+        expired: list[_Copy] = []
         now = time.monotonic()
+        rows = 0
         with self._lanes_lock:
             while lane.copies:
                 head = lane.copies[0]
                 if now - head.queued_at > self._timeout_s:
-                    lane.copies.popleft()
-                    self._fail([head])
+                    expired.append(lane.copies.popleft())
                     continue
-                rows = sum(c.rows for c in batch) + head.rows
-                if batch and (rows > max_rows or _shape_key(head.inputs) != _shape_key(batch[0].inputs)):
+                if batch and (rows + head.rows > max_rows or head.merge_key != batch[0].merge_key):
                     break
                 batch.append(lane.copies.popleft())
+                rows += head.rows
             if not batch:
                 lane.busy = False
+        self._fail(expired)
         return batch
 
     def _run_lane(self, lane: _Lane) -> None:
@@ -362,56 +362,42 @@ class ShadowMirror:
         if done.error is not None or done.outputs is None:
             log.debug("shadow %s failed: %s", version.label, done.error)
             self._fail(batch)
+        elif latency > self._timeout_s:
+            self._fail(batch)
         else:
-            offset = 0
-            complete: list[ShadowPair] = []
-            for item in batch:
-                end = offset + item.rows
-                item.pair.shadow = {name: array[offset:end] for name, array in done.outputs.items()}
-                item.pair.shadow_latency_s = latency
-                offset = end
-                if item.pair.arrive():
-                    complete.append(item.pair)
-            self._record_many(complete)
+            self._compare(batch, done.outputs, latency)
         self._run_lane(lane)
 
-    def _record_many(self, pairs: list[ShadowPair]) -> None:
-        """Record the pairs one batch completed; those of one primary version are compared together."""
-        groups: dict[int, tuple[list[ShadowPair], list[Arrays], list[Arrays]]] = {}
-        for pair in pairs:
-            if pair.shadow is None or pair.primary is None or pair.shadow_latency_s > self._timeout_s:
-                self._record(pair)
-                continue
-            group, primaries, shadows = groups.setdefault(id(pair.figures), ([], [], []))
-            group.append(pair)
-            primaries.append(pair.primary)
-            shadows.append(pair.shadow)
-        for group, primaries, shadows in groups.values():
-            together = compare_batch(primaries, shadows) if len(group) > 1 else None
-            if together is None:
-                for pair in group:
-                    self._record(pair)
-                continue
-            figures = group[0].figures
-            with figures.lock:
-                self._add(figures, group[0].shadow_latency_s, together)
-
-    def _fail(self, batch: list[_Copy]) -> None:
+    def _compare(self, batch: list[_Copy], outputs: Arrays, latency_s: float) -> None:
+        """Split a shadow batch's answers per copy and add them to the figures, a primary at a time."""
+        groups: dict[int, tuple[ShadowFigures, list[Arrays], list[Arrays]]] = {}
+        offset = 0
         for item in batch:
-            item.pair.shadow = None
-            if item.pair.arrive():
-                self._record(item.pair)
+            end = offset + item.rows
+            figures, primaries, shadows = groups.setdefault(id(item.figures), (item.figures, [], []))
+            primaries.append(item.primary)
+            shadows.append({name: array[offset:end] for name, array in outputs.items()})
+            offset = end
+        for figures, primaries, shadows in groups.values():
+            together = compare_batch(primaries, shadows) if len(primaries) > 1 else None
+            parts = (
+                [together]
+                if together is not None
+                else [BatchComparison.of_one(compare_outputs(p, s)) for p, s in zip(primaries, shadows, strict=True)]
+            )
+            with figures.lock:
+                for part in parts:
+                    self._add(figures, latency_s, part)
 
-    def _record(self, pair: ShadowPair) -> None:
-        figures = pair.figures
-        if pair.shadow is None or pair.shadow_latency_s > self._timeout_s:
-            figures.count("failed")
-            return
-        if pair.primary is None:
-            return  # nothing to compare against; the primary's failure is the caller's business
-        comparison = BatchComparison.of_one(compare_outputs(pair.primary, pair.shadow))
-        with figures.lock:
-            self._add(figures, pair.shadow_latency_s, comparison)
+    @staticmethod
+    def _fail(batch: list[_Copy]) -> None:
+        counts: dict[int, tuple[ShadowFigures, int]] = {}
+        for item in batch:
+            figures, failed = counts.get(id(item.figures), (item.figures, 0))
+            counts[id(item.figures)] = (figures, failed + 1)
+        for figures, failed in counts.values():
+            with figures.lock:
+                figures.failed += failed
 
     @staticmethod
     def _add(figures: ShadowFigures, latency_s: float, comparison: BatchComparison) -> None:
@@ -427,10 +413,6 @@ class ShadowMirror:
             equal_elements, elements = comparison.equal_elements[name]
             output.equal_elements += equal_elements
             output.elements += elements
-
-
-def _shape_key(inputs: Arrays) -> tuple[tuple[str, tuple[int, ...], str], ...]:
-    return tuple((name, array.shape[1:], array.dtype.str) for name, array in inputs.items())
 
 
 def _rows_of(batch: list[_Copy], name: str) -> np.ndarray[Any, Any]:

@@ -83,3 +83,12 @@ def test_copies_that_do_not_line_up_are_left_to_one_by_one() -> None:
     assert compare_batch([agree, agree], [agree, {}]) is None
     scalar = {"s": np.array(1.0, np.float32)}
     assert compare_batch([scalar, scalar], [scalar, scalar]) is None
+    assert compare_batch([agree, agree], [{}, agree]) is None  # the first copy has nothing in common, the second has
+
+
+def test_copies_with_no_output_in_common_are_counted_as_compared() -> None:
+    primary = {"label": np.array([1]), "p": np.zeros((1, 3), np.float32)}
+    echoed = {"input": np.zeros((1, 64), np.float32)}
+    together = compare_batch([primary, primary, primary], [echoed, echoed, echoed])
+    assert together == BatchComparison(3, {}, {}, {}, 0, 0)
+    assert BatchComparison.of_one(compare_outputs(primary, echoed)) == BatchComparison(1, {}, {}, {}, 0, 0)
