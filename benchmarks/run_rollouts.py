@@ -43,10 +43,13 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # for gateway.edge.wire.turnout (our control-plane stubs)
 
+from process_usage import per_request, sample_measured_window  # noqa: E402
+
 from gateway.edge.wire.turnout.v1 import rollouts_pb2, rollouts_pb2_grpc  # noqa: E402
 
 _READY = re.compile(r"turnout: serving .* on (?P<host>[^\s]+):(?P<port>\d+)$")
 PROBES = 8
+WARMUP_S = 0.5
 SCENARIOS = ("no_policy", "stable_only", "canary_10", "shadow_100", "slow_and_failing_shadows")
 
 
@@ -100,15 +103,22 @@ def build_repository(root: Path, misbehaving_shadows: bool = True) -> Path:
     return root
 
 
-def load(address: str, concurrency: int, duration_s: float, cpu: str | None) -> dict[str, Any]:
+def load(gateway: Gateway, concurrency: int, duration_s: float, cpu: str | None) -> dict[str, Any]:
+    """One load generator run against ``gateway``, with the gateway's CPU per request added."""
+    server_pid = gateway.process.pid
     command = [
-        sys.executable, str(REPO_ROOT / "benchmarks" / "loadgen.py"), "--target", address, "--batch", "1",
-        "--concurrency", str(concurrency), "--duration-s", str(duration_s), "--warmup-s", "0.5",
+        sys.executable, str(REPO_ROOT / "benchmarks" / "loadgen.py"), "--target", gateway.address, "--batch", "1",
+        "--concurrency", str(concurrency), "--duration-s", str(duration_s), "--warmup-s", str(WARMUP_S),
     ]
     if cpu is not None:
         command = ["taskset", "-c", cpu, *command]
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, check=True)
-    measured: dict[str, Any] = json.loads(result.stdout)
+    client = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first, last = sample_measured_window(server_pid, WARMUP_S, duration_s)
+    out, err = client.communicate(timeout=duration_s + WARMUP_S + 60)
+    if client.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({client.returncode}):\n{err[-3000:]}")
+    measured: dict[str, Any] = json.loads(out)
+    measured.update(per_request(first, last, measured["throughput_rps"]))
     return measured
 
 
@@ -128,15 +138,15 @@ def policy_overhead(repository: Path, plain_repository: Path, args: argparse.Nam
         for concurrency in (8, 64):
             for round_index in range(args.rounds):
                 row: dict[str, Any] = {"concurrency": concurrency, "round": round_index}
-                row["no_policy"] = load(plain.address, concurrency, args.duration_s, client_cpu)
+                row["no_policy"] = load(plain, concurrency, args.duration_s, client_cpu)
                 policed.set_policy(stable_only)
-                row["stable_only"] = load(policed.address, concurrency, args.duration_s, client_cpu)
+                row["stable_only"] = load(policed, concurrency, args.duration_s, client_cpu)
                 policed.set_policy(canary)
-                row["canary_10"] = load(policed.address, concurrency, args.duration_s, client_cpu)
+                row["canary_10"] = load(policed, concurrency, args.duration_s, client_cpu)
                 policed.set_policy(shadow)
-                row["shadow_100"] = load(policed.address, concurrency, args.duration_s, client_cpu)
+                row["shadow_100"] = load(policed, concurrency, args.duration_s, client_cpu)
                 policed.set_policy(misbehaving)
-                row["slow_and_failing_shadows"] = load(policed.address, concurrency, args.duration_s, client_cpu)
+                row["slow_and_failing_shadows"] = load(policed, concurrency, args.duration_s, client_cpu)
                 cells.append(row)
                 print(one_line(row), file=sys.stderr, flush=True)
         shadow_figures = policed.control.GetShadowComparison(rollouts_pb2.ShadowComparisonRequest(model="digits"))
@@ -154,8 +164,22 @@ def policy_overhead(repository: Path, plain_repository: Path, args: argparse.Nam
         )
         for c in (8, 64)
     }
+    # The same comparison in the gateway's CPU per request: what the shadows cost, without the
+    # host's noise that a p99 over a few seconds carries.
+    cpu = {
+        c: statistics.median(
+            r["slow_and_failing_shadows"]["server_cpu_us_per_request"] / r["stable_only"]["server_cpu_us_per_request"]
+            for r in cells
+            if r["concurrency"] == c
+        )
+        for c in (8, 64)
+    }
     goal = {
-        f"slow_and_failing_shadows@{c}_p99_vs_no_shadow": {"ratio": round(v, 3), "met": v <= 1.10}
+        f"slow_and_failing_shadows@{c}_p99_vs_no_shadow": {
+            "ratio": round(v, 3),
+            "met": v <= 1.10,
+            "server_cpu_per_request_ratio": round(cpu[c], 3),
+        }
         for c, v in shadowed.items()
     }
     return {"cells": cells, "ratios": ratios, "goals": goal, "shadow_figures": text_format(shadow_figures)}
@@ -169,21 +193,29 @@ def one_line(row: dict[str, Any]) -> str:
     parts = [f"c={row['concurrency']} round {row['round']}:"]
     for name in SCENARIOS:
         cell = row[name]
-        parts.append(f"{name} {cell['throughput_rps']:.0f}/s p99 {cell['latency_ms']['p99']:.2f}ms")
+        cpu = cell.get("server_cpu_us_per_request")
+        cpu_text = f" {cpu:.0f}us" if cpu is not None else ""
+        parts.append(f"{name} {cell['throughput_rps']:.0f}/s p99 {cell['latency_ms']['p99']:.2f}ms{cpu_text}")
     return "  ".join(parts)
 
 
-def overhead_ratios(cells: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
+def overhead_ratios(cells: Sequence[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
     """Median over rounds of (policy cell / no-policy cell of the same round), per concurrency."""
-    ratios: dict[str, dict[str, float]] = {}
+    ratios: dict[str, dict[str, float | None]] = {}
     for concurrency in sorted({row["concurrency"] for row in cells}):
         rows = [row for row in cells if row["concurrency"] == concurrency]
         for name in SCENARIOS[1:]:
             throughput = [r[name]["throughput_rps"] / r["no_policy"]["throughput_rps"] for r in rows]
             p99 = [r[name]["latency_ms"]["p99"] / r["no_policy"]["latency_ms"]["p99"] for r in rows]
+            cpu = [
+                r[name]["server_cpu_us_per_request"] / r["no_policy"]["server_cpu_us_per_request"]
+                for r in rows
+                if "server_cpu_us_per_request" in r[name] and "server_cpu_us_per_request" in r["no_policy"]
+            ]
             ratios[f"{name}@{concurrency}"] = {
                 "throughput_ratio": round(statistics.median(throughput), 3),
                 "p99_ratio": round(statistics.median(p99), 3),
+                "server_cpu_per_request_ratio": round(statistics.median(cpu), 3) if cpu else None,
             }
     return ratios
 

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import tritonclient.grpc as grpcclient
+from process_usage import per_request, process_tree, sample_measured_window
 from tritonclient.utils import InferenceServerException
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -55,7 +56,6 @@ DECOMPOSITION = ((1, 1), (1, 64))
 PLACEMENTS = ("pinned", "unpinned")
 SERVER_CPU, CLIENT_CPU = "0", "1"
 _STATE_DIR = "{state_dir}"
-_CLIENT_START_S = 0.6  # a load generator's interpreter start and channel set-up, roughly
 _READY = re.compile(r"(?:turnout: serving .*|bare: serving) on (?P<host>\S+):(?P<port>\d+)$")
 
 # The goals of issue 2, measured pinned, at batch 1.
@@ -166,17 +166,6 @@ class Server:
         return code
 
 
-def process_tree(pid: int) -> list[int]:
-    found, pending = [], [pid]
-    while pending:
-        current = pending.pop()
-        found.append(current)
-        for task in Path(f"/proc/{current}/task").glob("*"):
-            with contextlib.suppress(OSError):
-                pending.extend(int(child) for child in (task / "children").read_text().split())
-    return found
-
-
 def allowed_cpus(pid: int) -> str:
     with contextlib.suppress(OSError):
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -221,30 +210,6 @@ def executed_rows(address: str, model: str = "digits") -> tuple[int, int] | None
     )
 
 
-@dataclass(frozen=True)
-class Usage:
-    """CPU seconds and context switches of a server's whole process tree (worker processes included)."""
-
-    cpu_s: float
-    switches: int
-    at: float
-
-
-_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def usage(pid: int) -> Usage:
-    cpu, switches = 0.0, 0
-    for member in process_tree(pid):
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
-            cpu += (int(fields[11]) + int(fields[12])) / _TICKS  # utime + stime
-            for task in Path(f"/proc/{member}/task").glob("*"):
-                status = (task / "status").read_text()
-                switches += sum(int(n) for n in re.findall(r"ctxt_switches:\s+(\d+)", status))
-    return Usage(cpu, switches, time.perf_counter())
-
-
 def run_cell(
     args: argparse.Namespace, server: Server, batch: int, concurrency: int, mode: str, cpu: str | None
 ) -> dict[str, Any]:
@@ -271,11 +236,7 @@ def run_cell(
     client = subprocess.Popen(
         pinned(command, cpu), cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    # Sample the server inside the measured window: after the client's start-up and warm-up, before its end.
-    time.sleep(args.warmup_s + _CLIENT_START_S)
-    first = usage(server.process.pid)
-    time.sleep(max(args.duration_s - _CLIENT_START_S - 0.2, 0.1))
-    last = usage(server.process.pid)
+    first, last = sample_measured_window(server.process.pid, args.warmup_s, args.duration_s)
     try:
         out, err = client.communicate(timeout=args.duration_s + args.warmup_s + 60)
     except subprocess.TimeoutExpired:
@@ -287,10 +248,7 @@ def run_cell(
     result: dict[str, Any] = json.loads(out)
     rows_after = executed_rows(server.address)
     result["loadavg_1m_before"] = round(load_before, 2)
-    served = result["throughput_rps"] * (last.at - first.at)
-    if served > 0:
-        result["server_cpu_us_per_request"] = round((last.cpu_s - first.cpu_s) / served * 1e6, 1)
-        result["server_switches_per_request"] = round((last.switches - first.switches) / served, 2)
+    result.update(per_request(first, last, result["throughput_rps"]))
     if rows_before and rows_after and rows_after[1] > rows_before[1]:
         # Warm-up included: the mean rows per batch the server's dynamic batcher formed.
         rows, batches = rows_after[0] - rows_before[0], rows_after[1] - rows_before[1]

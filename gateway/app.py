@@ -24,6 +24,7 @@ from gateway.settings import Settings
 from gateway.shadow import ShadowMirror
 from gateway.state.sqlite_store import SqliteStateStore
 from runtimes.contract import ModelHost, RuntimeOptions
+from runtimes.heap import freeze_startup_heap
 from runtimes.zygote import Zygote, start_zygote
 
 log = logging.getLogger("turnout")
@@ -173,6 +174,7 @@ def _run(settings: Settings, zygote: Zygote | None) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     gateway.start()
+    freeze_startup_heap()  # models, modules and the server are loaded: keep them out of collections
     # Tests and scripts read this line to find the port when started with --port 0.
     print(f"turnout: serving {settings.repository} on {settings.host}:{gateway.server.port}", flush=True)
     stop.wait()

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from runtimes.catalog import open_runtime
 from runtimes.contract import Runtime, RuntimeFailure, RuntimeOptions
+from runtimes.heap import freeze_startup_heap
 from runtimes.ipc import ChannelClosed, Frame, Kind, recv_frame, requested_outputs, send_frame
 
 
@@ -37,6 +38,7 @@ class _LoadedModel:
                 options = RuntimeOptions.from_json(frame.meta["options"])
                 self._runtime = open_runtime(source[0], Path(source[1]), options)
                 self._source = source
+                freeze_startup_heap()  # the model is this worker's start-up heap
             elif source != self._source:
                 raise RuntimeFailure(f"this worker serves {self._source}, not {source}")
             return self._runtime
