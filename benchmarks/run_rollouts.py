@@ -54,7 +54,9 @@ SCENARIOS = ("no_policy", "stable_only", "canary_10", "shadow_100", "slow_and_fa
 
 
 class Gateway:
-    def __init__(self, repository: Path, cpu: str | None, *flags: str) -> None:
+    """A gateway process on a free port; ``tree`` is the checkout whose code it runs (this one by default)."""
+
+    def __init__(self, repository: Path, cpu: str | None, *flags: str, tree: Path = REPO_ROOT) -> None:
         self.state = tempfile.mkdtemp(prefix="turnout-bench-state-")
         command = [
             sys.executable, "-m", "gateway", "serve", "--repository", str(repository), "--host", "127.0.0.1",
@@ -62,7 +64,8 @@ class Gateway:
         ]
         if cpu is not None:
             command = ["taskset", "-c", cpu, *command]
-        self.process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+        # `python -m gateway` imports the package from its working directory, so `tree` decides the code.
+        self.process = subprocess.Popen(command, cwd=tree, stdout=subprocess.PIPE, text=True)
         assert self.process.stdout is not None
         for line in self.process.stdout:
             if match := _READY.search(line.strip()):
@@ -295,6 +298,7 @@ def rollback_latency(repository: Path, args: argparse.Namespace) -> dict[str, An
         "probe_errors": sum(probe.errors for probe in probes),
         "stable_on_every_process_ms": percentiles(every_process_ms),
         "rollback_call_ms": percentiles(call_ms),
+        "rollback_call_ms_each": [round(ms, 2) for ms in call_ms],
     }
 
 
