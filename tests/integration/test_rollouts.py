@@ -504,6 +504,7 @@ SHADOWED = "shadowed"
 SLOW_SHADOW, FAILING_SHADOW, SAME_COST_SHADOW = 3, 4, 2
 SLOW_SHADOW_DELAY_MS = 15  # a digits answer takes about 1.5 ms here: ten times that
 SHADOW_YAML = "version_policy: {all: {}}\n"  # no outputs declared: the echo versions mirror their input
+STREAMED = "streamed"
 
 
 @pytest.fixture(scope="module")
@@ -512,6 +513,7 @@ def shadow_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway
     model_dir = add_digits(repository, SHADOWED, {1: 1, SAME_COST_SHADOW: 2}, model_yaml=SHADOW_YAML)
     add_echo_version(model_dir, SLOW_SHADOW, delay_ms=SLOW_SHADOW_DELAY_MS)
     add_echo_version(model_dir, FAILING_SHADOW, fail="this version always fails")
+    add_digits(repository, STREAMED, {1: 1, 2: 2}, model_yaml=SHADOW_YAML)
     with GatewayProcess(repository, "--poll-interval-s", "0") as running:
         yield running
 
@@ -574,6 +576,29 @@ def check_shadows(client: Client, batches: list[Pixels]) -> None:
     eventually(same_cost_compared, "every same-cost shadow copy is compared")
     assert_same_cost_figures(client.figures(SHADOWED)[(1, SAME_COST_SHADOW)], without_shadows, same_cost_answers)
 
+
+
+def test_requests_on_a_stream_are_mirrored_a_batch_at_a_time(
+    shadow_gateway: GatewayProcess, digits_pixels: Pixels
+) -> None:
+    """A stream keeps many requests in flight, so primary batches hold several of them: each is copied."""
+    client = Client(shadow_gateway.address)
+    try:
+        client.set_policy(STREAMED, pb.Policy(stable=1, shadows=[pb.Shadow(version=2, fraction=1.0)]), reason="try")
+        rows = [digits_pixels[i : i + 1] for i in range(60)]
+        answers = stream_answers(client, [infer_request(STREAMED, pixels) for pixels in rows])
+        assert len(answers) == len(rows) and {a.model_version for a in answers} == {"1"}
+
+        def all_accounted_for() -> bool:
+            found = client.figures(STREAMED).get((1, 2))
+            return found is not None and found.compared + found.failed + found.dropped == len(rows)
+
+        eventually(all_accounted_for, "every streamed request's shadow copy is accounted for")
+        figures = client.figures(STREAMED)[(1, 2)]
+        assert (figures.mirrored, figures.compared, figures.failed, figures.dropped) == (len(rows), len(rows), 0, 0)
+        assert figures.top1_rows == len(rows)
+    finally:
+        client.close()
 
 def assert_same_cost_figures(figures: pb.ShadowFigures, primary: list[Answer], shadow: list[Answer]) -> None:
     """The gateway's figures equal those worked out here from the two versions' own answers."""
