@@ -7,6 +7,7 @@ process at once, and then waited on until every live gateway process reports the
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -20,7 +21,11 @@ from gateway.routing.table import RoutingTableHolder
 from gateway.shadow import ShadowFigures, ShadowMirror
 from gateway.state.store import GenerationConflict, PolicyChange, StateStore
 
+log = logging.getLogger(__name__)
+
 _Compute = Callable[[Policy], Policy]  # a change, as a function of the policy it applies to
+# Issue 3 promises a change in effect everywhere within 100 ms; a slower one is logged with the laggards.
+_SLOW_APPLY_S = 0.1
 
 _CONFLICT_RETRIES = 5
 _DEFAULT_HISTORY = 100
@@ -203,14 +208,26 @@ class Rollouts:
                 raise FailedPrecondition(f"policy names a version that does not exist: {error}") from None
 
     def _wait_applied(self, model: str, change: PolicyChange) -> PolicyView:
+        started = time.monotonic()
         self._sync.sync_now()
-        deadline = time.monotonic() + self._apply_timeout_s
+        synced_here_s = time.monotonic() - started
+        deadline = started + self._apply_timeout_s
+        last_behind: list[str] = []
         while True:
             live = [r for r in self._store.reports() if r.seen_at >= time.time() - self._liveness_s]
             behind = [r.process_id for r in live if r.applied_generation < change.generation]
             if not behind:
+                took_s = time.monotonic() - started
+                if took_s > _SLOW_APPLY_S:
+                    log.warning(
+                        "generation %d (%s of model %r) took %.0f ms to be applied everywhere "
+                        "(%.0f ms by this process); the last to report: %s",
+                        change.generation, change.action, model, took_s * 1000, synced_here_s * 1000,
+                        ", ".join(last_behind) or "this process",
+                    )
                 applied = tuple(r.process_id for r in live)
                 return PolicyView(model, change.after, change.generation, True, applied)
+            last_behind = behind
             if time.monotonic() >= deadline:
                 raise DeadlineExceeded(
                     f"generation {change.generation} is committed but not yet applied by {', '.join(behind)}"
