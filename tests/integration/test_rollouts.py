@@ -13,6 +13,7 @@ import math
 import os
 import shutil
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from gateway.edge.wire.turnout.v1 import rollouts_pb2 as pb
 from gateway.edge.wire.turnout.v1 import rollouts_pb2_grpc as pb_grpc
 from gateway.routing.decide import bucket_of
+from gateway.state.sqlite_store import SqliteStateStore
 from tests.support.gateway_process import GatewayProcess
 from tests.support.model_repository import EXAMPLES
 
@@ -654,3 +656,38 @@ def test_policy_and_history_survive_a_restart(tmp_path: Path, one_row: Pixels) -
         finally:
             client.close()
     assert os.path.isdir(tmp_path / "state")
+
+
+# --- a process that applies a change late ---------------------------------------------------------
+
+
+def test_a_change_that_reaches_a_process_late_waits_for_it_and_names_it_in_the_log(tmp_path: Path) -> None:
+    """Another gateway process on the same state reports the new generation 0.3 s late: the call
+    returns only once it has, and the log says which process it waited for."""
+    repository = tmp_path / "repository"
+    add_digits(repository, "late", {1: 1, 2: 2})
+    state = tmp_path / "state"
+    with GatewayProcess(repository, "--worker-mode", "inprocess", "--state-dir", str(state)) as running:
+        store = SqliteStateStore(state)  # what a second gateway process would write, written here
+        laggard = "other-host:4242:late"
+        store.report_applied(laggard, 4242, store.generation())
+        client = Client(running.address)
+        next_generation = store.generation() + 1
+
+        def catch_up() -> None:
+            time.sleep(0.3)
+            SqliteStateStore(state).report_applied(laggard, 4242, next_generation)
+
+        reporter = threading.Thread(target=catch_up)
+        try:
+            reporter.start()
+            started = time.monotonic()
+            applied = client.set_policy("late", stable_only(1), reason="one process is slow")
+            took_s = time.monotonic() - started
+        finally:
+            reporter.join()
+            client.close()
+            store.close()
+        assert applied.generation == next_generation and laggard in applied.applied_by
+        assert took_s >= 0.3
+        eventually(lambda: f"the last to report: {laggard}" in running.log(), "the slow apply is logged")
