@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from run_rollouts import REPO_ROOT, Gateway, build_repository, load
+from run_rollouts import REPO_ROOT, Gateway, build_repository, load, median_ratio, rounded
 
 from gateway.edge.wire.turnout.v1 import rollouts_pb2
 
@@ -31,11 +30,12 @@ MISBEHAVING = rollouts_pb2.Policy(
 )
 
 
-def median_ratio(cells: Sequence[tuple[dict[str, Any], dict[str, Any]]], measure: str) -> float:
-    def value(cell: dict[str, Any]) -> float:
-        return float(cell["latency_ms"]["p99"] if measure == "p99" else cell[measure])
-
-    return round(statistics.median(value(a) / value(b) for a, b in cells), 3)
+def ratios_of(pairs: Sequence[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, float | None]:
+    """The medians over rounds of (first cell / second cell): caller p99 and gateway CPU per request."""
+    return {
+        "p99": rounded(median_ratio(pairs, "p99")),
+        "server_cpu_per_request": rounded(median_ratio(pairs, "server_cpu_us_per_request")),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -66,16 +66,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for concurrency in (8, 64):
         for name in gateways:
             pairs = list(zip(cells[(concurrency, name, "shadows")], cells[(concurrency, name, "stable")], strict=True))
-            result[f"{name}@{concurrency}_shadows_vs_stable"] = {
-                "p99": median_ratio(pairs, "p99"),
-                "server_cpu_per_request": median_ratio(pairs, "server_cpu_us_per_request"),
-            }
+            result[f"{name}@{concurrency}_shadows_vs_stable"] = ratios_of(pairs)
         ours, theirs = cells[(concurrency, "this", "shadows")], cells[(concurrency, "baseline", "shadows")]
         pairs = list(zip(ours, theirs, strict=True))
-        result[f"this_vs_baseline@{concurrency}_with_shadows"] = {
-            "p99": median_ratio(pairs, "p99"),
-            "server_cpu_per_request": median_ratio(pairs, "server_cpu_us_per_request"),
-        }
+        result[f"this_vs_baseline@{concurrency}_with_shadows"] = ratios_of(pairs)
     print(json.dumps(result, indent=2))
     return 0
 

@@ -35,6 +35,7 @@ from runtimes.zygote import Zygote, ZygoteGone
 
 log = logging.getLogger(__name__)
 
+
 class WorkerProcess(Protocol):
     """What a host needs of a worker process: ``subprocess.Popen`` or a worker the zygote forked."""
 
