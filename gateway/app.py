@@ -174,7 +174,8 @@ def _run(settings: Settings, zygote: Zygote | None) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     gateway.start()
-    freeze_startup_heap()  # models, modules and the server are loaded: keep them out of collections
+    # Models, modules and the server are loaded: keep them out of the collector's way from now on.
+    log.info("%d start-up objects frozen out of garbage collection", freeze_startup_heap())
     # Tests and scripts read this line to find the port when started with --port 0.
     print(f"turnout: serving {settings.repository} on {settings.host}:{gateway.server.port}", flush=True)
     stop.wait()

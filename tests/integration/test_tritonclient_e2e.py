@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import queue
+import re
 import shutil
 from collections.abc import Iterator
 from typing import Any
@@ -294,3 +295,9 @@ def test_load_of_a_model_not_in_the_repository_fails(client: triton.InferenceSer
 
 def test_gateway_logs_no_errors(gateway: GatewayProcess) -> None:
     assert " ERROR " not in gateway.log(), gateway.log()
+
+
+def test_the_start_up_heap_is_frozen_once_serving(gateway: GatewayProcess) -> None:
+    """Full garbage collections must not walk the modules and models loaded at start-up."""
+    frozen = re.search(r"(\d+) start-up objects frozen out of garbage collection", gateway.log())
+    assert frozen is not None and int(frozen[1]) > 10_000, gateway.log()

@@ -29,8 +29,8 @@ def test_garbage_is_collected_then_the_living_heap_is_frozen() -> None:
     kept = Node()
     garbage = weakref.ref(Node())
     assert garbage() is not None  # a cycle outlives its last reference until a collection
-    freeze_startup_heap()
+    frozen = freeze_startup_heap()
     assert garbage() is None
     assert all(o is not kept for o in gc.get_objects())  # frozen objects belong to no generation
-    assert gc.get_freeze_count() > 0
+    assert frozen == gc.get_freeze_count() > 0
     assert gc.get_threshold()[0] == YOUNG_GENERATION_THRESHOLD
