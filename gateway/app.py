@@ -18,7 +18,9 @@ from gateway.edge.server import GatewayServer
 from gateway.model_manager import ModelManager
 from gateway.model_version import HostFactory
 from gateway.policy_sync import PolicySync
+from gateway.propagation import Propagation
 from gateway.registry.repository import ModelRepository
+from gateway.repository_control import RepositoryControl
 from gateway.routing.table import RoutingTableHolder
 from gateway.settings import Settings
 from gateway.shadow import ShadowMirror
@@ -92,20 +94,16 @@ class Gateway:
             settings.shadow_queue_size,
             settings.shadow_timeout_s,
         )
-        self.rollouts = Rollouts(
-            self.store,
-            self.routes,
-            self.manager,
-            self.sync,
-            self.shadows,
-            apply_timeout_s=settings.apply_timeout_s,
-            liveness_s=_LIVENESS_S,
+        propagation = Propagation(
+            self.store, self.sync, apply_timeout_s=settings.apply_timeout_s, liveness_s=_LIVENESS_S
         )
+        self.rollouts = Rollouts(self.store, self.routes, self.manager, self.shadows, propagation)
+        self.repository = RepositoryControl(self.manager, self.store, self.sync, propagation)
         self.dataplane = Dataplane(self.manager, self.routes, self.shadows)
         self._stopping = threading.Event()
         self.server = GatewayServer(
             settings,
-            InferenceServicer(self.dataplane, self.manager, self.is_ready),
+            InferenceServicer(self.dataplane, self.manager, self.repository, self.is_ready),
             RolloutsServicer(self.rollouts),
         )
 
@@ -113,6 +111,10 @@ class Gateway:
         return self.manager.initial_load_done and not self._stopping.is_set()
 
     def start(self) -> None:
+        if self.settings.worker_broker is None:
+            # Not one of a supervisor's processes, so a server starting afresh: earlier explicit loads
+            # and unloads do not carry over, as in Triton (the supervisor clears them for its own).
+            self.store.clear_repository_requests()
         self.manager.start()
         self.sync.start()  # loads what the stored policies name before the port opens
         self.server.start()

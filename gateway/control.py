@@ -7,25 +7,19 @@ process at once, and then waited on until every live gateway process reports the
 
 from __future__ import annotations
 
-import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from gateway.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from gateway.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from gateway.model_manager import ModelManager
 from gateway.model_version import VersionState
-from gateway.policy_sync import PolicySync
+from gateway.propagation import Propagation
 from gateway.routing.policy import Canary, Policy, PolicyInvalid, Shadow, checked, weight_bp_from_percent
 from gateway.routing.table import RoutingTableHolder
 from gateway.shadow import ShadowFigures, ShadowMirror
 from gateway.state.store import GenerationConflict, PolicyChange, StateStore
 
-log = logging.getLogger(__name__)
-
 _Compute = Callable[[Policy], Policy]  # a change, as a function of the policy it applies to
-# Issue 3 promises a change in effect everywhere within 100 ms; a slower one is logged with the laggards.
-_SLOW_APPLY_S = 0.1
 
 _CONFLICT_RETRIES = 5
 _DEFAULT_HISTORY = 100
@@ -55,19 +49,14 @@ class Rollouts:
         store: StateStore,
         holder: RoutingTableHolder,
         manager: ModelManager,
-        sync: PolicySync,
         shadows: ShadowMirror,
-        *,
-        apply_timeout_s: float,
-        liveness_s: float,
+        propagation: Propagation,
     ) -> None:
         self._store = store
         self._holder = holder
         self._manager = manager
-        self._sync = sync
         self._shadows = shadows
-        self._apply_timeout_s = apply_timeout_s
-        self._liveness_s = liveness_s
+        self._propagation = propagation
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -208,31 +197,8 @@ class Rollouts:
                 raise FailedPrecondition(f"policy names a version that does not exist: {error}") from None
 
     def _wait_applied(self, model: str, change: PolicyChange) -> PolicyView:
-        started = time.monotonic()
-        self._sync.sync_now()
-        synced_here_s = time.monotonic() - started
-        deadline = started + self._apply_timeout_s
-        last_behind: list[str] = []
-        while True:
-            live = [r for r in self._store.reports() if r.seen_at >= time.time() - self._liveness_s]
-            behind = [r.process_id for r in live if r.applied_generation < change.generation]
-            if not behind:
-                took_s = time.monotonic() - started
-                if took_s > _SLOW_APPLY_S:
-                    log.warning(
-                        "generation %d (%s of model %r) took %.0f ms to be applied everywhere "
-                        "(%.0f ms by this process); the last to report: %s",
-                        change.generation, change.action, model, took_s * 1000, synced_here_s * 1000,
-                        ", ".join(last_behind) or "this process",
-                    )
-                applied = tuple(r.process_id for r in live)
-                return PolicyView(model, change.after, change.generation, True, applied)
-            last_behind = behind
-            if time.monotonic() >= deadline:
-                raise DeadlineExceeded(
-                    f"generation {change.generation} is committed but not yet applied by {', '.join(behind)}"
-                )
-            time.sleep(0.005)
+        applied = self._propagation.wait(change.generation, f"{change.action} of model {model!r}")
+        return PolicyView(model, change.after, change.generation, True, applied)
 
 
 def _weight(weight_percent: float) -> int:

@@ -4,7 +4,8 @@ Every gateway process runs one. It polls the store's generation (a single-row re
 grows, makes sure every version the new policies name is loaded here, swaps in the new routing
 table and reports the generation back, which is what a policy change waits for. It also tells the
 model manager which versions to keep loaded whatever the version policy says: the ones policies
-name, and the stable versions of the rollback window.
+name, and the stable versions of the rollback window. And it follows explicit model loads and
+unloads made through any process (:mod:`gateway.repository_control`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from types import MappingProxyType
 from gateway.errors import TurnoutError
 from gateway.model_manager import ModelManager
 from gateway.routing.table import ModelRoute, RoutingTable, RoutingTableHolder
-from gateway.state.store import StateStore, StoredPolicy
+from gateway.state.store import RepositoryRequest, StateStore, StoredPolicy
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ class PolicySync:
         self._rollback_window_s = rollback_window_s
         self.process_id = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._sync_lock = threading.Lock()
+        # The generation of each model's load or unload request this process has carried out.
+        self._followed: dict[str, int] = {}
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -83,6 +86,7 @@ class PolicySync:
             generation = self._store.generation()
             if generation <= self._holder.current.generation and self._thread is not None:
                 return False
+            self._follow_repository_requests()
             policies = self._store.policies()
             self._keep_needed_versions(policies)
             self._load_named_versions(policies)
@@ -92,6 +96,27 @@ class PolicySync:
             if generation:
                 log.info("routing by policy generation %d", generation)
             return True
+
+    def mark_followed(self, request: RepositoryRequest) -> None:
+        """This process carried out ``request`` itself (it took the call)."""
+        with self._sync_lock:
+            self._followed[request.model] = max(self._followed.get(request.model, 0), request.generation)
+
+    def _follow_repository_requests(self) -> None:
+        requests = sorted(self._store.repository_requests().values(), key=lambda r: r.generation)
+        for request in requests:
+            if request.generation <= self._followed.get(request.model, 0):
+                continue
+            self._followed[request.model] = request.generation
+            action, model = request.action, request.model
+            try:
+                if action == "load":
+                    self._manager.load_model(model)
+                else:
+                    self._manager.unload_model(model)
+                log.info("%sed model %r as %s asked through another process", action, model, request.actor)
+            except TurnoutError as error:  # e.g. unloading what this process never loaded
+                log.warning("could not %s model %r as asked through another process: %s", action, model, error)
 
     def _report(self) -> None:
         self._store.report_applied(self.process_id, os.getpid(), self._holder.current.generation)

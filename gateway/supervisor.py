@@ -24,6 +24,7 @@ from types import FrameType
 import yaml
 
 from gateway.settings import Settings
+from gateway.state.sqlite_store import SqliteStateStore
 from runtimes.broker import WorkerBroker
 from runtimes.zygote import Zygote, start_zygote
 
@@ -88,6 +89,13 @@ class Supervisor:
         return [*self._command, "--gateway-cpus", str(cpus[index % len(cpus)])] if cpus else self._command
 
     def start(self) -> None:
+        # A server starting afresh serves what its repository says: explicit loads and unloads of an
+        # earlier run do not carry over, as in Triton. A process restarted later does follow them.
+        store = SqliteStateStore(self.settings.state_dir)
+        try:
+            store.clear_repository_requests()
+        finally:
+            store.close()
         self._children = [_GatewayChild(self._command_for(index), index) for index in range(self.settings.processes)]
         deadline = time.monotonic() + _START_TIMEOUT_S
         for child in self._children:

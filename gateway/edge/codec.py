@@ -132,6 +132,18 @@ def routing_trailers(response: InferResponse) -> tuple[tuple[str, str], ...]:
     )
 
 
+# Who made a change, for the audit trail; the CLI sends the operator's user name.
+ACTOR_METADATA = "turnout-actor"
+
+
+def actor_of(metadata: Any) -> str:
+    """The ``turnout-actor`` header of a control call, or "unknown"."""
+    for key, value in metadata or ():
+        if key == ACTOR_METADATA and isinstance(value, str):
+            return value
+    return "unknown"
+
+
 def text_metadata(metadata: Any) -> dict[str, str]:
     """The request's text headers (binary ``-bin`` ones are left out), for routing to read."""
     return {key: value for key, value in metadata or () if isinstance(value, str)}

@@ -14,6 +14,7 @@ import grpc
 
 from gateway.dataplane import Dataplane
 from gateway.edge.codec import (
+    actor_of,
     index_to_proto,
     infer_request_from_proto,
     infer_response_to_proto,
@@ -30,6 +31,7 @@ from gateway.errors import InvalidArgument, NotFound, TurnoutError, Unavailable
 from gateway.inference_types import InferResponse
 from gateway.model_manager import ModelManager
 from gateway.model_version import ModelVersion, VersionState
+from gateway.repository_control import RepositoryControl
 
 SERVER_NAME = "turnout"
 SERVER_VERSION = "0.1.0"
@@ -75,9 +77,12 @@ class InferenceCalls:
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
-    def __init__(self, dataplane: Dataplane, manager: ModelManager, is_ready: Callable[[], bool]) -> None:
+    def __init__(
+        self, dataplane: Dataplane, manager: ModelManager, repository: RepositoryControl, is_ready: Callable[[], bool]
+    ) -> None:
         self._dataplane = dataplane
         self._manager = manager
+        self._repository = repository
         self._is_ready = is_ready
         self.calls = InferenceCalls()
 
@@ -141,12 +146,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
                 f"load parameters {overrides} are not supported: Turnout loads what the repository holds; "
                 "change model.yaml or the version directories instead"
             )
-        self._manager.load_model(request.model_name)
+        self._repository.load(request.model_name, actor_of(context.invocation_metadata()))
         return pb.RepositoryModelLoadResponse()
 
     @maps_errors
     def RepositoryModelUnload(self, request: Any, context: grpc.ServicerContext) -> Any:
-        self._manager.unload_model(request.model_name)
+        self._repository.unload(request.model_name, actor_of(context.invocation_metadata()))
         return pb.RepositoryModelUnloadResponse()
 
     # --- inference -------------------------------------------------------------------------

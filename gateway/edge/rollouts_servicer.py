@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 
 from gateway.control import Rollouts
+from gateway.edge.codec import actor_of
 from gateway.edge.rollouts_codec import (
     history_to_proto,
     policy_from_proto,
@@ -17,14 +18,9 @@ from gateway.edge.wire.turnout.v1 import rollouts_pb2 as pb
 from gateway.edge.wire.turnout.v1 import rollouts_pb2_grpc as pb_grpc
 from gateway.errors import InvalidArgument
 
-ACTOR_METADATA = "turnout-actor"
-
 
 def _actor(context: grpc.ServicerContext) -> str:
-    for key, value in context.invocation_metadata() or ():
-        if key == ACTOR_METADATA and isinstance(value, str):
-            return value
-    return "unknown"
+    return actor_of(context.invocation_metadata())
 
 
 def _model(name: str) -> str:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from gateway.routing.policy import Policy, policy_from_dict, policy_to_dict
-from gateway.state.store import GenerationConflict, PolicyChange, ProcessReport, StoredPolicy
+from gateway.state.store import GenerationConflict, PolicyChange, ProcessReport, RepositoryRequest, StoredPolicy
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -36,6 +36,13 @@ CREATE TABLE IF NOT EXISTS history (
     after TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS history_by_model ON history (model, id);
+CREATE TABLE IF NOT EXISTS repository_requests (
+    model TEXT PRIMARY KEY,
+    action TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    at REAL NOT NULL,
+    actor TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS processes (
     process_id TEXT PRIMARY KEY,
     pid INTEGER NOT NULL,
@@ -104,10 +111,7 @@ class SqliteStateStore:
                 raise GenerationConflict(
                     f"policy of {model!r} is at generation {current_generation}, not {expected_generation}"
                 )
-            connection.execute("UPDATE counters SET value = value + 1 WHERE name = 'generation'")
-            generation = int(
-                connection.execute("SELECT value FROM counters WHERE name = 'generation'").fetchone()[0]
-            )
+            generation = _next_generation(connection)
             change = PolicyChange(
                 model, generation, time.time(), actor, action, reason, _decode(row[0] if row else None), after
             )
@@ -133,6 +137,27 @@ class SqliteStateStore:
             PolicyChange(model_, generation, at, actor, action, reason, _decode(before), _require(_decode(after)))
             for model_, generation, at, actor, action, reason, before, after in rows
         ]
+
+    def request_repository_action(self, model: str, action: str, actor: str) -> RepositoryRequest:
+        with self._write() as connection:
+            request = RepositoryRequest(model, action, _next_generation(connection), time.time(), actor)
+            connection.execute(
+                "INSERT INTO repository_requests (model, action, generation, at, actor) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (model) DO UPDATE SET action = excluded.action, generation = excluded.generation, "
+                "at = excluded.at, actor = excluded.actor",
+                (model, action, request.generation, request.at, actor),
+            )
+        return request
+
+    def repository_requests(self) -> dict[str, RepositoryRequest]:
+        rows = self._connection().execute(
+            "SELECT model, action, generation, at, actor FROM repository_requests"
+        ).fetchall()
+        return {row[0]: RepositoryRequest(*row) for row in rows}
+
+    def clear_repository_requests(self) -> None:
+        with self._write() as connection:
+            connection.execute("DELETE FROM repository_requests")
 
     def report_applied(self, process_id: str, pid: int, generation: int) -> None:
         # A report is liveness, not history: one lost in a power cut is rewritten by the next
@@ -166,6 +191,12 @@ class SqliteStateStore:
             for connection in self._connections:
                 connection.close()
             self._connections.clear()
+
+
+def _next_generation(connection: sqlite3.Connection) -> int:
+    """Take the next generation; inside a write transaction, so no other process takes the same."""
+    connection.execute("UPDATE counters SET value = value + 1 WHERE name = 'generation'")
+    return int(connection.execute("SELECT value FROM counters WHERE name = 'generation'").fetchone()[0])
 
 
 def _require(policy: Policy | None) -> Policy:

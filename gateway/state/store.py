@@ -42,6 +42,20 @@ class ProcessReport:
     seen_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class RepositoryRequest:
+    """The newest explicit load or unload of a model (``RepositoryModelLoad``/``Unload``).
+
+    Every gateway process follows it, so a model unloaded through one process is unloaded in all.
+    """
+
+    model: str
+    action: str  # "load" or "unload"
+    generation: int
+    at: float  # seconds since the epoch
+    actor: str
+
+
 class GenerationConflict(Exception):
     """The policy changed between reading it and writing the change; read again and retry."""
 
@@ -65,6 +79,17 @@ class StateStore(Protocol):
 
     def history(self, model: str, limit: int) -> list[PolicyChange]:
         """The model's changes, newest first."""
+
+    def request_repository_action(self, model: str, action: str, actor: str) -> RepositoryRequest:
+        """Record that ``model`` was explicitly loaded or unloaded; it takes a new generation, so every
+        process's watcher notices it, and replaces the model's earlier request."""
+
+    def repository_requests(self) -> dict[str, RepositoryRequest]:
+        """The newest load or unload request of each model that has one."""
+
+    def clear_repository_requests(self) -> None:
+        """Forget every load and unload request: a server starting afresh serves what its repository
+        and version policies say, as Triton does after a restart."""
 
     def report_applied(self, process_id: str, pid: int, generation: int) -> None:
         """Record that a gateway process now routes by ``generation`` (also its heartbeat)."""

@@ -108,3 +108,18 @@ def test_concurrent_writers_in_several_processes_lose_no_change(tmp_path: Path) 
             assert newer.before == older.after
     finally:
         store.close()
+
+
+def test_a_repository_request_takes_a_generation_and_replaces_the_models_last(store: SqliteStateStore) -> None:
+    policy = store.commit("digits", None, Policy(stable=1), "set-policy", "alice", "")
+    unload = store.request_repository_action("digits", "unload", "bob")
+    other = store.request_repository_action("identity", "unload", "bob")
+    load = store.request_repository_action("digits", "load", "carol")
+    assert (unload.generation, other.generation, load.generation) == (2, 3, 4)
+    assert store.generation() == 4, "watchers notice a load or unload as they notice a policy change"
+    requests = store.repository_requests()
+    assert (requests["digits"].action, requests["digits"].actor, requests["digits"].generation) == ("load", "carol", 4)
+    assert requests["identity"].action == "unload"
+    assert store.policies()["digits"].generation == policy.generation, "policies are untouched"
+    store.clear_repository_requests()
+    assert store.repository_requests() == {} and store.generation() == 4
