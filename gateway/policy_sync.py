@@ -25,6 +25,29 @@ from gateway.state.store import RepositoryRequest, StateStore, StoredPolicy
 log = logging.getLogger(__name__)
 
 
+# A change is promised everywhere within 100 ms; a sync slower than that says where its time went.
+_SLOW_SYNC_S = 0.1
+
+
+class _Steps:
+    """Wall time per step of one sync, for the slow-sync warning."""
+
+    def __init__(self) -> None:
+        self._started = self._last = time.monotonic()
+        self._took: list[str] = []
+
+    def done(self, step: str) -> None:
+        now = time.monotonic()
+        self._took.append(f"{step} {(now - self._last) * 1000:.0f} ms")
+        self._last = now
+
+    def total_s(self) -> float:
+        return self._last - self._started
+
+    def __str__(self) -> str:
+        return ", ".join(self._took)
+
+
 class PolicySync:
     def __init__(
         self,
@@ -69,7 +92,14 @@ class PolicySync:
 
     def _run(self) -> None:
         next_heartbeat = 0.0
-        while not self._stopping.wait(self._poll_interval_s):
+        while True:
+            asleep_since = time.monotonic()
+            if self._stopping.wait(self._poll_interval_s):
+                return
+            late_s = time.monotonic() - asleep_since - self._poll_interval_s
+            if late_s > _SLOW_SYNC_S:
+                # Every change waits for this thread; say so when it wakes up late (a starved GIL, a stalled host).
+                log.warning("the policy sync woke %.0f ms late", late_s * 1000)
             try:
                 changed = self.sync_now()
                 if changed or time.monotonic() >= next_heartbeat:
@@ -86,14 +116,22 @@ class PolicySync:
             generation = self._store.generation()
             if generation <= self._holder.current.generation and self._thread is not None:
                 return False
+            steps = _Steps()
             self._follow_repository_requests()
+            steps.done("follow loads and unloads")
             policies = self._store.policies()
+            steps.done("read")
             self._keep_needed_versions(policies)
+            steps.done("keep loaded")
             self._load_named_versions(policies)
+            steps.done("load named")
             routes = {model: ModelRoute(stored.policy, stored.generation) for model, stored in policies.items()}
             self._holder.swap(RoutingTable(generation, MappingProxyType(routes)))
             self._report()
-            if generation:
+            steps.done("report")
+            if steps.total_s() > _SLOW_SYNC_S:
+                log.warning("applying generation %d took %.0f ms (%s)", generation, steps.total_s() * 1000, steps)
+            elif generation:
                 log.info("routing by policy generation %d", generation)
             return True
 
