@@ -20,17 +20,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from run_rollouts import REPO_ROOT, Gateway, build_repository, load, median_ratio, rounded
-
-from gateway.edge.wire.turnout.v1 import rollouts_pb2
-
-STABLE = rollouts_pb2.Policy(stable=1)
-MISBEHAVING = rollouts_pb2.Policy(
-    stable=1, shadows=[rollouts_pb2.Shadow(version=4, fraction=1.0), rollouts_pb2.Shadow(version=5, fraction=1.0)]
+from run_rollouts import (
+    MISBEHAVING_SHADOWS,
+    REPO_ROOT,
+    STABLE_ONLY,
+    Gateway,
+    build_repository,
+    load,
+    median_ratio,
+    rounded,
 )
 
 
-def ratios_of(pairs: Sequence[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, float | None]:
+def p99_and_cpu_ratios(pairs: Sequence[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, float | None]:
     """The medians over rounds of (first cell / second cell): caller p99 and gateway CPU per request."""
     return {
         "p99": rounded(median_ratio(pairs, "p99")),
@@ -55,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for round_index in range(args.rounds):
                 names = list(gateways) if round_index % 2 == 0 else list(reversed(gateways))
                 for name in names:
-                    for policy_name, policy in (("stable", STABLE), ("shadows", MISBEHAVING)):
+                    for policy_name, policy in (("stable", STABLE_ONLY), ("shadows", MISBEHAVING_SHADOWS)):
                         gateways[name].set_policy(policy)
                         cell = load(gateways[name], concurrency, args.duration_s, "1")
                         cells.setdefault((concurrency, name, policy_name), []).append(cell)
@@ -66,10 +68,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for concurrency in (8, 64):
         for name in gateways:
             pairs = list(zip(cells[(concurrency, name, "shadows")], cells[(concurrency, name, "stable")], strict=True))
-            result[f"{name}@{concurrency}_shadows_vs_stable"] = ratios_of(pairs)
+            result[f"{name}@{concurrency}_shadows_vs_stable"] = p99_and_cpu_ratios(pairs)
         ours, theirs = cells[(concurrency, "this", "shadows")], cells[(concurrency, "baseline", "shadows")]
         pairs = list(zip(ours, theirs, strict=True))
-        result[f"this_vs_baseline@{concurrency}_with_shadows"] = ratios_of(pairs)
+        result[f"this_vs_baseline@{concurrency}_with_shadows"] = p99_and_cpu_ratios(pairs)
     print(json.dumps(result, indent=2))
     return 0
 
