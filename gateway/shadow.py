@@ -48,6 +48,7 @@ class ShadowFigures:
     compared: int = 0
     failed: int = 0
     dropped: int = 0
+    paused: int = 0  # not copied: the shadow had failed batch after batch and was paused
     top1_agreed: int = 0
     top1_rows: int = 0
     latency_sum_s: float = 0.0
@@ -186,6 +187,25 @@ class _Lane:
     copies: deque[_Copy] = field(default_factory=deque)
     busy: bool = False
     next_batch_at: float = 0.0
+    failed_batches: int = 0  # in a row; one answered batch starts the count again
+    paused_until: float = 0.0
+
+
+# A shadow whose batches keep failing (errors or timeouts) is paused: its copies are not made, only
+# counted, so a broken candidate costs the callers' CPU nothing. The pause starts after this many
+# failed batches in a row, lasts a second, and doubles with each failed batch after it, up to half a
+# minute; the first batch after a pause is the probe, and one answered batch ends the pausing.
+_PAUSE_AFTER_FAILED_BATCHES = 3
+_FIRST_PAUSE_S = 1.0
+_LONGEST_PAUSE_S = 30.0
+
+
+def pause_after(failed_batches: int) -> float:
+    """Seconds to pause a shadow after ``failed_batches`` failed batches in a row; 0 for none yet."""
+    beyond = failed_batches - _PAUSE_AFTER_FAILED_BATCHES
+    if beyond < 0:
+        return 0.0
+    return min(_FIRST_PAUSE_S * 2.0 ** min(beyond, 16), _LONGEST_PAUSE_S)
 
 
 _Task = tuple[str, Any]
@@ -241,17 +261,29 @@ class ShadowMirror:
         """
         now = time.monotonic()
         by_shadow: dict[int, list[_Copy]] = {}
+        paused: dict[int, int] = {}
         for item in answered:
             if item.outputs is None:  # the primary failed: nothing to compare a shadow with
                 continue
             for shadow in item.shadows:
                 copies = by_shadow.get(shadow)
                 if copies is None:
+                    if shadow in paused or self._is_paused(model, shadow, now):
+                        paused[shadow] = paused.get(shadow, 0) + 1
+                        continue
                     copies = by_shadow[shadow] = []
                 figures = self._figures_for(model, primary, shadow) if not copies else copies[0].figures
                 copies.append(_Copy(figures, item.inputs, item.rows, item.merge_key, item.outputs, now))
         for shadow, copies in by_shadow.items():
             self._enqueue(model, shadow, copies)
+        for shadow, count in paused.items():
+            figures = self._figures_for(model, primary, shadow)
+            with figures.lock:
+                figures.paused += count
+
+    def _is_paused(self, model: str, shadow: int, now: float) -> bool:
+        lane = self._lanes.get((model, shadow))  # a lane is never removed, and a float is read whole
+        return lane is not None and lane.paused_until > now
 
     def _enqueue(self, model: str, shadow: int, copies: list[_Copy]) -> None:
         figures = copies[0].figures
@@ -320,6 +352,10 @@ class ShadowMirror:
         return batch
 
     def _run_lane(self, lane: _Lane) -> None:
+        if time.monotonic() < lane.paused_until:  # copies queued before the pause are not sent either
+            while batch := self._take_batch(lane, max_rows=1 << 30):  # the last, empty take frees the lane
+                self._set_aside(batch)
+            return
         if time.monotonic() < lane.next_batch_at:  # let copies gather: one round trip per window
             self._sequence += 1
             heapq.heappush(self._delayed, (lane.next_batch_at, self._sequence, lane))
@@ -359,14 +395,26 @@ class ShadowMirror:
     ) -> None:
         version.release()
         latency = time.monotonic() - started
-        if done.error is not None or done.outputs is None:
-            log.debug("shadow %s failed: %s", version.label, done.error)
+        if done.error is not None or done.outputs is None or latency > self._timeout_s:
+            log.debug("shadow %s failed: %s", version.label, done.error or f"no answer within {self._timeout_s}s")
             self._fail(batch)
-        elif latency > self._timeout_s:
-            self._fail(batch)
+            self._count_failed_batch(lane, version.label)
         else:
+            lane.failed_batches = 0
+            assert done.outputs is not None
             self._compare(batch, done.outputs, latency)
         self._run_lane(lane)
+
+    @staticmethod
+    def _count_failed_batch(lane: _Lane, label: str) -> None:
+        lane.failed_batches += 1
+        pause_s = pause_after(lane.failed_batches)
+        if pause_s:
+            lane.paused_until = time.monotonic() + pause_s
+            log.warning(
+                "shadow %s failed %d batches in a row; its copies are paused for %.0f s",
+                label, lane.failed_batches, pause_s,
+            )
 
     def _compare(self, batch: list[_Copy], outputs: Arrays, latency_s: float) -> None:
         """Split a shadow batch's answers per copy and add them to the figures, a primary at a time."""
@@ -390,12 +438,16 @@ class ShadowMirror:
                     self._add(figures, latency_s, part)
 
     @staticmethod
+    def _set_aside(batch: list[_Copy]) -> None:
+        """Count copies that were queued when their shadow was paused; they are not sent."""
+        for figures, paused in _per_figures(batch):
+            with figures.lock:
+                figures.mirrored -= paused
+                figures.paused += paused
+
+    @staticmethod
     def _fail(batch: list[_Copy]) -> None:
-        counts: dict[int, tuple[ShadowFigures, int]] = {}
-        for item in batch:
-            figures, failed = counts.get(id(item.figures), (item.figures, 0))
-            counts[id(item.figures)] = (figures, failed + 1)
-        for figures, failed in counts.values():
+        for figures, failed in _per_figures(batch):
             with figures.lock:
                 figures.failed += failed
 
@@ -413,6 +465,15 @@ class ShadowMirror:
             equal_elements, elements = comparison.equal_elements[name]
             output.equal_elements += equal_elements
             output.elements += elements
+
+
+def _per_figures(batch: list[_Copy]) -> list[tuple[ShadowFigures, int]]:
+    """The copies of a batch counted by the figures they belong to (a batch may mix primaries)."""
+    counts: dict[int, tuple[ShadowFigures, int]] = {}
+    for item in batch:
+        figures, count = counts.get(id(item.figures), (item.figures, 0))
+        counts[id(item.figures)] = (figures, count + 1)
+    return list(counts.values())
 
 
 def _rows_of(batch: list[_Copy], name: str) -> np.ndarray[Any, Any]:

@@ -161,9 +161,10 @@ def _status_text(policy: Any, versions: Any, figures: Any) -> str:
     for f in figures.figures:
         agreement = f"{100 * f.top1_agreed / f.top1_rows:.2f}% top-1 agreement" if f.top1_rows else "no class scores"
         diffs = ", ".join(_divergence(d) for d in f.outputs)
+        paused = f", {f.paused} paused after repeated failures" if f.paused else ""
         lines.append(
             f"  shadow v{f.shadow_version} vs v{f.primary_version}: {f.compared} compared, {f.failed} failed, "
-            f"{f.dropped} dropped; {agreement}; {diffs or 'nothing compared yet'}"
+            f"{f.dropped} dropped{paused}; {agreement}; {diffs or 'nothing compared yet'}"
         )
     return "\n".join(lines)
 

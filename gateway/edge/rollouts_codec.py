@@ -83,6 +83,7 @@ def shadow_figures_to_proto(model: str, figures: list[ShadowFigures]) -> pb.Shad
                     compared=f.compared,
                     failed=f.failed,
                     dropped=f.dropped,
+                    paused=f.paused,
                     top1_agreed=f.top1_agreed,
                     top1_rows=f.top1_rows,
                     mean_shadow_latency_ms=(f.latency_sum_s / f.compared * 1000) if f.compared else 0.0,

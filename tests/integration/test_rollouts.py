@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import threading
@@ -503,6 +504,7 @@ def test_actor_defaults_to_unknown(gateway: GatewayProcess) -> None:
 # --- shadows -------------------------------------------------------------------------------------
 
 SHADOWED = "shadowed"
+PAUSED = "paused"  # its own model, so that the pausing and its figures stay out of the other tests
 SLOW_SHADOW, FAILING_SHADOW, SAME_COST_SHADOW = 3, 4, 2
 SLOW_SHADOW_DELAY_MS = 15  # a digits answer takes about 1.5 ms here: ten times that
 SHADOW_YAML = "version_policy: {all: {}}\n"  # no outputs declared: the echo versions mirror their input
@@ -516,12 +518,45 @@ def shadow_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway
     add_echo_version(model_dir, SLOW_SHADOW, delay_ms=SLOW_SHADOW_DELAY_MS)
     add_echo_version(model_dir, FAILING_SHADOW, fail="this version always fails")
     add_digits(repository, STREAMED, {1: 1, 2: 2}, model_yaml=SHADOW_YAML)
+    paused_dir = add_digits(repository, PAUSED, {1: 1}, model_yaml=SHADOW_YAML)
+    add_echo_version(paused_dir, FAILING_SHADOW, fail="this version always fails")
     with GatewayProcess(repository, "--poll-interval-s", "0") as running:
         yield running
 
 
 def answer_all(client: Client, batches: list[Pixels], version: str = "") -> list[Answer]:
     return [client.infer(SHADOWED, pixels, version=version) for pixels in batches]
+
+
+def test_a_shadow_that_keeps_failing_is_paused_then_probed_again(
+    shadow_gateway: GatewayProcess, digits_pixels: Pixels
+) -> None:
+    client = Client(shadow_gateway.address)
+    try:
+        client.set_policy(PAUSED, stable_only(1), reason="digits v1 serves")
+        expected = client.infer(PAUSED, digits_pixels[:1]).outputs
+        client.shadow(PAUSED, FAILING_SHADOW, 1.0, reason="broken candidate")
+
+        def paused() -> bool:
+            answer = client.infer(PAUSED, digits_pixels[:1])
+            assert answer.outputs == expected, "a paused or failing shadow never changes the answer"
+            return client.figures(PAUSED)[(1, FAILING_SHADOW)].paused > 0
+
+        eventually(paused, "the failing shadow is paused")
+        at_pause = client.figures(PAUSED)[(1, FAILING_SHADOW)]
+        assert at_pause.failed >= 3 and at_pause.compared == 0
+        first_pause = r"shadow version 4 of model 'paused' failed \d+ batches in a row; its copies are paused for 1 s"
+        assert re.search(first_pause, shadow_gateway.log())
+
+        def probed_again() -> bool:
+            client.infer(PAUSED, digits_pixels[:1])
+            return client.figures(PAUSED)[(1, FAILING_SHADOW)].failed > at_pause.failed
+
+        eventually(probed_again, "a probe goes out once the pause is over")
+        assert "its copies are paused for 2 s" in shadow_gateway.log(), "a failed probe doubles the pause"
+    finally:
+        client.shadow(PAUSED, FAILING_SHADOW, 0, reason="enough")
+        client.close()
 
 
 def test_shadows_never_change_the_callers_answers(shadow_gateway: GatewayProcess, digits_pixels: Pixels) -> None:
@@ -550,7 +585,8 @@ def check_shadows(client: Client, batches: list[Pixels]) -> None:
         return (
             slow is not None
             and failing is not None
-            and slow.mirrored + slow.dropped == failing.mirrored + failing.dropped == rounds * len(batches)
+            and slow.mirrored + slow.dropped + slow.paused == rounds * len(batches)
+            and failing.mirrored + failing.dropped + failing.paused == rounds * len(batches)
             and slow.compared + slow.failed == slow.mirrored
             and failing.failed == failing.mirrored
         )
@@ -563,7 +599,9 @@ def check_shadows(client: Client, batches: list[Pixels]) -> None:
     assert slow.compared == 0 or slow.mean_shadow_latency_ms >= SLOW_SHADOW_DELAY_MS, "the shadow was slow"
     assert answer_all(client, batches) == expected
     eventually(lambda: every_copy_accounted_for(2), "the second round is accounted for too")
-    assert client.figures(SHADOWED)[(1, FAILING_SHADOW)].failed > first[(1, FAILING_SHADOW)].failed
+    second = client.figures(SHADOWED)[(1, FAILING_SHADOW)]
+    # Once it has failed three batches in a row, the failing shadow is paused: copies counted, not sent.
+    assert second.failed + second.paused > first[(1, FAILING_SHADOW)].failed + first[(1, FAILING_SHADOW)].paused
 
     client.shadow(SHADOWED, SLOW_SHADOW, 0, reason="enough")
     client.shadow(SHADOWED, FAILING_SHADOW, 0, reason="enough")

@@ -16,7 +16,7 @@ import pytest
 from gateway.batching import Pending
 from gateway.errors import Unavailable
 from gateway.model_version import ModelVersion
-from gateway.shadow import ShadowFigures, ShadowMirror
+from gateway.shadow import ShadowFigures, ShadowMirror, pause_after
 
 
 def answered(rows: int, shadows: tuple[int, ...], failed: bool = False) -> Pending:
@@ -86,3 +86,8 @@ def test_a_full_lane_drops_and_counts_what_does_not_fit(mirror: ShadowMirror, ve
 def test_requests_whose_primary_failed_are_not_mirrored(mirror: ShadowMirror) -> None:
     mirror.mirror_batch("m", 1, [answered(1, (7,), failed=True)])
     assert mirror.figures_of("m") == []
+
+
+def test_a_shadow_is_paused_after_three_failed_batches_for_a_doubling_time() -> None:
+    assert [pause_after(n) for n in range(8)] == [0, 0, 0, 1, 2, 4, 8, 16]
+    assert pause_after(9) == pause_after(10_000) == 30, "at most half a minute"

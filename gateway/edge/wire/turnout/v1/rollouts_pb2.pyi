@@ -193,7 +193,7 @@ class OutputDivergence(_message.Message):
     def __init__(self, output: _Optional[str] = ..., max_abs_diff: _Optional[float] = ..., mean_max_abs_diff: _Optional[float] = ..., equal_elements: _Optional[int] = ..., elements: _Optional[int] = ...) -> None: ...
 
 class ShadowFigures(_message.Message):
-    __slots__ = ("primary_version", "shadow_version", "mirrored", "compared", "failed", "dropped", "top1_agreed", "top1_rows", "outputs", "mean_shadow_latency_ms")
+    __slots__ = ("primary_version", "shadow_version", "mirrored", "compared", "failed", "dropped", "top1_agreed", "top1_rows", "outputs", "mean_shadow_latency_ms", "paused")
     PRIMARY_VERSION_FIELD_NUMBER: _ClassVar[int]
     SHADOW_VERSION_FIELD_NUMBER: _ClassVar[int]
     MIRRORED_FIELD_NUMBER: _ClassVar[int]
@@ -204,6 +204,7 @@ class ShadowFigures(_message.Message):
     TOP1_ROWS_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     MEAN_SHADOW_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
     primary_version: int
     shadow_version: int
     mirrored: int
@@ -214,7 +215,8 @@ class ShadowFigures(_message.Message):
     top1_rows: int
     outputs: _containers.RepeatedCompositeFieldContainer[OutputDivergence]
     mean_shadow_latency_ms: float
-    def __init__(self, primary_version: _Optional[int] = ..., shadow_version: _Optional[int] = ..., mirrored: _Optional[int] = ..., compared: _Optional[int] = ..., failed: _Optional[int] = ..., dropped: _Optional[int] = ..., top1_agreed: _Optional[int] = ..., top1_rows: _Optional[int] = ..., outputs: _Optional[_Iterable[_Union[OutputDivergence, _Mapping]]] = ..., mean_shadow_latency_ms: _Optional[float] = ...) -> None: ...
+    paused: int
+    def __init__(self, primary_version: _Optional[int] = ..., shadow_version: _Optional[int] = ..., mirrored: _Optional[int] = ..., compared: _Optional[int] = ..., failed: _Optional[int] = ..., dropped: _Optional[int] = ..., top1_agreed: _Optional[int] = ..., top1_rows: _Optional[int] = ..., outputs: _Optional[_Iterable[_Union[OutputDivergence, _Mapping]]] = ..., mean_shadow_latency_ms: _Optional[float] = ..., paused: _Optional[int] = ...) -> None: ...
 
 class ShadowComparisonResponse(_message.Message):
     __slots__ = ("model", "figures")
