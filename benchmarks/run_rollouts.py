@@ -20,6 +20,7 @@ slowest probe is that rollback's time to "stable on every process".
     python benchmarks/run_rollouts.py --quick    # about 1 minute
     python benchmarks/run_rollouts.py --pin      # gateways on CPU 0, load generator on CPU 1
     python benchmarks/run_rollouts.py --pin --rounds 7   # medians over more rounds
+    python benchmarks/run_rollouts.py --pin --parts goal # the shadow goal alone, about 3 minutes
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from gateway.edge.wire.turnout.v1 import rollouts_pb2, rollouts_pb2_grpc  # noqa
 _READY = re.compile(r"turnout: serving .* on (?P<host>[^\s]+):(?P<port>\d+)$")
 PROBES = 8
 WARMUP_S = 0.5
+PARTS = ("overhead", "goal", "rollback")
 STABLE_ONLY = rollouts_pb2.Policy(stable=1)
 MISBEHAVING_SHADOWS = rollouts_pb2.Policy(
     stable=1, shadows=[rollouts_pb2.Shadow(version=4, fraction=1.0), rollouts_pb2.Shadow(version=5, fraction=1.0)]
@@ -358,6 +360,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--goal-pairs", type=int, help="adjacent pairs of cells for the shadow goal (default 12; --quick 4)"
     )
+    parser.add_argument(
+        "--parts", nargs="+", choices=PARTS, default=list(PARTS), help="which parts to run (default: all three)"
+    )
     args = parser.parse_args(argv)
     duration_s, rounds, goal_pairs, args.rollbacks = (1.5, 1, 4, 20) if args.quick else (3.0, 3, 12, 50)
     args.goal_pairs = args.goal_pairs or goal_pairs
@@ -367,12 +372,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="turnout-bench-repo-") as root:
         repository = build_repository(Path(root) / "all")
         plain = build_repository(Path(root) / "plain", misbehaving_shadows=False)
-        document = {
-            "command": " ".join(["python benchmarks/run_rollouts.py", *(argv or sys.argv[1:])]),
-            "policy_overhead": policy_overhead(repository, plain, args),
-            "shadow_goal": shadow_goal(repository, args),
-            "rollback": rollback_latency(repository, args),
-        }
+        document: dict[str, Any] = {"command": " ".join(["python benchmarks/run_rollouts.py", *(argv or sys.argv[1:])])}
+        if "overhead" in args.parts:
+            document["policy_overhead"] = policy_overhead(repository, plain, args)
+        if "goal" in args.parts:
+            document["shadow_goal"] = shadow_goal(repository, args)
+        if "rollback" in args.parts:
+            document["rollback"] = rollback_latency(repository, args)
     print(json.dumps(document, indent=2))
     return 0
 
