@@ -729,3 +729,39 @@ def test_a_change_that_reaches_a_process_late_waits_for_it_and_names_it_in_the_l
         assert applied.generation == next_generation and laggard in applied.applied_by
         assert took_s >= 0.3
         eventually(lambda: f"the last to report: {laggard}" in running.log(), "the slow apply is logged")
+
+
+def test_a_change_a_process_never_applies_fails_with_deadline_exceeded_naming_it(tmp_path: Path) -> None:
+    """A live process that never reports the new generation: the change is committed and in
+    effect here, but the call fails with DEADLINE_EXCEEDED and names that process."""
+    repository = tmp_path / "repository"
+    add_digits(repository, "stuck", {1: 1, 2: 2})
+    state = tmp_path / "state"
+    flags = ("--worker-mode", "inprocess", "--state-dir", str(state), "--apply-timeout-s", "0.5")
+    with GatewayProcess(repository, *flags) as running:
+        store = SqliteStateStore(state)
+        laggard = "other-host:4243:stuck"
+        stop = threading.Event()
+
+        generation = store.generation()
+        store.report_applied(laggard, 4243, generation)
+
+        def stay_alive_and_behind() -> None:  # heartbeats at the generation it had, and no further
+            while not stop.wait(0.1):
+                store.report_applied(laggard, 4243, generation)
+
+        heartbeat = threading.Thread(target=stay_alive_and_behind)
+        heartbeat.start()
+        client = Client(running.address)
+        try:
+            with pytest.raises(grpc.RpcError) as refused:
+                client.set_policy("stuck", stable_only(2), reason="one process is stuck")
+            assert refused.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+            assert f"not yet applied by {laggard}" in (refused.value.details() or "")
+            assert client.policy("stuck").policy.stable == 2, "committed, and in effect here"
+            assert client.infer("stuck", np.zeros((1, 64), np.float32)).version == "2"
+        finally:
+            stop.set()
+            heartbeat.join()
+            client.close()
+            store.close()
