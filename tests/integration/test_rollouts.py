@@ -765,3 +765,25 @@ def test_a_change_a_process_never_applies_fails_with_deadline_exceeded_naming_it
             heartbeat.join()
             client.close()
             store.close()
+
+
+def test_the_old_stable_is_unloaded_once_the_rollback_window_has_passed(tmp_path: Path) -> None:
+    """``--rollback-window-s`` bounds how long a replaced stable version is kept loaded against its
+    version policy; after it, a rollback to it is refused instead of loading it."""
+    repository = tmp_path / "repository"
+    add_digits(repository, "windowed", {1: 1, 2: 2}, model_yaml=LATEST_ONE_YAML)
+    flags = ("--worker-mode", "inprocess", "--poll-interval-s", "0.1", "--rollback-window-s", "1")
+    with GatewayProcess(repository, *flags) as running:
+        client = Client(running.address)
+        try:
+            client.set_policy("windowed", stable_only(1), reason="baseline")
+            client.canary("windowed", 2, 50, reason="try v2")
+            client.promote("windowed", reason="v2 is good")
+            assert client.versions("windowed")[1].state == "READY", "kept for the rollback window"
+            eventually(lambda: client.versions("windowed")[1].state != "READY", "version 1 to be unloaded", 10)
+            late = refused(lambda: client.rollback("windowed", reason="too late"))
+            assert late.code() is grpc.StatusCode.FAILED_PRECONDITION
+            assert "rollback only returns to a loaded version" in (late.details() or "")
+            assert client.policy("windowed").policy.stable == 2, "the refused rollback changed nothing"
+        finally:
+            client.close()
