@@ -104,23 +104,30 @@ class PolicySync:
                 changed = self.sync_now()
                 if changed or time.monotonic() >= next_heartbeat:
                     if not changed:
+                        started = time.monotonic()
                         self._keep_needed_versions(self._store.policies())
                         self._report()
+                        if (took_s := time.monotonic() - started) > _SLOW_SYNC_S:  # the next sync waited for it
+                            log.warning("a heartbeat of the policy sync took %.0f ms", took_s * 1000)
                     next_heartbeat = time.monotonic() + self._heartbeat_interval_s
             except Exception:  # a failed pass must not end the sync; the next one retries
                 log.exception("policy sync failed")
 
     def sync_now(self) -> bool:
         """Apply the store's newest generation if it is newer than ours; True when it was."""
+        steps = _Steps()
         with self._sync_lock:
+            steps.done("lock")
             generation = self._store.generation()
+            steps.done("read generation")
             if generation <= self._holder.current.generation and self._thread is not None:
+                if steps.total_s() > _SLOW_SYNC_S:  # finding nothing new can be slow too
+                    log.warning("checking for a new generation took %.0f ms (%s)", steps.total_s() * 1000, steps)
                 return False
-            steps = _Steps()
             self._follow_repository_requests()
             steps.done("follow loads and unloads")
             policies = self._store.policies()
-            steps.done("read")
+            steps.done("read policies")
             self._keep_needed_versions(policies)
             steps.done("keep loaded")
             self._load_named_versions(policies)

@@ -160,6 +160,9 @@ class SqliteStateStore:
             connection.execute("DELETE FROM repository_requests")
 
     def report_applied(self, process_id: str, pid: int, generation: int) -> None:
+        # Two threads of one process report (the policy sync's heartbeat, and a change being
+        # applied by the call that made it); the one that read the older generation may write
+        # last, and must not take the process back: a change would wait for the next heartbeat.
         # A report is liveness, not history: one lost in a power cut is rewritten by the next
         # heartbeat. Written without an fsync it holds the write lock for microseconds, so policy
         # commits and other processes' reports do not queue behind a slow disk.
@@ -170,7 +173,8 @@ class SqliteStateStore:
                 writing.execute(
                     "INSERT INTO processes (process_id, pid, applied_generation, seen_at) VALUES (?, ?, ?, ?) "
                     "ON CONFLICT (process_id) DO UPDATE SET pid = excluded.pid, "
-                    "applied_generation = excluded.applied_generation, seen_at = excluded.seen_at",
+                    "applied_generation = MAX(applied_generation, excluded.applied_generation), "
+                    "seen_at = excluded.seen_at",
                     (process_id, pid, generation, time.time()),
                 )
         finally:

@@ -92,7 +92,11 @@ class StateStore(Protocol):
         and version policies say, as Triton does after a restart."""
 
     def report_applied(self, process_id: str, pid: int, generation: int) -> None:
-        """Record that a gateway process now routes by ``generation`` (also its heartbeat)."""
+        """Record that a gateway process now routes by ``generation`` (also its heartbeat).
+
+        A process's recorded generation never goes down: a report of an older one (written late by
+        another thread of the same process) only refreshes its heartbeat.
+        """
 
     def reports(self) -> list[ProcessReport]:
         """The last report of every gateway process that has not said goodbye."""

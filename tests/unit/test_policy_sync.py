@@ -68,7 +68,7 @@ def test_a_slow_sync_is_logged_with_the_time_of_each_step(
         sync.sync_now()
     [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warning.startswith("applying generation 1 took ")
-    read_ms = int(warning.split("read ")[1].split(" ms")[0])
+    read_ms = int(warning.split("read policies ")[1].split(" ms")[0])
     assert read_ms >= 150 and "keep loaded" in warning and "report" in warning
 
 

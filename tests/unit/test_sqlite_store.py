@@ -123,3 +123,14 @@ def test_a_repository_request_takes_a_generation_and_replaces_the_models_last(st
     assert store.policies()["digits"].generation == policy.generation, "policies are untouched"
     store.clear_repository_requests()
     assert store.repository_requests() == {} and store.generation() == 4
+
+
+def test_a_late_report_of_an_older_generation_does_not_take_a_process_back(store: SqliteStateStore) -> None:
+    # The policy sync's heartbeat read generation 124, then waited for the write lock while the call
+    # that made generation 125 reported it: the heartbeat lands last and must not undo that.
+    store.report_applied("p", 1, 125)
+    first_seen = store.reports()[0].seen_at
+    store.report_applied("p", 1, 124)
+    [report] = store.reports()
+    assert report.applied_generation == 125
+    assert report.seen_at >= first_seen, "still a heartbeat"
