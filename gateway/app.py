@@ -5,10 +5,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 import threading
 from pathlib import Path
-from types import FrameType
 
 from gateway.control import Rollouts
 from gateway.dataplane import Dataplane
@@ -25,6 +23,7 @@ from gateway.routing.table import RoutingTableHolder
 from gateway.settings import Settings
 from gateway.shadow import ShadowMirror
 from gateway.state.sqlite_store import SqliteStateStore
+from gateway.stop_signals import stop_on_signals, wait_for_stop
 from runtimes.contract import ModelHost, RuntimeOptions
 from runtimes.heap import freeze_startup_heap
 from runtimes.zygote import Zygote, start_zygote
@@ -166,21 +165,13 @@ def pin_gateway_threads(cpus: tuple[int, ...]) -> bool:
 
 def _run(settings: Settings, zygote: Zygote | None) -> int:
     gateway = Gateway(settings, zygote)
-    stop = threading.Event()
-
-    def request_stop(signum: int, frame: FrameType | None) -> None:
-        if not stop.is_set():  # a supervisor may signal twice; one graceful stop is enough
-            log.info("received %s; stopping", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    stop = stop_on_signals("stopping", log)
     gateway.start()
     # Models, modules and the server are loaded: keep them out of the collector's way from now on.
     log.info("%d start-up objects frozen out of garbage collection", freeze_startup_heap())
     # Tests and scripts read this line to find the port when started with --port 0.
     print(f"turnout: serving {settings.repository} on {settings.host}:{gateway.server.port}", flush=True)
-    stop.wait()
+    wait_for_stop(stop)
     gateway.stop()
     log.info("stopped")
     return 0

@@ -19,12 +19,12 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from types import FrameType
 
 import yaml
 
 from gateway.settings import Settings
 from gateway.state.sqlite_store import SqliteStateStore
+from gateway.stop_signals import stop_on_signals, wait_for_stop
 from runtimes.broker import WorkerBroker
 from runtimes.zygote import Zygote, start_zygote
 
@@ -139,15 +139,7 @@ def supervise(settings: Settings) -> int:
     if not settings.repository.is_dir():
         log.error("model repository %s is not a directory", settings.repository)
         return 2
-    stop = threading.Event()
-
-    def request_stop(signum: int, frame: FrameType | None) -> None:
-        if not stop.is_set():
-            log.info("received %s; stopping %d gateway processes", signal.Signals(signum).name, settings.processes)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    stop = stop_on_signals(f"stopping {settings.processes} gateway processes", log)
     # Forked first, while this process has one thread: the broker forks the shared workers from it.
     zygote = start_zygote() if settings.forks_workers else None
     supervisor = Supervisor(settings, zygote)
@@ -159,7 +151,7 @@ def supervise(settings: Settings) -> int:
             f"on {settings.host}:{supervisor.port}",
             flush=True,
         )
-        stop.wait()
+        wait_for_stop(stop)
     finally:
         supervisor.stop()
         if zygote is not None:

@@ -4,9 +4,12 @@ a SIGTERM; and the standard gRPC services operators point at it (health Check an
 
 from __future__ import annotations
 
+import ctypes
 import os
+import platform
 import shutil
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,6 +34,7 @@ Pixels = npt.NDArray[np.float32]
 
 MODEL = "digits"
 SLOW = "slow"
+_SYS_TGKILL = {"x86_64": 234, "aarch64": 131}.get(platform.machine(), 234)
 THREADS = 8
 TIMEOUT_S = 20.0
 GRACE_S = 10.0
@@ -320,7 +324,10 @@ def test_sigterm_reports_not_serving_drains_and_exits_zero(
         time.sleep(SETTLE_S)
         signalled = time.monotonic()
         slow_gateway.process.send_signal(signal.SIGTERM)
-        wait_until(lambda: check(health) == NOT_SERVING, "health to say NOT_SERVING", timeout_s=5.0)
+        try:
+            wait_until(lambda: check(health) == NOT_SERVING, "health to say NOT_SERVING", timeout_s=5.0)
+        except AssertionError as late:
+            raise AssertionError(f"{late}; the gateway's log:\n{slow_gateway.log()}") from None
         assert check(health, INFERENCE_SERVICE) == NOT_SERVING
         refused = send_slow(client, 1, rounds=0)
         status = slow_gateway.stop(timeout_s=GRACE_S + 5)
@@ -370,3 +377,28 @@ def test_reflection_lists_and_describes_the_inference_service(digits_gateway: Ga
         methods = {method.name for method in service.methods}
     assert {INFERENCE_SERVICE, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= services
     assert {"ModelInfer", "ModelStreamInfer", "ModelMetadata", "RepositoryIndex"} <= methods
+
+
+def signal_one_thread(pid: int, tid: int, signum: int) -> None:
+    """tgkill(2): a signal for one thread of a process, as the kernel may choose when it delivers."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(_SYS_TGKILL, pid, tid, signum) != 0:
+        raise OSError(ctypes.get_errno(), f"tgkill({pid}, {tid}) failed")
+
+
+@pytest.mark.parametrize("processes", ["1", "2"], ids=["gateway", "supervisor"])
+def test_a_sigterm_taken_by_any_thread_stops_the_gateway(tmp_path: Path, processes: str) -> None:
+    """The kernel hands a process's SIGTERM to whichever thread it likes. Python runs the handler on
+    the main thread, which must notice even when another thread took the signal."""
+    copy_digits(tmp_path, versions=(1,))
+    flags = ("--processes", processes, "--worker-mode", "inprocess", "--poll-interval-s", "0")
+    with GatewayProcess(tmp_path, *flags) as gateway:
+        assert gateway.process is not None
+        pid = gateway.process.pid
+        others = sorted(int(tid) for tid in os.listdir(f"/proc/{pid}/task") if int(tid) != pid)
+        signal_one_thread(pid, others[-1], signal.SIGTERM)
+        try:
+            status = gateway.process.wait(timeout=TIMEOUT_S)  # nothing in flight: it stops in about a second
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the gateway ignored the SIGTERM; its log:\n{gateway.log()}") from None
+        assert status == 0 and "received SIGTERM; stopping" in gateway.log(), gateway.log()
