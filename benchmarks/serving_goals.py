@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from run_rollouts import median_interval, rounded
+from run_rollouts import median_interval, ratios_of, rounded
 from run_serving import (
     CLIENT_CPU,
     GOAL_P99_VS_BARE,
@@ -47,19 +47,21 @@ class Goal:
     ours: str  # the server on top of the ratio
     theirs: str  # the one below it
     in_flight: int
-    measure: str  # "throughput" or "p99"
+    measure: str  # "throughput_rps" or "p99", as run_rollouts.ratios_of takes them
     limit: float
     at_least: bool
 
 
 GOALS = (
-    Goal("throughput_vs_bare_sync", "turnout-process", "bare-sync", 64, "throughput", GOAL_THROUGHPUT_VS_BARE, True),
+    Goal(
+        "throughput_vs_bare_sync", "turnout-process", "bare-sync", 64, "throughput_rps", GOAL_THROUGHPUT_VS_BARE, True
+    ),
     Goal(
         "process_boundary_cost",
         "turnout-process",
         "turnout-inprocess",
         64,
-        "throughput",
+        "throughput_rps",
         GOAL_PROCESS_VS_INPROCESS,
         True,
     ),
@@ -67,10 +69,6 @@ GOALS = (
 )
 
 Cells = dict[tuple[str, int], list[dict[str, Any]]]
-
-
-def measure(cell: dict[str, Any], what: str) -> float:
-    return float(cell["throughput_rps"] if what == "throughput" else cell["latency_ms"]["p99"])
 
 
 def run_rounds(args: argparse.Namespace) -> Cells:
@@ -87,8 +85,8 @@ def run_rounds(args: argparse.Namespace) -> Cells:
                         raise RuntimeError(f"{name} answered with errors: {cell.get('first_error')}")
                     cells.setdefault((name, concurrency), []).append(cell)
             print(f"round {round_index}: " + ", ".join(
-                f"{name}@{c} {measure(cells[(name, c)][-1], 'throughput'):.0f}/s "
-                f"p99 {measure(cells[(name, c)][-1], 'p99'):.2f}ms" for c in IN_FLIGHT for name in SERVERS
+                f"{name}@{c} {cells[(name, c)][-1]['throughput_rps']:.0f}/s "
+                f"p99 {cells[(name, c)][-1]['latency_ms']['p99']:.2f}ms" for c in IN_FLIGHT for name in SERVERS
             ), file=sys.stderr, flush=True)
     return cells
 
@@ -96,8 +94,8 @@ def run_rounds(args: argparse.Namespace) -> Cells:
 def judged(cells: Cells) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for goal in GOALS:
-        pairs = zip(cells[(goal.ours, goal.in_flight)], cells[(goal.theirs, goal.in_flight)], strict=True)
-        ratios = [measure(a, goal.measure) / measure(b, goal.measure) for a, b in pairs]
+        pairs = list(zip(cells[(goal.ours, goal.in_flight)], cells[(goal.theirs, goal.in_flight)], strict=True))
+        ratios = ratios_of(pairs, goal.measure)
         median = statistics.median(ratios)
         low, high = median_interval(ratios)
         result[goal.name] = {
