@@ -10,7 +10,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.batching import BatchingSettings, BatchQueue, Pending, split_outputs, wanted_outputs
+from gateway.batching import (
+    GATHER_YIELDS,
+    BatchingSettings,
+    BatchQueue,
+    Pending,
+    split_outputs,
+    wanted_outputs,
+)
 from gateway.errors import DeadlineExceeded, Unavailable
 
 
@@ -79,6 +86,64 @@ def test_a_model_without_a_batch_axis_runs_requests_one_by_one() -> None:
     for _ in range(3):
         queue.put(pending(1))
     assert [len(batch) for batch in drain(queue)] == [1, 1, 1]
+
+
+class ArrivingWhileYielding:
+    """A yield during which ``arrivals[i]`` more requests reach the queue, as request threads would."""
+
+    def __init__(self, arrivals: list[int]) -> None:
+        self.arrivals = arrivals
+        self.queue: BatchQueue | None = None
+        self.yields = 0
+
+    def __call__(self) -> None:
+        assert self.queue is not None
+        count = self.arrivals[self.yields] if self.yields < len(self.arrivals) else 0
+        self.yields += 1
+        for _ in range(count):
+            self.queue.put(pending(1))
+
+
+def gathering_queue(arrivals: list[int], max_batch_size: int = 64) -> tuple[BatchQueue, ArrivingWhileYielding]:
+    yield_cpu = ArrivingWhileYielding(arrivals)
+    queue = BatchQueue("version 1 of model 'm'", BatchingSettings(max_batch_size, 0.0, 1024, None), yield_cpu)
+    yield_cpu.queue = queue
+    return queue, yield_cpu
+
+
+def test_a_dispatcher_takes_the_requests_that_arrive_while_it_yields() -> None:
+    queue, yield_cpu = gathering_queue([3, 1, 2])
+    queue.put(pending(1))
+    batch = queue.take()
+    assert batch is not None and len(batch) == 7
+    assert yield_cpu.yields == 4, "it yields until a yield lets nothing in"
+
+
+def test_a_lone_request_costs_one_yield() -> None:
+    queue, yield_cpu = gathering_queue([])
+    queue.put(pending(1))
+    assert len(queue.take() or []) == 1
+    assert yield_cpu.yields == 1
+
+
+def test_gathering_stops_at_a_full_batch_and_at_the_cap() -> None:
+    full, yield_cpu = gathering_queue([1] * 100, max_batch_size=4)
+    full.put(pending(1))
+    assert sum(item.rows for item in full.take() or []) == 4
+    assert yield_cpu.yields == 3
+
+    endless, yield_cpu = gathering_queue([1] * 100, max_batch_size=1000)
+    endless.put(pending(1))
+    assert len(endless.take() or []) == 1 + GATHER_YIELDS
+    assert yield_cpu.yields == GATHER_YIELDS
+
+
+def test_a_model_without_batching_never_yields() -> None:
+    for max_batch_size in (0, 1):
+        queue, yield_cpu = gathering_queue([1], max_batch_size=max_batch_size)
+        queue.put(pending(1))
+        assert len(queue.take() or []) == 1
+        assert yield_cpu.yields == 0
 
 
 def test_split_refuses_outputs_whose_first_axis_is_not_the_batch() -> None:
