@@ -57,8 +57,9 @@ def _spawn(fds: list[int]) -> WorkerProcess:
         pass_fds=fds,
         env=env,
         # A terminal's Ctrl-C or a group-wide SIGTERM must reach only the gateway, which then
-        # drains in-flight requests before stopping its workers itself.
-        start_new_session=True,
+        # drains in-flight requests before stopping its workers itself. A process group of its own
+        # does that; a session of its own would also make it a CFS autogroup of its own (zygote.py).
+        process_group=0,
     )
 
 

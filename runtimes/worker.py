@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import signal
 import socket
 import threading
 from pathlib import Path
@@ -101,6 +102,9 @@ def main() -> None:
     parser.add_argument("--fd", type=int, required=True, help="file descriptor of the owner's socket")
     parser.add_argument("--listen-fd", type=int, help="a listening Unix socket other gateway processes connect to")
     args = parser.parse_args()
+    # Started in a process group of its own (a background group of any terminal): a log line must
+    # not stop it where the terminal has `tostop` set.
+    signal.signal(signal.SIGTTOU, signal.SIG_IGN)
     run(args.fd, args.listen_fd)
 
 

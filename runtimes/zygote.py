@@ -9,8 +9,15 @@ was forked, the interpreter above all. ``docs/architecture.md`` has the measurem
 The zygote is forked first thing, while the process has one thread, because forking a process that
 runs gRPC's threads is unsafe. It then only does three things: it forks a worker for each request
 (receiving the worker's sockets with SCM_RIGHTS), it reaps workers, and it reports each exit status
-back, because only a parent can learn how its child ended. It is in its own session, so a terminal's
-Ctrl-C does not reach it. It exits when the gateway's end of its socket closes, for whatever reason.
+back, because only a parent can learn how its child ended. It is in its own process group, so a
+terminal's Ctrl-C does not reach it. It exits when the gateway's end of its socket closes, for
+whatever reason.
+
+Zygote and workers stay in the gateway's session (a process group, not a session of their own):
+Linux's CFS autogroups are per session, and a worker in a session of its own became a scheduling
+group of its own, weighed against all of the gateway's threads together. On one CPU it then ran
+the moment it had work, the batching thread after it, and batches shrank to about 3 rows at 64 in
+flight. ``docs/architecture.md`` has the measurements.
 """
 
 from __future__ import annotations
@@ -185,11 +192,22 @@ def _live_then_exit(what: str, life: Callable[[], None]) -> NoReturn:
         os._exit(code)
 
 
+def _leave_terminal_group() -> None:
+    """Move this process into a process group of its own, in the same session.
+
+    A terminal's Ctrl-C and a signal sent to the gateway's group then miss it. It also makes this a
+    background group of the terminal, and a background write stops the writer with SIGTTOU where the
+    terminal has ``tostop`` set; ignoring SIGTTOU lets a worker's log line through instead.
+    """
+    os.setpgid(0, 0)
+    signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+
+
 def _zygote_main(control: socket.socket) -> NoReturn:
     """The zygote's whole life, in the forked child."""
 
     def life() -> None:
-        os.setsid()
+        _leave_terminal_group()
         _name_process(ZYGOTE_NAME)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -261,7 +279,7 @@ def _become_worker(control: socket.socket, wake_read: int, wake_write: int, fds:
         control.close()
         os.close(wake_read)
         os.close(wake_write)
-        os.setsid()  # its own session, as a spawned worker has: group signals aimed at others miss it
+        _leave_terminal_group()  # as a spawned worker does: group signals aimed at the gateway miss it
         _name_process(WORKER_NAME)
         from runtimes.worker import run
 
