@@ -12,7 +12,13 @@ Turnout's own stubs), so this process shares no code with the gateway it is comp
 ``--handoff`` and ``--trailers`` add to the sync flavor's unary call the two pieces of structure a
 batching gateway like Turnout has by design (a hand-off to a batching thread and back; request
 metadata read and routing trailers set), so a run can tell how much of the gap to the bare server
-is structure and how much is the gateway's own work.
+is structure and how much is the gateway's own work. ``--tensors`` (with ``--handoff``) adds the
+least tensor work any batching V2 server does when it runs a model instead of replaying bytes: each
+call decodes its raw inputs into arrays and checks their size, the batching thread concatenates the
+inputs of everything it took and cuts a batch-sized output into one slice per call, and each call
+builds and serializes its own response from its slice. With all three flags the server is the
+floor of a batching gateway: everything but routing, the checks against a model's signature, and
+the model itself.
 
 Prints ``bare: serving on HOST:PORT`` once listening; stops on SIGTERM or SIGINT.
 """
@@ -90,23 +96,37 @@ def _handlers(
     )
 
 
-class Handoff:
-    """Emulates the shape of a batching gateway with no model: each call queues a lock and blocks on
-    it; one dispatcher thread takes everything queued and releases each. It isolates what handing a
-    request to a batching thread and back costs in a synchronous gRPC server."""
+class Call:
+    """One call waiting for its batch: its decoded inputs (if any) and, once released, its outputs."""
 
-    def __init__(self) -> None:
-        self._queue: deque[threading.Lock] = deque()
+    __slots__ = ("done", "inputs", "outputs")
+
+    def __init__(self, inputs: list[np.ndarray]) -> None:
+        self.inputs = inputs
+        self.outputs: list[np.ndarray] = []
+        self.done = threading.Lock()
+        self.done.acquire()
+
+
+class Handoff:
+    """Emulates the shape of a batching gateway with no model: each call queues itself and blocks;
+    one dispatcher thread takes everything queued and releases each. It isolates what handing a
+    request to a batching thread and back costs in a synchronous gRPC server. With ``merge`` the
+    dispatcher also concatenates the calls' inputs and gives each call its rows of a fixed output,
+    as a batching gateway must around its model."""
+
+    def __init__(self, merge: bool = False) -> None:
+        self._merge = merge
+        self._outputs = (np.zeros(1024, dtype=np.int64), np.full((1024, 10), 0.1, dtype=np.float32))
+        self._queue: deque[Call] = deque()
         self._ready = threading.Condition(threading.Lock())
         threading.Thread(target=self._dispatch, name="dispatcher", daemon=True).start()
 
-    def round_trip(self) -> None:
-        done = threading.Lock()
-        done.acquire()
+    def round_trip(self, call: Call) -> None:
         with self._ready:
-            self._queue.append(done)
+            self._queue.append(call)
             self._ready.notify()
-        done.acquire(timeout=30)
+        call.done.acquire(timeout=30)
 
     def _dispatch(self) -> None:
         while True:
@@ -115,8 +135,42 @@ class Handoff:
                     self._ready.wait()
                 batch = list(self._queue)
                 self._queue.clear()
-            for done in batch:
-                done.release()
+            if self._merge:
+                self._split(batch, np.concatenate([call.inputs[0] for call in batch]))
+            for call in batch:
+                call.done.release()
+
+    def _split(self, batch: list[Call], merged: np.ndarray) -> None:
+        start = 0
+        for call in batch:
+            rows = len(call.inputs[0])
+            call.outputs = [output[start : start + rows] for output in self._outputs]
+            start += rows
+        assert start == len(merged)
+
+
+_DTYPES: dict[str, Any] = {"FP32": np.float32, "INT64": np.int64}
+
+
+def decoded_inputs(request: Any) -> list[np.ndarray]:
+    """Each raw input as an array of its datatype and shape; a size that does not fit is an error."""
+    arrays = []
+    for tensor, raw in zip(request.inputs, request.raw_input_contents, strict=True):
+        shape = tuple(tensor.shape)
+        array = np.frombuffer(raw, dtype=_DTYPES[tensor.datatype])
+        if array.size != int(np.prod(shape)):
+            raise ValueError(f"input {tensor.name!r} has {array.size} values for shape {shape}")
+        arrays.append(array.reshape(shape))
+    return arrays
+
+
+def encoded_response(request: Any, outputs: list[np.ndarray]) -> bytes:
+    """A digits response built from output arrays, as a server that ran a model must build it."""
+    response = pb.ModelInferResponse(model_name=request.model_name, model_version="1", id=request.id)
+    for name, datatype, array in zip(("label", "probabilities"), ("INT64", "FP32"), outputs, strict=True):
+        response.outputs.add(name=name, datatype=datatype, shape=array.shape)
+    response.raw_output_contents.extend([array.tobytes() for array in outputs])
+    return bytes(response.SerializeToString())
 
 
 # What Turnout's unary handler adds around the call itself: reading the request's text metadata and
@@ -124,19 +178,22 @@ class Handoff:
 ROUTING_TRAILERS = (("turnout-version", "1"), ("turnout-arm", "stable"), ("turnout-generation", "0"))
 
 
-def serve_sync(host: str, port: int, threads: int, handoff: bool = False, trailers: bool = False) -> None:
+def serve_sync(
+    host: str, port: int, threads: int, handoff: bool = False, trailers: bool = False, tensors: bool = False
+) -> None:
     answers = DigitsAnswers()
-    batcher = Handoff() if handoff else None
+    batcher = Handoff(merge=tensors) if handoff else None
 
     def infer(request: Any, context: grpc.ServicerContext) -> bytes:
         if trailers:
             {key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)}
             context.time_remaining()
         if batcher is not None:
-            batcher.round_trip()
+            call = Call(decoded_inputs(request) if tensors else [])
+            batcher.round_trip(call)
         if trailers:
             context.set_trailing_metadata(ROUTING_TRAILERS)
-        return answers.unary_bytes(request)
+        return encoded_response(request, call.outputs) if tensors else answers.unary_bytes(request)
 
     def stream(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[bytes]:
         for request in requests:
@@ -189,9 +246,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--trailers", action="store_true", help="sync, unary: read metadata and deadline, set 3 trailing metadata"
     )
+    parser.add_argument(
+        "--tensors",
+        action="store_true",
+        help="with --handoff: decode inputs to arrays, merge and split them in the batching thread, encode responses",
+    )
     args = parser.parse_args(argv)
+    if args.tensors and not args.handoff:
+        parser.error("--tensors needs --handoff: the batching thread is where inputs merge")
     if args.flavor == "sync":
-        serve_sync(args.host, args.port, args.threads, args.handoff, args.trailers)
+        serve_sync(args.host, args.port, args.threads, args.handoff, args.trailers, args.tensors)
     else:
         asyncio.run(serve_aio(args.host, args.port))
     return 0

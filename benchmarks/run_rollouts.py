@@ -75,7 +75,8 @@ class Gateway:
         if cpu is not None:
             command = ["taskset", "-c", cpu, *command]
         # `python -m gateway` imports the package from its working directory, so `tree` decides the code.
-        self.process = subprocess.Popen(command, cwd=tree, stdout=subprocess.PIPE, text=True)
+        # A session of its own, as a service would have (run_serving.Server says why).
+        self.process = subprocess.Popen(command, cwd=tree, stdout=subprocess.PIPE, text=True, start_new_session=True)
         assert self.process.stdout is not None
         for line in self.process.stdout:
             if match := _READY.search(line.strip()):

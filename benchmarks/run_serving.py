@@ -129,8 +129,16 @@ class Server:
         # Each gateway gets its own routing state, so runs never share (or leave behind) policies.
         self.state = tempfile.TemporaryDirectory(prefix="turnout-bench-state-")
         command = [part.replace(_STATE_DIR, self.state.name) for part in target.command]
+        # A session of its own, as a service manager or container runtime starts a server. Under
+        # CFS autogroups a server sharing this script's session would share a scheduling group
+        # with the load generator, and that changes how the kernel orders its threads.
         self.process = subprocess.Popen(
-            pinned(command, cpu), cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=self.log, text=True
+            pinned(command, cpu),
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+            start_new_session=True,
         )
         self.address = self._wait_until_listening()
 
