@@ -9,9 +9,10 @@ load generator on CPU 1; ``unpinned``: no affinity), it starts every target on a
   threads on one CPU, its workers and the load generator free
 * ``bare-sync``         benchmarks/bare_server.py, ``grpc.server`` with a thread pool
 * ``bare-aio``          benchmarks/bare_server.py, ``grpc.aio``
-* ``bare-sync+handoff`` and ``bare-sync+handoff+trailers`` (batch 1, 1 and 64 in flight, unary):
-  the bare server plus the structure a batching gateway has by design, to split the gap to
-  ``bare-sync`` into structure and Turnout's own work
+* ``bare-sync+handoff``, ``bare-sync+handoff+trailers`` and ``bare-sync+batching-floor`` (batch 1,
+  1 and 64 in flight, unary): the bare server plus the structure a batching gateway has by design,
+  then the least tensor work such a gateway does, to split the gap to ``bare-sync`` into structure
+  and Turnout's own work
 
 then drives each with benchmarks/loadgen.py, unary ModelInfer and ModelStreamInfer, for the digits
 model at batch 1 with 1, 8 and 64 requests in flight and at batch 32 with 8. Targets run back to
@@ -110,6 +111,13 @@ def targets(repository: Path, python: str) -> list[Target]:
         Target(
             "bare-sync+handoff+trailers",
             [*bare, "--flavor", "sync", "--handoff", "--trailers"],
+            ("unary",),
+            DECOMPOSITION,
+        ),
+        # ... and the least tensor work a batching V2 server does: the floor under any such gateway.
+        Target(
+            "bare-sync+batching-floor",
+            [*bare, "--flavor", "sync", "--handoff", "--trailers", "--tensors"],
             ("unary",),
             DECOMPOSITION,
         ),
@@ -378,6 +386,12 @@ def ratios(cells: Sequence[dict[str, Any]], mode: str) -> dict[str, float | None
         "process_vs_bare_structure_throughput_b1_c64": ratio(
             throughput(at("turnout-process", 64)), throughput(at("bare-sync+handoff+trailers", 64, "unary"))
         ),
+        "batching_floor_vs_bare_sync_throughput_b1_c64": ratio(
+            throughput(at("bare-sync+batching-floor", 64, "unary")), throughput(at("bare-sync", 64, "unary"))
+        ),
+        "batching_floor_vs_bare_sync_p99_b1_c1": ratio(
+            p99(at("bare-sync+batching-floor", 1, "unary")), p99(at("bare-sync", 1, "unary"))
+        ),
     }
 
 
@@ -463,6 +477,7 @@ def arguments(argv: Sequence[str] | None) -> argparse.Namespace:
             "bare-aio",
             "bare-sync+handoff",
             "bare-sync+handoff+trailers",
+            "bare-sync+batching-floor",
         ],
     )
     parser.add_argument("--modes", nargs="+", choices=["unary", "stream"], default=["unary", "stream"])

@@ -131,6 +131,9 @@ class BatchQueue:
         self._items: deque[Pending] = deque()
         self._rows = 0
         self._closed = False
+        # Dispatchers waiting in _wait: put() wakes one only when there is one, since a busy
+        # dispatcher looks at the queue anyway, and Condition.notify is Python code per request.
+        self._idle_dispatchers = 0
         # put() takes the plain lock (its `with` runs in C); dispatchers wait on the condition.
         self._lock = threading.Lock()
         self._ready = threading.Condition(self._lock)
@@ -153,7 +156,8 @@ class BatchQueue:
                 )
             self._items.append(item)
             self._rows += item.rows
-            self._ready.notify()
+            if self._idle_dispatchers:
+                self._ready.notify()
 
     def close(self) -> None:
         """Refuse new requests; dispatchers finish what is queued, then get None."""
@@ -168,7 +172,7 @@ class BatchQueue:
             while not self._items:
                 if self._closed:
                     return None
-                self._ready.wait()
+                self._wait(None)
             if settings.max_batch_size > 1:
                 self._gather()
             if settings.max_queue_delay_s > 0 and settings.max_batch_size > 1:
@@ -177,7 +181,7 @@ class BatchQueue:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0 or not self._items:
                         break
-                    self._ready.wait(remaining)
+                    self._wait(remaining)
                 if not self._items:
                     return []
             batch, expired = self._pop_batch()
@@ -185,6 +189,14 @@ class BatchQueue:
             waited_us = (time.monotonic() - item.enqueued_at) * 1e6
             item.resolve(None, Unavailable(f"{self._label}: request timed out in the queue after {waited_us:.0f}us"))
         return batch
+
+    def _wait(self, timeout_s: float | None) -> None:
+        """Wait, holding the lock, until put() or close() wakes this dispatcher or ``timeout_s`` passes."""
+        self._idle_dispatchers += 1
+        try:
+            self._ready.wait(timeout_s)
+        finally:
+            self._idle_dispatchers -= 1
 
     def _gather(self) -> None:
         """Yield the CPU, with the lock released, while that lets more requests in (module docstring)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -144,6 +145,22 @@ def test_a_model_without_batching_never_yields() -> None:
         queue.put(pending(1))
         assert len(queue.take() or []) == 1
         assert yield_cpu.yields == 0
+
+
+def test_a_batch_that_fills_during_the_queue_delay_leaves_at_once() -> None:
+    queue = BatchQueue("version 1 of model 'm'", BatchingSettings(4, 30.0, 1024, None), yield_cpu=lambda: None)
+    queue.put(pending(1))
+
+    def three_more() -> None:
+        time.sleep(0.05)
+        for _ in range(3):
+            queue.put(pending(1))
+
+    threading.Thread(target=three_more).start()
+    started = time.monotonic()
+    batch = queue.take()
+    assert batch is not None and len(batch) == 4
+    assert time.monotonic() - started < 10, "it waited out the 30 s delay instead of leaving when full"
 
 
 def test_split_refuses_outputs_whose_first_axis_is_not_the_batch() -> None:
