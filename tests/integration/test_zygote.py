@@ -53,12 +53,18 @@ def restarted(host, count):
     return host.restarts
 
 
-report = {}
+def group_and_session(pid):
+    return [os.getpgid(pid), os.getsid(pid)]
+
+
+report = {"groups": {"owner": group_and_session(0)}}
 zygote = Zygote.fork()
 host = WorkerProcessHost("echo", artifact, RuntimeOptions(), label="echo", zygote=zygote)
 report["zygote"] = [zygote.pid, *parent_and_name(zygote.pid)]  # it has named itself by the time it forks
 first = host.pid
 report["first"] = [first, *parent_and_name(first)]
+report["groups"]["zygote"] = group_and_session(zygote.pid)
+report["groups"]["forked"] = group_and_session(first)
 report["answer"] = answer(host)
 
 os.kill(first, signal.SIGKILL)
@@ -77,6 +83,8 @@ report["restarts_without_zygote"] = restarted(host, 2)
 third = host.pid
 report["third"] = [third, *parent_and_name(third)]
 report["third_command"] = Path(f"/proc/{third}/cmdline").read_bytes().decode().split("\0")
+report["groups"]["spawned"] = group_and_session(third)
+report["groups"]["pids"] = {"zygote": zygote.pid, "forked": first, "spawned": third}
 report["answer_after_spawn"] = answer(host)
 host.close()
 zygote.close()
@@ -115,6 +123,18 @@ def test_workers_are_children_of_the_zygote_and_named_for_ps(report: dict[str, A
         _, parent, name = report[key]
         assert (parent, name) == (zygote_pid, "turnout-worker")
     assert report["answer"] == report["answer_after_restart"] == [[0.0, 1.0, 2.0, 3.0, 4.0, 5.0]]
+
+
+def test_zygote_and_workers_have_process_groups_of_their_own_in_the_owners_session(report: dict[str, Any]) -> None:
+    # Their own group: a terminal's Ctrl-C or a signal to the gateway's group misses them. The
+    # owner's session: under CFS autogroups a session of their own would be a scheduling group of
+    # their own, which shrank batches to 3 rows (docs/architecture.md).
+    groups = report["groups"]
+    owner_group, owner_session = groups["owner"]
+    for name, pid in groups["pids"].items():
+        group, session = groups[name]
+        assert group == pid != owner_group, f"the {name} process is not in a process group of its own"
+        assert session == owner_session, f"the {name} process left its owner's session"
 
 
 def test_a_killed_worker_is_reported_with_its_signal_and_restarted(report: dict[str, Any]) -> None:
