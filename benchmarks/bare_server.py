@@ -165,7 +165,7 @@ def decoded_inputs(request: Any) -> list[np.ndarray]:
     return arrays
 
 
-def encoded_response(request: Any, outputs: list[np.ndarray]) -> bytes:
+def encoded_response(request: Any, outputs: Sequence[np.ndarray]) -> bytes:
     """A digits response built from output arrays, as a server that ran a model must build it."""
     response = pb.ModelInferResponse(model_name=request.model_name, model_version="1", id=request.id)
     for name, datatype, array in zip(("label", "probabilities"), ("INT64", "FP32"), outputs, strict=True):
@@ -189,12 +189,14 @@ def serve_sync(
         if trailers:
             {key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)}
             context.time_remaining()
+        outputs: Sequence[np.ndarray] = ()
         if batcher is not None:
             call = Call(decoded_inputs(request) if tensors else [])
             batcher.round_trip(call)
+            outputs = call.outputs
         if trailers:
             context.set_trailing_metadata(ROUTING_TRAILERS)
-        return encoded_response(request, call.outputs) if tensors else answers.unary_bytes(request)
+        return encoded_response(request, outputs) if tensors else answers.unary_bytes(request)
 
     def stream(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[bytes]:
         for request in requests:
