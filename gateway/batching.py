@@ -3,7 +3,8 @@
 Requests wait in a :class:`BatchQueue`. A dispatcher thread per model instance takes the oldest
 request plus every queued request that can join it (same shape apart from the first axis, rows
 within ``max_batch_size``), waiting up to ``max_queue_delay`` for more when the batch is not full,
-and hands the parts to its host uncopied. Outputs are split back into per-request views.
+and hands the parts to its host uncopied. Outputs are cut back into per-request views. Tensors stay
+in raw form throughout (:mod:`runtimes.raw_tensors`).
 
 Before it takes a batch, a dispatcher gathers: it yields the CPU, and goes on yielding until two
 yields in a row let no request in (at most :data:`GATHER_YIELDS` times). A dispatcher woken by its
@@ -24,13 +25,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from gateway.errors import DeadlineExceeded, Internal, TurnoutError, Unavailable
+from runtimes.raw_tensors import RawTensors, RowsMismatch, cut_rows
 
 log = logging.getLogger(__name__)
-
-Arrays = dict[str, np.ndarray[Any, Any]]
 
 # Yields a dispatcher makes at most while requests keep arriving, before it takes a batch. The cap
 # only bounds a steady stream from other CPUs: gathering ends after GATHER_IDLE_YIELDS yields in a row
@@ -72,7 +70,7 @@ class Pending:
 
     def __init__(
         self,
-        inputs: Arrays,
+        inputs: RawTensors,
         rows: int,
         output_names: Sequence[str],
         on_done: Callable[[Pending], None] | None = None,
@@ -81,9 +79,9 @@ class Pending:
         self.rows = rows
         self.output_names = output_names
         # Requests merge only when every input agrees on everything but the first axis.
-        self.merge_key = tuple((name, array.shape[1:], array.dtype) for name, array in inputs.items())
+        self.merge_key = tuple((name, tensor.shape[1:], tensor.datatype) for name, tensor in inputs.items())
         self.on_done = on_done
-        self.outputs: Arrays | None = None
+        self.outputs: RawTensors | None = None
         self.error: TurnoutError | None = None
         self.enqueued_at = 0.0
         self.dispatched_at = 0.0
@@ -94,7 +92,7 @@ class Pending:
         self._done = threading.Lock()
         self._done.acquire()
 
-    def resolve(self, outputs: Arrays | None, error: TurnoutError | None = None) -> None:
+    def resolve(self, outputs: RawTensors | None, error: TurnoutError | None = None) -> None:
         self.outputs, self.error = outputs, error
         if self.on_done is not None:
             try:
@@ -104,7 +102,7 @@ class Pending:
         else:
             self._done.release()
 
-    def wait(self, timeout_s: float | None) -> Arrays:
+    def wait(self, timeout_s: float | None) -> RawTensors:
         """Block until answered; raises the request's error, or DeadlineExceeded after ``timeout_s``."""
         if not self._done.acquire(timeout=-1 if timeout_s is None else max(timeout_s, 0.0)):
             self.abandoned = True
@@ -250,9 +248,6 @@ class BatchQueue:
         return batch, expired
 
 
-OutputsRunner = Callable[[dict[str, list[np.ndarray[Any, Any]]], Sequence[str]], Arrays]
-
-
 def wanted_outputs(batch: Sequence[Pending]) -> list[str]:
     """The outputs to compute for a batch: empty (all) if any request wants all."""
     names: dict[str, None] = {}
@@ -263,18 +258,22 @@ def wanted_outputs(batch: Sequence[Pending]) -> list[str]:
     return list(names)
 
 
-def split_outputs(batch: Sequence[Pending], outputs: Arrays, batched: bool) -> list[Arrays]:
+def split_outputs(batch: Sequence[Pending], outputs: RawTensors, batched: bool) -> list[RawTensors]:
     """Per-request views of a batch's outputs (no copies)."""
     if not batched:
         return [outputs]
-    total = sum(item.rows for item in batch)
-    for name, array in outputs.items():
-        if array.ndim == 0 or array.shape[0] != total:
-            raise Internal(f"output {name!r} has shape {list(array.shape)}; expected a first axis of {total}")
-    results: list[Arrays] = []
-    offset = 0
-    for item in batch:
-        end = offset + item.rows
-        results.append({name: array[offset:end] for name, array in outputs.items()})
-        offset = end
+    rows = [item.rows for item in batch]
+    if len(rows) == 1:  # a batch of one request: its outputs are the batch's, once their rows are checked
+        for name, tensor in outputs.items():
+            if not tensor.shape or tensor.shape[0] != rows[0]:
+                raise Internal(f"output {name!r} has shape {list(tensor.shape)}; expected a first axis of {rows[0]}")
+        return [outputs]
+    results: list[RawTensors] = [{} for _ in batch]
+    for name, tensor in outputs.items():
+        try:
+            pieces = cut_rows(tensor, rows)
+        except RowsMismatch as error:
+            raise Internal(f"output {name!r} {error}") from None
+        for result, piece in zip(results, pieces, strict=True):
+            result[name] = piece
     return results

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gateway.batching import Arrays, Pending
+from gateway.batching import Pending
 from gateway.errors import Internal, InvalidArgument, TurnoutError
 from gateway.inference_types import InferRequest, InferResponse
 from gateway.model_manager import ModelManager
@@ -22,6 +22,7 @@ from gateway.routing.decide import Arm, decide
 from gateway.routing.table import RoutingTableHolder
 from gateway.shadow import ShadowMirror
 from gateway.tensors import Tensor
+from runtimes.raw_tensors import RawTensors
 
 Done = Callable[[InferResponse | None, TurnoutError | None], None]
 
@@ -118,16 +119,15 @@ class Dataplane:
         return pending
 
     @staticmethod
-    def _response(routed: _Routed, request: InferRequest, outputs: Arrays) -> InferResponse:
+    def _response(routed: _Routed, request: InferRequest, outputs: RawTensors) -> InferResponse:
         version = routed.version
         assert version.plan is not None
-        datatypes = version.plan.output_datatypes
-        names = request.output_names or datatypes
+        names = request.output_names or version.plan.output_names
         return InferResponse(
             request.model_name,
             str(version.version),
             request.id,
-            [Tensor(name, datatypes[name], outputs[name]) for name in names],
+            [Tensor(name, outputs[name]) for name in names],
             routed.arm.value,
             routed.generation,
         )

@@ -93,12 +93,11 @@ class ServingPlan:
     max_batch_size: int
     batching: BatchingSettings
     runtime: str
-    # Looked up for every response, so built once here.
-    output_datatypes: dict[str, str] = field(init=False)
+    # Every output's name in the model's order, for each response that asks for all of them.
+    output_names: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
-        datatypes = {spec.name: spec.datatype for spec in self.signature.outputs}
-        object.__setattr__(self, "output_datatypes", datatypes)
+        object.__setattr__(self, "output_names", tuple(spec.name for spec in self.signature.outputs))
 
 
 class ModelVersion:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
-
-import numpy as np
 
 from gateway.errors import InvalidArgument
 from gateway.inference_types import InferRequest
 from runtimes.contract import Signature, TensorSpec
+from runtimes.raw_tensors import RawTensor
 
 
 def _shape_fits(shape: Sequence[int], expected: Sequence[int]) -> bool:
@@ -22,16 +20,17 @@ def _describe(shape: Sequence[int]) -> str:
 
 def checked_inputs(
     request: InferRequest, signature: Signature, max_batch_size: int
-) -> tuple[dict[str, np.ndarray[Any, Any]], int]:
+) -> tuple[dict[str, RawTensor], int]:
     """The request's inputs by name, in the model's order, and its batch size (rows).
 
     Raises InvalidArgument for an unknown, missing or repeated input, a datatype that is not the
     model's, a shape the model does not accept, or a batch larger than ``max_batch_size``.
     """
     expected = {spec.name: spec for spec in signature.inputs}
-    given: dict[str, np.ndarray[Any, Any]] = {}
+    given: dict[str, RawTensor] = {}
     rows = 1
     for tensor in request.inputs:
+        raw = tensor.raw
         spec = expected.get(tensor.name)
         if spec is None:
             raise InvalidArgument(
@@ -39,12 +38,10 @@ def checked_inputs(
             )
         if tensor.name in given:
             raise InvalidArgument(f"input {tensor.name!r} is given more than once")
-        if tensor.datatype != spec.datatype:
-            raise InvalidArgument(
-                f"input {tensor.name!r} has datatype {tensor.datatype}, expected {spec.datatype}"
-            )
-        rows = _check_shape(tensor.name, tensor.shape, spec, max_batch_size, rows if given else None)
-        given[tensor.name] = tensor.data
+        if raw.datatype != spec.datatype:
+            raise InvalidArgument(f"input {tensor.name!r} has datatype {raw.datatype}, expected {spec.datatype}")
+        rows = _check_shape(tensor.name, raw.shape, spec, max_batch_size, rows if given else None)
+        given[tensor.name] = raw
     missing = [name for name in expected if name not in given]
     if missing:
         raise InvalidArgument(f"model {request.model_name!r} needs inputs {missing} that the request lacks")

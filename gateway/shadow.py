@@ -19,9 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from gateway.batching import Arrays, Pending
+from gateway.batching import Pending
 from gateway.errors import TurnoutError
 from gateway.model_version import ModelVersion
+from runtimes.contract import Arrays
+from runtimes.raw_tensors import RawTensor, RawTensors, array_of, joined
 
 log = logging.getLogger(__name__)
 
@@ -171,10 +173,10 @@ class _Copy:
     """One mirrored request: its inputs, and the primary's answer it will be compared with."""
 
     figures: ShadowFigures
-    inputs: Arrays
+    inputs: RawTensors
     rows: int
     merge_key: tuple[Any, ...]  # the request's own: copies merge when their keys are equal
-    primary: Arrays
+    primary: RawTensors
     queued_at: float
 
 
@@ -416,16 +418,14 @@ class ShadowMirror:
                 label, lane.failed_batches, pause_s,
             )
 
-    def _compare(self, batch: list[_Copy], outputs: Arrays, latency_s: float) -> None:
+    def _compare(self, batch: list[_Copy], outputs: RawTensors, latency_s: float) -> None:
         """Split a shadow batch's answers per copy and add them to the figures, a primary at a time."""
         groups: dict[int, tuple[ShadowFigures, list[Arrays], list[Arrays]]] = {}
-        offset = 0
-        for item in batch:
-            end = offset + item.rows
+        answers = _arrays_per_copy(batch, outputs)
+        for item, answer in zip(batch, answers, strict=True):
             figures, primaries, shadows = groups.setdefault(id(item.figures), (item.figures, [], []))
-            primaries.append(item.primary)
-            shadows.append({name: array[offset:end] for name, array in outputs.items()})
-            offset = end
+            primaries.append({name: array_of(tensor) for name, tensor in item.primary.items()})
+            shadows.append(answer)
         for figures, primaries, shadows in groups.values():
             together = compare_batch(primaries, shadows) if len(primaries) > 1 else None
             parts = (
@@ -476,6 +476,24 @@ def _per_figures(batch: list[_Copy]) -> list[tuple[ShadowFigures, int]]:
     return list(counts.values())
 
 
-def _rows_of(batch: list[_Copy], name: str) -> np.ndarray[Any, Any]:
-    parts = [item.inputs[name] for item in batch]
-    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+def _rows_of(batch: list[_Copy], name: str) -> RawTensor:
+    return joined([item.inputs[name] for item in batch])
+
+
+def _arrays_per_copy(batch: list[_Copy], outputs: RawTensors) -> list[Arrays]:
+    """A shadow batch's outputs as arrays, cut into each copy's rows (views, not copies)."""
+    rows = [item.rows for item in batch]
+    per_copy: list[Arrays] = [{} for _ in batch]
+    for name, tensor in outputs.items():
+        array = array_of(tensor)
+        if not array.ndim or array.shape[0] != sum(rows):
+            # A shape the comparison cannot cut per copy: each copy sees it whole, and the
+            # comparison reports the outputs that do not match.
+            for answer in per_copy:
+                answer[name] = array
+            continue
+        offset = 0
+        for answer, count in zip(per_copy, rows, strict=True):
+            answer[name] = array[offset : offset + count]
+            offset += count
+    return per_copy

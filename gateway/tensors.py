@@ -1,7 +1,8 @@
-"""Tensors as the gateway sees them, and their conversion from the protocol's two encodings.
+"""Tensors as the gateway sees them (raw, named), and their decoding from the protocol's two encodings.
 
-The raw encoding is decoded with ``np.frombuffer``: no copy, no per-element Python work. The typed
-encoding (``InferTensorContents``) arrives as Python sequences and is converted once.
+The gateway keeps every tensor in raw form (:mod:`runtimes.raw_tensors`): the raw encoding is taken
+as it arrives, its byte count checked against its shape, with no copy and no numpy. The typed
+encoding (``InferTensorContents``) arrives as Python sequences and is converted to raw bytes once.
 """
 
 from __future__ import annotations
@@ -15,19 +16,15 @@ import numpy as np
 
 from gateway.errors import InvalidArgument
 from runtimes.datatypes import BYTES, UnknownDatatype, decode_bytes, encode_bytes, numpy_dtype
+from runtimes.raw_tensors import RawTensor
 
 
 @dataclass(slots=True)
 class Tensor:
-    """A named array with its protocol datatype; BYTES data is an object array of ``bytes``."""
+    """A named tensor in raw form."""
 
     name: str
-    datatype: str
-    data: np.ndarray[Any, Any]
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.data.shape)
+    raw: RawTensor
 
 
 def _checked_dtype(name: str, datatype: str) -> np.dtype[Any]:
@@ -43,22 +40,20 @@ def _checked_count(name: str, shape: Sequence[int]) -> int:
     return math.prod(shape)
 
 
-def tensor_from_raw(name: str, datatype: str, shape: Sequence[int], raw: bytes) -> Tensor:
-    """Decode one input sent in ``raw_input_contents``; the byte count must match the shape."""
+def tensor_from_raw(name: str, datatype: str, shape: tuple[int, ...], raw: bytes) -> Tensor:
+    """Take one input sent in ``raw_input_contents``; its bytes must fit the shape exactly."""
     dtype = _checked_dtype(name, datatype)
     count = _checked_count(name, shape)
     if datatype == BYTES:
         try:
-            flat = decode_bytes(raw, count)
+            decode_bytes(raw, count)  # only to check it: the elements travel on in raw form
         except ValueError as error:
             raise InvalidArgument(f"input {name!r}: BYTES raw contents {error}") from None
-        return Tensor(name, datatype, flat.reshape(shape))
-    expected = count * dtype.itemsize
-    if len(raw) != expected:
+    elif len(raw) != count * dtype.itemsize:
         raise InvalidArgument(
-            f"input {name!r}: shape {list(shape)} of {datatype} needs {expected} bytes, got {len(raw)}"
+            f"input {name!r}: shape {list(shape)} of {datatype} needs {count * dtype.itemsize} bytes, got {len(raw)}"
         )
-    return Tensor(name, datatype, np.frombuffer(raw, dtype=dtype).reshape(shape))
+    return Tensor(name, RawTensor(datatype, shape, raw))
 
 
 def tensor_from_values(name: str, datatype: str, shape: Sequence[int], values: Sequence[Any]) -> Tensor:
@@ -68,17 +63,11 @@ def tensor_from_values(name: str, datatype: str, shape: Sequence[int], values: S
     if len(values) != count:
         raise InvalidArgument(f"input {name!r}: shape {list(shape)} needs {count} values, got {len(values)}")
     if datatype == BYTES:
-        data = np.empty(count, dtype=np.object_)
-        data[:] = list(values)
+        elements = np.empty(count, dtype=np.object_)
+        elements[:] = list(values)
+        data = encode_bytes(elements)
     else:
         # Convert straight to the target dtype: going through numpy's own guess turns UINT64 values
         # above 2**63 into float64 (losing their low bits), and would wrap out-of-range ints silently.
-        data = np.asarray(values, dtype=dtype)
-    return Tensor(name, datatype, data.reshape(shape))
-
-
-def raw_bytes(tensor: Tensor) -> bytes:
-    """The raw encoding of an output: little-endian row-major bytes, or length-prefixed BYTES."""
-    if tensor.datatype == BYTES:
-        return encode_bytes(tensor.data)
-    return tensor.data.tobytes()
+        data = np.asarray(values, dtype=dtype).tobytes()
+    return Tensor(name, RawTensor(datatype, tuple(shape), data))

@@ -13,6 +13,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from runtimes.raw_tensors import RawTensor, RawTensors
+
 Arrays = dict[str, np.ndarray[Any, Any]]
 
 
@@ -93,13 +95,14 @@ class Runtime(Protocol):
 class ModelHost(Protocol):
     """Where a loaded model runs: a worker process or the calling process.
 
-    ``infer`` takes each input as a list of parts that are concatenated along the first axis; a
-    host may join them without copying (a worker gathers them straight into the socket).
+    ``infer`` takes each input as a list of parts in raw form that are joined along the first axis,
+    and answers in raw form too (:mod:`runtimes.raw_tensors`); a host may join the parts without
+    copying (a worker gathers them straight into the socket).
     """
 
     signature: Signature
 
-    def infer(self, inputs: Mapping[str, Sequence[np.ndarray[Any, Any]]], output_names: Sequence[str]) -> Arrays:
+    def infer(self, inputs: Mapping[str, Sequence[RawTensor]], output_names: Sequence[str]) -> RawTensors:
         ...
 
     def close(self) -> None:

@@ -5,17 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 from runtimes.catalog import open_runtime
-from runtimes.contract import Arrays, InferenceFailed, RuntimeFailure, RuntimeOptions
-
-
-def join_parts(parts: Sequence[np.ndarray[Any, Any]]) -> np.ndarray[Any, Any]:
-    """One array from parts stacked along the first axis; a single part is passed through uncopied."""
-    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+from runtimes.contract import InferenceFailed, RuntimeFailure, RuntimeOptions
+from runtimes.raw_tensors import RawTensor, RawTensors, array_of, joined, raw_of
 
 
 class InProcessHost:
@@ -27,9 +20,11 @@ class InProcessHost:
         self._runtime = open_runtime(kind, artifact, options)
         self.signature = self._runtime.signature
 
-    def infer(self, inputs: Mapping[str, Sequence[np.ndarray[Any, Any]]], output_names: Sequence[str]) -> Arrays:
+    def infer(self, inputs: Mapping[str, Sequence[RawTensor]], output_names: Sequence[str]) -> RawTensors:
         try:
-            return self._runtime.infer({name: join_parts(parts) for name, parts in inputs.items()}, output_names)
+            arrays = {name: array_of(joined(parts)) for name, parts in inputs.items()}
+            outputs = self._runtime.infer(arrays, output_names)
+            return {name: raw_of(array) for name, array in outputs.items()}
         except RuntimeFailure:
             raise
         except Exception as error:  # as in a worker: a bug must fail one batch, not the model's dispatcher

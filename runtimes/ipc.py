@@ -12,8 +12,8 @@ Tensors are never pickled, and the hot frames (a batch and its result) carry no 
 tensor table is fixed binary, so neither side runs an encoder per batch. The sender hands the kernel
 a list of buffers (``sendmsg``), so a batch made of many requests is gathered into one contiguous
 frame without a copy in Python; the receiver reads everything after the header into one buffer and
-wraps each tensor with ``np.frombuffer``. BYTES tensors travel in their length-prefixed raw form, so
-they concatenate like any other.
+hands each tensor on as a view of it (:class:`runtimes.raw_tensors.RawTensor`). BYTES tensors travel
+in their length-prefixed raw form, so they concatenate like any other.
 """
 
 from __future__ import annotations
@@ -26,10 +26,9 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
-import numpy as np
-
 from runtimes.contract import ArtifactInvalid, InferenceFailed, RuntimeFailure
-from runtimes.datatypes import BYTES, DATATYPES, datatype_of, decode_bytes, encode_bytes, numpy_dtype
+from runtimes.datatypes import DATATYPES
+from runtimes.raw_tensors import RawTensor
 
 HEADER = struct.Struct("<BxHIIQ")
 _ENTRY = struct.Struct("<BBHQ")
@@ -59,20 +58,11 @@ class Kind(IntEnum):
 class Frame:
     kind: Kind
     meta: dict[str, Any]
-    tensors: dict[str, np.ndarray[Any, Any]]
+    tensors: dict[str, RawTensor]
 
 
 class ChannelClosed(EOFError):
     """The peer closed the socket, or died, before a whole frame arrived."""
-
-
-def _payload(array: np.ndarray[Any, Any]) -> tuple[str, memoryview | bytes]:
-    datatype = datatype_of(array.dtype)
-    if datatype == BYTES:
-        return datatype, encode_bytes(array)
-    if array.size == 0:  # memoryview cannot cast a view with a zero in its shape
-        return datatype, b""
-    return datatype, np.ascontiguousarray(array).data.cast("B")
 
 
 def _dims(rank: int) -> struct.Struct:
@@ -86,23 +76,25 @@ def send_frame(
     sock: socket.socket,
     kind: Kind,
     meta: Mapping[str, Any] | None = None,
-    tensors: Mapping[str, Sequence[np.ndarray[Any, Any]]] | None = None,
+    tensors: Mapping[str, Sequence[RawTensor]] | None = None,
 ) -> None:
     """Write one frame. Each tensor is given as parts joined along the first axis."""
     table: list[bytes] = []
     buffers: list[memoryview | bytes] = []
     body_len = 0
     for name, parts in (tensors or {}).items():
-        nbytes, rows, datatype = 0, 0, ""
-        for part in parts:
-            datatype, buffer = _payload(part)
-            buffers.append(buffer)
-            nbytes += len(buffer)
-            rows += part.shape[0] if part.ndim else 1
         first = parts[0]
-        shape = (rows, *first.shape[1:]) if first.ndim else ()
+        if len(parts) == 1:
+            shape, nbytes = first.shape, len(first.data)
+            buffers.append(first.data)
+        else:
+            shape = (sum(part.shape[0] for part in parts), *first.shape[1:])
+            nbytes = 0
+            for part in parts:
+                buffers.append(part.data)
+                nbytes += len(part.data)
         encoded_name = name.encode()
-        table.append(_ENTRY.pack(_CODE_BY_DATATYPE[datatype], len(shape), len(encoded_name), nbytes))
+        table.append(_ENTRY.pack(_CODE_BY_DATATYPE[first.datatype], len(shape), len(encoded_name), nbytes))
         table.append(encoded_name)
         table.append(_dims(len(shape)).pack(*shape))
         body_len += nbytes
@@ -142,11 +134,11 @@ def _recv_exact(sock: socket.socket, size: int) -> bytearray:
 
 
 def recv_frame(sock: socket.socket) -> Frame:
-    """Read one frame; tensors are views into one buffer received for the whole frame."""
+    """Read one frame; tensors are raw views into one buffer received for the whole frame."""
     kind, count, table_len, meta_len, body_len = HEADER.unpack(_recv_exact(sock, HEADER.size))
     data = memoryview(_recv_exact(sock, table_len + meta_len + body_len))
     meta = json.loads(bytes(data[table_len : table_len + meta_len])) if meta_len else {}
-    tensors: dict[str, np.ndarray[Any, Any]] = {}
+    tensors: dict[str, RawTensor] = {}
     position, offset = 0, table_len + meta_len
     for _ in range(count):
         code, rank, name_len, nbytes = _ENTRY.unpack_from(data, position)
@@ -156,19 +148,12 @@ def recv_frame(sock: socket.socket) -> Frame:
         dims = _dims(rank)
         shape = dims.unpack_from(data, position)
         position += dims.size
-        chunk = data[offset : offset + nbytes]
+        tensors[name] = RawTensor(DATATYPES[code], shape, data[offset : offset + nbytes])
         offset += nbytes
-        datatype = DATATYPES[code]
-        if datatype == BYTES:
-            tensors[name] = decode_bytes(chunk).reshape(shape)
-        else:
-            tensors[name] = np.frombuffer(chunk, dtype=numpy_dtype(datatype)).reshape(shape)
     return Frame(Kind(kind), meta, tensors)
 
 
-def send_batch(
-    sock: socket.socket, inputs: Mapping[str, Sequence[np.ndarray[Any, Any]]], output_names: Sequence[str]
-) -> None:
+def send_batch(sock: socket.socket, inputs: Mapping[str, Sequence[RawTensor]], output_names: Sequence[str]) -> None:
     """Send a batch to a worker: an INFER frame, with JSON only when specific outputs are asked for."""
     send_frame(sock, Kind.INFER, {"outputs": list(output_names)} if output_names else None, inputs)
 

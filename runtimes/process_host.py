@@ -17,13 +17,10 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
-
-import numpy as np
+from typing import Protocol
 
 import runtimes
 from runtimes.contract import (
-    Arrays,
     ArtifactInvalid,
     HostUnavailable,
     RuntimeFailure,
@@ -31,6 +28,7 @@ from runtimes.contract import (
     Signature,
 )
 from runtimes.ipc import ChannelClosed, Kind, channel_pair, raise_if_error, recv_frame, send_batch, send_frame
+from runtimes.raw_tensors import RawTensor, RawTensors
 from runtimes.zygote import Zygote, ZygoteGone
 
 log = logging.getLogger(__name__)
@@ -101,7 +99,7 @@ class _Worker:
         raise_if_error(frame)
         return Signature.from_json(frame.meta["signature"])
 
-    def infer(self, inputs: Mapping[str, Sequence[np.ndarray[Any, Any]]], output_names: Sequence[str]) -> Arrays:
+    def infer(self, inputs: Mapping[str, Sequence[RawTensor]], output_names: Sequence[str]) -> RawTensors:
         send_batch(self.sock, inputs, output_names)
         frame = recv_frame(self.sock)
         raise_if_error(frame)
@@ -206,7 +204,7 @@ class WorkerProcessHost:
                 log.warning("worker for %s is serving again (restart %d)", self._label, self.restarts)
                 return
 
-    def infer(self, inputs: Mapping[str, Sequence[np.ndarray[Any, Any]]], output_names: Sequence[str]) -> Arrays:
+    def infer(self, inputs: Mapping[str, Sequence[RawTensor]], output_names: Sequence[str]) -> RawTensors:
         if not self._ready.wait(self._restart_wait_s):
             raise HostUnavailable(f"worker for {self._label} is restarting")
         with self._call_lock:

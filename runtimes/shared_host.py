@@ -13,18 +13,15 @@ import socket
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 from runtimes.broker import attach_request
 from runtimes.contract import (
-    Arrays,
     HostUnavailable,
     RuntimeOptions,
     Signature,
 )
 from runtimes.ipc import ChannelClosed, Frame, Kind, raise_if_error, recv_frame, send_batch, send_frame
+from runtimes.raw_tensors import RawTensor, RawTensors
 
 
 class BrokerClient:
@@ -99,7 +96,7 @@ class SharedWorkerHost:
             raise
         return sock, Signature.from_json(frame.meta["signature"])
 
-    def infer(self, inputs: Mapping[str, Sequence[np.ndarray[Any, Any]]], output_names: Sequence[str]) -> Arrays:
+    def infer(self, inputs: Mapping[str, Sequence[RawTensor]], output_names: Sequence[str]) -> RawTensors:
         with self._call_lock:
             if self._sock is None:
                 self._sock, _ = self._connect()

@@ -22,6 +22,7 @@ from runtimes.catalog import open_runtime
 from runtimes.contract import Runtime, RuntimeFailure, RuntimeOptions
 from runtimes.heap import freeze_startup_heap
 from runtimes.ipc import ChannelClosed, Frame, Kind, recv_frame, requested_outputs, send_frame
+from runtimes.raw_tensors import array_of, raw_of
 
 
 class _LoadedModel:
@@ -66,8 +67,9 @@ def _serve(sock: socket.socket, model: _LoadedModel) -> None:
                 loaded = model.runtime
                 if loaded is None:
                     raise RuntimeFailure("no model is loaded in this worker")
-                outputs = loaded.infer(frame.tensors, requested_outputs(frame))
-                send_frame(sock, Kind.RESULT, None, {name: [array] for name, array in outputs.items()})
+                inputs = {name: array_of(tensor) for name, tensor in frame.tensors.items()}
+                outputs = loaded.infer(inputs, requested_outputs(frame))
+                send_frame(sock, Kind.RESULT, None, {name: [raw_of(array)] for name, array in outputs.items()})
             else:
                 raise RuntimeFailure(f"unexpected frame {frame.kind.name}")
         except RuntimeFailure as error:

@@ -11,7 +11,7 @@ from gateway.inference_types import InferRequest, InferResponse
 from gateway.model_manager import IndexEntry, ModelRecord
 from gateway.model_version import ModelVersion, VersionState
 from gateway.statistics import Duration, StatisticsSnapshot
-from gateway.tensors import Tensor, raw_bytes, tensor_from_raw, tensor_from_values
+from gateway.tensors import Tensor, tensor_from_raw, tensor_from_values
 from runtimes.contract import TensorSpec
 
 # Which InferTensorContents field carries each datatype's typed values (FP16 has none: raw only).
@@ -57,7 +57,7 @@ def _parameter_value(parameter: Any) -> Any:
 
 
 def infer_request_from_proto(message: Any) -> InferRequest:
-    """Decode a ModelInferRequest; raw contents become numpy views without copying."""
+    """Decode a ModelInferRequest; raw contents are kept as they are, checked against their shapes."""
     raw = message.raw_input_contents
     inputs = message.inputs
     if raw:
@@ -115,8 +115,9 @@ def infer_response_to_proto(response: InferResponse, routing_parameters: bool = 
     )
     # add() and one extend() build the repeated fields in place, without temporary messages.
     for tensor in response.outputs:
-        message.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.data.shape)
-    message.raw_output_contents.extend([raw_bytes(tensor) for tensor in response.outputs])
+        message.outputs.add(name=tensor.name, datatype=tensor.raw.datatype, shape=tensor.raw.shape)
+    # bytes() copies a view out of the batch's buffer (protobuf takes bytes only); bytes stay as they are.
+    message.raw_output_contents.extend([bytes(tensor.raw.data) for tensor in response.outputs])
     if routing_parameters:
         for key, value in routing_trailers(response):
             message.parameters[key].string_param = value

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from runtimes.contract import RuntimeOptions
+from runtimes.raw_tensors import array_of, raw_of
 from runtimes.process_host import WorkerProcessHost
 from runtimes.zygote import Zygote, start_zygote
 
@@ -43,7 +44,7 @@ def parent_and_name(pid):
 
 
 def answer(host):
-    return host.infer({"input": [rows]}, [])["input"].tolist()
+    return array_of(host.infer({"input": [raw_of(rows)]}, [])["input"]).tolist()
 
 
 def restarted(host, count):

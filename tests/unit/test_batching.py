@@ -21,6 +21,7 @@ from gateway.batching import (
     wanted_outputs,
 )
 from gateway.errors import DeadlineExceeded, Unavailable
+from runtimes.raw_tensors import array_of, joined, raw_of
 
 
 def queue_of(max_batch_size: int = 8, max_queue_size: int = 1024, timeout_s: float | None = None) -> BatchQueue:
@@ -29,7 +30,7 @@ def queue_of(max_batch_size: int = 8, max_queue_size: int = 1024, timeout_s: flo
 
 def pending(rows: int, width: int = 3, start: int = 0, dtype: Any = np.float32) -> Pending:
     values = np.arange(start, start + rows * width, dtype=dtype).reshape(rows, width)
-    return Pending({"x": values}, rows, [])
+    return Pending({"x": raw_of(values)}, rows, [])
 
 
 def drain(queue: BatchQueue) -> list[list[Pending]]:
@@ -65,10 +66,10 @@ def test_batches_keep_order_stay_within_bounds_and_split_back_exactly(rows: list
         remaining = [item for item in remaining if item not in batch]
         assert sum(item.rows for item in batch) <= max_batch_size
         # The identity model: outputs are the concatenated inputs; each request must get its rows back.
-        merged = np.concatenate([item.inputs["x"] for item in batch])
+        merged = joined([item.inputs["x"] for item in batch])
         for item, outputs in zip(batch, split_outputs(batch, {"y": merged}, batched=True), strict=True):
-            np.testing.assert_array_equal(outputs["y"], item.inputs["x"])
-            assert np.shares_memory(outputs["y"], merged), "split makes views, not copies"
+            np.testing.assert_array_equal(array_of(outputs["y"]), array_of(item.inputs["x"]))
+            assert np.shares_memory(array_of(outputs["y"]), array_of(merged)), "split makes views, not copies"
 
 
 @settings(max_examples=40, deadline=None)
@@ -80,7 +81,7 @@ def test_only_requests_of_one_shape_and_dtype_merge(kinds: list[tuple[int, Any]]
     batches = drain(queue)
     assert sum(len(batch) for batch in batches) == len(kinds)
     for batch in batches:
-        assert len({(item.inputs["x"].shape[1:], item.inputs["x"].dtype) for item in batch}) == 1
+        assert len({(item.inputs["x"].shape[1:], item.inputs["x"].datatype) for item in batch}) == 1
 
 
 def test_a_model_without_a_batch_axis_runs_requests_one_by_one() -> None:
@@ -174,11 +175,11 @@ def test_a_batch_that_fills_during_the_queue_delay_leaves_at_once() -> None:
 def test_split_refuses_outputs_whose_first_axis_is_not_the_batch() -> None:
     batch = [pending(2), pending(1)]
     with pytest.raises(Exception, match="first axis of 3"):
-        split_outputs(batch, {"y": np.zeros((4, 3))}, batched=True)
+        split_outputs(batch, {"y": raw_of(np.zeros((4, 3)))}, batched=True)
 
 
 def test_wanted_outputs_is_the_union_or_everything() -> None:
-    a, b, c = (Pending({"x": np.zeros((1, 1))}, 1, names) for names in (["p"], ["q", "p"], []))
+    a, b, c = (Pending({"x": raw_of(np.zeros((1, 1)))}, 1, names) for names in (["p"], ["q", "p"], []))
     assert wanted_outputs([a, b]) == ["p", "q"]
     assert wanted_outputs([a, c]) == [], "one request wanting every output means every output"
 
@@ -228,5 +229,5 @@ def test_a_failing_callback_does_not_escape_resolve() -> None:
     def broken(_: Pending) -> None:
         raise RuntimeError("bug in a callback")
 
-    item = Pending({"x": np.zeros((1, 1))}, 1, [], broken)
-    item.resolve({"y": np.zeros((1, 1))})  # logged, not raised: the dispatcher thread must live on
+    item = Pending({"x": raw_of(np.zeros((1, 1)))}, 1, [], broken)
+    item.resolve({"y": raw_of(np.zeros((1, 1)))})  # logged, not raised: the dispatcher thread must live on

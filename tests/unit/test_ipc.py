@@ -13,21 +13,26 @@ from hypothesis.extra import numpy as hnp
 
 from runtimes.datatypes import decode_bytes, encode_bytes
 from runtimes.ipc import HEADER, ChannelClosed, Kind, recv_frame, requested_outputs, send_batch, send_frame
+from runtimes.raw_tensors import RawTensor, array_of, raw_of
 
 NUMERIC = ["?", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8"]
+
+
+def raw_parts(parts: dict[str, list[np.ndarray]]) -> dict[str, list[RawTensor]]:
+    return {name: [raw_of(part) for part in arrays] for name, arrays in parts.items()}
 
 
 def round_trip(parts: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
     ours, theirs = socket.socketpair()
     with ours, theirs:
         # Send from a thread: a frame may be larger than the socket buffer.
-        sender = threading.Thread(target=send_batch, args=(ours, parts, ()))
+        sender = threading.Thread(target=send_batch, args=(ours, raw_parts(parts), ()))
         sender.start()
         frame = recv_frame(theirs)
         sender.join()
     assert frame.kind is Kind.INFER and frame.meta == {} and requested_outputs(frame) == []
     assert list(frame.tensors) == list(parts), "tensors keep their order"
-    return frame.tensors
+    return {name: array_of(tensor) for name, tensor in frame.tensors.items()}
 
 
 @settings(max_examples=80, deadline=None)
@@ -69,17 +74,18 @@ def test_several_tensors_and_control_fields_travel_together() -> None:
     ours, theirs = socket.socketpair()
     with ours, theirs:
         tensors = {"first": [np.arange(6, dtype=np.int64).reshape(2, 3)], "zweite-é": [np.array([b"a", b""], object)]}
-        send_frame(ours, Kind.RESULT, {"note": "both", "n": [1, 2]}, tensors)
+        send_frame(ours, Kind.RESULT, {"note": "both", "n": [1, 2]}, raw_parts(tensors))
         frame = recv_frame(theirs)
     assert frame.kind is Kind.RESULT and frame.meta == {"note": "both", "n": [1, 2]}
-    assert frame.tensors["first"].tolist() == [[0, 1, 2], [3, 4, 5]]
-    assert frame.tensors["zweite-é"].tolist() == [b"a", b""]
+    assert array_of(frame.tensors["first"]).tolist() == [[0, 1, 2], [3, 4, 5]]
+    assert frame.tensors["zweite-é"].datatype == "BYTES" and frame.tensors["zweite-é"].shape == (2,)
+    assert array_of(frame.tensors["zweite-é"]).tolist() == [b"a", b""]
 
 
 def test_a_batch_names_the_outputs_it_wants() -> None:
     ours, theirs = socket.socketpair()
     with ours, theirs:
-        send_batch(ours, {"x": [np.zeros((1, 2), np.float32)]}, ["probabilities"])
+        send_batch(ours, raw_parts({"x": [np.zeros((1, 2), np.float32)]}), ["probabilities"])
         assert requested_outputs(recv_frame(theirs)) == ["probabilities"]
 
 

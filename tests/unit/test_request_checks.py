@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -10,11 +12,16 @@ from gateway.inference_types import InferRequest
 from gateway.request_checks import checked_inputs, checked_outputs
 from gateway.tensors import Tensor
 from runtimes.contract import Signature, TensorSpec
+from runtimes.raw_tensors import raw_of
 
 DIGITS = Signature(
     inputs=(TensorSpec("input", "FP32", (-1, 64)),),
     outputs=(TensorSpec("label", "INT64", (-1,)), TensorSpec("probabilities", "FP32", (-1, 10))),
 )
+
+
+def named(name: str, array: np.ndarray[Any, Any]) -> Tensor:
+    return Tensor(name, raw_of(array))
 
 
 def request(*tensors: Tensor, outputs: list[str] | None = None) -> InferRequest:
@@ -23,7 +30,7 @@ def request(*tensors: Tensor, outputs: list[str] | None = None) -> InferRequest:
 
 def pixels(rows: int, width: int = 64, datatype: str = "FP32") -> Tensor:
     dtype = {"FP32": np.float32, "FP64": np.float64}[datatype]
-    return Tensor("input", datatype, np.zeros((rows, width), dtype))
+    return named("input", np.zeros((rows, width), dtype))
 
 
 def test_a_good_request_passes_with_its_rows() -> None:
@@ -34,7 +41,7 @@ def test_a_good_request_passes_with_its_rows() -> None:
 @pytest.mark.parametrize(
     ("tensors", "message"),
     [
-        ((Tensor("pixels", "FP32", np.zeros((1, 64), np.float32)),), r"no input 'pixels'; its inputs are \['input'\]"),
+        ((named("pixels", np.zeros((1, 64), np.float32)),), r"no input 'pixels'; its inputs are \['input'\]"),
         ((), r"needs inputs \['input'\]"),
         ((pixels(1, datatype="FP64"),), "input 'input' has datatype FP64, expected FP32"),
         ((pixels(1, width=63),), r"input 'input' has shape \[1, 63\], expected \[-1, 64\]"),
@@ -52,7 +59,7 @@ def test_inputs_must_agree_on_the_batch_size() -> None:
         inputs=(TensorSpec("a", "FP32", (-1, 2)), TensorSpec("b", "FP32", (-1, 2))),
         outputs=(TensorSpec("y", "FP32", (-1, 2)),),
     )
-    tensors = (Tensor("a", "FP32", np.zeros((2, 2), np.float32)), Tensor("b", "FP32", np.zeros((3, 2), np.float32)))
+    tensors = (named("a", np.zeros((2, 2), np.float32)), named("b", np.zeros((3, 2), np.float32)))
     with pytest.raises(InvalidArgument, match="input 'b' has batch size 3 but another input has 2"):
         checked_inputs(request(*tensors), two, 8)
 

@@ -17,12 +17,13 @@ from gateway.batching import Pending
 from gateway.errors import Unavailable
 from gateway.model_version import ModelVersion
 from gateway.shadow import ShadowFigures, ShadowMirror, pause_after
+from runtimes.raw_tensors import raw_of
 
 
 def answered(rows: int, shadows: tuple[int, ...], failed: bool = False) -> Pending:
-    pending = Pending({"x": np.zeros((rows, 4), np.float32)}, rows, [])
+    pending = Pending({"x": raw_of(np.zeros((rows, 4), np.float32))}, rows, [])
     pending.shadows = shadows
-    pending.outputs = None if failed else {"y": np.zeros((rows, 2), np.float32)}
+    pending.outputs = None if failed else {"y": raw_of(np.zeros((rows, 2), np.float32))}
     return pending
 
 
