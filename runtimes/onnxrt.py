@@ -42,7 +42,7 @@ def _spec(arg: Any) -> TensorSpec:
 
 def _to_ort(array: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     # ORT string tensors want Python str; the wire carries bytes.
-    if array.dtype == np.object_:
+    if array.dtype.kind == "O":
         return np.vectorize(_as_text, otypes=[np.object_])(array) if array.size else array
     return array
 

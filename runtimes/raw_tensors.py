@@ -20,9 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from runtimes.datatypes import BYTES, datatype_of, decode_bytes, encode_bytes, numpy_dtype
+from runtimes.datatypes import BYTES, DATATYPES, datatype_of, decode_bytes, encode_bytes, numpy_dtype
 
 _LENGTH = struct.Struct("<I")
+# Every batch's outputs pass through raw_of: one dict lookup instead of datatype_of's checks.
+_DATATYPE_BY_DTYPE = {numpy_dtype(name): name for name in DATATYPES if name != BYTES}
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,14 +44,19 @@ class RowsMismatch(ValueError):
 
 
 def raw_of(array: np.ndarray[Any, Any]) -> RawTensor:
-    """The raw form of an array; fixed-size data is shared with the array, not copied."""
-    datatype = datatype_of(array.dtype)
-    shape = tuple(array.shape)
+    """The raw form of an array; a C-contiguous array's data is shared, not copied."""
+    datatype = _DATATYPE_BY_DTYPE.get(array.dtype)
+    if datatype is None:
+        datatype = datatype_of(array.dtype)
+        if datatype != BYTES and array.dtype.byteorder == ">":  # the raw form is little-endian
+            array = array.astype(array.dtype.newbyteorder("<"))
     if datatype == BYTES:
-        return RawTensor(datatype, shape, encode_bytes(array))
-    if array.size == 0:  # memoryview cannot cast a view with a zero in its shape
-        return RawTensor(datatype, shape, b"")
-    return RawTensor(datatype, shape, np.ascontiguousarray(array).reshape(-1).data.cast("B"))
+        return RawTensor(datatype, array.shape, encode_bytes(array))
+    if array.ndim == 0 or array.size == 0:  # a memoryview of these cannot be cast to bytes
+        return RawTensor(datatype, array.shape, array.tobytes())
+    if not array.flags.c_contiguous:
+        array = np.ascontiguousarray(array)
+    return RawTensor(datatype, array.shape, array.data.cast("B"))
 
 
 def array_of(tensor: RawTensor) -> np.ndarray[Any, Any]:

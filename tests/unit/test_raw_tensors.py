@@ -32,6 +32,12 @@ def test_a_strided_array_is_made_contiguous_and_a_contiguous_one_is_shared() -> 
     assert np.shares_memory(array_of(raw_of(array)), array), "no copy of a contiguous array"
 
 
+def test_a_big_endian_array_is_sent_little_endian() -> None:
+    array = np.arange(3, dtype=">i4")
+    raw = raw_of(array)
+    assert raw.datatype == "INT32" and bytes(raw.data) == np.arange(3, dtype="<i4").tobytes()
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     dtype=st.sampled_from(NUMERIC),
