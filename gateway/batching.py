@@ -79,7 +79,7 @@ class Pending:
         self.rows = rows
         self.output_names = output_names
         # Requests merge only when every input agrees on everything but the first axis.
-        self.merge_key = tuple((name, tensor.shape[1:], tensor.datatype) for name, tensor in inputs.items())
+        self.merge_key = tuple([(name, tensor.shape[1:], tensor.datatype) for name, tensor in inputs.items()])
         self.on_done = on_done
         self.outputs: RawTensors | None = None
         self.error: TurnoutError | None = None
@@ -133,12 +133,11 @@ class BatchQueue:
         self._items: deque[Pending] = deque()
         self._rows = 0
         self._closed = False
-        # Dispatchers waiting in _wait: put() wakes one only when there is one, since a busy
-        # dispatcher looks at the queue anyway, and Condition.notify is Python code per request.
-        self._idle_dispatchers = 0
-        # put() takes the plain lock (its `with` runs in C); dispatchers wait on the condition.
+        # Dispatchers asleep in _wait, each on a lock of its own (a bell) that put() or close()
+        # releases: two C-level lock operations per wake-up, where a Condition's wait and notify
+        # run Python code for every lone request. put() rings one bell, and only when one waits.
+        self._sleeping: deque[threading.Lock] = deque()
         self._lock = threading.Lock()
-        self._ready = threading.Condition(self._lock)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -158,19 +157,20 @@ class BatchQueue:
                 )
             self._items.append(item)
             self._rows += item.rows
-            if self._idle_dispatchers:
-                self._ready.notify()
+            if self._sleeping:
+                self._sleeping.popleft().release()
 
     def close(self) -> None:
         """Refuse new requests; dispatchers finish what is queued, then get None."""
-        with self._ready:
+        with self._lock:
             self._closed = True
-            self._ready.notify_all()
+            while self._sleeping:
+                self._sleeping.popleft().release()
 
     def take(self) -> list[Pending] | None:
         """The next batch, blocking until there is one; None once closed and empty."""
         settings = self._settings
-        with self._ready:
+        with self._lock:
             while not self._items:
                 if self._closed:
                     return None
@@ -193,12 +193,22 @@ class BatchQueue:
         return batch
 
     def _wait(self, timeout_s: float | None) -> None:
-        """Wait, holding the lock, until put() or close() wakes this dispatcher or ``timeout_s`` passes."""
-        self._idle_dispatchers += 1
+        """Sleep, the lock released, until put() or close() rings this dispatcher's bell or ``timeout_s`` passes.
+
+        Called, and returns, holding the lock.
+        """
+        bell = threading.Lock()
+        bell.acquire()
+        self._sleeping.append(bell)
+        self._lock.release()
         try:
-            self._ready.wait(timeout_s)
+            rung = bell.acquire(timeout=-1 if timeout_s is None else timeout_s)
         finally:
-            self._idle_dispatchers -= 1
+            self._lock.acquire()
+        if not rung and bell in self._sleeping:
+            # Timed out, and nobody took the bell meanwhile. (One that put() rang too late only
+            # woke a dispatcher that was waking anyway, and that looks at the queue next.)
+            self._sleeping.remove(bell)
 
     def _gather(self) -> None:
         """Yield the CPU, with the lock released, while that lets more requests in (module docstring)."""

@@ -216,7 +216,9 @@ class ModelVersion:
     def release(self) -> None:
         with self._gate_lock:
             self._in_flight -= 1
-            if self._in_flight == 0:
+            # Only unload() waits, after setting UNLOADING under this lock: otherwise a lone request
+            # would run Condition.notify_all's Python code each time the count falls to zero.
+            if self._in_flight == 0 and self.state is VersionState.UNLOADING:
                 self._gate.notify_all()
 
     def submit(self, pending: Pending) -> None:

@@ -55,7 +55,9 @@ def _check_shape(
         if not _shape_fits(shape, spec.shape):
             raise InvalidArgument(f"input {name!r} has shape {list(shape)}, expected {_describe(spec.shape)}")
         return 1
-    if not _shape_fits(shape[1:], spec.shape[1:]) or len(shape) != len(spec.shape):
+    tail = shape[1:]
+    # Equal tails (no -1 to match) are the common case: one tuple comparison, no per-dimension loop.
+    if len(shape) != len(spec.shape) or (tail != spec.shape[1:] and not _shape_fits(tail, spec.shape[1:])):
         raise InvalidArgument(
             f"input {name!r} has shape {list(shape)}, expected {_describe(spec.shape)} "
             f"(first dimension is the batch, 1 to {max_batch_size})"
@@ -70,6 +72,8 @@ def _check_shape(
 
 def checked_outputs(request: InferRequest, signature: Signature) -> list[str]:
     """The requested output names, each checked to exist; empty means all."""
+    if not request.output_names:
+        return []
     known = {spec.name for spec in signature.outputs}
     for name in request.output_names:
         if name not in known:

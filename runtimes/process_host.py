@@ -205,7 +205,8 @@ class WorkerProcessHost:
                 return
 
     def infer(self, inputs: Mapping[str, Sequence[RawTensor]], output_names: Sequence[str]) -> RawTensors:
-        if not self._ready.wait(self._restart_wait_s):
+        # is_set() first: Event.wait runs a Condition's Python code even when the event is set.
+        if not self._ready.is_set() and not self._ready.wait(self._restart_wait_s):
             raise HostUnavailable(f"worker for {self._label} is restarting")
         with self._call_lock:
             worker = self._worker

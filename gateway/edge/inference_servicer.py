@@ -66,7 +66,9 @@ class InferenceCalls:
     def leave(self) -> None:
         with self._lock:
             self._count -= 1
-            if self._count == 0:
+            # Only a closing server waits: Condition.notify_all is Python code that a lone call
+            # would otherwise run every time the count falls back to zero.
+            if self._count == 0 and self._closed:
                 self._idle.notify_all()
 
     def close_and_wait(self, timeout_s: float) -> bool:

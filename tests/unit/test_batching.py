@@ -231,3 +231,27 @@ def test_a_failing_callback_does_not_escape_resolve() -> None:
 
     item = Pending({"x": raw_of(np.zeros((1, 1)))}, 1, [], broken)
     item.resolve({"y": raw_of(np.zeros((1, 1)))})  # logged, not raised: the dispatcher thread must live on
+
+
+def test_every_sleeping_dispatcher_is_woken_by_a_request_of_its_own() -> None:
+    queue = BatchQueue("m", BatchingSettings(0, 0.0, 1024, None))  # no batching: one request per take
+    taken: list[Pending] = []
+    dispatchers = [threading.Thread(target=lambda: taken.extend(queue.take() or [])) for _ in range(3)]
+    for thread in dispatchers:
+        thread.start()
+    deadline = time.monotonic() + 10
+    while len(queue._sleeping) < 3 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert len(queue._sleeping) == 3, "all three dispatchers went to sleep"
+    for _ in range(3):
+        queue.put(pending(1))
+    for thread in dispatchers:
+        thread.join(timeout=10)
+    assert len(taken) == 3 and not any(thread.is_alive() for thread in dispatchers), "no wake-up was lost"
+
+
+def test_a_wait_that_times_out_leaves_no_bell_behind() -> None:
+    queue = BatchQueue("m", BatchingSettings(8, 0.01, 1024, None))
+    queue.put(pending(1))
+    assert queue.take() is not None  # waited out the 10 ms delay for a fuller batch
+    assert not queue._sleeping, "a later put() must not ring a bell nobody waits on"
