@@ -74,7 +74,9 @@ class VersionStatistics:
             self._input.add(input_ns * requests, requests)
             self._infer.add(infer_ns * requests, requests)
             self._output.add(output_ns * requests, requests)
-            per_size = self._batches.setdefault(rows, BatchDurations())
+            per_size = self._batches.get(rows)
+            if per_size is None:  # not setdefault: that would build four objects for every batch
+                per_size = self._batches[rows] = BatchDurations()
             per_size.compute_input.add(input_ns)
             per_size.compute_infer.add(infer_ns)
             per_size.compute_output.add(output_ns)
