@@ -54,6 +54,10 @@ class Kind(IntEnum):
     DETACHED = 10
 
 
+# Kind(code) runs the enum machinery's Python code; every frame reads its kind.
+_KIND_BY_CODE = {kind.value: kind for kind in Kind}
+
+
 @dataclass(slots=True)
 class Frame:
     kind: Kind
@@ -150,7 +154,7 @@ def recv_frame(sock: socket.socket) -> Frame:
         position += dims.size
         tensors[name] = RawTensor(DATATYPES[code], shape, data[offset : offset + nbytes])
         offset += nbytes
-    return Frame(Kind(kind), meta, tensors)
+    return Frame(_KIND_BY_CODE[kind], meta, tensors)
 
 
 def send_batch(sock: socket.socket, inputs: Mapping[str, Sequence[RawTensor]], output_names: Sequence[str]) -> None:
