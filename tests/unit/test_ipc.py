@@ -9,13 +9,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from hypothesis.extra import numpy as hnp
 
 from runtimes.datatypes import decode_bytes, encode_bytes
 from runtimes.ipc import HEADER, ChannelClosed, Kind, recv_frame, requested_outputs, send_batch, send_frame
 from runtimes.raw_tensors import RawTensor, array_of, raw_of
-
-NUMERIC = ["?", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8"]
+from tests.support.tensor_strategies import batch_parts
 
 
 def raw_parts(parts: dict[str, list[np.ndarray]]) -> dict[str, list[RawTensor]]:
@@ -36,16 +34,8 @@ def round_trip(parts: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
 
 
 @settings(max_examples=80, deadline=None)
-@given(
-    dtype=st.sampled_from(NUMERIC),
-    rows=st.lists(st.integers(min_value=0, max_value=5), min_size=1, max_size=4),
-    tail=hnp.array_shapes(min_dims=0, max_dims=2, min_side=0, max_side=4),
-    data=st.data(),
-)
-def test_numeric_parts_arrive_concatenated_and_exact(
-    dtype: str, rows: list[int], tail: tuple[int, ...], data: st.DataObject
-) -> None:
-    parts = [data.draw(hnp.arrays(np.dtype(dtype), (count, *tail))) for count in rows]
+@given(batch_parts(max_parts=4, max_side=4))
+def test_numeric_parts_arrive_concatenated_and_exact(parts: list[np.ndarray]) -> None:
     received = round_trip({"x": parts})["x"]
     expected = np.concatenate(parts)
     assert received.dtype == expected.dtype and received.shape == expected.shape

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -9,8 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from runtimes.raw_tensors import RawTensor, RowsMismatch, array_of, cut_rows, joined, raw_of
-
-NUMERIC = ["?", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8"]
+from tests.support.tensor_strategies import NUMERIC, batch_parts
 
 
 @settings(max_examples=80, deadline=None)
@@ -39,16 +40,10 @@ def test_a_big_endian_array_is_sent_little_endian() -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(
-    dtype=st.sampled_from(NUMERIC),
-    rows=st.lists(st.integers(min_value=0, max_value=5), min_size=1, max_size=5),
-    tail=hnp.array_shapes(min_dims=0, max_dims=2, min_side=0, max_side=3),
-    data=st.data(),
-)
-def test_joining_then_cutting_rows_gives_each_part_back(
-    dtype: str, rows: list[int], tail: tuple[int, ...], data: st.DataObject
-) -> None:
-    parts = [data.draw(hnp.arrays(np.dtype(dtype), (count, *tail))) for count in rows]
+@given(batch_parts(max_parts=5, max_side=3))
+def test_joining_then_cutting_rows_gives_each_part_back(parts: list[np.ndarray[Any, Any]]) -> None:
+    rows = [len(part) for part in parts]
+    tail = parts[0].shape[1:]
     merged = joined([raw_of(part) for part in parts])
     assert merged.shape == (sum(rows), *tail)
     assert array_of(merged).tobytes() == np.concatenate(parts).tobytes()
