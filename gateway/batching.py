@@ -273,11 +273,6 @@ def split_outputs(batch: Sequence[Pending], outputs: RawTensors, batched: bool) 
     if not batched:
         return [outputs]
     rows = [item.rows for item in batch]
-    if len(rows) == 1:  # a batch of one request: its outputs are the batch's, once their rows are checked
-        for name, tensor in outputs.items():
-            if not tensor.shape or tensor.shape[0] != rows[0]:
-                raise Internal(f"output {name!r} has shape {list(tensor.shape)}; expected a first axis of {rows[0]}")
-        return [outputs]
     results: list[RawTensors] = [{} for _ in batch]
     for name, tensor in outputs.items():
         try:

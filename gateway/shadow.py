@@ -23,7 +23,7 @@ from gateway.batching import Pending
 from gateway.errors import TurnoutError
 from gateway.model_version import ModelVersion
 from runtimes.contract import Arrays
-from runtimes.raw_tensors import RawTensor, RawTensors, array_of, joined
+from runtimes.raw_tensors import RawTensor, RawTensors, RowsMismatch, array_of, cut_rows, joined
 
 log = logging.getLogger(__name__)
 
@@ -485,15 +485,12 @@ def _arrays_per_copy(batch: list[_Copy], outputs: RawTensors) -> list[Arrays]:
     rows = [item.rows for item in batch]
     per_copy: list[Arrays] = [{} for _ in batch]
     for name, tensor in outputs.items():
-        array = array_of(tensor)
-        if not array.ndim or array.shape[0] != sum(rows):
+        try:
+            pieces = [array_of(piece) for piece in cut_rows(tensor, rows)]
+        except RowsMismatch:
             # A shape the comparison cannot cut per copy: each copy sees it whole, and the
             # comparison reports the outputs that do not match.
-            for answer in per_copy:
-                answer[name] = array
-            continue
-        offset = 0
-        for answer, count in zip(per_copy, rows, strict=True):
-            answer[name] = array[offset : offset + count]
-            offset += count
+            pieces = [array_of(tensor)] * len(batch)
+        for answer, piece in zip(per_copy, pieces, strict=True):
+            answer[name] = piece
     return per_copy

@@ -78,12 +78,15 @@ def joined(parts: Sequence[RawTensor]) -> RawTensor:
 def cut_rows(tensor: RawTensor, rows: Sequence[int]) -> list[RawTensor]:
     """The tensor cut along its first axis into consecutive pieces of ``rows`` rows, as views.
 
-    Raises RowsMismatch when the tensor has no first axis or its first axis is not ``sum(rows)``.
+    One piece is the tensor itself. Raises RowsMismatch when the tensor has no first axis or its
+    first axis is not ``sum(rows)``.
     """
     shape = tensor.shape
     total = sum(rows)
     if not shape or shape[0] != total:
         raise RowsMismatch(f"has shape {list(shape)}; expected a first axis of {total}")
+    if len(rows) == 1:  # one piece, the whole tensor: a batch of one request
+        return [tensor]
     tail = shape[1:]
     view = memoryview(tensor.data)
     if tensor.datatype == BYTES:

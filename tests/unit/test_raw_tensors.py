@@ -74,6 +74,7 @@ def test_bytes_rows_are_cut_where_their_elements_end(rows: list[int], width: int
 def test_a_single_part_is_passed_through_uncopied() -> None:
     part = raw_of(np.zeros((2, 3), np.float32))
     assert joined([part]) is part
+    assert cut_rows(part, [2]) == [part] and cut_rows(part, [2])[0] is part
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from gateway.shadow import BatchComparison, compare_batch, compare_outputs
+from gateway.shadow import BatchComparison, ShadowFigures, _arrays_per_copy, _Copy, compare_batch, compare_outputs
+from runtimes.raw_tensors import raw_of
 
 
 def test_identical_answers_agree_everywhere() -> None:
@@ -92,3 +93,15 @@ def test_copies_with_no_output_in_common_are_counted_as_compared() -> None:
     together = compare_batch([primary, primary, primary], [echoed, echoed, echoed])
     assert together == BatchComparison(3, {}, {}, {}, 0, 0)
     assert BatchComparison.of_one(compare_outputs(primary, echoed)) == BatchComparison(1, {}, {}, {}, 0, 0)
+
+
+def test_a_shadow_batch_is_cut_per_copy_and_a_batch_that_cannot_be_cut_is_seen_whole() -> None:
+    def copy(rows: int) -> _Copy:
+        return _Copy(ShadowFigures("m", 1, 2), {}, rows, (), {}, 0.0)
+
+    batch = [copy(1), copy(2)]
+    cut = _arrays_per_copy(batch, {"p": raw_of(np.arange(6, dtype=np.float32).reshape(3, 2))})
+    assert [answer["p"].tolist() for answer in cut] == [[[0, 1]], [[2, 3], [4, 5]]]
+    wrong = np.zeros((4, 2), np.float32)  # the shadow answered 4 rows for 3
+    whole = _arrays_per_copy(batch, {"p": raw_of(wrong)})
+    assert all(answer["p"].shape == (4, 2) for answer in whole), "compared whole: an outright disagreement"
