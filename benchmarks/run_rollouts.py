@@ -46,11 +46,11 @@ import numpy as np
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))  # for gateway.edge.wire.turnout (our control-plane stubs)
+sys.path.insert(0, str(REPO_ROOT))  # for gateway.wire.turnout (our control-plane stubs)
 
 from process_usage import per_request, sample_measured_window  # noqa: E402
 
-from gateway.edge.wire.turnout.v1 import rollouts_pb2, rollouts_pb2_grpc  # noqa: E402
+from gateway.wire.turnout.v1 import rollouts_pb2, rollouts_pb2_grpc  # noqa: E402
 
 _READY = re.compile(r"turnout: serving .* on (?P<host>[^\s]+):(?P<port>\d+)$")
 PROBES = 8

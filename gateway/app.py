@@ -2,28 +2,27 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import threading
 from pathlib import Path
 
-from gateway.control import Rollouts
-from gateway.dataplane import Dataplane
 from gateway.edge.inference_servicer import InferenceServicer
 from gateway.edge.rollouts_servicer import RolloutsServicer
 from gateway.edge.server import GatewayServer
-from gateway.model_manager import ModelManager
-from gateway.model_version import HostFactory
-from gateway.policy_sync import PolicySync
-from gateway.propagation import Propagation
+from gateway.process.cpu_affinity import pin_gateway_threads
+from gateway.process.stop_signals import stop_on_signals, wait_for_stop
 from gateway.registry.repository import ModelRepository
-from gateway.repository_control import RepositoryControl
+from gateway.rollouts.control import Rollouts
+from gateway.rollouts.policy_sync import PolicySync
+from gateway.rollouts.propagation import Propagation
+from gateway.rollouts.repository_control import RepositoryControl
+from gateway.rollouts.shadow import ShadowMirror
 from gateway.routing.table import RoutingTableHolder
+from gateway.serving.dataplane import Dataplane
+from gateway.serving.model_manager import ModelManager
+from gateway.serving.model_version import HostFactory
 from gateway.settings import Settings
-from gateway.shadow import ShadowMirror
 from gateway.state.sqlite_store import SqliteStateStore
-from gateway.stop_signals import stop_on_signals, wait_for_stop
 from runtimes.contract import ModelHost, RuntimeOptions
 from runtimes.heap import freeze_startup_heap
 from runtimes.zygote import Zygote, start_zygote
@@ -143,24 +142,6 @@ def serve(settings: Settings) -> int:
     finally:
         if zygote is not None:
             zygote.close()
-
-
-def pin_gateway_threads(cpus: tuple[int, ...]) -> bool:
-    """Keep this process's threads, now and later, on ``cpus``; the zygote and the
-    workers it forks, already apart, keep every CPU. Python threads that hand the GIL to each other
-    across cores pay for it: pinned to one core a gateway served 1.7-1.9 times the requests of an
-    unpinned one here (docs/benchmarks.md)."""
-    try:
-        # Every thread there is now, native ones too (numpy's BLAS pool starts at import); threads
-        # started later inherit the affinity of the thread that starts them.
-        for thread in os.listdir("/proc/self/task"):
-            with contextlib.suppress(ProcessLookupError):  # a thread that has just ended
-                os.sched_setaffinity(int(thread), cpus)
-    except OSError as error:
-        log.error("cannot run the gateway on CPUs %s: %s (this machine allows %s)",
-                  ",".join(map(str, cpus)), error, sorted(os.sched_getaffinity(0)))
-        return False
-    return True
 
 
 def _run(settings: Settings, zygote: Zygote | None) -> int:

@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     health = commands.add_parser("health", help="ask a gateway's grpc.health.v1 service; exit 0 when SERVING")
     health.add_argument("--server", default="localhost:8001", help="HOST:PORT (default localhost:8001)")
     health.add_argument("--timeout-s", type=float, default=3.0)
-    from gateway.edge.control_cli import add_commands
+    from gateway.client.commands import add_commands
 
     add_commands(commands)
     return parser
@@ -68,7 +68,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"turnout: invalid settings: {error}", file=sys.stderr)
         return 2
     if settings.processes > 1:
-        from gateway.supervisor import supervise
+        from gateway.process.supervisor import supervise
 
         return supervise(settings)
     from gateway.app import serve
@@ -77,7 +77,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _health(args: argparse.Namespace) -> int:
-    from gateway.edge.health_probe import probe
+    from gateway.client.health import probe
 
     status = probe(args.server, args.timeout_s)
     print(status)
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args)
     if args.command == "health":
         return _health(args)
-    from gateway.edge.control_cli import run
+    from gateway.client.commands import run
 
     return run(args)
 

@@ -1,11 +1,11 @@
 """Regenerate the Python protobuf/gRPC stubs from the .proto files in protos/.
 
-Every ``protos/<path>.proto`` is compiled to ``gateway/edge/wire/<path>_pb2.py``,
+Every ``protos/<path>.proto`` is compiled to ``gateway/wire/<path>_pb2.py``,
 ``<path>_pb2_grpc.py`` and ``<path>_pb2.pyi``. The proto directory is mounted
-under the virtual path ``gateway/edge/wire`` (``-Igateway/edge/wire=protos``),
+under the virtual path ``gateway/wire`` (``-Igateway/wire=protos``),
 so the imports protoc writes into the generated code are package-absolute
-(``from gateway.edge.wire import inference_pb2``) and nested protos such as
-``protos/turnout/v1/rollouts.proto`` land in ``gateway/edge/wire/turnout/v1/``.
+(``from gateway.wire import inference_pb2``) and nested protos such as
+``protos/turnout/v1/rollouts.proto`` land in ``gateway/wire/turnout/v1/``.
 Every package directory on the way gets an ``__init__.py``.
 
 Usage, from anywhere::
@@ -29,7 +29,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = REPO_ROOT / "protos"
-WIRE_PACKAGE = Path("gateway", "edge", "wire")
+WIRE_PACKAGE = Path("gateway", "wire")
 INIT_TEXT = (
     '"""Generated protobuf and gRPC stubs; regenerate with python protos/generate.py; do not edit."""\n'
 )

@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from gateway.edge.wire import inference_pb2 as pb
+from gateway import headers
 from gateway.errors import InvalidArgument
-from gateway.inference_types import InferRequest, InferResponse
-from gateway.model_manager import IndexEntry, ModelRecord
-from gateway.model_version import ModelVersion, VersionState
-from gateway.statistics import Duration, StatisticsSnapshot
-from gateway.tensors import Tensor, tensor_from_raw, tensor_from_values
+from gateway.serving.inference_types import InferRequest, InferResponse
+from gateway.serving.model_manager import IndexEntry, ModelRecord
+from gateway.serving.model_version import ModelVersion, VersionState
+from gateway.serving.statistics import Duration, StatisticsSnapshot
+from gateway.serving.tensors import Tensor, tensor_from_raw, tensor_from_values
+from gateway.wire import inference_pb2 as pb
 from runtimes.contract import TensorSpec
 
 # Which InferTensorContents field carries each datatype's typed values (FP16 has none: raw only).
@@ -46,9 +47,6 @@ _CONFIG_TYPE = {
     "BYTES": pb.TYPE_STRING,
 }
 
-VERSION_TRAILER = "turnout-version"
-ARM_TRAILER = "turnout-arm"
-GENERATION_TRAILER = "turnout-generation"
 
 
 def _parameter_value(parameter: Any) -> Any:
@@ -127,20 +125,16 @@ def infer_response_to_proto(response: InferResponse, routing_parameters: bool = 
 def routing_trailers(response: InferResponse) -> tuple[tuple[str, str], ...]:
     """Which version answered, on which arm, under which policy generation: trailing metadata."""
     return (
-        (VERSION_TRAILER, response.model_version),
-        (ARM_TRAILER, response.arm),
-        (GENERATION_TRAILER, str(response.generation)),
+        (headers.VERSION, response.model_version),
+        (headers.ARM, response.arm),
+        (headers.GENERATION, str(response.generation)),
     )
-
-
-# Who made a change, for the audit trail; the CLI sends the operator's user name.
-ACTOR_METADATA = "turnout-actor"
 
 
 def actor_of(metadata: Any) -> str:
     """The ``turnout-actor`` header of a control call, or "unknown"."""
     for key, value in metadata or ():
-        if key == ACTOR_METADATA and isinstance(value, str):
+        if key == headers.ACTOR and isinstance(value, str):
             return value
     return "unknown"
 

@@ -12,7 +12,6 @@ from typing import Any
 
 import grpc
 
-from gateway.dataplane import Dataplane
 from gateway.edge.codec import (
     actor_of,
     index_to_proto,
@@ -25,13 +24,14 @@ from gateway.edge.codec import (
     text_metadata,
 )
 from gateway.edge.status import maps_errors
-from gateway.edge.wire import inference_pb2 as pb
-from gateway.edge.wire import inference_pb2_grpc as pb_grpc
 from gateway.errors import InvalidArgument, NotFound, TurnoutError, Unavailable
-from gateway.inference_types import InferResponse
-from gateway.model_manager import ModelManager
-from gateway.model_version import ModelVersion, VersionState
-from gateway.repository_control import RepositoryControl
+from gateway.rollouts.repository_control import RepositoryControl
+from gateway.serving.dataplane import Dataplane
+from gateway.serving.inference_types import InferResponse
+from gateway.serving.model_manager import ModelManager
+from gateway.serving.model_version import ModelVersion, VersionState
+from gateway.wire import inference_pb2 as pb
+from gateway.wire import inference_pb2_grpc as pb_grpc
 
 SERVER_NAME = "turnout"
 SERVER_VERSION = "0.1.0"

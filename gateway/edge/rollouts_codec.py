@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from gateway.control import PolicyView, VersionView
-from gateway.edge.wire.turnout.v1 import rollouts_pb2 as pb
+from gateway.rollouts.control import PolicyView, VersionView
+from gateway.rollouts.shadow import ShadowFigures
 from gateway.routing.policy import Canary, Policy, Shadow
-from gateway.shadow import ShadowFigures
 from gateway.state.store import PolicyChange
+from gateway.wire.turnout.v1 import rollouts_pb2 as pb
 
 
 def policy_to_proto(policy: Policy) -> pb.Policy:

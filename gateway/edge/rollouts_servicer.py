@@ -1,10 +1,9 @@
-"""``turnout.v1.Rollouts``: the control plane's gRPC face; every call is one use case of :mod:`gateway.control`."""
+"""``turnout.v1.Rollouts``: the control plane's gRPC face, one use case of :mod:`gateway.rollouts.control` a call."""
 
 from __future__ import annotations
 
 import grpc
 
-from gateway.control import Rollouts
 from gateway.edge.codec import actor_of
 from gateway.edge.rollouts_codec import (
     history_to_proto,
@@ -14,9 +13,10 @@ from gateway.edge.rollouts_codec import (
     versions_to_proto,
 )
 from gateway.edge.status import maps_errors
-from gateway.edge.wire.turnout.v1 import rollouts_pb2 as pb
-from gateway.edge.wire.turnout.v1 import rollouts_pb2_grpc as pb_grpc
 from gateway.errors import InvalidArgument
+from gateway.rollouts.control import Rollouts
+from gateway.wire.turnout.v1 import rollouts_pb2 as pb
+from gateway.wire.turnout.v1 import rollouts_pb2_grpc as pb_grpc
 
 
 def _actor(context: grpc.ServicerContext) -> str:

@@ -12,10 +12,10 @@ from grpc_reflection.v1alpha import reflection
 
 from gateway.edge.inference_servicer import InferenceServicer
 from gateway.edge.rollouts_servicer import RolloutsServicer
-from gateway.edge.wire import inference_pb2 as pb
-from gateway.edge.wire import inference_pb2_grpc as pb_grpc
-from gateway.edge.wire.turnout.v1 import rollouts_pb2, rollouts_pb2_grpc
 from gateway.settings import Settings
+from gateway.wire import inference_pb2 as pb
+from gateway.wire import inference_pb2_grpc as pb_grpc
+from gateway.wire.turnout.v1 import rollouts_pb2, rollouts_pb2_grpc
 
 INFERENCE_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 ROLLOUTS_SERVICE = rollouts_pb2.DESCRIPTOR.services_by_name["Rollouts"].full_name

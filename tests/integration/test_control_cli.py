@@ -25,8 +25,8 @@ import numpy.typing as npt
 import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from gateway.edge.wire.turnout.v1 import rollouts_pb2 as pb
-from gateway.edge.wire.turnout.v1 import rollouts_pb2_grpc as pb_grpc
+from gateway.wire.turnout.v1 import rollouts_pb2 as pb
+from gateway.wire.turnout.v1 import rollouts_pb2_grpc as pb_grpc
 from tests.support.gateway_process import REPO_ROOT, GatewayProcess
 from tests.support.model_repository import EXAMPLES
 

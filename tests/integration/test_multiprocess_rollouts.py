@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from gateway.edge.wire.turnout.v1 import rollouts_pb2, rollouts_pb2_grpc
+from gateway.wire.turnout.v1 import rollouts_pb2, rollouts_pb2_grpc
 from tests.support.gateway_process import GatewayProcess, worker_pids
 from tests.support.model_repository import copy_digits
 

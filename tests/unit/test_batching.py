@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.batching import (
+from gateway.errors import DeadlineExceeded, Unavailable
+from gateway.serving.batching import (
     GATHER_IDLE_YIELDS,
     GATHER_YIELDS,
     BatchingSettings,
@@ -20,7 +21,6 @@ from gateway.batching import (
     split_outputs,
     wanted_outputs,
 )
-from gateway.errors import DeadlineExceeded, Unavailable
 from runtimes.raw_tensors import array_of, joined, raw_of
 
 

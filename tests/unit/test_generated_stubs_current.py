@@ -1,4 +1,4 @@
-"""The committed stubs in gateway/edge/wire match what protos/generate.py produces now."""
+"""The committed stubs in gateway/wire match what protos/generate.py produces now."""
 
 from __future__ import annotations
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway.model_manager import ModelManager
-from gateway.policy_sync import PolicySync
 from gateway.registry.repository import ModelRepository
+from gateway.rollouts.policy_sync import PolicySync
 from gateway.routing.policy import Policy
 from gateway.routing.table import RoutingTableHolder
+from gateway.serving.model_manager import ModelManager
 from gateway.state.sqlite_store import SqliteStateStore
 from gateway.state.store import StoredPolicy
 from runtimes.contract import ModelHost, RuntimeOptions
@@ -64,7 +64,7 @@ def test_a_slow_sync_is_logged_with_the_time_of_each_step(
 ) -> None:
     store.commit("absent", None, Policy(stable=1), "set-policy", "alice", "")
     store.delay_s = 0.15
-    with caplog.at_level(logging.WARNING, logger="gateway.policy_sync"):
+    with caplog.at_level(logging.WARNING, logger="gateway.rollouts.policy_sync"):
         sync.sync_now()
     [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warning.startswith("applying generation 1 took ")
@@ -76,7 +76,7 @@ def test_an_unload_asked_through_another_process_is_followed_once(
     store: SlowReadingStore, sync: PolicySync, caplog: pytest.LogCaptureFixture
 ) -> None:
     store.request_repository_action("absent", "unload", "bob")
-    with caplog.at_level(logging.INFO, logger="gateway.policy_sync"):
+    with caplog.at_level(logging.INFO, logger="gateway.rollouts.policy_sync"):
         sync.sync_now()
         sync.sync_now()
     followed = [r.getMessage() for r in caplog.records if "another process" in r.getMessage()]

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from gateway.errors import InvalidArgument
-from gateway.inference_types import InferRequest
-from gateway.request_checks import checked_inputs, checked_outputs
-from gateway.tensors import Tensor
+from gateway.serving.inference_types import InferRequest
+from gateway.serving.request_checks import checked_inputs, checked_outputs
+from gateway.serving.tensors import Tensor
 from runtimes.contract import Signature, TensorSpec
 from runtimes.raw_tensors import raw_of
 

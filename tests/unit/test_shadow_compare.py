@@ -7,7 +7,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from gateway.shadow import BatchComparison, ShadowFigures, _arrays_per_copy, _Copy, compare_batch, compare_outputs
+from gateway.rollouts.shadow import (
+    BatchComparison,
+    ShadowFigures,
+    _arrays_per_copy,
+    _Copy,
+    compare_batch,
+    compare_outputs,
+)
 from runtimes.raw_tensors import raw_of
 
 

@@ -13,10 +13,10 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pytest
 
-from gateway.batching import Pending
 from gateway.errors import Unavailable
-from gateway.model_version import ModelVersion
-from gateway.shadow import ShadowFigures, ShadowMirror, pause_after
+from gateway.rollouts.shadow import ShadowFigures, ShadowMirror, pause_after
+from gateway.serving.batching import Pending
+from gateway.serving.model_version import ModelVersion
 from runtimes.raw_tensors import raw_of
 
 

@@ -19,7 +19,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-OUR_FILE = "gateway/edge/wire/inference.proto"
+OUR_FILE = "gateway/wire/inference.proto"
 SERVICE = "inference.GRPCInferenceService"
 
 # Triton's RPCs, in the order of its service definition. All are unary and take
@@ -63,7 +63,7 @@ REQUIRED_MODEL_CONFIG_FIELDS = [
     "parameters",
 ]
 
-OURS_PRELUDE = "from gateway.edge.wire import inference_pb2\n"
+OURS_PRELUDE = "from gateway.wire import inference_pb2\n"
 TRITON_PRELUDE = "from tritonclient.grpc import model_config_pb2, service_pb2\n"
 
 # Describes descriptors as plain JSON. Each field is
@@ -137,7 +137,7 @@ import struct
 
 from google.protobuf import json_format
 
-from gateway.edge.wire import inference_pb2 as pb
+from gateway.wire import inference_pb2 as pb
 
 
 def bytes_tensor(items):
@@ -432,7 +432,7 @@ import json
 import struct
 import sys
 
-from gateway.edge.wire import inference_pb2 as pb
+from gateway.wire import inference_pb2 as pb
 
 request = pb.ModelInferRequest()
 request.ParseFromString(bytes.fromhex(json.loads(sys.stdin.read())["hex"]))

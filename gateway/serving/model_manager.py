@@ -13,9 +13,9 @@ import threading
 from dataclasses import dataclass, field
 
 from gateway.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from gateway.model_version import HostFactory, ModelVersion, VersionState
 from gateway.registry.model_settings import ModelSettings
 from gateway.registry.repository import ModelEntry, ModelRepository, valid_model_name
+from gateway.serving.model_version import HostFactory, ModelVersion, VersionState
 from runtimes.contract import RuntimeOptions
 
 log = logging.getLogger(__name__)

@@ -18,10 +18,10 @@ from typing import Any
 import grpc
 from google.protobuf.json_format import MessageToDict
 
-from gateway.edge.codec import ACTOR_METADATA
-from gateway.edge.wire import inference_pb2, inference_pb2_grpc
-from gateway.edge.wire.turnout.v1 import rollouts_pb2 as pb
-from gateway.edge.wire.turnout.v1 import rollouts_pb2_grpc as pb_grpc
+from gateway import headers
+from gateway.wire import inference_pb2, inference_pb2_grpc
+from gateway.wire.turnout.v1 import rollouts_pb2 as pb
+from gateway.wire.turnout.v1 import rollouts_pb2_grpc as pb_grpc
 
 DEFAULT_SERVER = "localhost:8001"
 COMMANDS = ("status", "policy", "canary", "shadow", "promote", "rollback", "history")
@@ -67,7 +67,7 @@ def add_commands(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run one control command; exit status 0 on success, 1 when the gateway refused."""
-    metadata = ((ACTOR_METADATA, getpass.getuser()),)
+    metadata = ((headers.ACTOR, getpass.getuser()),)
     with grpc.insecure_channel(args.server) as channel:
         stub = pb_grpc.RolloutsStub(channel)
         try:

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import yaml
 
+from gateway.process.stop_signals import stop_on_signals, wait_for_stop
 from gateway.settings import Settings
 from gateway.state.sqlite_store import SqliteStateStore
-from gateway.stop_signals import stop_on_signals, wait_for_stop
 from runtimes.broker import WorkerBroker
 from runtimes.zygote import Zygote, start_zygote
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from gateway.errors import InvalidArgument
-from gateway.inference_types import InferRequest
+from gateway.serving.inference_types import InferRequest
 from runtimes.contract import Signature, TensorSpec
 from runtimes.raw_tensors import RawTensor
 

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from gateway.edge.wire.turnout.v1 import rollouts_pb2 as gateway_dot_edge_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2
+from gateway.wire.turnout.v1 import rollouts_pb2 as gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in gateway/edge/wire/turnout/v1/rollouts_pb2_grpc.py depends on'
+        + ' but the generated code in gateway/wire/turnout/v1/rollouts_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,48 +36,48 @@ class RolloutsStub:
         """
         self.GetPolicy = channel.unary_unary(
                 '/turnout.v1.Rollouts/GetPolicy',
-                request_serializer=gateway_dot_edge_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.GetPolicyRequest.SerializeToString,
-                response_deserializer=gateway_dot_edge_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.PolicyState.FromString,
+                request_serializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.GetPolicyRequest.SerializeToString,
+                response_deserializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.PolicyState.FromString,
                 _registered_method=True)
         self.SetPolicy = channel.unary_unary(
                 '/turnout.v1.Rollouts/SetPolicy',
-                request_serializer=gateway_dot_edge_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.SetPolicyRequest.SerializeToString,
-                response_deserializer=gateway_dot_edge_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.PolicyState.FromString,
+                request_serializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.SetPolicyRequest.SerializeToString,
+                response_deserializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.PolicyState.FromString,
                 _registered_method=True)
         self.SetCanary = channel.unary_unary(
                 '/turnout.v1.Rollouts/SetCanary',
-                request_serializer=gateway_dot_edge_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.SetCanaryRequest.SerializeToString,
-                response_deserializer=gateway_dot_edge_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.PolicyState.FromString,
+                request_serializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.SetCanaryRequest.SerializeToString,
+                response_deserializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.PolicyState.FromString,
                 _registered_method=True)
         self.SetShadow = channel.unary_unary(
                 '/turnout.v1.Rollouts/SetShadow',
-                request_serializer=gateway_dot_edge_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.SetShadowRequest.SerializeToString,
-                response_deserializer=gateway_dot_edge_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.PolicyState.FromString,
+                request_serializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.SetShadowRequest.SerializeToString,
+                response_deserializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.PolicyState.FromString,
                 _registered_method=True)
         self.Promote = channel.unary_unary(
                 '/turnout.v1.Rollouts/Promote',
-                request_serializer=gateway_dot_edge_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.PromoteRequest.SerializeToString,
-                response_deserializer=gateway_dot_edge_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.PolicyState.FromString,
+                request_serializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.PromoteRequest.SerializeToString,
+                response_deserializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.PolicyState.FromString,
                 _registered_method=True)
         self.Rollback = channel.unary_unary(
                 '/turnout.v1.Rollouts/Rollback',
-                request_serializer=gateway_dot_edge_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.RollbackRequest.SerializeToString,
-                response_deserializer=gateway_dot_edge_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.PolicyState.FromString,
+                request_serializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.RollbackRequest.SerializeToString,
+                response_deserializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.PolicyState.FromString,
                 _registered_method=True)
         self.History = channel.unary_unary(
                 '/turnout.v1.Rollouts/History',
-                request_serializer=gateway_dot_edge_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.HistoryRequest.SerializeToString,
-                response_deserializer=gateway_dot_edge_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.HistoryResponse.FromString,
+                request_serializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.HistoryRequest.SerializeToString,
+                response_deserializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.HistoryResponse.FromString,
                 _registered_method=True)
         self.ListVersions = channel.unary_unary(
                 '/turnout.v1.Rollouts/ListVersions',
-                request_serializer=gateway_dot_edge_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.ListVersionsRequest.SerializeToString,
-                response_deserializer=gateway_dot_edge_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.ListVersionsResponse.FromString,
+                request_serializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.ListVersionsRequest.SerializeToString,
+                response_deserializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.ListVersionsResponse.FromString,
                 _registered_method=True)
         self.GetShadowComparison = channel.unary_unary(
                 '/turnout.v1.Rollouts/GetShadowComparison',
-                request_serializer=gateway_dot_edge_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.ShadowComparisonRequest.SerializeToString,
-                response_deserializer=gateway_dot_edge_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.ShadowComparisonResponse.FromString,
+                request_serializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.ShadowComparisonRequest.SerializeToString,
+                response_deserializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.ShadowComparisonResponse.FromString,
                 _registered_method=True)
 
 
@@ -153,48 +153,48 @@ def add_RolloutsServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'GetPolicy': grpc.unary_unary_rpc_method_handler(
                     servicer.GetPolicy,
-                    request_deserializer=gateway_dot_edge_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.GetPolicyRequest.FromString,
-                    response_serializer=gateway_dot_edge_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.PolicyState.SerializeToString,
+                    request_deserializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.GetPolicyRequest.FromString,
+                    response_serializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.PolicyState.SerializeToString,
             ),
             'SetPolicy': grpc.unary_unary_rpc_method_handler(
                     servicer.SetPolicy,
-                    request_deserializer=gateway_dot_edge_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.SetPolicyRequest.FromString,
-                    response_serializer=gateway_dot_edge_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.PolicyState.SerializeToString,
+                    request_deserializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.SetPolicyRequest.FromString,
+                    response_serializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.PolicyState.SerializeToString,
             ),
             'SetCanary': grpc.unary_unary_rpc_method_handler(
                     servicer.SetCanary,
-                    request_deserializer=gateway_dot_edge_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.SetCanaryRequest.FromString,
-                    response_serializer=gateway_dot_edge_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.PolicyState.SerializeToString,
+                    request_deserializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.SetCanaryRequest.FromString,
+                    response_serializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.PolicyState.SerializeToString,
             ),
             'SetShadow': grpc.unary_unary_rpc_method_handler(
                     servicer.SetShadow,
-                    request_deserializer=gateway_dot_edge_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.SetShadowRequest.FromString,
-                    response_serializer=gateway_dot_edge_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.PolicyState.SerializeToString,
+                    request_deserializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.SetShadowRequest.FromString,
+                    response_serializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.PolicyState.SerializeToString,
             ),
             'Promote': grpc.unary_unary_rpc_method_handler(
                     servicer.Promote,
-                    request_deserializer=gateway_dot_edge_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.PromoteRequest.FromString,
-                    response_serializer=gateway_dot_edge_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.PolicyState.SerializeToString,
+                    request_deserializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.PromoteRequest.FromString,
+                    response_serializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.PolicyState.SerializeToString,
             ),
             'Rollback': grpc.unary_unary_rpc_method_handler(
                     servicer.Rollback,
-                    request_deserializer=gateway_dot_edge_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.RollbackRequest.FromString,
-                    response_serializer=gateway_dot_edge_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.PolicyState.SerializeToString,
+                    request_deserializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.RollbackRequest.FromString,
+                    response_serializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.PolicyState.SerializeToString,
             ),
             'History': grpc.unary_unary_rpc_method_handler(
                     servicer.History,
-                    request_deserializer=gateway_dot_edge_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.HistoryRequest.FromString,
-                    response_serializer=gateway_dot_edge_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.HistoryResponse.SerializeToString,
+                    request_deserializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.HistoryRequest.FromString,
+                    response_serializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.HistoryResponse.SerializeToString,
             ),
             'ListVersions': grpc.unary_unary_rpc_method_handler(
                     servicer.ListVersions,
-                    request_deserializer=gateway_dot_edge_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.ListVersionsRequest.FromString,
-                    response_serializer=gateway_dot_edge_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.ListVersionsResponse.SerializeToString,
+                    request_deserializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.ListVersionsRequest.FromString,
+                    response_serializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.ListVersionsResponse.SerializeToString,
             ),
             'GetShadowComparison': grpc.unary_unary_rpc_method_handler(
                     servicer.GetShadowComparison,
-                    request_deserializer=gateway_dot_edge_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.ShadowComparisonRequest.FromString,
-                    response_serializer=gateway_dot_edge_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.ShadowComparisonResponse.SerializeToString,
+                    request_deserializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.ShadowComparisonRequest.FromString,
+                    response_serializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.ShadowComparisonResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -222,8 +222,8 @@ class Rollouts:
             request,
             target,
             '/turnout.v1.Rollouts/GetPolicy',
-            gateway_dot_edge_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.GetPolicyRequest.SerializeToString,
-            gateway_dot_edge_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.PolicyState.FromString,
+            gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.GetPolicyRequest.SerializeToString,
+            gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.PolicyState.FromString,
             options,
             channel_credentials,
             insecure,
@@ -249,8 +249,8 @@ class Rollouts:
             request,
             target,
             '/turnout.v1.Rollouts/SetPolicy',
-            gateway_dot_edge_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.SetPolicyRequest.SerializeToString,
-            gateway_dot_edge_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.PolicyState.FromString,
+            gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.SetPolicyRequest.SerializeToString,
+            gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.PolicyState.FromString,
             options,
             channel_credentials,
             insecure,
@@ -276,8 +276,8 @@ class Rollouts:
             request,
             target,
             '/turnout.v1.Rollouts/SetCanary',
-            gateway_dot_edge_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.SetCanaryRequest.SerializeToString,
-            gateway_dot_edge_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.PolicyState.FromString,
+            gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.SetCanaryRequest.SerializeToString,
+            gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.PolicyState.FromString,
             options,
             channel_credentials,
             insecure,
@@ -303,8 +303,8 @@ class Rollouts:
             request,
             target,
             '/turnout.v1.Rollouts/SetShadow',
-            gateway_dot_edge_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.SetShadowRequest.SerializeToString,
-            gateway_dot_edge_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.PolicyState.FromString,
+            gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.SetShadowRequest.SerializeToString,
+            gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.PolicyState.FromString,
             options,
             channel_credentials,
             insecure,
@@ -330,8 +330,8 @@ class Rollouts:
             request,
             target,
             '/turnout.v1.Rollouts/Promote',
-            gateway_dot_edge_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.PromoteRequest.SerializeToString,
-            gateway_dot_edge_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.PolicyState.FromString,
+            gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.PromoteRequest.SerializeToString,
+            gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.PolicyState.FromString,
             options,
             channel_credentials,
             insecure,
@@ -357,8 +357,8 @@ class Rollouts:
             request,
             target,
             '/turnout.v1.Rollouts/Rollback',
-            gateway_dot_edge_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.RollbackRequest.SerializeToString,
-            gateway_dot_edge_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.PolicyState.FromString,
+            gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.RollbackRequest.SerializeToString,
+            gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.PolicyState.FromString,
             options,
             channel_credentials,
             insecure,
@@ -384,8 +384,8 @@ class Rollouts:
             request,
             target,
             '/turnout.v1.Rollouts/History',
-            gateway_dot_edge_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.HistoryRequest.SerializeToString,
-            gateway_dot_edge_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.HistoryResponse.FromString,
+            gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.HistoryRequest.SerializeToString,
+            gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.HistoryResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -411,8 +411,8 @@ class Rollouts:
             request,
             target,
             '/turnout.v1.Rollouts/ListVersions',
-            gateway_dot_edge_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.ListVersionsRequest.SerializeToString,
-            gateway_dot_edge_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.ListVersionsResponse.FromString,
+            gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.ListVersionsRequest.SerializeToString,
+            gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.ListVersionsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -438,8 +438,8 @@ class Rollouts:
             request,
             target,
             '/turnout.v1.Rollouts/GetShadowComparison',
-            gateway_dot_edge_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.ShadowComparisonRequest.SerializeToString,
-            gateway_dot_edge_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.ShadowComparisonResponse.FromString,
+            gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.ShadowComparisonRequest.SerializeToString,
+            gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.ShadowComparisonResponse.FromString,
             options,
             channel_credentials,
             insecure,

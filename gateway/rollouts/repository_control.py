@@ -2,16 +2,16 @@
 
 The process a call lands on acts first, so an error (no such model, no version that loads) comes back
 before anything is recorded. A success is recorded in the state store under a new generation; every
-other process follows it on its next poll (:class:`gateway.policy_sync.PolicySync`), and the call
+other process follows it on its next poll (:class:`gateway.rollouts.policy_sync.PolicySync`), and the call
 returns once all of them have, as a policy change does. Behind a load balancer, a model unloaded
 through one connection is then unloaded on every connection.
 """
 
 from __future__ import annotations
 
-from gateway.model_manager import ModelManager
-from gateway.policy_sync import PolicySync
-from gateway.propagation import Propagation
+from gateway.rollouts.policy_sync import PolicySync
+from gateway.rollouts.propagation import Propagation
+from gateway.serving.model_manager import ModelManager
 from gateway.state.store import StateStore
 
 

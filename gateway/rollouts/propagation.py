@@ -12,7 +12,7 @@ import logging
 import time
 
 from gateway.errors import DeadlineExceeded
-from gateway.policy_sync import PolicySync
+from gateway.rollouts.policy_sync import PolicySync
 from gateway.state.store import StateStore
 
 log = logging.getLogger(__name__)

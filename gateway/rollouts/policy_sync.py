@@ -5,7 +5,7 @@ grows, makes sure every version the new policies name is loaded here, swaps in t
 table and reports the generation back, which is what a policy change waits for. It also tells the
 model manager which versions to keep loaded whatever the version policy says: the ones policies
 name, and the stable versions of the rollback window. And it follows explicit model loads and
-unloads made through any process (:mod:`gateway.repository_control`).
+unloads made through any process (:mod:`gateway.rollouts.repository_control`).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import uuid
 from types import MappingProxyType
 
 from gateway.errors import TurnoutError
-from gateway.model_manager import ModelManager
 from gateway.routing.table import ModelRoute, RoutingTable, RoutingTableHolder
+from gateway.serving.model_manager import ModelManager
 from gateway.state.store import RepositoryRequest, StateStore, StoredPolicy
 
 log = logging.getLogger(__name__)

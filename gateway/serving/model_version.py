@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from gateway.batching import BatchingSettings, BatchQueue, Pending, split_outputs, wanted_outputs
 from gateway.errors import Internal, TurnoutError, Unavailable
 from gateway.registry.model_settings import ModelSettings
 from gateway.registry.repository import VersionEntry, sha256_of
-from gateway.statistics import VersionStatistics
+from gateway.serving.batching import BatchingSettings, BatchQueue, Pending, split_outputs, wanted_outputs
+from gateway.serving.statistics import VersionStatistics
 from runtimes.catalog import runtime_kind_for
 from runtimes.contract import (
     HostUnavailable,

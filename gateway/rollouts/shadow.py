@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from gateway.batching import Pending
 from gateway.errors import TurnoutError
-from gateway.model_version import ModelVersion
+from gateway.serving.batching import Pending
+from gateway.serving.model_version import ModelVersion
 from runtimes.contract import Arrays
 from runtimes.raw_tensors import RawTensor, RawTensors, RowsMismatch, array_of, cut_rows, joined
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.tensors import Tensor
+from gateway.serving.tensors import Tensor
 
 
 @dataclass(slots=True)

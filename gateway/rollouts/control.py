@@ -11,12 +11,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from gateway.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from gateway.model_manager import ModelManager
-from gateway.model_version import VersionState
-from gateway.propagation import Propagation
+from gateway.rollouts.propagation import Propagation
+from gateway.rollouts.shadow import ShadowFigures, ShadowMirror
 from gateway.routing.policy import Canary, Policy, PolicyInvalid, Shadow, checked, weight_bp_from_percent
 from gateway.routing.table import RoutingTableHolder
-from gateway.shadow import ShadowFigures, ShadowMirror
+from gateway.serving.model_manager import ModelManager
+from gateway.serving.model_version import VersionState
 from gateway.state.store import GenerationConflict, PolicyChange, StateStore
 
 _Compute = Callable[[Policy], Policy]  # a change, as a function of the policy it applies to

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from gateway.edge.wire import inference_pb2 as gateway_dot_edge_dot_wire_dot_inference__pb2
+from gateway.wire import inference_pb2 as gateway_dot_wire_dot_inference__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in gateway/edge/wire/inference_pb2_grpc.py depends on'
+        + ' but the generated code in gateway/wire/inference_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -46,103 +46,103 @@ class GRPCInferenceServiceStub:
         """
         self.ServerLive = channel.unary_unary(
                 '/inference.GRPCInferenceService/ServerLive',
-                request_serializer=gateway_dot_edge_dot_wire_dot_inference__pb2.ServerLiveRequest.SerializeToString,
-                response_deserializer=gateway_dot_edge_dot_wire_dot_inference__pb2.ServerLiveResponse.FromString,
+                request_serializer=gateway_dot_wire_dot_inference__pb2.ServerLiveRequest.SerializeToString,
+                response_deserializer=gateway_dot_wire_dot_inference__pb2.ServerLiveResponse.FromString,
                 _registered_method=True)
         self.ServerReady = channel.unary_unary(
                 '/inference.GRPCInferenceService/ServerReady',
-                request_serializer=gateway_dot_edge_dot_wire_dot_inference__pb2.ServerReadyRequest.SerializeToString,
-                response_deserializer=gateway_dot_edge_dot_wire_dot_inference__pb2.ServerReadyResponse.FromString,
+                request_serializer=gateway_dot_wire_dot_inference__pb2.ServerReadyRequest.SerializeToString,
+                response_deserializer=gateway_dot_wire_dot_inference__pb2.ServerReadyResponse.FromString,
                 _registered_method=True)
         self.ModelReady = channel.unary_unary(
                 '/inference.GRPCInferenceService/ModelReady',
-                request_serializer=gateway_dot_edge_dot_wire_dot_inference__pb2.ModelReadyRequest.SerializeToString,
-                response_deserializer=gateway_dot_edge_dot_wire_dot_inference__pb2.ModelReadyResponse.FromString,
+                request_serializer=gateway_dot_wire_dot_inference__pb2.ModelReadyRequest.SerializeToString,
+                response_deserializer=gateway_dot_wire_dot_inference__pb2.ModelReadyResponse.FromString,
                 _registered_method=True)
         self.ServerMetadata = channel.unary_unary(
                 '/inference.GRPCInferenceService/ServerMetadata',
-                request_serializer=gateway_dot_edge_dot_wire_dot_inference__pb2.ServerMetadataRequest.SerializeToString,
-                response_deserializer=gateway_dot_edge_dot_wire_dot_inference__pb2.ServerMetadataResponse.FromString,
+                request_serializer=gateway_dot_wire_dot_inference__pb2.ServerMetadataRequest.SerializeToString,
+                response_deserializer=gateway_dot_wire_dot_inference__pb2.ServerMetadataResponse.FromString,
                 _registered_method=True)
         self.ModelMetadata = channel.unary_unary(
                 '/inference.GRPCInferenceService/ModelMetadata',
-                request_serializer=gateway_dot_edge_dot_wire_dot_inference__pb2.ModelMetadataRequest.SerializeToString,
-                response_deserializer=gateway_dot_edge_dot_wire_dot_inference__pb2.ModelMetadataResponse.FromString,
+                request_serializer=gateway_dot_wire_dot_inference__pb2.ModelMetadataRequest.SerializeToString,
+                response_deserializer=gateway_dot_wire_dot_inference__pb2.ModelMetadataResponse.FromString,
                 _registered_method=True)
         self.ModelInfer = channel.unary_unary(
                 '/inference.GRPCInferenceService/ModelInfer',
-                request_serializer=gateway_dot_edge_dot_wire_dot_inference__pb2.ModelInferRequest.SerializeToString,
-                response_deserializer=gateway_dot_edge_dot_wire_dot_inference__pb2.ModelInferResponse.FromString,
+                request_serializer=gateway_dot_wire_dot_inference__pb2.ModelInferRequest.SerializeToString,
+                response_deserializer=gateway_dot_wire_dot_inference__pb2.ModelInferResponse.FromString,
                 _registered_method=True)
         self.ModelStreamInfer = channel.stream_stream(
                 '/inference.GRPCInferenceService/ModelStreamInfer',
-                request_serializer=gateway_dot_edge_dot_wire_dot_inference__pb2.ModelInferRequest.SerializeToString,
-                response_deserializer=gateway_dot_edge_dot_wire_dot_inference__pb2.ModelStreamInferResponse.FromString,
+                request_serializer=gateway_dot_wire_dot_inference__pb2.ModelInferRequest.SerializeToString,
+                response_deserializer=gateway_dot_wire_dot_inference__pb2.ModelStreamInferResponse.FromString,
                 _registered_method=True)
         self.ModelConfig = channel.unary_unary(
                 '/inference.GRPCInferenceService/ModelConfig',
-                request_serializer=gateway_dot_edge_dot_wire_dot_inference__pb2.ModelConfigRequest.SerializeToString,
-                response_deserializer=gateway_dot_edge_dot_wire_dot_inference__pb2.ModelConfigResponse.FromString,
+                request_serializer=gateway_dot_wire_dot_inference__pb2.ModelConfigRequest.SerializeToString,
+                response_deserializer=gateway_dot_wire_dot_inference__pb2.ModelConfigResponse.FromString,
                 _registered_method=True)
         self.ModelStatistics = channel.unary_unary(
                 '/inference.GRPCInferenceService/ModelStatistics',
-                request_serializer=gateway_dot_edge_dot_wire_dot_inference__pb2.ModelStatisticsRequest.SerializeToString,
-                response_deserializer=gateway_dot_edge_dot_wire_dot_inference__pb2.ModelStatisticsResponse.FromString,
+                request_serializer=gateway_dot_wire_dot_inference__pb2.ModelStatisticsRequest.SerializeToString,
+                response_deserializer=gateway_dot_wire_dot_inference__pb2.ModelStatisticsResponse.FromString,
                 _registered_method=True)
         self.RepositoryIndex = channel.unary_unary(
                 '/inference.GRPCInferenceService/RepositoryIndex',
-                request_serializer=gateway_dot_edge_dot_wire_dot_inference__pb2.RepositoryIndexRequest.SerializeToString,
-                response_deserializer=gateway_dot_edge_dot_wire_dot_inference__pb2.RepositoryIndexResponse.FromString,
+                request_serializer=gateway_dot_wire_dot_inference__pb2.RepositoryIndexRequest.SerializeToString,
+                response_deserializer=gateway_dot_wire_dot_inference__pb2.RepositoryIndexResponse.FromString,
                 _registered_method=True)
         self.RepositoryModelLoad = channel.unary_unary(
                 '/inference.GRPCInferenceService/RepositoryModelLoad',
-                request_serializer=gateway_dot_edge_dot_wire_dot_inference__pb2.RepositoryModelLoadRequest.SerializeToString,
-                response_deserializer=gateway_dot_edge_dot_wire_dot_inference__pb2.RepositoryModelLoadResponse.FromString,
+                request_serializer=gateway_dot_wire_dot_inference__pb2.RepositoryModelLoadRequest.SerializeToString,
+                response_deserializer=gateway_dot_wire_dot_inference__pb2.RepositoryModelLoadResponse.FromString,
                 _registered_method=True)
         self.RepositoryModelUnload = channel.unary_unary(
                 '/inference.GRPCInferenceService/RepositoryModelUnload',
-                request_serializer=gateway_dot_edge_dot_wire_dot_inference__pb2.RepositoryModelUnloadRequest.SerializeToString,
-                response_deserializer=gateway_dot_edge_dot_wire_dot_inference__pb2.RepositoryModelUnloadResponse.FromString,
+                request_serializer=gateway_dot_wire_dot_inference__pb2.RepositoryModelUnloadRequest.SerializeToString,
+                response_deserializer=gateway_dot_wire_dot_inference__pb2.RepositoryModelUnloadResponse.FromString,
                 _registered_method=True)
         self.SystemSharedMemoryStatus = channel.unary_unary(
                 '/inference.GRPCInferenceService/SystemSharedMemoryStatus',
-                request_serializer=gateway_dot_edge_dot_wire_dot_inference__pb2.SystemSharedMemoryStatusRequest.SerializeToString,
-                response_deserializer=gateway_dot_edge_dot_wire_dot_inference__pb2.SystemSharedMemoryStatusResponse.FromString,
+                request_serializer=gateway_dot_wire_dot_inference__pb2.SystemSharedMemoryStatusRequest.SerializeToString,
+                response_deserializer=gateway_dot_wire_dot_inference__pb2.SystemSharedMemoryStatusResponse.FromString,
                 _registered_method=True)
         self.SystemSharedMemoryRegister = channel.unary_unary(
                 '/inference.GRPCInferenceService/SystemSharedMemoryRegister',
-                request_serializer=gateway_dot_edge_dot_wire_dot_inference__pb2.SystemSharedMemoryRegisterRequest.SerializeToString,
-                response_deserializer=gateway_dot_edge_dot_wire_dot_inference__pb2.SystemSharedMemoryRegisterResponse.FromString,
+                request_serializer=gateway_dot_wire_dot_inference__pb2.SystemSharedMemoryRegisterRequest.SerializeToString,
+                response_deserializer=gateway_dot_wire_dot_inference__pb2.SystemSharedMemoryRegisterResponse.FromString,
                 _registered_method=True)
         self.SystemSharedMemoryUnregister = channel.unary_unary(
                 '/inference.GRPCInferenceService/SystemSharedMemoryUnregister',
-                request_serializer=gateway_dot_edge_dot_wire_dot_inference__pb2.SystemSharedMemoryUnregisterRequest.SerializeToString,
-                response_deserializer=gateway_dot_edge_dot_wire_dot_inference__pb2.SystemSharedMemoryUnregisterResponse.FromString,
+                request_serializer=gateway_dot_wire_dot_inference__pb2.SystemSharedMemoryUnregisterRequest.SerializeToString,
+                response_deserializer=gateway_dot_wire_dot_inference__pb2.SystemSharedMemoryUnregisterResponse.FromString,
                 _registered_method=True)
         self.CudaSharedMemoryStatus = channel.unary_unary(
                 '/inference.GRPCInferenceService/CudaSharedMemoryStatus',
-                request_serializer=gateway_dot_edge_dot_wire_dot_inference__pb2.CudaSharedMemoryStatusRequest.SerializeToString,
-                response_deserializer=gateway_dot_edge_dot_wire_dot_inference__pb2.CudaSharedMemoryStatusResponse.FromString,
+                request_serializer=gateway_dot_wire_dot_inference__pb2.CudaSharedMemoryStatusRequest.SerializeToString,
+                response_deserializer=gateway_dot_wire_dot_inference__pb2.CudaSharedMemoryStatusResponse.FromString,
                 _registered_method=True)
         self.CudaSharedMemoryRegister = channel.unary_unary(
                 '/inference.GRPCInferenceService/CudaSharedMemoryRegister',
-                request_serializer=gateway_dot_edge_dot_wire_dot_inference__pb2.CudaSharedMemoryRegisterRequest.SerializeToString,
-                response_deserializer=gateway_dot_edge_dot_wire_dot_inference__pb2.CudaSharedMemoryRegisterResponse.FromString,
+                request_serializer=gateway_dot_wire_dot_inference__pb2.CudaSharedMemoryRegisterRequest.SerializeToString,
+                response_deserializer=gateway_dot_wire_dot_inference__pb2.CudaSharedMemoryRegisterResponse.FromString,
                 _registered_method=True)
         self.CudaSharedMemoryUnregister = channel.unary_unary(
                 '/inference.GRPCInferenceService/CudaSharedMemoryUnregister',
-                request_serializer=gateway_dot_edge_dot_wire_dot_inference__pb2.CudaSharedMemoryUnregisterRequest.SerializeToString,
-                response_deserializer=gateway_dot_edge_dot_wire_dot_inference__pb2.CudaSharedMemoryUnregisterResponse.FromString,
+                request_serializer=gateway_dot_wire_dot_inference__pb2.CudaSharedMemoryUnregisterRequest.SerializeToString,
+                response_deserializer=gateway_dot_wire_dot_inference__pb2.CudaSharedMemoryUnregisterResponse.FromString,
                 _registered_method=True)
         self.TraceSetting = channel.unary_unary(
                 '/inference.GRPCInferenceService/TraceSetting',
-                request_serializer=gateway_dot_edge_dot_wire_dot_inference__pb2.TraceSettingRequest.SerializeToString,
-                response_deserializer=gateway_dot_edge_dot_wire_dot_inference__pb2.TraceSettingResponse.FromString,
+                request_serializer=gateway_dot_wire_dot_inference__pb2.TraceSettingRequest.SerializeToString,
+                response_deserializer=gateway_dot_wire_dot_inference__pb2.TraceSettingResponse.FromString,
                 _registered_method=True)
         self.LogSettings = channel.unary_unary(
                 '/inference.GRPCInferenceService/LogSettings',
-                request_serializer=gateway_dot_edge_dot_wire_dot_inference__pb2.LogSettingsRequest.SerializeToString,
-                response_deserializer=gateway_dot_edge_dot_wire_dot_inference__pb2.LogSettingsResponse.FromString,
+                request_serializer=gateway_dot_wire_dot_inference__pb2.LogSettingsRequest.SerializeToString,
+                response_deserializer=gateway_dot_wire_dot_inference__pb2.LogSettingsResponse.FromString,
                 _registered_method=True)
 
 
@@ -305,103 +305,103 @@ def add_GRPCInferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'ServerLive': grpc.unary_unary_rpc_method_handler(
                     servicer.ServerLive,
-                    request_deserializer=gateway_dot_edge_dot_wire_dot_inference__pb2.ServerLiveRequest.FromString,
-                    response_serializer=gateway_dot_edge_dot_wire_dot_inference__pb2.ServerLiveResponse.SerializeToString,
+                    request_deserializer=gateway_dot_wire_dot_inference__pb2.ServerLiveRequest.FromString,
+                    response_serializer=gateway_dot_wire_dot_inference__pb2.ServerLiveResponse.SerializeToString,
             ),
             'ServerReady': grpc.unary_unary_rpc_method_handler(
                     servicer.ServerReady,
-                    request_deserializer=gateway_dot_edge_dot_wire_dot_inference__pb2.ServerReadyRequest.FromString,
-                    response_serializer=gateway_dot_edge_dot_wire_dot_inference__pb2.ServerReadyResponse.SerializeToString,
+                    request_deserializer=gateway_dot_wire_dot_inference__pb2.ServerReadyRequest.FromString,
+                    response_serializer=gateway_dot_wire_dot_inference__pb2.ServerReadyResponse.SerializeToString,
             ),
             'ModelReady': grpc.unary_unary_rpc_method_handler(
                     servicer.ModelReady,
-                    request_deserializer=gateway_dot_edge_dot_wire_dot_inference__pb2.ModelReadyRequest.FromString,
-                    response_serializer=gateway_dot_edge_dot_wire_dot_inference__pb2.ModelReadyResponse.SerializeToString,
+                    request_deserializer=gateway_dot_wire_dot_inference__pb2.ModelReadyRequest.FromString,
+                    response_serializer=gateway_dot_wire_dot_inference__pb2.ModelReadyResponse.SerializeToString,
             ),
             'ServerMetadata': grpc.unary_unary_rpc_method_handler(
                     servicer.ServerMetadata,
-                    request_deserializer=gateway_dot_edge_dot_wire_dot_inference__pb2.ServerMetadataRequest.FromString,
-                    response_serializer=gateway_dot_edge_dot_wire_dot_inference__pb2.ServerMetadataResponse.SerializeToString,
+                    request_deserializer=gateway_dot_wire_dot_inference__pb2.ServerMetadataRequest.FromString,
+                    response_serializer=gateway_dot_wire_dot_inference__pb2.ServerMetadataResponse.SerializeToString,
             ),
             'ModelMetadata': grpc.unary_unary_rpc_method_handler(
                     servicer.ModelMetadata,
-                    request_deserializer=gateway_dot_edge_dot_wire_dot_inference__pb2.ModelMetadataRequest.FromString,
-                    response_serializer=gateway_dot_edge_dot_wire_dot_inference__pb2.ModelMetadataResponse.SerializeToString,
+                    request_deserializer=gateway_dot_wire_dot_inference__pb2.ModelMetadataRequest.FromString,
+                    response_serializer=gateway_dot_wire_dot_inference__pb2.ModelMetadataResponse.SerializeToString,
             ),
             'ModelInfer': grpc.unary_unary_rpc_method_handler(
                     servicer.ModelInfer,
-                    request_deserializer=gateway_dot_edge_dot_wire_dot_inference__pb2.ModelInferRequest.FromString,
-                    response_serializer=gateway_dot_edge_dot_wire_dot_inference__pb2.ModelInferResponse.SerializeToString,
+                    request_deserializer=gateway_dot_wire_dot_inference__pb2.ModelInferRequest.FromString,
+                    response_serializer=gateway_dot_wire_dot_inference__pb2.ModelInferResponse.SerializeToString,
             ),
             'ModelStreamInfer': grpc.stream_stream_rpc_method_handler(
                     servicer.ModelStreamInfer,
-                    request_deserializer=gateway_dot_edge_dot_wire_dot_inference__pb2.ModelInferRequest.FromString,
-                    response_serializer=gateway_dot_edge_dot_wire_dot_inference__pb2.ModelStreamInferResponse.SerializeToString,
+                    request_deserializer=gateway_dot_wire_dot_inference__pb2.ModelInferRequest.FromString,
+                    response_serializer=gateway_dot_wire_dot_inference__pb2.ModelStreamInferResponse.SerializeToString,
             ),
             'ModelConfig': grpc.unary_unary_rpc_method_handler(
                     servicer.ModelConfig,
-                    request_deserializer=gateway_dot_edge_dot_wire_dot_inference__pb2.ModelConfigRequest.FromString,
-                    response_serializer=gateway_dot_edge_dot_wire_dot_inference__pb2.ModelConfigResponse.SerializeToString,
+                    request_deserializer=gateway_dot_wire_dot_inference__pb2.ModelConfigRequest.FromString,
+                    response_serializer=gateway_dot_wire_dot_inference__pb2.ModelConfigResponse.SerializeToString,
             ),
             'ModelStatistics': grpc.unary_unary_rpc_method_handler(
                     servicer.ModelStatistics,
-                    request_deserializer=gateway_dot_edge_dot_wire_dot_inference__pb2.ModelStatisticsRequest.FromString,
-                    response_serializer=gateway_dot_edge_dot_wire_dot_inference__pb2.ModelStatisticsResponse.SerializeToString,
+                    request_deserializer=gateway_dot_wire_dot_inference__pb2.ModelStatisticsRequest.FromString,
+                    response_serializer=gateway_dot_wire_dot_inference__pb2.ModelStatisticsResponse.SerializeToString,
             ),
             'RepositoryIndex': grpc.unary_unary_rpc_method_handler(
                     servicer.RepositoryIndex,
-                    request_deserializer=gateway_dot_edge_dot_wire_dot_inference__pb2.RepositoryIndexRequest.FromString,
-                    response_serializer=gateway_dot_edge_dot_wire_dot_inference__pb2.RepositoryIndexResponse.SerializeToString,
+                    request_deserializer=gateway_dot_wire_dot_inference__pb2.RepositoryIndexRequest.FromString,
+                    response_serializer=gateway_dot_wire_dot_inference__pb2.RepositoryIndexResponse.SerializeToString,
             ),
             'RepositoryModelLoad': grpc.unary_unary_rpc_method_handler(
                     servicer.RepositoryModelLoad,
-                    request_deserializer=gateway_dot_edge_dot_wire_dot_inference__pb2.RepositoryModelLoadRequest.FromString,
-                    response_serializer=gateway_dot_edge_dot_wire_dot_inference__pb2.RepositoryModelLoadResponse.SerializeToString,
+                    request_deserializer=gateway_dot_wire_dot_inference__pb2.RepositoryModelLoadRequest.FromString,
+                    response_serializer=gateway_dot_wire_dot_inference__pb2.RepositoryModelLoadResponse.SerializeToString,
             ),
             'RepositoryModelUnload': grpc.unary_unary_rpc_method_handler(
                     servicer.RepositoryModelUnload,
-                    request_deserializer=gateway_dot_edge_dot_wire_dot_inference__pb2.RepositoryModelUnloadRequest.FromString,
-                    response_serializer=gateway_dot_edge_dot_wire_dot_inference__pb2.RepositoryModelUnloadResponse.SerializeToString,
+                    request_deserializer=gateway_dot_wire_dot_inference__pb2.RepositoryModelUnloadRequest.FromString,
+                    response_serializer=gateway_dot_wire_dot_inference__pb2.RepositoryModelUnloadResponse.SerializeToString,
             ),
             'SystemSharedMemoryStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.SystemSharedMemoryStatus,
-                    request_deserializer=gateway_dot_edge_dot_wire_dot_inference__pb2.SystemSharedMemoryStatusRequest.FromString,
-                    response_serializer=gateway_dot_edge_dot_wire_dot_inference__pb2.SystemSharedMemoryStatusResponse.SerializeToString,
+                    request_deserializer=gateway_dot_wire_dot_inference__pb2.SystemSharedMemoryStatusRequest.FromString,
+                    response_serializer=gateway_dot_wire_dot_inference__pb2.SystemSharedMemoryStatusResponse.SerializeToString,
             ),
             'SystemSharedMemoryRegister': grpc.unary_unary_rpc_method_handler(
                     servicer.SystemSharedMemoryRegister,
-                    request_deserializer=gateway_dot_edge_dot_wire_dot_inference__pb2.SystemSharedMemoryRegisterRequest.FromString,
-                    response_serializer=gateway_dot_edge_dot_wire_dot_inference__pb2.SystemSharedMemoryRegisterResponse.SerializeToString,
+                    request_deserializer=gateway_dot_wire_dot_inference__pb2.SystemSharedMemoryRegisterRequest.FromString,
+                    response_serializer=gateway_dot_wire_dot_inference__pb2.SystemSharedMemoryRegisterResponse.SerializeToString,
             ),
             'SystemSharedMemoryUnregister': grpc.unary_unary_rpc_method_handler(
                     servicer.SystemSharedMemoryUnregister,
-                    request_deserializer=gateway_dot_edge_dot_wire_dot_inference__pb2.SystemSharedMemoryUnregisterRequest.FromString,
-                    response_serializer=gateway_dot_edge_dot_wire_dot_inference__pb2.SystemSharedMemoryUnregisterResponse.SerializeToString,
+                    request_deserializer=gateway_dot_wire_dot_inference__pb2.SystemSharedMemoryUnregisterRequest.FromString,
+                    response_serializer=gateway_dot_wire_dot_inference__pb2.SystemSharedMemoryUnregisterResponse.SerializeToString,
             ),
             'CudaSharedMemoryStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.CudaSharedMemoryStatus,
-                    request_deserializer=gateway_dot_edge_dot_wire_dot_inference__pb2.CudaSharedMemoryStatusRequest.FromString,
-                    response_serializer=gateway_dot_edge_dot_wire_dot_inference__pb2.CudaSharedMemoryStatusResponse.SerializeToString,
+                    request_deserializer=gateway_dot_wire_dot_inference__pb2.CudaSharedMemoryStatusRequest.FromString,
+                    response_serializer=gateway_dot_wire_dot_inference__pb2.CudaSharedMemoryStatusResponse.SerializeToString,
             ),
             'CudaSharedMemoryRegister': grpc.unary_unary_rpc_method_handler(
                     servicer.CudaSharedMemoryRegister,
-                    request_deserializer=gateway_dot_edge_dot_wire_dot_inference__pb2.CudaSharedMemoryRegisterRequest.FromString,
-                    response_serializer=gateway_dot_edge_dot_wire_dot_inference__pb2.CudaSharedMemoryRegisterResponse.SerializeToString,
+                    request_deserializer=gateway_dot_wire_dot_inference__pb2.CudaSharedMemoryRegisterRequest.FromString,
+                    response_serializer=gateway_dot_wire_dot_inference__pb2.CudaSharedMemoryRegisterResponse.SerializeToString,
             ),
             'CudaSharedMemoryUnregister': grpc.unary_unary_rpc_method_handler(
                     servicer.CudaSharedMemoryUnregister,
-                    request_deserializer=gateway_dot_edge_dot_wire_dot_inference__pb2.CudaSharedMemoryUnregisterRequest.FromString,
-                    response_serializer=gateway_dot_edge_dot_wire_dot_inference__pb2.CudaSharedMemoryUnregisterResponse.SerializeToString,
+                    request_deserializer=gateway_dot_wire_dot_inference__pb2.CudaSharedMemoryUnregisterRequest.FromString,
+                    response_serializer=gateway_dot_wire_dot_inference__pb2.CudaSharedMemoryUnregisterResponse.SerializeToString,
             ),
             'TraceSetting': grpc.unary_unary_rpc_method_handler(
                     servicer.TraceSetting,
-                    request_deserializer=gateway_dot_edge_dot_wire_dot_inference__pb2.TraceSettingRequest.FromString,
-                    response_serializer=gateway_dot_edge_dot_wire_dot_inference__pb2.TraceSettingResponse.SerializeToString,
+                    request_deserializer=gateway_dot_wire_dot_inference__pb2.TraceSettingRequest.FromString,
+                    response_serializer=gateway_dot_wire_dot_inference__pb2.TraceSettingResponse.SerializeToString,
             ),
             'LogSettings': grpc.unary_unary_rpc_method_handler(
                     servicer.LogSettings,
-                    request_deserializer=gateway_dot_edge_dot_wire_dot_inference__pb2.LogSettingsRequest.FromString,
-                    response_serializer=gateway_dot_edge_dot_wire_dot_inference__pb2.LogSettingsResponse.SerializeToString,
+                    request_deserializer=gateway_dot_wire_dot_inference__pb2.LogSettingsRequest.FromString,
+                    response_serializer=gateway_dot_wire_dot_inference__pb2.LogSettingsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -439,8 +439,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/ServerLive',
-            gateway_dot_edge_dot_wire_dot_inference__pb2.ServerLiveRequest.SerializeToString,
-            gateway_dot_edge_dot_wire_dot_inference__pb2.ServerLiveResponse.FromString,
+            gateway_dot_wire_dot_inference__pb2.ServerLiveRequest.SerializeToString,
+            gateway_dot_wire_dot_inference__pb2.ServerLiveResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -466,8 +466,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/ServerReady',
-            gateway_dot_edge_dot_wire_dot_inference__pb2.ServerReadyRequest.SerializeToString,
-            gateway_dot_edge_dot_wire_dot_inference__pb2.ServerReadyResponse.FromString,
+            gateway_dot_wire_dot_inference__pb2.ServerReadyRequest.SerializeToString,
+            gateway_dot_wire_dot_inference__pb2.ServerReadyResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -493,8 +493,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/ModelReady',
-            gateway_dot_edge_dot_wire_dot_inference__pb2.ModelReadyRequest.SerializeToString,
-            gateway_dot_edge_dot_wire_dot_inference__pb2.ModelReadyResponse.FromString,
+            gateway_dot_wire_dot_inference__pb2.ModelReadyRequest.SerializeToString,
+            gateway_dot_wire_dot_inference__pb2.ModelReadyResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -520,8 +520,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/ServerMetadata',
-            gateway_dot_edge_dot_wire_dot_inference__pb2.ServerMetadataRequest.SerializeToString,
-            gateway_dot_edge_dot_wire_dot_inference__pb2.ServerMetadataResponse.FromString,
+            gateway_dot_wire_dot_inference__pb2.ServerMetadataRequest.SerializeToString,
+            gateway_dot_wire_dot_inference__pb2.ServerMetadataResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -547,8 +547,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/ModelMetadata',
-            gateway_dot_edge_dot_wire_dot_inference__pb2.ModelMetadataRequest.SerializeToString,
-            gateway_dot_edge_dot_wire_dot_inference__pb2.ModelMetadataResponse.FromString,
+            gateway_dot_wire_dot_inference__pb2.ModelMetadataRequest.SerializeToString,
+            gateway_dot_wire_dot_inference__pb2.ModelMetadataResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -574,8 +574,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/ModelInfer',
-            gateway_dot_edge_dot_wire_dot_inference__pb2.ModelInferRequest.SerializeToString,
-            gateway_dot_edge_dot_wire_dot_inference__pb2.ModelInferResponse.FromString,
+            gateway_dot_wire_dot_inference__pb2.ModelInferRequest.SerializeToString,
+            gateway_dot_wire_dot_inference__pb2.ModelInferResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -601,8 +601,8 @@ class GRPCInferenceService:
             request_iterator,
             target,
             '/inference.GRPCInferenceService/ModelStreamInfer',
-            gateway_dot_edge_dot_wire_dot_inference__pb2.ModelInferRequest.SerializeToString,
-            gateway_dot_edge_dot_wire_dot_inference__pb2.ModelStreamInferResponse.FromString,
+            gateway_dot_wire_dot_inference__pb2.ModelInferRequest.SerializeToString,
+            gateway_dot_wire_dot_inference__pb2.ModelStreamInferResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -628,8 +628,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/ModelConfig',
-            gateway_dot_edge_dot_wire_dot_inference__pb2.ModelConfigRequest.SerializeToString,
-            gateway_dot_edge_dot_wire_dot_inference__pb2.ModelConfigResponse.FromString,
+            gateway_dot_wire_dot_inference__pb2.ModelConfigRequest.SerializeToString,
+            gateway_dot_wire_dot_inference__pb2.ModelConfigResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -655,8 +655,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/ModelStatistics',
-            gateway_dot_edge_dot_wire_dot_inference__pb2.ModelStatisticsRequest.SerializeToString,
-            gateway_dot_edge_dot_wire_dot_inference__pb2.ModelStatisticsResponse.FromString,
+            gateway_dot_wire_dot_inference__pb2.ModelStatisticsRequest.SerializeToString,
+            gateway_dot_wire_dot_inference__pb2.ModelStatisticsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -682,8 +682,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/RepositoryIndex',
-            gateway_dot_edge_dot_wire_dot_inference__pb2.RepositoryIndexRequest.SerializeToString,
-            gateway_dot_edge_dot_wire_dot_inference__pb2.RepositoryIndexResponse.FromString,
+            gateway_dot_wire_dot_inference__pb2.RepositoryIndexRequest.SerializeToString,
+            gateway_dot_wire_dot_inference__pb2.RepositoryIndexResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -709,8 +709,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/RepositoryModelLoad',
-            gateway_dot_edge_dot_wire_dot_inference__pb2.RepositoryModelLoadRequest.SerializeToString,
-            gateway_dot_edge_dot_wire_dot_inference__pb2.RepositoryModelLoadResponse.FromString,
+            gateway_dot_wire_dot_inference__pb2.RepositoryModelLoadRequest.SerializeToString,
+            gateway_dot_wire_dot_inference__pb2.RepositoryModelLoadResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -736,8 +736,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/RepositoryModelUnload',
-            gateway_dot_edge_dot_wire_dot_inference__pb2.RepositoryModelUnloadRequest.SerializeToString,
-            gateway_dot_edge_dot_wire_dot_inference__pb2.RepositoryModelUnloadResponse.FromString,
+            gateway_dot_wire_dot_inference__pb2.RepositoryModelUnloadRequest.SerializeToString,
+            gateway_dot_wire_dot_inference__pb2.RepositoryModelUnloadResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -763,8 +763,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/SystemSharedMemoryStatus',
-            gateway_dot_edge_dot_wire_dot_inference__pb2.SystemSharedMemoryStatusRequest.SerializeToString,
-            gateway_dot_edge_dot_wire_dot_inference__pb2.SystemSharedMemoryStatusResponse.FromString,
+            gateway_dot_wire_dot_inference__pb2.SystemSharedMemoryStatusRequest.SerializeToString,
+            gateway_dot_wire_dot_inference__pb2.SystemSharedMemoryStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -790,8 +790,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/SystemSharedMemoryRegister',
-            gateway_dot_edge_dot_wire_dot_inference__pb2.SystemSharedMemoryRegisterRequest.SerializeToString,
-            gateway_dot_edge_dot_wire_dot_inference__pb2.SystemSharedMemoryRegisterResponse.FromString,
+            gateway_dot_wire_dot_inference__pb2.SystemSharedMemoryRegisterRequest.SerializeToString,
+            gateway_dot_wire_dot_inference__pb2.SystemSharedMemoryRegisterResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -817,8 +817,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/SystemSharedMemoryUnregister',
-            gateway_dot_edge_dot_wire_dot_inference__pb2.SystemSharedMemoryUnregisterRequest.SerializeToString,
-            gateway_dot_edge_dot_wire_dot_inference__pb2.SystemSharedMemoryUnregisterResponse.FromString,
+            gateway_dot_wire_dot_inference__pb2.SystemSharedMemoryUnregisterRequest.SerializeToString,
+            gateway_dot_wire_dot_inference__pb2.SystemSharedMemoryUnregisterResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -844,8 +844,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/CudaSharedMemoryStatus',
-            gateway_dot_edge_dot_wire_dot_inference__pb2.CudaSharedMemoryStatusRequest.SerializeToString,
-            gateway_dot_edge_dot_wire_dot_inference__pb2.CudaSharedMemoryStatusResponse.FromString,
+            gateway_dot_wire_dot_inference__pb2.CudaSharedMemoryStatusRequest.SerializeToString,
+            gateway_dot_wire_dot_inference__pb2.CudaSharedMemoryStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -871,8 +871,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/CudaSharedMemoryRegister',
-            gateway_dot_edge_dot_wire_dot_inference__pb2.CudaSharedMemoryRegisterRequest.SerializeToString,
-            gateway_dot_edge_dot_wire_dot_inference__pb2.CudaSharedMemoryRegisterResponse.FromString,
+            gateway_dot_wire_dot_inference__pb2.CudaSharedMemoryRegisterRequest.SerializeToString,
+            gateway_dot_wire_dot_inference__pb2.CudaSharedMemoryRegisterResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -898,8 +898,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/CudaSharedMemoryUnregister',
-            gateway_dot_edge_dot_wire_dot_inference__pb2.CudaSharedMemoryUnregisterRequest.SerializeToString,
-            gateway_dot_edge_dot_wire_dot_inference__pb2.CudaSharedMemoryUnregisterResponse.FromString,
+            gateway_dot_wire_dot_inference__pb2.CudaSharedMemoryUnregisterRequest.SerializeToString,
+            gateway_dot_wire_dot_inference__pb2.CudaSharedMemoryUnregisterResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -925,8 +925,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/TraceSetting',
-            gateway_dot_edge_dot_wire_dot_inference__pb2.TraceSettingRequest.SerializeToString,
-            gateway_dot_edge_dot_wire_dot_inference__pb2.TraceSettingResponse.FromString,
+            gateway_dot_wire_dot_inference__pb2.TraceSettingRequest.SerializeToString,
+            gateway_dot_wire_dot_inference__pb2.TraceSettingResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -952,8 +952,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/LogSettings',
-            gateway_dot_edge_dot_wire_dot_inference__pb2.LogSettingsRequest.SerializeToString,
-            gateway_dot_edge_dot_wire_dot_inference__pb2.LogSettingsResponse.FromString,
+            gateway_dot_wire_dot_inference__pb2.LogSettingsRequest.SerializeToString,
+            gateway_dot_wire_dot_inference__pb2.LogSettingsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -12,21 +12,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gateway.batching import Pending
+from gateway import headers
 from gateway.errors import Internal, InvalidArgument, TurnoutError
-from gateway.inference_types import InferRequest, InferResponse
-from gateway.model_manager import ModelManager
-from gateway.model_version import ModelVersion
-from gateway.request_checks import checked_inputs, checked_outputs
+from gateway.rollouts.shadow import ShadowMirror
 from gateway.routing.decide import Arm, decide
 from gateway.routing.table import RoutingTableHolder
-from gateway.shadow import ShadowMirror
-from gateway.tensors import Tensor
+from gateway.serving.batching import Pending
+from gateway.serving.inference_types import InferRequest, InferResponse
+from gateway.serving.model_manager import ModelManager
+from gateway.serving.model_version import ModelVersion
+from gateway.serving.request_checks import checked_inputs, checked_outputs
+from gateway.serving.tensors import Tensor
 from runtimes.raw_tensors import RawTensors
 
 Done = Callable[[InferResponse | None, TurnoutError | None], None]
-
-PIN_METADATA = "turnout-pin"
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +91,7 @@ class Dataplane:
 
     def _route(self, request: InferRequest) -> _Routed:
         """Pick and acquire the version: pin, then the model's policy, else its highest READY version."""
-        pin = request.model_version or request.routing_metadata.get(PIN_METADATA, "")
+        pin = request.model_version or request.routing_metadata.get(headers.PIN, "")
         route = self._routes.current.routes.get(request.model_name)
         if route is None:
             version = self._manager.acquire(request.model_name, pin)

@@ -1,0 +1,1 @@
+"""The inference use case: the dataplane, model versions and their batching, request checks, statistics."""
