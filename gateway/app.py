@@ -21,6 +21,7 @@ from gateway.routing.table import RoutingTableHolder
 from gateway.serving.dataplane import Dataplane
 from gateway.serving.model_manager import ModelManager
 from gateway.serving.model_version import HostFactory
+from gateway.serving.observers import RequestObservers
 from gateway.settings import Settings
 from gateway.state.sqlite_store import SqliteStateStore
 from runtimes.contract import ModelHost, RuntimeOptions
@@ -70,12 +71,15 @@ class Gateway:
 
     def __init__(self, settings: Settings, zygote: Zygote | None = None) -> None:
         self.settings = settings
+        # The one seam for whatever watches finished requests; every observer is registered below.
+        self.observers = RequestObservers()
         self.manager = ModelManager(
             ModelRepository(settings.repository),
             host_factory(settings, zygote),
             RuntimeOptions(settings.intra_op_threads, settings.inter_op_threads),
             poll_interval_s=settings.poll_interval_s,
             drain_timeout_s=settings.drain_timeout_s,
+            on_batch_finished=self.observers.batch_finished,
         )
         self.store = SqliteStateStore(settings.state_dir)
         self.routes = RoutingTableHolder()
@@ -92,12 +96,13 @@ class Gateway:
             settings.shadow_queue_size,
             settings.shadow_timeout_s,
         )
+        self.observers.register(self.shadows)
         propagation = Propagation(
             self.store, self.sync, apply_timeout_s=settings.apply_timeout_s, liveness_s=_LIVENESS_S
         )
         self.rollouts = Rollouts(self.store, self.routes, self.manager, self.shadows, propagation)
         self.repository = RepositoryControl(self.manager, self.store, self.sync, propagation)
-        self.dataplane = Dataplane(self.manager, self.routes, self.shadows)
+        self.dataplane = Dataplane(self.manager, self.routes, self.observers)
         self._stopping = threading.Event()
         self.server = GatewayServer(
             settings,

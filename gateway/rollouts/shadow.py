@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 
 from gateway.errors import TurnoutError
-from gateway.serving.batching import Pending
+from gateway.serving.batching import Pending, merge_key_of
 from gateway.serving.model_version import ModelVersion
+from gateway.serving.observers import Finished, Route
 from runtimes.contract import Arrays
 from runtimes.raw_tensors import RawTensor, RawTensors, RowsMismatch, array_of, cut_rows, joined
 
@@ -216,15 +217,15 @@ _Task = tuple[str, Any]
 class ShadowMirror:
     """Sends shadow copies, bounds them, and keeps the figures.
 
-    Copies are made a primary batch at a time, on the dispatcher thread that ran the batch, once its
-    requests are answered (:meth:`mirror_batch`): by then the primary's answers are known, so
-    nothing has to wait for the two sides to meet, and the callers' threads do no shadow work at
-    all. Each shadow version has a lane: a bounded queue of copies (a copy that finds it full is
-    dropped and counted) and at most one batch in flight. One shadow thread turns everything waiting
-    in a lane into a single batch (one queue entry and one worker round trip however many copies it
-    holds), splits the answers and compares them. A lane starts at most one batch per
-    ``batch_window_s``: an idle lane sends at once, a busy one gathers copies, so under load a
-    shadow costs a round trip per window, not per request, and sheds what it cannot keep up with.
+    A request observer (:mod:`gateway.serving.observers`): copies are made a primary batch at a time, on
+    the dispatcher thread that ran the batch, once its requests are answered (:meth:`observe`): by then
+    the primary's answers are known, so nothing has to wait for the two sides to meet, and the callers'
+    threads do no shadow work at all. Each shadow version has a lane: a bounded queue of copies (a copy
+    that finds it full is dropped and counted) and at most one batch in flight. One shadow thread turns
+    everything waiting in a lane into a single batch (one queue entry and one worker round trip however
+    many copies it holds), splits the answers and compares them. A lane starts at most one batch per
+    ``batch_window_s``: an idle lane sends at once, a busy one gathers copies, so under load a shadow
+    costs a round trip per window, not per request, and sheds what it cannot keep up with.
     """
 
     def __init__(self, acquire: Acquire, max_queued: int, timeout_s: float, batch_window_s: float = 0.02) -> None:
@@ -255,31 +256,39 @@ class ShadowMirror:
                 found = self._figures[key] = ShadowFigures(model, primary, shadow)
             return found
 
-    def mirror_batch(self, model: str, primary: int, answered: Sequence[Pending]) -> None:
+    def wants(self, route: Route | None) -> bool:
+        """Only requests that routing gave shadows are copied."""
+        return route is not None and bool(route.shadows)
+
+    def observe(self, finished: Sequence[Finished]) -> None:
         """Queue a copy of each answered request for each shadow version routing chose for it.
 
-        Runs on the dispatcher thread of the primary version, after the callers have their answers;
-        it only appends to lanes and never blocks.
+        Runs on the dispatcher thread of the primary version, after the callers have their answers
+        (the request observers' seam); it only appends to lanes and never blocks.
         """
         now = time.monotonic()
-        by_shadow: dict[int, list[_Copy]] = {}
-        paused: dict[int, int] = {}
-        for item in answered:
-            if item.outputs is None:  # the primary failed: nothing to compare a shadow with
-                continue
-            for shadow in item.shadows:
-                copies = by_shadow.get(shadow)
+        by_shadow: dict[tuple[str, int, int], list[_Copy]] = {}
+        paused: dict[tuple[str, int, int], int] = {}
+        for item in finished:
+            route = item.route
+            if item.outputs is None or item.inputs is None or route is None:
+                continue  # the primary failed: nothing to compare a shadow with
+            merge_key = None
+            for shadow in route.shadows:
+                key = (route.model, route.version, shadow)
+                copies = by_shadow.get(key)
                 if copies is None:
-                    if shadow in paused or self._is_paused(model, shadow, now):
-                        paused[shadow] = paused.get(shadow, 0) + 1
+                    if key in paused or self._is_paused(route.model, shadow, now):
+                        paused[key] = paused.get(key, 0) + 1
                         continue
-                    copies = by_shadow[shadow] = []
-                figures = self._figures_for(model, primary, shadow) if not copies else copies[0].figures
-                copies.append(_Copy(figures, item.inputs, item.rows, item.merge_key, item.outputs, now))
-        for shadow, copies in by_shadow.items():
+                    copies = by_shadow[key] = []
+                figures = copies[0].figures if copies else self._figures_for(*key)
+                merge_key = merge_key or merge_key_of(item.inputs)
+                copies.append(_Copy(figures, item.inputs, item.rows, merge_key, item.outputs, now))
+        for (model, _, shadow), copies in by_shadow.items():
             self._enqueue(model, shadow, copies)
-        for shadow, count in paused.items():
-            figures = self._figures_for(model, primary, shadow)
+        for key, count in paused.items():
+            figures = self._figures_for(*key)
             with figures.lock:
                 figures.paused += count
 

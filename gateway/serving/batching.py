@@ -39,16 +39,12 @@ GATHER_YIELDS = 32
 GATHER_IDLE_YIELDS = 2
 
 
-# (model, version that answered, the answered requests of one batch that name shadows)
-MirrorBatch = Callable[[str, int, Sequence["Pending"]], None]
-
-
 class Pending:
     """One request waiting for its batch: its inputs, and the slot its answer lands in.
 
-    A caller either blocks in :meth:`wait` or passes ``on_done``, which the dispatcher calls. A
-    request routed to shadow versions names them in ``shadows``; once its batch is answered, the
-    dispatcher hands every such request of the batch to ``mirror`` in one call.
+    A caller either blocks in :meth:`wait` or passes ``on_done``, which the dispatcher calls.
+    ``ticket`` is the caller's, handed back to it with the batch once answered (the request
+    observers' seam, :mod:`gateway.serving.observers`); batching never reads it.
     """
 
     __slots__ = (
@@ -60,12 +56,11 @@ class Pending:
         "expires_at",
         "inputs",
         "merge_key",
-        "mirror",
         "on_done",
         "output_names",
         "outputs",
         "rows",
-        "shadows",
+        "ticket",
     )
 
     def __init__(
@@ -74,12 +69,12 @@ class Pending:
         rows: int,
         output_names: Sequence[str],
         on_done: Callable[[Pending], None] | None = None,
+        ticket: object = None,
     ) -> None:
         self.inputs = inputs
         self.rows = rows
         self.output_names = output_names
-        # Requests merge only when every input agrees on everything but the first axis.
-        self.merge_key = tuple([(name, tensor.shape[1:], tensor.datatype) for name, tensor in inputs.items()])
+        self.merge_key = merge_key_of(inputs)
         self.on_done = on_done
         self.outputs: RawTensors | None = None
         self.error: TurnoutError | None = None
@@ -87,8 +82,7 @@ class Pending:
         self.dispatched_at = 0.0
         self.expires_at = float("inf")
         self.abandoned = False
-        self.shadows: tuple[int, ...] = ()
-        self.mirror: MirrorBatch | None = None
+        self.ticket = ticket
         self._done = threading.Lock()
         self._done.acquire()
 
@@ -111,6 +105,11 @@ class Pending:
             raise self.error
         assert self.outputs is not None
         return self.outputs
+
+
+def merge_key_of(inputs: RawTensors) -> tuple[Any, ...]:
+    """Requests merge into one batch only when every input agrees on everything but the first axis."""
+    return tuple([(name, tensor.shape[1:], tensor.datatype) for name, tensor in inputs.items()])
 
 
 @dataclass(frozen=True, slots=True)

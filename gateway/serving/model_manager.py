@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from gateway.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from gateway.registry.model_settings import ModelSettings
 from gateway.registry.repository import ModelEntry, ModelRepository, valid_model_name
-from gateway.serving.model_version import HostFactory, ModelVersion, VersionState
+from gateway.serving.model_version import BatchFinished, HostFactory, ModelVersion, VersionState
 from runtimes.contract import RuntimeOptions
 
 log = logging.getLogger(__name__)
@@ -56,8 +56,11 @@ class ModelManager:
         *,
         poll_interval_s: float,
         drain_timeout_s: float,
+        on_batch_finished: BatchFinished | None = None,
     ) -> None:
+        """``on_batch_finished``: handed to every version's dispatchers (the request observers' seam)."""
         self._repository = repository
+        self._on_batch_finished = on_batch_finished
         self._make_host = make_host
         self._runtime_options = runtime_options
         self._poll_interval_s = poll_interval_s
@@ -145,7 +148,7 @@ class ModelManager:
                 current.reason == "unloaded" or current.entry.fingerprint != item.fingerprint
             )
             if current is None or retry:
-                version = ModelVersion(record.name, item, entry.settings)
+                version = ModelVersion(record.name, item, entry.settings, self._on_batch_finished)
                 record.versions[number] = version
                 version.load(self._make_host, self._runtime_options)
                 record.refresh_default()

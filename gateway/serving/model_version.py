@@ -10,29 +10,26 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from gateway.errors import Internal, TurnoutError, Unavailable
+from gateway.errors import TurnoutError
 from gateway.registry.model_settings import ModelSettings
 from gateway.registry.repository import VersionEntry, sha256_of
 from gateway.serving.batching import BatchingSettings, BatchQueue, Pending, split_outputs, wanted_outputs
+from gateway.serving.runtime_errors import domain_error
 from gateway.serving.statistics import VersionStatistics
 from runtimes.catalog import runtime_kind_for
-from runtimes.contract import (
-    HostUnavailable,
-    InferenceFailed,
-    ModelHost,
-    RuntimeFailure,
-    RuntimeOptions,
-    Signature,
-)
+from runtimes.contract import ModelHost, RuntimeFailure, RuntimeOptions, Signature
 
 log = logging.getLogger(__name__)
 
 HostFactory = Callable[[str, Path, RuntimeOptions, str], ModelHost]
+# Called by a dispatcher once a batch's requests are answered (or failed): the batch, the time it
+# was taken (time.monotonic()), and the seconds it spent in the runtime.
+BatchFinished = Callable[[Sequence[Pending], float, float], None]
 DEFAULT_MAX_BATCH_SIZE = 64
 
 
@@ -103,7 +100,13 @@ class ServingPlan:
 class ModelVersion:
     """A model version's lifecycle and its request path into the batch queue."""
 
-    def __init__(self, model: str, entry: VersionEntry, settings: ModelSettings) -> None:
+    def __init__(
+        self,
+        model: str,
+        entry: VersionEntry,
+        settings: ModelSettings,
+        on_batch_finished: BatchFinished | None = None,
+    ) -> None:
         self.model = model
         self.version = entry.version
         self.entry = entry
@@ -117,6 +120,7 @@ class ModelVersion:
         self._queue: BatchQueue | None = None
         self._dispatchers: list[threading.Thread] = []
         self._in_flight = 0
+        self._on_batch_finished = on_batch_finished
         # The request path takes the plain lock (its `with` runs in C); unloading waits on the condition.
         self._gate_lock = threading.Lock()
         self._gate = threading.Condition(self._gate_lock)
@@ -246,17 +250,13 @@ class ModelVersion:
         try:
             outputs = host.infer(parts, names)
             per_request = split_outputs(batch, outputs, batched)
-        except HostUnavailable as error:
-            self._fail(batch, Unavailable(f"{self.label}: {error}"))
-            return
-        except InferenceFailed as error:
-            self._fail(batch, Internal(f"{self.label}: {error}"))
-            return
-        except RuntimeFailure as error:
-            self._fail(batch, Internal(f"{self.label}: {error}"))
+        except RuntimeFailure as failure:
+            self._fail(batch, domain_error(failure, self.label))
+            self._finished(batch, started, (time.perf_counter_ns() - t1) / 1e9)
             return
         except TurnoutError as error:
             self._fail(batch, error)
+            self._finished(batch, started, (time.perf_counter_ns() - t1) / 1e9)
             return
         t2 = time.perf_counter_ns()
         for item, outputs_of_item in zip(batch, per_request, strict=True):
@@ -265,17 +265,16 @@ class ModelVersion:
         t3 = time.perf_counter_ns()
         queue_ns = sum(int((started - item.enqueued_at) * 1e9) for item in batch)
         self.statistics.record_batch(len(batch), sum(i.rows for i in batch), queue_ns, t1 - t0, t2 - t1, t3 - t2)
-        self._mirror(batch)
+        self._finished(batch, started, (t2 - t1) / 1e9)
 
-    def _mirror(self, batch: list[Pending]) -> None:
-        """Hand the answered requests that name shadows to the mirror, one call per batch."""
-        mirrored = [item for item in batch if item.shadows]
-        if not mirrored or mirrored[0].mirror is None:
+    def _finished(self, batch: list[Pending], started: float, compute_s: float) -> None:
+        """Tell the request observers, after every caller of the batch has its answer."""
+        if self._on_batch_finished is None:
             return
         try:
-            mirrored[0].mirror(self.model, self.version, mirrored)
-        except Exception:  # shadows must never stop a dispatcher
-            log.exception("%s: mirroring a batch to its shadows failed", self.label)
+            self._on_batch_finished(batch, started, compute_s)
+        except Exception:  # observers must never stop a dispatcher
+            log.exception("%s: the request observers failed on a batch", self.label)
 
     @staticmethod
     def _fail(batch: list[Pending], error: TurnoutError) -> None:

@@ -15,16 +15,21 @@ import pytest
 
 from gateway.errors import Unavailable
 from gateway.rollouts.shadow import ShadowFigures, ShadowMirror, pause_after
-from gateway.serving.batching import Pending
+from gateway.routing.decide import Arm, Reason
+from gateway.serving.inference_types import InferRequest
 from gateway.serving.model_version import ModelVersion
+from gateway.serving.observers import Finished, Route, Timings
 from runtimes.raw_tensors import raw_of
 
 
-def answered(rows: int, shadows: tuple[int, ...], failed: bool = False) -> Pending:
-    pending = Pending({"x": raw_of(np.zeros((rows, 4), np.float32))}, rows, [])
-    pending.shadows = shadows
-    pending.outputs = None if failed else {"y": raw_of(np.zeros((rows, 2), np.float32))}
-    return pending
+def answered(rows: int, shadows: tuple[int, ...], failed: bool = False) -> Finished:
+    """A request of model "m" that version 1 answered (or failed), with the shadows routing chose."""
+    outputs = None if failed else {"y": raw_of(np.zeros((rows, 2), np.float32))}
+    error = Unavailable("the primary failed") if failed else None
+    route = Route("m", 1, Arm.STABLE, 1, Reason.NO_CANARY, shadows)
+    request = InferRequest("m", "", "", [])
+    inputs = {"x": raw_of(np.zeros((rows, 4), np.float32))}
+    return Finished(request, route, inputs, rows, outputs, error, Timings(0, 0.001, 0.0, 0.001))
 
 
 class GatedVersions:
@@ -66,7 +71,7 @@ def eventually(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
 
 def test_a_batch_is_copied_to_each_shadow_its_requests_name(mirror: ShadowMirror, versions: GatedVersions) -> None:
     batch = [answered(1, (7,)), answered(2, (7, 8)), answered(1, (8,))]
-    mirror.mirror_batch("m", 1, batch)
+    mirror.observe(batch)
     figures = figures_by_shadow(mirror)
     assert (figures[7].primary_version, figures[7].mirrored, figures[8].mirrored) == (1, 2, 2)
     versions.gate.set()
@@ -75,17 +80,23 @@ def test_a_batch_is_copied_to_each_shadow_its_requests_name(mirror: ShadowMirror
 
 
 def test_a_full_lane_drops_and_counts_what_does_not_fit(mirror: ShadowMirror, versions: GatedVersions) -> None:
-    mirror.mirror_batch("m", 1, [answered(1, (7,)) for _ in range(3)])
+    mirror.observe([answered(1, (7,)) for _ in range(3)])
     eventually(lambda: versions.asked == [("m", 7)])  # the lane (4 copies at most) is busy and holds 3
-    mirror.mirror_batch("m", 1, [answered(1, (7,)) for _ in range(6)])
+    mirror.observe([answered(1, (7,)) for _ in range(6)])
     figures = figures_by_shadow(mirror)[7]
     assert (figures.mirrored, figures.dropped) == (4, 5)
     versions.gate.set()
     eventually(lambda: figures_by_shadow(mirror)[7].failed == 4)
 
 
+def test_it_wants_only_requests_routed_to_shadows(mirror: ShadowMirror) -> None:
+    assert mirror.wants(Route("m", 1, Arm.STABLE, 1, Reason.RANDOM, (2,)))
+    assert not mirror.wants(Route("m", 1, Arm.STABLE, 1, Reason.RANDOM))
+    assert not mirror.wants(None)
+
+
 def test_requests_whose_primary_failed_are_not_mirrored(mirror: ShadowMirror) -> None:
-    mirror.mirror_batch("m", 1, [answered(1, (7,), failed=True)])
+    mirror.observe([answered(1, (7,), failed=True)])
     assert mirror.figures_of("m") == []
 
 
