@@ -1,8 +1,12 @@
 """The rollout use cases: read and change a model's routing policy, promote, roll back, audit.
 
-A change is checked (well formed; every version it names READY here, loading a present but
-unloaded one first), written to the state store atomically with its audit row, applied in this
-process at once, and then waited on until every live gateway process reports the new generation.
+A change takes two steps. First, the versions the new policy names are made READY here, loading a
+version that is in the repository but not loaded (:meth:`Rollouts._load_named_versions`). Then the
+policy itself changes, which touches routing state only: it is written to the state store
+atomically with its audit row, applied in this process at once, and waited on until every live
+gateway process reports the new generation. A rollback skips the first step: it only ever returns
+to versions that are loaded (the rollback window keeps them so), and refuses otherwise, so it never
+reaches the registry nor waits behind a model that is loading.
 """
 
 from __future__ import annotations
@@ -150,7 +154,7 @@ class Rollouts:
                 f"nothing to roll back for model {model!r}: no canary, no shadows, and no earlier stable version"
             )
 
-        return self._change(model, "rollback", actor, reason, rolled_back, may_load=False)
+        return self._change(model, "rollback", actor, reason, rolled_back, prepare=self._require_loaded)
 
     def _change(
         self,
@@ -160,8 +164,10 @@ class Rollouts:
         reason: str,
         compute: _Compute,
         *,
-        may_load: bool = True,
+        prepare: Callable[[str, Policy], None] | None = None,
     ) -> PolicyView:
+        """Compute the new policy, make its versions READY (``prepare``), then commit and apply it."""
+        prepare = prepare or self._load_named_versions
         self._manager.record(model)  # NOT_FOUND for a model the registry does not know
         for _ in range(_CONFLICT_RETRIES):
             stored = self._store.policies().get(model)
@@ -170,7 +176,7 @@ class Rollouts:
                 after = checked(compute(current))
             except PolicyInvalid as error:
                 raise InvalidArgument(f"policy for model {model!r} is malformed: {error}") from None
-            self._require_ready(model, after, may_load)
+            prepare(model, after)
             try:
                 change = self._store.commit(
                     model, stored.generation if stored else None, after, action, actor or "unknown", reason
@@ -180,21 +186,26 @@ class Rollouts:
             return self._wait_applied(model, change)
         raise Unavailable(f"policy of model {model!r} kept changing under this {action}; retry")
 
-    def _require_ready(self, model: str, policy: Policy, may_load: bool) -> None:
-        record = self._manager.record(model)
-        for number in sorted(policy.versions()):
-            found = record.versions.get(number)
-            if found is not None and found.state is VersionState.READY:
-                continue
-            if not may_load:
-                state = found.state.value if found is not None else "not in the registry"
-                raise FailedPrecondition(
-                    f"version {number} of model {model!r} is {state}; rollback only returns to a loaded version"
-                )
+    def _load_named_versions(self, model: str, policy: Policy) -> None:
+        """Step one of a change: load every version the policy names that is not READY here."""
+        for number in sorted(policy.versions() - self._manager.ready_versions(model)):
             try:
                 self._manager.ensure_ready(model, number)
             except NotFound as error:
                 raise FailedPrecondition(f"policy names a version that does not exist: {error}") from None
+
+    def _require_loaded(self, model: str, policy: Policy) -> None:
+        """A rollback's only check: every version it returns to is READY here; nothing is loaded."""
+        missing = sorted(policy.versions() - self._manager.ready_versions(model))
+        if missing:
+            states = ", ".join(f"version {n} is {self._state_of(model, n)}" for n in missing)
+            raise FailedPrecondition(
+                f"model {model!r}: {states}; rollback only returns to a loaded version"
+            )
+
+    def _state_of(self, model: str, number: int) -> str:
+        found = self._manager.record(model).versions.get(number)
+        return found.state.value if found is not None else "not in the registry"
 
     def _wait_applied(self, model: str, change: PolicyChange) -> PolicyView:
         applied = self._propagation.wait(change.generation, f"{change.action} of model {model!r}")

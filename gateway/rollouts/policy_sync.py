@@ -131,8 +131,8 @@ class PolicySync:
             steps.done("read policies")
             self._keep_needed_versions(policies)
             steps.done("keep loaded")
-            self._load_named_versions(policies)
-            steps.done("load named")
+            self._load_missing_versions(policies)
+            steps.done("load missing")
             routes = {model: ModelRoute(stored.policy, stored.generation) for model, stored in policies.items()}
             self._holder.swap(RoutingTable(generation, MappingProxyType(routes)))
             self._report()
@@ -178,11 +178,16 @@ class PolicySync:
                     needed.add(change.before.stable)  # a rollback must never have to load it
             self._manager.keep_loaded(model, frozenset(needed))
 
-    def _load_named_versions(self, policies: dict[str, StoredPolicy]) -> None:
-        # The process that accepted the change loaded them already; the others catch up here, before
-        # they report the generation as applied.
+    def _load_missing_versions(self, policies: dict[str, StoredPolicy]) -> None:
+        """Load the versions the policies name that are not READY here, before the new table is applied.
+
+        The process that accepted a change loaded them already; the others catch up here. A version
+        that is READY is never looked up in the repository, so applying a rollback, whose versions
+        are loaded by design (the rollback window), never waits for the registry or a loading pass.
+        """
         for model, stored in policies.items():
-            for version in sorted(stored.policy.versions()):
+            ready = self._manager.ready_versions(model)
+            for version in sorted(stored.policy.versions() - ready):
                 try:
                     self._manager.ensure_ready(model, version)
                 except TurnoutError as error:

@@ -202,6 +202,15 @@ class ModelManager:
         """Keep these versions of a model loaded (routing needs them) beyond what its version policy wants."""
         self._kept[name] = versions
 
+    def ready_versions(self, name: str) -> frozenset[int]:
+        """The versions of a model that are READY right now; takes no lock and never reads the repository."""
+        record = self._models.get(name)
+        if record is None:
+            return frozenset()
+        # tuple() copies the items in one step under the GIL, so a concurrent reconcile cannot
+        # change the dict under the loop.
+        return frozenset(n for n, v in tuple(record.versions.items()) if v.state is VersionState.READY)
+
     def ensure_ready(self, name: str, version: int) -> None:
         """Load one version now if it is in the repository but not loaded; raise unless it ends READY.
 
