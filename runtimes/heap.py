@@ -19,7 +19,7 @@ def freeze_startup_heap() -> int:
     """Collect once, then keep everything allocated so far out of later collections; returns how
     many objects are frozen.
 
-    Measured on the gateway at 64 requests in flight (docs/benchmarks.md): full collections held the
+    Measured on the gateway at 64 requests in flight (docs/benchmarks-log.md): full collections held the
     GIL for about 21 ms each, several times in a few seconds; with the start-up heap frozen they
     take under 1 ms.
     """

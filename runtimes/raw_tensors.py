@@ -7,7 +7,7 @@ requests into batches, cuts batches back into requests and forwards bytes, so it
 this form: joining is one ``bytes.join``, cutting is a slice of a memoryview, and numpy is left to
 the process that runs the model. At one request in flight, decoding into arrays and encoding back
 cost a lone request more CPU than everything else the gateway adds to a bare gRPC server
-(docs/benchmarks.md).
+(docs/benchmarks-log.md, "the lone request, taken apart").
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ def pin_gateway_threads(cpus: tuple[int, ...]) -> bool:
     """Keep this process's threads, now and later, on ``cpus``; the zygote and the
     workers it forks, already apart, keep every CPU. Python threads that hand the GIL to each other
     across cores pay for it: pinned to one core a gateway served 1.7-1.9 times the requests of an
-    unpinned one here (docs/benchmarks.md)."""
+    unpinned one here (docs/benchmarks-log.md, "what the profile shows")."""
     try:
         # Every thread there is now, native ones too (numpy's BLAS pool starts at import); threads
         # started later inherit the affinity of the thread that starts them.
