@@ -21,6 +21,7 @@ from gateway.routing.table import RoutingTableHolder
 from gateway.serving.dataplane import Dataplane
 from gateway.serving.model_manager import ModelManager
 from gateway.serving.model_version import HostFactory
+from gateway.serving.model_views import ModelViews
 from gateway.serving.observers import RequestObservers
 from gateway.settings import Settings
 from gateway.state.sqlite_store import SqliteStateStore
@@ -106,7 +107,7 @@ class Gateway:
         self._stopping = threading.Event()
         self.server = GatewayServer(
             settings,
-            InferenceServicer(self.dataplane, self.manager, self.repository, self.is_ready),
+            InferenceServicer(self.dataplane, ModelViews(self.manager), self.repository, self.is_ready),
             RolloutsServicer(self.rollouts),
         )
 

@@ -8,9 +8,9 @@ from typing import Any
 from gateway import headers
 from gateway.errors import InvalidArgument
 from gateway.serving.inference_types import InferRequest, InferResponse
-from gateway.serving.model_manager import IndexEntry, ModelRecord
-from gateway.serving.model_version import ModelVersion, VersionState
-from gateway.serving.statistics import Duration, StatisticsSnapshot
+from gateway.serving.model_manager import IndexEntry
+from gateway.serving.model_views import ModelConfigView, ModelMetadataView, StatisticsView, VersionPolicyView
+from gateway.serving.statistics import Duration
 from gateway.serving.tensors import Tensor, tensor_from_raw, tensor_from_values
 from gateway.wire import inference_pb2 as pb
 from runtimes.contract import TensorSpec
@@ -148,73 +148,59 @@ def _tensor_metadata(specs: Sequence[TensorSpec]) -> list[Any]:
     return [pb.ModelMetadataResponse.TensorMetadata(name=s.name, datatype=s.datatype, shape=s.shape) for s in specs]
 
 
-def model_metadata_to_proto(record: ModelRecord, version: ModelVersion) -> Any:
+def model_metadata_to_proto(view: ModelMetadataView) -> Any:
     """ModelMetadata: the version's signature, and every READY version of the model."""
-    ready = [str(n) for n, v in sorted(record.versions.items()) if v.state is VersionState.READY]
-    plan = version.plan
-    if plan is None:
-        return pb.ModelMetadataResponse(name=record.name, versions=ready)
-    signature = plan.signature
     return pb.ModelMetadataResponse(
-        name=record.name,
-        versions=ready,
-        platform=signature.platform,
-        inputs=_tensor_metadata(signature.inputs),
-        outputs=_tensor_metadata(signature.outputs),
+        name=view.name,
+        versions=view.ready_versions,
+        platform=view.platform,
+        inputs=_tensor_metadata(view.inputs),
+        outputs=_tensor_metadata(view.outputs),
     )
 
 
-def _version_policy(version: ModelVersion) -> Any:
-    policy = version.settings.version_policy
+def _version_policy(policy: VersionPolicyView) -> Any:
     if policy.kind == "all":
         return pb.ModelVersionPolicy(all=pb.ModelVersionPolicy.All())
-    if policy.kind == "specific" and policy.specific is not None:
-        return pb.ModelVersionPolicy(specific=pb.ModelVersionPolicy.Specific(versions=policy.specific.versions))
-    count = policy.latest.num_versions if policy.latest else 1
-    return pb.ModelVersionPolicy(latest=pb.ModelVersionPolicy.Latest(num_versions=count))
+    if policy.kind == "specific":
+        return pb.ModelVersionPolicy(specific=pb.ModelVersionPolicy.Specific(versions=policy.specific))
+    return pb.ModelVersionPolicy(latest=pb.ModelVersionPolicy.Latest(num_versions=policy.latest_count))
 
 
-def model_config_to_proto(version: ModelVersion) -> Any:
+def model_config_to_proto(view: ModelConfigView) -> Any:
     """A Triton-shaped ModelConfig; the artifact's sha256 travels in ``parameters``."""
-    settings = version.settings
-    plan = version.plan
     config = pb.ModelConfig(
-        name=version.model,
-        version_policy=_version_policy(version),
+        name=view.name,
+        version_policy=_version_policy(view.version_policy),
         instance_group=[
-            pb.ModelInstanceGroup(
-                name=version.model, count=settings.instance_count, kind=pb.ModelInstanceGroup.KIND_CPU
-            )
+            pb.ModelInstanceGroup(name=view.name, count=view.instance_count, kind=pb.ModelInstanceGroup.KIND_CPU)
         ],
         parameters={
-            "artifact_sha256": pb.ModelParameter(string_value=version.sha256),
-            "state": pb.ModelParameter(string_value=version.state.value),
+            "artifact_sha256": pb.ModelParameter(string_value=view.sha256),
+            "state": pb.ModelParameter(string_value=view.state),
         },
     )
-    if version.entry.artifact is not None:
-        config.default_model_filename = version.entry.artifact.name
-    if plan is None:
+    if view.artifact_file:
+        config.default_model_filename = view.artifact_file
+    if not view.loaded:
         return config
-    skip = 1 if plan.max_batch_size > 0 else 0
-    config.platform = plan.signature.platform
-    config.backend = plan.runtime
-    config.max_batch_size = plan.max_batch_size
+    config.platform = view.platform
+    config.backend = view.runtime
+    config.max_batch_size = view.max_batch_size
     config.input.extend(
-        pb.ModelInput(name=s.name, data_type=_CONFIG_TYPE[s.datatype], dims=s.shape[skip:])
-        for s in plan.signature.inputs
+        pb.ModelInput(name=s.name, data_type=_CONFIG_TYPE[s.datatype], dims=s.shape) for s in view.inputs
     )
     config.output.extend(
-        pb.ModelOutput(name=s.name, data_type=_CONFIG_TYPE[s.datatype], dims=s.shape[skip:])
-        for s in plan.signature.outputs
+        pb.ModelOutput(name=s.name, data_type=_CONFIG_TYPE[s.datatype], dims=s.shape) for s in view.outputs
     )
-    batching = plan.batching
-    if plan.max_batch_size > 0:
+    batching = view.batching
+    if batching is not None:
         config.dynamic_batching.CopyFrom(
             pb.ModelDynamicBatching(
-                max_queue_delay_microseconds=int(batching.max_queue_delay_s * 1e6),
+                max_queue_delay_microseconds=batching.max_queue_delay_us,
                 default_queue_policy=pb.ModelQueuePolicy(
                     max_queue_size=batching.max_queue_size,
-                    default_timeout_microseconds=int((batching.queue_timeout_s or 0) * 1e6),
+                    default_timeout_microseconds=batching.queue_timeout_us,
                 ),
             )
         )
@@ -225,10 +211,11 @@ def _duration(duration: Duration) -> Any:
     return pb.StatisticDuration(count=duration.count, ns=duration.ns)
 
 
-def statistics_to_proto(version: ModelVersion, snapshot: StatisticsSnapshot) -> Any:
+def statistics_to_proto(view: StatisticsView) -> Any:
+    snapshot = view.snapshot
     return pb.ModelStatistics(
-        name=version.model,
-        version=str(version.version),
+        name=view.model,
+        version=view.version,
         last_inference=snapshot.last_inference_ms,
         inference_count=snapshot.inference_count,
         execution_count=snapshot.execution_count,

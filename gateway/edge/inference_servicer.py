@@ -24,12 +24,11 @@ from gateway.edge.codec import (
     text_metadata,
 )
 from gateway.edge.status import maps_errors
-from gateway.errors import InvalidArgument, NotFound, TurnoutError, Unavailable
+from gateway.errors import InvalidArgument, TurnoutError, Unavailable
 from gateway.rollouts.repository_control import RepositoryControl
 from gateway.serving.dataplane import Dataplane
-from gateway.serving.inference_types import InferResponse
-from gateway.serving.model_manager import ModelManager
-from gateway.serving.model_version import ModelVersion, VersionState
+from gateway.serving.inference_types import InferRequest, InferResponse
+from gateway.serving.model_views import ModelViews
 from gateway.wire import inference_pb2 as pb
 from gateway.wire import inference_pb2_grpc as pb_grpc
 
@@ -80,10 +79,10 @@ class InferenceCalls:
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     def __init__(
-        self, dataplane: Dataplane, manager: ModelManager, repository: RepositoryControl, is_ready: Callable[[], bool]
+        self, dataplane: Dataplane, models: ModelViews, repository: RepositoryControl, is_ready: Callable[[], bool]
     ) -> None:
         self._dataplane = dataplane
-        self._manager = manager
+        self._models = models
         self._repository = repository
         self._is_ready = is_ready
         self.calls = InferenceCalls()
@@ -98,47 +97,29 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
 
     @maps_errors
     def ModelReady(self, request: Any, context: grpc.ServicerContext) -> Any:
-        try:
-            version = self._manager.version(request.name, request.version)
-        except NotFound:
-            return pb.ModelReadyResponse(ready=False)
-        return pb.ModelReadyResponse(ready=version.state is VersionState.READY)
+        return pb.ModelReadyResponse(ready=self._models.is_ready(request.name, request.version))
 
     def ServerMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
         return pb.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION, extensions=EXTENSIONS)
 
     @maps_errors
     def ModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
-        version = self._manager.version(request.name, request.version)
-        return model_metadata_to_proto(self._manager.record(request.name), version)
+        return model_metadata_to_proto(self._models.metadata(request.name, request.version))
 
     @maps_errors
     def ModelConfig(self, request: Any, context: grpc.ServicerContext) -> Any:
-        version = self._manager.version(request.name, request.version)
-        return pb.ModelConfigResponse(config=model_config_to_proto(version))
+        return pb.ModelConfigResponse(config=model_config_to_proto(self._models.config(request.name, request.version)))
 
     @maps_errors
     def ModelStatistics(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return pb.ModelStatisticsResponse(
-            model_stats=[statistics_to_proto(v, v.statistics.snapshot()) for v in self._versions_for(request)]
-        )
-
-    def _versions_for(self, request: Any) -> list[ModelVersion]:
-        if not request.name:
-            return [v for v in self._manager.versions() if v.plan is not None]
-        if not request.version:
-            record = self._manager.record(request.name)
-            return [v for _, v in sorted(record.versions.items()) if v.plan is not None]
-        return [self._manager.version(request.name, request.version)]
+        views = self._models.statistics(request.name, request.version)
+        return pb.ModelStatisticsResponse(model_stats=[statistics_to_proto(view) for view in views])
 
     # --- repository ------------------------------------------------------------------------
 
     @maps_errors
     def RepositoryIndex(self, request: Any, context: grpc.ServicerContext) -> Any:
-        entries = self._manager.index()
-        if request.ready:
-            entries = [e for e in entries if e.state == VersionState.READY.value]
-        return index_to_proto(entries)
+        return index_to_proto(self._models.index(ready_only=request.ready))
 
     @maps_errors
     def RepositoryModelLoad(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -163,13 +144,21 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         if not self.calls.enter():
             raise Unavailable(_SHUTTING_DOWN)
         try:
-            decoded = infer_request_from_proto(request)
+            decoded = self._decode(request)
             decoded.routing_metadata = text_metadata(context.invocation_metadata())
             response = self._dataplane.infer(decoded, _timeout_s(context))
         finally:
             self.calls.leave()
         context.set_trailing_metadata(routing_trailers(response))
         return infer_response_to_proto(response)
+
+    def _decode(self, message: Any) -> InferRequest:
+        """The request in domain form; an unknown model is NOT_FOUND before its inputs are examined, as in Triton."""
+        try:
+            return infer_request_from_proto(message)
+        except InvalidArgument:
+            self._dataplane.require_model(message.model_name)  # raises NotFound when unknown
+            raise
 
     def ModelStreamInfer(self, request_iterator: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
         """Answers each request on the stream as its batch completes; errors travel in-band."""
@@ -197,7 +186,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
                 for message in request_iterator:
                     submitted[0] += 1
                     try:
-                        decoded = infer_request_from_proto(message)
+                        decoded = self._decode(message)
                         decoded.routing_metadata = metadata
                         self._dataplane.submit(decoded, answer(message.id))
                     except TurnoutError as error:

@@ -161,6 +161,20 @@ def test_unknown_model_is_not_found(client: triton.InferenceServerClient, digits
     assert_serves(client, digits_pixels)
 
 
+def test_unknown_model_is_not_found_before_its_inputs_are_examined(
+    stub: service_pb2_grpc.GRPCInferenceServiceStub, client: triton.InferenceServerClient, digits_pixels: Pixels
+) -> None:
+    # A typed input with no values would be INVALID_ARGUMENT for a known model; Triton answers
+    # NOT_FOUND for an unknown one first, on a unary call and on a stream alike.
+    request = raw_request("no_such_model", inputs=[raw_input("input", [1, 64])])
+    expect_raw_error(grpc.StatusCode.NOT_FOUND, lambda: stub.ModelInfer(request, timeout=TIMEOUT_S), "'no_such_model'")
+    [answer] = list(stub.ModelStreamInfer(iter([request]), timeout=TIMEOUT_S))
+    assert "'no_such_model'" in answer.error_message and "unknown model" in answer.error_message
+    known = raw_request(MODEL, inputs=[raw_input("input", [1, 64])])
+    expect_raw_error(grpc.StatusCode.INVALID_ARGUMENT, lambda: stub.ModelInfer(known, timeout=TIMEOUT_S), "'input'")
+    assert_serves(client, digits_pixels)
+
+
 def test_unknown_version_is_not_found(client: triton.InferenceServerClient, digits_pixels: Pixels) -> None:
     expect_error(
         grpc.StatusCode.NOT_FOUND,

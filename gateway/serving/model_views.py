@@ -1,0 +1,153 @@
+"""Frozen views of the served models, for the edge: metadata, configuration, statistics, the index.
+
+The edge answers ModelMetadata, ModelConfig, ModelStatistics, ModelReady and RepositoryIndex from
+these alone; it never holds a :class:`ModelVersion`, a record of the model manager or a lock. Each
+view is a snapshot taken when it is asked for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from gateway.errors import NotFound
+from gateway.serving.model_manager import IndexEntry, ModelManager
+from gateway.serving.model_version import ModelVersion, VersionState
+from gateway.serving.statistics import StatisticsSnapshot
+from runtimes.contract import TensorSpec
+
+
+@dataclass(frozen=True, slots=True)
+class ModelMetadataView:
+    name: str
+    ready_versions: tuple[str, ...]
+    platform: str  # "" until the version has loaded
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchingView:
+    max_queue_delay_us: int
+    max_queue_size: int
+    queue_timeout_us: int  # 0: none
+
+
+@dataclass(frozen=True, slots=True)
+class VersionPolicyView:
+    kind: Literal["latest", "all", "specific"]
+    latest_count: int
+    specific: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfigView:
+    """A version's configuration as Triton's ModelConfig shows it; tensor dims exclude the batch axis."""
+
+    name: str
+    state: str
+    sha256: str
+    artifact_file: str  # "" when the version directory has no model file
+    version_policy: VersionPolicyView
+    instance_count: int
+    loaded: bool  # False: the fields below are unknown (not loaded, or failed to)
+    platform: str = ""
+    runtime: str = ""
+    max_batch_size: int = 0
+    inputs: tuple[TensorSpec, ...] = ()
+    outputs: tuple[TensorSpec, ...] = ()
+    batching: BatchingView | None = None  # None: the model has no batch axis
+
+
+@dataclass(frozen=True, slots=True)
+class StatisticsView:
+    model: str
+    version: str
+    snapshot: StatisticsSnapshot
+
+
+class ModelViews:
+    """The read side of the served models, as frozen views."""
+
+    def __init__(self, manager: ModelManager) -> None:
+        self._manager = manager
+
+    def is_ready(self, name: str, version: str) -> bool:
+        try:
+            return self._manager.version(name, version).state is VersionState.READY
+        except NotFound:
+            return False
+
+    def metadata(self, name: str, version: str) -> ModelMetadataView:
+        found = self._manager.version(name, version)
+        record = self._manager.record(name)
+        ready = tuple(str(n) for n, v in sorted(record.versions.items()) if v.state is VersionState.READY)
+        plan = found.plan
+        if plan is None:
+            return ModelMetadataView(name, ready, "", (), ())
+        signature = plan.signature
+        return ModelMetadataView(name, ready, signature.platform, signature.inputs, signature.outputs)
+
+    def config(self, name: str, version: str) -> ModelConfigView:
+        return _config_of(self._manager.version(name, version))
+
+    def statistics(self, name: str, version: str) -> list[StatisticsView]:
+        """Every loaded version's figures (all models when ``name`` is empty, all versions when ``version`` is)."""
+        if not name:
+            versions = [v for v in self._manager.versions() if v.plan is not None]
+        elif not version:
+            record = self._manager.record(name)
+            versions = [v for _, v in sorted(record.versions.items()) if v.plan is not None]
+        else:
+            versions = [self._manager.version(name, version)]
+        return [StatisticsView(v.model, str(v.version), v.statistics.snapshot()) for v in versions]
+
+    def index(self, ready_only: bool) -> list[IndexEntry]:
+        entries = self._manager.index()
+        return [e for e in entries if e.state == VersionState.READY.value] if ready_only else entries
+
+
+def _config_of(version: ModelVersion) -> ModelConfigView:
+    settings = version.settings
+    policy = settings.version_policy
+    policy_view = VersionPolicyView(
+        policy.kind,
+        policy.latest.num_versions if policy.latest else 1,
+        policy.specific.versions if policy.specific else (),
+    )
+    artifact = version.entry.artifact
+    base = ModelConfigView(
+        version.model,
+        version.state.value,
+        version.sha256,
+        artifact.name if artifact is not None else "",
+        policy_view,
+        settings.instance_count,
+        loaded=False,
+    )
+    plan = version.plan
+    if plan is None:
+        return base
+    skip = 1 if plan.max_batch_size > 0 else 0
+    batching = plan.batching
+    return ModelConfigView(
+        base.name,
+        base.state,
+        base.sha256,
+        base.artifact_file,
+        base.version_policy,
+        base.instance_count,
+        loaded=True,
+        platform=plan.signature.platform,
+        runtime=plan.runtime,
+        max_batch_size=plan.max_batch_size,
+        inputs=tuple(TensorSpec(s.name, s.datatype, s.shape[skip:]) for s in plan.signature.inputs),
+        outputs=tuple(TensorSpec(s.name, s.datatype, s.shape[skip:]) for s in plan.signature.outputs),
+        batching=BatchingView(
+            int(batching.max_queue_delay_s * 1e6),
+            batching.max_queue_size,
+            int((batching.queue_timeout_s or 0) * 1e6),
+        )
+        if plan.max_batch_size > 0
+        else None,
+    )
