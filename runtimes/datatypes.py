@@ -35,7 +35,8 @@ _DATATYPE_BY_KIND: dict[tuple[str, int], str] = {
 }
 
 DATATYPES: tuple[str, ...] = tuple(_NUMPY_BY_DATATYPE)
-_LENGTH = struct.Struct("<I")
+# The 4-byte little-endian length before each element of a BYTES tensor in its raw form.
+BYTES_LENGTH = struct.Struct("<I")
 
 
 class UnknownDatatype(ValueError):
@@ -70,7 +71,7 @@ def encode_bytes(array: npt.NDArray[np.object_]) -> bytes:
     parts: list[bytes] = []
     for element in array.reshape(-1):
         data = element.encode("utf-8") if isinstance(element, str) else bytes(element)
-        parts.append(_LENGTH.pack(len(data)))
+        parts.append(BYTES_LENGTH.pack(len(data)))
         parts.append(data)
     return b"".join(parts)
 
@@ -87,7 +88,7 @@ def decode_bytes(raw: bytes | memoryview, count: int | None = None) -> npt.NDArr
     while offset < end:
         if offset + 4 > end:
             raise ValueError(f"truncated length prefix at byte {offset}")
-        (length,) = _LENGTH.unpack_from(view, offset)
+        (length,) = BYTES_LENGTH.unpack_from(view, offset)
         offset += 4
         if offset + length > end:
             raise ValueError(f"element {len(elements)} claims {length} bytes but only {end - offset} remain")

@@ -13,16 +13,14 @@ cost a lone request more CPU than everything else the gateway adds to a bare gRP
 from __future__ import annotations
 
 import math
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from runtimes.datatypes import BYTES, DATATYPES, datatype_of, decode_bytes, encode_bytes, numpy_dtype
+from runtimes.datatypes import BYTES, BYTES_LENGTH, DATATYPES, datatype_of, decode_bytes, encode_bytes, numpy_dtype
 
-_LENGTH = struct.Struct("<I")
 # Every batch's outputs pass through raw_of: one dict lookup instead of datatype_of's checks.
 _DATATYPE_BY_DTYPE = {numpy_dtype(name): name for name in DATATYPES if name != BYTES}
 
@@ -108,7 +106,7 @@ def _bytes_row_bounds(view: memoryview, elements_per_row: int, rows: Sequence[in
     offset = 0
     for count in rows:
         for _ in range(count * elements_per_row):
-            (length,) = _LENGTH.unpack_from(view, offset)
+            (length,) = BYTES_LENGTH.unpack_from(view, offset)
             offset += 4 + length
         bounds.append(offset)
     return bounds

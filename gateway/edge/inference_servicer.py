@@ -27,6 +27,7 @@ from gateway.edge.status import maps_errors
 from gateway.errors import InvalidArgument, TurnoutError, Unavailable
 from gateway.rollouts.repository_control import RepositoryControl
 from gateway.serving.dataplane import Dataplane
+from gateway.serving.in_flight import InFlight
 from gateway.serving.inference_types import InferRequest, InferResponse
 from gateway.serving.model_views import ModelViews
 from gateway.wire import inference_pb2 as pb
@@ -40,43 +41,6 @@ _END = object()
 _SHUTTING_DOWN = "the server is shutting down and accepts no new inference calls"
 
 
-class InferenceCalls:
-    """Counts inference calls in progress, so a graceful stop can refuse new ones and wait for the rest.
-
-    gRPC's own ``stop(grace)`` also waits for health Watch streams, which never end by themselves,
-    and refuses health Checks at once; counting here lets the server keep answering NOT_SERVING
-    while only the inference calls drain.
-    """
-
-    def __init__(self) -> None:
-        self._count = 0
-        self._closed = False
-        self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
-
-    def enter(self) -> bool:
-        """Count a call in; False once closing."""
-        with self._lock:
-            if self._closed:
-                return False
-            self._count += 1
-            return True
-
-    def leave(self) -> None:
-        with self._lock:
-            self._count -= 1
-            # Only a closing server waits: Condition.notify_all is Python code that a lone call
-            # would otherwise run every time the count falls back to zero.
-            if self._count == 0 and self._closed:
-                self._idle.notify_all()
-
-    def close_and_wait(self, timeout_s: float) -> bool:
-        """Refuse new calls and wait up to ``timeout_s`` for those in progress; True when none is left."""
-        with self._idle:
-            self._closed = True
-            return self._idle.wait_for(lambda: self._count == 0, timeout=timeout_s)
-
-
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     def __init__(
         self, dataplane: Dataplane, models: ModelViews, repository: RepositoryControl, is_ready: Callable[[], bool]
@@ -85,7 +49,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         self._models = models
         self._repository = repository
         self._is_ready = is_ready
-        self.calls = InferenceCalls()
+        # Inference calls in progress, so a graceful stop can refuse new ones and wait for the rest.
+        # gRPC's own stop(grace) would also wait for health Watch streams, which never end by
+        # themselves, and refuse health Checks at once; counting here lets the server keep
+        # answering NOT_SERVING while only the inference calls drain.
+        self.calls = InFlight()
 
     # --- health and metadata ---------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from gateway.errors import TurnoutError
 from gateway.registry.model_settings import ModelSettings
 from gateway.registry.repository import VersionEntry, sha256_of
 from gateway.serving.batching import BatchingSettings, BatchQueue, Pending, split_outputs, wanted_outputs
+from gateway.serving.in_flight import InFlight
 from gateway.serving.runtime_errors import domain_error
 from gateway.serving.statistics import VersionStatistics
 from runtimes.catalog import runtime_kind_for
@@ -119,11 +120,9 @@ class ModelVersion:
         self._hosts: list[ModelHost] = []
         self._queue: BatchQueue | None = None
         self._dispatchers: list[threading.Thread] = []
-        self._in_flight = 0
         self._on_batch_finished = on_batch_finished
-        # The request path takes the plain lock (its `with` runs in C); unloading waits on the condition.
-        self._gate_lock = threading.Lock()
-        self._gate = threading.Condition(self._gate_lock)
+        self._requests = InFlight(is_open=False)  # opened once READY; unloading closes and drains it
+        self._unload_lock = threading.Lock()
 
     @property
     def label(self) -> str:
@@ -176,6 +175,7 @@ class ModelVersion:
             thread.start()
             self._dispatchers.append(thread)
         self.state, self.reason = VersionState.READY, ""
+        self._requests.open()
         log.info("%s is READY (sha256 %s, max_batch_size %d)", self.label, self.sha256[:12], max_batch_size)
 
     def _options(self, defaults: RuntimeOptions) -> RuntimeOptions:
@@ -186,14 +186,13 @@ class ModelVersion:
 
     def unload(self, drain_timeout_s: float) -> None:
         """Refuse new requests, wait for those in flight, then stop the workers."""
-        with self._gate:
+        with self._unload_lock:
             if self.state not in (VersionState.READY, VersionState.LOADING):
                 return
             self.state = VersionState.UNLOADING
-            drained = self._gate.wait_for(lambda: self._in_flight == 0, timeout=drain_timeout_s)
-        if not drained:
+        if not self._requests.close_and_wait(drain_timeout_s):
             log.warning("%s: %d requests still in flight after %.1fs; unloading anyway",
-                        self.label, self._in_flight, drain_timeout_s)
+                        self.label, self._requests.count, drain_timeout_s)
         if self._queue is not None:
             self._queue.close()
         for thread in self._dispatchers:
@@ -210,20 +209,11 @@ class ModelVersion:
     # --- request path ----------------------------------------------------------------------
 
     def acquire(self) -> bool:
-        """Count a request in; False when the version no longer takes requests."""
-        with self._gate_lock:
-            if self.state is not VersionState.READY:
-                return False
-            self._in_flight += 1
-            return True
+        """Count a request in; False when the version does not take requests (not READY yet, or unloading)."""
+        return self._requests.enter()
 
     def release(self) -> None:
-        with self._gate_lock:
-            self._in_flight -= 1
-            # Only unload() waits, after setting UNLOADING under this lock: otherwise a lone request
-            # would run Condition.notify_all's Python code each time the count falls to zero.
-            if self._in_flight == 0 and self.state is VersionState.UNLOADING:
-                self._gate.notify_all()
+        self._requests.leave()
 
     def submit(self, pending: Pending) -> None:
         """Queue an acquired request; raises Unavailable when the queue is full."""
