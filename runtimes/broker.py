@@ -9,7 +9,6 @@ waits in the backlog. A worker stops when the last gateway process detaches or d
 
 from __future__ import annotations
 
-import json
 import logging
 import socket
 import threading
@@ -17,15 +16,13 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtimes.contract import RuntimeFailure, RuntimeOptions
-from runtimes.ipc import ChannelClosed, Kind, recv_frame, send_frame
+from runtimes.contract import RuntimeFailure
+from runtimes.ipc import ChannelClosed, recv_frame, send_frame
 from runtimes.process_host import WorkerProcessHost
+from runtimes.worker_protocol import Attach, Kind, send_attached, send_error
 from runtimes.zygote import Zygote
 
 log = logging.getLogger(__name__)
-
-_Key = tuple[str, str, str, str, int, int]  # kind, artifact, options, label, size, mtime_ns
-
 
 @dataclass(slots=True)
 class _SharedWorker:
@@ -44,8 +41,8 @@ class WorkerBroker:
         self.path = socket_dir / "broker.sock"
         self._restart_wait_s = restart_wait_s
         self._lock = threading.Lock()
-        self._workers: dict[_Key, _SharedWorker] = {}
-        self._creating: dict[_Key, threading.Lock] = {}
+        self._workers: dict[Attach, _SharedWorker] = {}
+        self._creating: dict[Attach, threading.Lock] = {}
         self._next_id = 0
         self._closed = False
         self._listener = _listen(self.path)
@@ -65,20 +62,21 @@ class WorkerBroker:
             threading.Thread(target=self._serve_client, args=(connection,), name="broker-client", daemon=True).start()
 
     def _serve_client(self, connection: socket.socket) -> None:
-        attached: Counter[_Key] = Counter()
+        attached: Counter[Attach] = Counter()
         try:
             while True:
                 frame = recv_frame(connection)
-                if frame.kind is Kind.ATTACH:
+                if frame.kind == Kind.ATTACH:
+                    key = Attach.from_frame(frame)
                     try:
-                        key, worker = self._attach(frame.meta)
+                        worker = self._attach(key)
                     except (RuntimeFailure, OSError) as error:
-                        send_frame(connection, Kind.ERROR, {"error": type(error).__name__, "message": str(error)})
+                        send_error(connection, error)
                         continue
                     attached[key] += 1
-                    send_frame(connection, Kind.ATTACHED, {"path": str(worker.path)})
-                elif frame.kind is Kind.DETACH:
-                    key = _key_from(frame.meta)
+                    send_attached(connection, worker.path)
+                elif frame.kind == Kind.DETACH:
+                    key = Attach.from_frame(frame)
                     if attached[key] > 0:
                         attached[key] -= 1
                         self._release(key)
@@ -91,8 +89,7 @@ class WorkerBroker:
                 for _ in range(count):
                     self._release(key)
 
-    def _attach(self, meta: dict[str, object]) -> tuple[_Key, _SharedWorker]:
-        key = _key_from(meta)
+    def _attach(self, key: Attach) -> _SharedWorker:
         with self._lock:
             creating = self._creating.setdefault(key, threading.Lock())
         with creating:  # one load per model instance, however many processes ask at once
@@ -100,25 +97,24 @@ class WorkerBroker:
                 worker = self._workers.get(key)
                 if worker is not None:
                     worker.refs += 1
-                    return key, worker
+                    return worker
             worker = self._start(key)
             with self._lock:
                 worker.refs += 1
                 self._workers[key] = worker
-            return key, worker
+            return worker
 
-    def _start(self, key: _Key) -> _SharedWorker:
-        kind, artifact, options, label, _, _ = key
+    def _start(self, key: Attach) -> _SharedWorker:
         with self._lock:
             self._next_id += 1
             path = self.socket_dir / f"worker-{self._next_id}.sock"
         listener = _listen(path)
         try:
             host = WorkerProcessHost(
-                kind,
-                Path(artifact),
-                RuntimeOptions.from_json(json.loads(options)),
-                label=label,
+                key.kind,
+                Path(key.artifact),
+                key.runtime_options,
+                label=key.label,
                 restart_wait_s=self._restart_wait_s,
                 listener=listener,
                 zygote=self._zygote,
@@ -127,10 +123,10 @@ class WorkerBroker:
             listener.close()
             path.unlink(missing_ok=True)
             raise
-        log.info("worker for %s started, shared at %s", label, path)
+        log.info("worker for %s started, shared at %s", key.label, path)
         return _SharedWorker(host, listener, path)
 
-    def _release(self, key: _Key) -> None:
+    def _release(self, key: Attach) -> None:
         with self._lock:
             worker = self._workers.get(key)
             if worker is None:
@@ -155,30 +151,6 @@ class WorkerBroker:
             workers, self._workers = list(self._workers.values()), {}
         for worker in workers:
             self._stop(worker)
-
-
-def attach_request(kind: str, artifact: Path, options: RuntimeOptions, label: str) -> dict[str, object]:
-    """The ATTACH (and DETACH) frame's fields for one model instance."""
-    stat = artifact.stat()
-    return {
-        "kind": kind,
-        "artifact": str(artifact.resolve()),
-        "options": json.dumps(options.to_json(), sort_keys=True),
-        "label": label,
-        "size": stat.st_size,
-        "mtime_ns": stat.st_mtime_ns,
-    }
-
-
-def _key_from(meta: dict[str, object]) -> _Key:
-    return (
-        str(meta["kind"]),
-        str(meta["artifact"]),
-        str(meta["options"]),
-        str(meta["label"]),
-        int(str(meta["size"])),
-        int(str(meta["mtime_ns"])),
-    )
 
 
 def _listen(path: Path) -> socket.socket:

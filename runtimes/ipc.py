@@ -1,5 +1,8 @@
 """The framing between the gateway and a worker process: a binary tensor table, raw tensor bytes, JSON for control.
 
+What the frames say (their kinds and messages) is :mod:`runtimes.worker_protocol`'s; this module only
+moves them.
+
 One frame on the stream socket::
 
     header  <B x H I I Q>  kind, (pad), tensor count, table length, meta length, body length
@@ -23,10 +26,8 @@ import socket
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from enum import IntEnum
 from typing import Any
 
-from runtimes.contract import ArtifactInvalid, InferenceFailed, RuntimeFailure
 from runtimes.datatypes import DATATYPES
 from runtimes.raw_tensors import RawTensor
 
@@ -38,29 +39,9 @@ _CODE_BY_DATATYPE = {datatype: code for code, datatype in enumerate(DATATYPES)}
 _MAX_BUFFERS_PER_SEND = 512
 
 
-class Kind(IntEnum):
-    """What a frame asks or answers."""
-
-    LOAD = 1
-    LOADED = 2
-    INFER = 3
-    RESULT = 4
-    ERROR = 5
-    SHUTDOWN = 6
-    # Between a gateway process and the worker broker (runtimes.broker).
-    ATTACH = 7
-    ATTACHED = 8
-    DETACH = 9
-    DETACHED = 10
-
-
-# Kind(code) runs the enum machinery's Python code; every frame reads its kind.
-_KIND_BY_CODE = {kind.value: kind for kind in Kind}
-
-
 @dataclass(slots=True)
 class Frame:
-    kind: Kind
+    kind: int  # a runtimes.worker_protocol.Kind
     meta: dict[str, Any]
     tensors: dict[str, RawTensor]
 
@@ -78,7 +59,7 @@ def _dims(rank: int) -> struct.Struct:
 
 def send_frame(
     sock: socket.socket,
-    kind: Kind,
+    kind: int,
     meta: Mapping[str, Any] | None = None,
     tensors: Mapping[str, Sequence[RawTensor]] | None = None,
 ) -> None:
@@ -154,17 +135,7 @@ def recv_frame(sock: socket.socket) -> Frame:
         position += dims.size
         tensors[name] = RawTensor(DATATYPES[code], shape, data[offset : offset + nbytes])
         offset += nbytes
-    return Frame(_KIND_BY_CODE[kind], meta, tensors)
-
-
-def send_batch(sock: socket.socket, inputs: Mapping[str, Sequence[RawTensor]], output_names: Sequence[str]) -> None:
-    """Send a batch to a worker: an INFER frame, with JSON only when specific outputs are asked for."""
-    send_frame(sock, Kind.INFER, {"outputs": list(output_names)} if output_names else None, inputs)
-
-
-def requested_outputs(frame: Frame) -> list[str]:
-    """The outputs an INFER frame asks for; empty means all of them."""
-    return [str(name) for name in frame.meta.get("outputs", ())]
+    return Frame(kind, meta, tensors)
 
 
 def channel_pair() -> tuple[socket.socket, socket.socket]:
@@ -174,14 +145,3 @@ def channel_pair() -> tuple[socket.socket, socket.socket]:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     return parent, child
-
-
-def raise_if_error(frame: Frame) -> None:
-    """Re-raise an ERROR frame as the runtime failure the worker reported (ArtifactInvalid, ...)."""
-    if frame.kind is Kind.ERROR:
-        kinds: dict[str, type[RuntimeFailure]] = {
-            "ArtifactInvalid": ArtifactInvalid,
-            "InferenceFailed": InferenceFailed,
-        }
-        failure = kinds.get(str(frame.meta.get("error")), RuntimeFailure)
-        raise failure(str(frame.meta.get("message", "worker failed")))

@@ -27,8 +27,9 @@ from runtimes.contract import (
     RuntimeOptions,
     Signature,
 )
-from runtimes.ipc import ChannelClosed, Kind, channel_pair, raise_if_error, recv_frame, send_batch, send_frame
+from runtimes.ipc import ChannelClosed, channel_pair, recv_frame, send_frame
 from runtimes.raw_tensors import RawTensor, RawTensors
+from runtimes.worker_protocol import Kind, loaded_signature, result_tensors, send_batch, send_load
 from runtimes.zygote import Zygote, ZygoteGone
 
 log = logging.getLogger(__name__)
@@ -90,20 +91,16 @@ class _Worker:
             theirs.close()
 
     def load(self, kind: str, artifact: Path, options: RuntimeOptions) -> Signature:
-        meta = {"runtime": kind, "artifact": str(artifact), "options": options.to_json()}
         try:
-            send_frame(self.sock, Kind.LOAD, meta)
+            send_load(self.sock, kind, str(artifact), options)
             frame = recv_frame(self.sock)
         except (OSError, ChannelClosed) as error:
             raise ArtifactInvalid(f"worker exited while loading {artifact.name} ({self.exit_reason()})") from error
-        raise_if_error(frame)
-        return Signature.from_json(frame.meta["signature"])
+        return loaded_signature(frame)
 
     def infer(self, inputs: Mapping[str, Sequence[RawTensor]], output_names: Sequence[str]) -> RawTensors:
         send_batch(self.sock, inputs, output_names)
-        frame = recv_frame(self.sock)
-        raise_if_error(frame)
-        return frame.tensors
+        return result_tensors(recv_frame(self.sock))
 
     def exit_reason(self) -> str:
         try:

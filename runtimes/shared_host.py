@@ -14,14 +14,23 @@ import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from runtimes.broker import attach_request
 from runtimes.contract import (
     HostUnavailable,
     RuntimeOptions,
     Signature,
 )
-from runtimes.ipc import ChannelClosed, Frame, Kind, raise_if_error, recv_frame, send_batch, send_frame
+from runtimes.ipc import ChannelClosed, Frame, recv_frame, send_frame
 from runtimes.raw_tensors import RawTensor, RawTensors
+from runtimes.worker_protocol import (
+    Attach,
+    Kind,
+    attached_path,
+    loaded_signature,
+    raise_if_error,
+    result_tensors,
+    send_batch,
+    send_load,
+)
 
 
 class BrokerClient:
@@ -32,17 +41,17 @@ class BrokerClient:
         self._sock.connect(str(path))
         self._lock = threading.Lock()
 
-    def _ask(self, kind: Kind, meta: dict[str, object]) -> Frame:
+    def _ask(self, kind: Kind, request: Attach) -> Frame:
         with self._lock:
-            send_frame(self._sock, kind, meta)
+            send_frame(self._sock, kind, request.fields())
             frame = recv_frame(self._sock)
         raise_if_error(frame)
         return frame
 
-    def attach(self, request: dict[str, object]) -> Path:
-        return Path(str(self._ask(Kind.ATTACH, request).meta["path"]))
+    def attach(self, request: Attach) -> Path:
+        return attached_path(self._ask(Kind.ATTACH, request))
 
-    def detach(self, request: dict[str, object]) -> None:
+    def detach(self, request: Attach) -> None:
         self._ask(Kind.DETACH, request)
 
     def close(self) -> None:
@@ -65,9 +74,8 @@ class SharedWorkerHost:
         self._broker = broker
         self._label = label or artifact.parent.name
         self._restart_wait_s = restart_wait_s
-        self._request = attach_request(kind, artifact, options, self._label)
-        # The same path the broker loaded, so the worker knows it is the model it already serves.
-        self._load_meta = {"runtime": kind, "artifact": str(self._request["artifact"]), "options": options.to_json()}
+        self._request = Attach.of(kind, artifact, options, self._label)
+        self._options = options
         self._path = broker.attach(self._request)
         self._call_lock = threading.Lock()
         self._sock: socket.socket | None = None
@@ -83,18 +91,18 @@ class SharedWorkerHost:
         try:
             sock.settimeout(self._restart_wait_s)
             sock.connect(str(self._path))
-            send_frame(sock, Kind.LOAD, self._load_meta)
+            # The same path the broker loaded, so the worker knows it is the model it already serves.
+            send_load(sock, self._request.kind, self._request.artifact, self._options)
             frame = recv_frame(sock)
             sock.settimeout(None)
         except (OSError, ChannelClosed) as error:
             sock.close()
             raise HostUnavailable(f"shared worker for {self._label} is not answering: {error}") from None
         try:
-            raise_if_error(frame)
+            return sock, loaded_signature(frame)
         except BaseException:
             sock.close()
             raise
-        return sock, Signature.from_json(frame.meta["signature"])
 
     def infer(self, inputs: Mapping[str, Sequence[RawTensor]], output_names: Sequence[str]) -> RawTensors:
         with self._call_lock:
@@ -110,8 +118,7 @@ class SharedWorkerHost:
                 raise HostUnavailable(
                     f"shared worker for {self._label} died during the batch; it is being restarted"
                 ) from None
-        raise_if_error(frame)
-        return frame.tensors
+        return result_tensors(frame)
 
     def close(self) -> None:
         with self._call_lock:

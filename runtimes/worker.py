@@ -19,10 +19,19 @@ import threading
 from pathlib import Path
 
 from runtimes.catalog import open_runtime
-from runtimes.contract import Runtime, RuntimeFailure, RuntimeOptions
+from runtimes.contract import Runtime, RuntimeFailure
 from runtimes.heap import freeze_startup_heap
-from runtimes.ipc import ChannelClosed, Frame, Kind, recv_frame, requested_outputs, send_frame
+from runtimes.ipc import ChannelClosed, Frame, recv_frame
 from runtimes.raw_tensors import array_of, raw_of
+from runtimes.worker_protocol import (
+    Kind,
+    kind_name,
+    load_fields,
+    requested_outputs,
+    send_error,
+    send_loaded,
+    send_result,
+)
 
 
 class _LoadedModel:
@@ -34,11 +43,11 @@ class _LoadedModel:
         self._source: tuple[str, str] | None = None
 
     def load(self, frame: Frame) -> Runtime:
-        source = (str(frame.meta["runtime"]), str(frame.meta["artifact"]))
+        runtime, artifact, options = load_fields(frame)
+        source = (runtime, artifact)
         with self._lock:
             if self._runtime is None:
-                options = RuntimeOptions.from_json(frame.meta["options"])
-                self._runtime = open_runtime(source[0], Path(source[1]), options)
+                self._runtime = open_runtime(runtime, Path(artifact), options)
                 self._source = source
                 freeze_startup_heap()  # the model is this worker's start-up heap
             elif source != self._source:
@@ -57,25 +66,22 @@ def _serve(sock: socket.socket, model: _LoadedModel) -> None:
             frame = recv_frame(sock)
         except (ChannelClosed, ConnectionError):
             return
-        if frame.kind is Kind.SHUTDOWN:
+        if frame.kind == Kind.SHUTDOWN:
             return
         try:
-            if frame.kind is Kind.LOAD:
-                runtime = model.load(frame)
-                send_frame(sock, Kind.LOADED, {"signature": runtime.signature.to_json()})
-            elif frame.kind is Kind.INFER:
+            if frame.kind == Kind.LOAD:
+                send_loaded(sock, model.load(frame).signature)
+            elif frame.kind == Kind.INFER:
                 loaded = model.runtime
                 if loaded is None:
                     raise RuntimeFailure("no model is loaded in this worker")
                 inputs = {name: array_of(tensor) for name, tensor in frame.tensors.items()}
                 outputs = loaded.infer(inputs, requested_outputs(frame))
-                send_frame(sock, Kind.RESULT, None, {name: [raw_of(array)] for name, array in outputs.items()})
+                send_result(sock, {name: raw_of(array) for name, array in outputs.items()})
             else:
-                raise RuntimeFailure(f"unexpected frame {frame.kind.name}")
-        except RuntimeFailure as error:
-            send_frame(sock, Kind.ERROR, {"error": type(error).__name__, "message": str(error)})
+                raise RuntimeFailure(f"unexpected frame {kind_name(frame)}")
         except Exception as error:  # a bug must fail one batch, not kill every request of the model
-            send_frame(sock, Kind.ERROR, {"error": "InferenceFailed", "message": f"{type(error).__name__}: {error}"})
+            send_error(sock, error)
 
 
 def _serve_quietly(sock: socket.socket, model: _LoadedModel) -> None:

@@ -11,8 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from runtimes.datatypes import decode_bytes, encode_bytes
-from runtimes.ipc import HEADER, ChannelClosed, Kind, recv_frame, requested_outputs, send_batch, send_frame
+from runtimes.ipc import HEADER, ChannelClosed, recv_frame, send_frame
 from runtimes.raw_tensors import RawTensor, array_of, raw_of
+from runtimes.worker_protocol import Kind, requested_outputs, send_batch
 from tests.support.tensor_strategies import batch_parts
 
 
@@ -28,7 +29,7 @@ def round_trip(parts: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
         sender.start()
         frame = recv_frame(theirs)
         sender.join()
-    assert frame.kind is Kind.INFER and frame.meta == {} and requested_outputs(frame) == []
+    assert frame.kind == Kind.INFER and frame.meta == {} and requested_outputs(frame) == []
     assert list(frame.tensors) == list(parts), "tensors keep their order"
     return {name: array_of(tensor) for name, tensor in frame.tensors.items()}
 
@@ -66,7 +67,7 @@ def test_several_tensors_and_control_fields_travel_together() -> None:
         tensors = {"first": [np.arange(6, dtype=np.int64).reshape(2, 3)], "zweite-é": [np.array([b"a", b""], object)]}
         send_frame(ours, Kind.RESULT, {"note": "both", "n": [1, 2]}, raw_parts(tensors))
         frame = recv_frame(theirs)
-    assert frame.kind is Kind.RESULT and frame.meta == {"note": "both", "n": [1, 2]}
+    assert frame.kind == Kind.RESULT and frame.meta == {"note": "both", "n": [1, 2]}
     assert array_of(frame.tensors["first"]).tolist() == [[0, 1, 2], [3, 4, 5]]
     assert frame.tensors["zweite-é"].datatype == "BYTES" and frame.tensors["zweite-é"].shape == (2,)
     assert array_of(frame.tensors["zweite-é"]).tolist() == [b"a", b""]
