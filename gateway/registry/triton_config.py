@@ -122,7 +122,11 @@ def _settings_of(config: Any, model_name: str) -> ModelSettings:
 
 
 def _check_runtime(config: Any) -> None:
-    """Refuse a platform or backend other than onnxruntime; neither set means the artifact decides."""
+    """Refuse a platform or backend other than onnxruntime; with neither set, onnxruntime is assumed.
+
+    (Triton would fill the platform in from the model file; the only file a config.pbtxt model may
+    hold here is an ONNX one.)
+    """
     if config.platform and config.platform != ONNX_PLATFORM:
         raise ValueError(f"platform {config.platform!r} is not served by Turnout (it serves {ONNX_PLATFORM!r})")
     if config.backend and config.backend != ONNX_BACKEND:
