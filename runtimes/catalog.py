@@ -11,8 +11,14 @@ ARTIFACT_FILES: dict[str, str] = {"model.onnx": "onnxruntime", "model.echo.json"
 RUNTIME_KINDS = ("onnxruntime", "echo")
 
 
-def find_artifact(version_dir: Path) -> Path | None:
-    """The artifact file in a version directory, or None when it holds none we know."""
+def find_artifact(version_dir: Path, filename: str | None = None) -> Path | None:
+    """The artifact file in a version directory, or None when it holds none we know.
+
+    With ``filename`` (a model's configured artifact name), only that file counts.
+    """
+    if filename is not None:
+        named = version_dir / filename
+        return named if named.is_file() else None
     for filename in ARTIFACT_FILES:
         candidate = version_dir / filename
         if candidate.is_file():
@@ -21,10 +27,12 @@ def find_artifact(version_dir: Path) -> Path | None:
 
 
 def runtime_kind_for(artifact: Path) -> str:
-    try:
+    if artifact.name in ARTIFACT_FILES:
         return ARTIFACT_FILES[artifact.name]
-    except KeyError:
-        raise ArtifactInvalid(f"no runtime serves {artifact.name}") from None
+    # A configured file name (config.pbtxt's default_model_filename) still says what it holds.
+    if artifact.suffix == ".onnx":
+        return "onnxruntime"
+    raise ArtifactInvalid(f"no runtime serves {artifact.name}")
 
 
 def open_runtime(kind: str, artifact: Path, options: RuntimeOptions) -> Runtime:

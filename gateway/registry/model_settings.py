@@ -1,20 +1,26 @@
 """Per-model settings read from ``<repo>/<model>/model.yaml``, validated so a typo is an error.
 
 The knobs mirror Triton's model configuration (``max_batch_size``, ``dynamic_batching``,
-``version_policy``, ``instance_group`` count) so a Triton user finds them where expected.
+``version_policy``, ``instance_group`` count) so a Triton user finds them where expected. A model
+directory that holds Triton's own ``config.pbtxt`` instead is converted into the same settings by
+``gateway.registry.triton_config``.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from runtimes.datatypes import DATATYPES
 
-MODEL_SETTINGS_FILE = "model.yaml"
+MODEL_SETTINGS_FILE: Final = "model.yaml"
+SettingsSource = Literal["model.yaml", "config.pbtxt"]
+DEFAULT_MAX_QUEUE_SIZE = 1024
+MAX_INSTANCE_COUNT = 64
 
 
 class _Strict(BaseModel):
@@ -26,8 +32,16 @@ class DynamicBatching(_Strict):
 
     max_queue_delay_microseconds: int = Field(0, ge=0)
     # Bounded on purpose: a full queue answers UNAVAILABLE instead of growing without limit.
-    max_queue_size: int = Field(1024, ge=1)
+    max_queue_size: int = Field(DEFAULT_MAX_QUEUE_SIZE, ge=1)
     default_queue_timeout_microseconds: int = Field(0, ge=0)
+    # A batch whose queued rows reach one of these sizes runs at once, without waiting out the delay.
+    preferred_batch_sizes: tuple[int, ...] = ()
+
+    @model_validator(mode="after")
+    def _preferred_sizes_positive(self) -> DynamicBatching:
+        if any(size < 1 for size in self.preferred_batch_sizes):
+            raise ValueError(f"preferred_batch_sizes must be positive, got {list(self.preferred_batch_sizes)}")
+        return self
 
 
 class LatestPolicy(_Strict):
@@ -69,11 +83,29 @@ class VersionPolicy(_Strict):
 
 
 class TensorDeclaration(_Strict):
-    """An input or output as the configuration declares it; dims exclude the batch dimension."""
+    """An input or output as the configuration declares it; dims exclude the batch dimension.
+
+    With ``reshape``, clients send and receive ``dims`` while the model sees the ``reshape`` shape
+    (same elements, same bytes; the batch dimension, if any, is kept in front of both).
+    """
 
     name: str
     datatype: Literal[DATATYPES]  # type: ignore[valid-type]
     dims: tuple[int, ...] = ()
+    reshape: tuple[int, ...] | None = None
+
+    @model_validator(mode="after")
+    def _reshape_keeps_the_elements(self) -> TensorDeclaration:
+        if self.reshape is None:
+            return self
+        if any(d < -1 for d in self.reshape) or self.reshape.count(-1) > 1:
+            raise ValueError(f"reshape {list(self.reshape)}: dimensions are sizes or -1, at most one -1")
+        if -1 not in self.dims and -1 not in self.reshape and math.prod(self.dims) != math.prod(self.reshape):
+            raise ValueError(
+                f"reshape {list(self.reshape)} holds {math.prod(self.reshape)} elements "
+                f"but dims {list(self.dims)} hold {math.prod(self.dims)}"
+            )
+        return self
 
 
 class RuntimeSettings(_Strict):
@@ -88,12 +120,16 @@ class ModelSettings(_Strict):
     max_batch_size: int | None = Field(None, ge=0)
     dynamic_batching: DynamicBatching = DynamicBatching()
     version_policy: VersionPolicy = VersionPolicy()
-    instance_count: int = Field(1, ge=1, le=64)
+    instance_count: int = Field(1, ge=1, le=MAX_INSTANCE_COUNT)
     runtime: Literal["onnxruntime", "echo"] | None = None
     runtime_options: RuntimeSettings | None = None
     inputs: tuple[TensorDeclaration, ...] | None = None
     outputs: tuple[TensorDeclaration, ...] | None = None
     feature_names: tuple[str, ...] | None = None
+    # The artifact's file name inside each version directory; None: the names runtimes.catalog knows.
+    model_filename: str | None = Field(None, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+    # Which file these settings came from, for messages; set by the reader, never by the file.
+    source: SettingsSource = MODEL_SETTINGS_FILE
 
 
 class SettingsInvalid(ValueError):
@@ -111,10 +147,16 @@ def read_model_settings(model_dir: Path) -> ModelSettings:
         raise SettingsInvalid(f"{path.name}: cannot be read: {error}") from None
     if not isinstance(document, dict):
         raise SettingsInvalid(f"{path.name}: expected a mapping at the top level")
+    if "source" in document:
+        raise SettingsInvalid(f"{path.name}: source: Extra inputs are not permitted")
     try:
         return ModelSettings.model_validate(document)
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in item['loc']) or 'top level'}: {item['msg']}" for item in error.errors()
-        )
-        raise SettingsInvalid(f"{path.name}: {problems}") from None
+        raise SettingsInvalid(f"{path.name}: {describe_problems(error)}") from None
+
+
+def describe_problems(error: ValidationError) -> str:
+    """Every validation problem as ``where: what``, joined with semicolons."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in item['loc']) or 'top level'}: {item['msg']}" for item in error.errors()
+    )

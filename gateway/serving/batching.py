@@ -118,6 +118,8 @@ class BatchingSettings:
     max_queue_delay_s: float
     max_queue_size: int
     queue_timeout_s: float | None
+    # Queued rows that reach one of these sizes end the wait for more (Triton's preferred_batch_size).
+    preferred_batch_sizes: frozenset[int] = frozenset()
 
 
 class BatchQueue:
@@ -178,7 +180,8 @@ class BatchQueue:
                 self._gather()
             if settings.max_queue_delay_s > 0 and settings.max_batch_size > 1:
                 deadline = self._items[0].enqueued_at + settings.max_queue_delay_s
-                while self._rows < settings.max_batch_size and not self._closed:
+                preferred = settings.preferred_batch_sizes
+                while self._rows < settings.max_batch_size and self._rows not in preferred and not self._closed:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0 or not self._items:
                         break

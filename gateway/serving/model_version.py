@@ -20,6 +20,7 @@ from gateway.registry.model_settings import ModelSettings
 from gateway.registry.repository import VersionEntry, sha256_of
 from gateway.serving.batching import BatchingSettings, BatchQueue, Pending, split_outputs, wanted_outputs
 from gateway.serving.in_flight import InFlight
+from gateway.serving.reshape import Reshapes, declared_signature, reshapes_of
 from gateway.serving.runtime_errors import domain_error
 from gateway.serving.statistics import VersionStatistics
 from runtimes.catalog import runtime_kind_for
@@ -43,7 +44,7 @@ class VersionState(StrEnum):
 
 
 class ConfigMismatch(ValueError):
-    """The artifact's signature contradicts what ``model.yaml`` declares."""
+    """The artifact's signature contradicts what ``model.yaml`` (or ``config.pbtxt``) declares."""
 
 
 def effective_max_batch_size(settings: ModelSettings, signature: Signature) -> int:
@@ -59,7 +60,11 @@ def effective_max_batch_size(settings: ModelSettings, signature: Signature) -> i
 
 
 def check_declared(settings: ModelSettings, signature: Signature, max_batch_size: int) -> None:
-    """Raise ConfigMismatch when declared inputs or outputs disagree with the artifact."""
+    """Raise ConfigMismatch when declared inputs or outputs disagree with the artifact.
+
+    A tensor declared with a reshape is compared by its reshape: that is the shape the model sees.
+    """
+    source = settings.source
     for kind, declared, actual in (
         ("input", settings.inputs, signature.inputs),
         ("output", settings.outputs, signature.outputs),
@@ -69,28 +74,31 @@ def check_declared(settings: ModelSettings, signature: Signature, max_batch_size
         by_name = {spec.name: spec for spec in actual}
         if {d.name for d in declared} != set(by_name):
             raise ConfigMismatch(
-                f"model.yaml declares {kind}s {sorted(d.name for d in declared)} "
+                f"{source} declares {kind}s {sorted(d.name for d in declared)} "
                 f"but the artifact has {sorted(by_name)}"
             )
         for item in declared:
             spec = by_name[item.name]
             shape = spec.shape[1:] if max_batch_size > 0 else spec.shape
-            fits = len(shape) == len(item.dims) and all(a in (-1, d) for a, d in zip(shape, item.dims, strict=True))
+            dims, what = (item.dims, "") if item.reshape is None else (item.reshape, " reshape")
+            fits = len(shape) == len(dims) and all(a in (-1, d) for a, d in zip(shape, dims, strict=True))
             if spec.datatype != item.datatype or not fits:
                 raise ConfigMismatch(
-                    f"{kind} {item.name!r}: model.yaml declares {item.datatype} {list(item.dims)} "
+                    f"{kind} {item.name!r}: {source} declares {item.datatype}{what} {list(dims)} "
                     f"but the artifact has {spec.datatype} {list(shape)}"
                 )
 
 
 @dataclass(frozen=True, slots=True)
 class ServingPlan:
-    """What is fixed once a version is READY: its signature and batching."""
+    """What is fixed once a version is READY: its signature (as clients see it) and batching."""
 
     signature: Signature
     max_batch_size: int
     batching: BatchingSettings
     runtime: str
+    # Tensors whose declared dims differ from the model's shape; None for nearly every model.
+    reshapes: Reshapes | None = None
     # Every output's name in the model's order, for each response that asks for all of them.
     output_names: tuple[str, ...] = field(init=False)
 
@@ -157,15 +165,17 @@ class ModelVersion:
         batching = self.settings.dynamic_batching
         timeout_us = batching.default_queue_timeout_microseconds
         self.plan = ServingPlan(
-            signature,
+            declared_signature(signature, self.settings, max_batch_size),
             max_batch_size,
             BatchingSettings(
                 max_batch_size,
                 batching.max_queue_delay_microseconds / 1e6,
                 batching.max_queue_size,
                 timeout_us / 1e6 if timeout_us else None,
+                frozenset(batching.preferred_batch_sizes),
             ),
             kind,
+            reshapes_of(self.settings, max_batch_size),
         )
         self._queue = BatchQueue(self.label, self.plan.batching)
         for index, host in enumerate(self._hosts):
@@ -227,18 +237,23 @@ class ModelVersion:
         queue = self._queue
         assert queue is not None and self.plan is not None
         batched = self.plan.max_batch_size > 0
+        reshapes = self.plan.reshapes
         while (batch := queue.take()) is not None:
             if batch:
-                self._run_batch(host, batch, batched)
+                self._run_batch(host, batch, batched, reshapes)
 
-    def _run_batch(self, host: ModelHost, batch: list[Pending], batched: bool) -> None:
+    def _run_batch(self, host: ModelHost, batch: list[Pending], batched: bool, reshapes: Reshapes | None) -> None:
         started = time.monotonic()
         t0 = time.perf_counter_ns()
         parts = {name: [item.inputs[name] for item in batch] for name in batch[0].inputs}
+        if reshapes is not None:
+            parts = reshapes.model_inputs(parts)
         names = wanted_outputs(batch)
         t1 = time.perf_counter_ns()
         try:
             outputs = host.infer(parts, names)
+            if reshapes is not None:
+                outputs = reshapes.client_outputs(outputs)
             per_request = split_outputs(batch, outputs, batched)
         except RuntimeFailure as failure:
             self._fail(batch, domain_error(failure, self.label))

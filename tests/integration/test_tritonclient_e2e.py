@@ -23,7 +23,7 @@ from tritonclient.utils import InferenceServerException
 
 from tests.integration.conftest import WORKER_MODES
 from tests.support.gateway_process import GatewayProcess
-from tests.support.model_repository import EXAMPLES, copy_digits
+from tests.support.model_repository import EXAMPLES, SETTINGS_FORMATS, copy_digits, use_settings_format
 
 Pixels = npt.NDArray[np.float32]
 Expected = dict[str, np.ndarray[Any, Any]]
@@ -36,13 +36,27 @@ TIMEOUT_S = 20.0
 RTOL, ATOL = 1e-5, 1e-6  # probabilities: onnxruntime in the worker vs here, batched vs alone
 
 
+@pytest.fixture(scope="module", params=SETTINGS_FORMATS)
+def settings_format(request: pytest.FixtureRequest) -> str:
+    """Each test runs against models described by Turnout's model.yaml and by Triton's config.pbtxt."""
+    return str(request.param)
+
+
 @pytest.fixture(scope="module", params=WORKER_MODES)
-def gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    repository = tmp_path_factory.mktemp(f"e2e-{request.param}")
+def gateway(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, settings_format: str
+) -> Iterator[GatewayProcess]:
+    repository = tmp_path_factory.mktemp(f"e2e-{request.param}-{settings_format.replace('.', '-')}")
     copy_digits(repository)
     shutil.copytree(EXAMPLES / "digits", repository / SPARE, ignore=shutil.ignore_patterns("2", "README.md"))
+    use_settings_format(repository, settings_format)
     with GatewayProcess(repository, "--worker-mode", request.param, "--poll-interval-s", "0") as running:
         yield running
+
+
+def test_the_repository_describes_its_models_in_one_format(gateway: GatewayProcess, settings_format: str) -> None:
+    files = {path.name for path in gateway.repository.glob("*/*") if path.is_file()}
+    assert files == {settings_format}
 
 
 @pytest.fixture(scope="module")

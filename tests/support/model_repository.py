@@ -7,11 +7,15 @@ import math
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 import onnxruntime as ort
+import yaml
+from google.protobuf import text_format
 from onnx import TensorProto, helper
+from tritonclient.grpc import model_config_pb2
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO_ROOT / "examples" / "models"
@@ -142,3 +146,58 @@ def slow_rounds_for(seconds: float) -> int:
     they hold on a fast machine as on a slow one. Measured once per test process.
     """
     return max(10, math.ceil(seconds / _seconds_per_slow_round()))
+
+
+# The formats a model directory's settings may take: Turnout's model.yaml or Triton's config.pbtxt.
+SETTINGS_FORMATS = ("model.yaml", "config.pbtxt")
+
+
+def config_pbtxt_for(model_yaml: str, name: str) -> str:
+    """Triton's config.pbtxt saying what ``model_yaml`` says, written with Triton's own schema (tritonclient's).
+
+    Covers the settings both files have; Turnout-only ones (feature_names, runtime_options) are left out.
+    """
+    settings: dict[str, Any] = yaml.safe_load(model_yaml) or {}
+    config = model_config_pb2.ModelConfig(name=name, platform="onnxruntime_onnx")
+    config.max_batch_size = settings.get("max_batch_size") or 0
+    if "dynamic_batching" in settings:
+        batching = settings["dynamic_batching"]
+        config.dynamic_batching.max_queue_delay_microseconds = batching.get("max_queue_delay_microseconds", 0)
+        queue = config.dynamic_batching.default_queue_policy
+        queue.max_queue_size = batching.get("max_queue_size", 0)
+        queue.default_timeout_microseconds = batching.get("default_queue_timeout_microseconds", 0)
+    policy = settings.get("version_policy", {})
+    if "all" in policy:
+        config.version_policy.all.SetInParent()
+    elif "specific" in policy:
+        config.version_policy.specific.versions.extend(policy["specific"]["versions"])
+    elif "latest" in policy:
+        config.version_policy.latest.num_versions = policy["latest"].get("num_versions", 1)
+    cpu = model_config_pb2.ModelInstanceGroup.KIND_CPU
+    config.instance_group.add(count=settings.get("instance_count", 1), kind=cpu)
+    for kind, target in (("inputs", config.input), ("outputs", config.output)):
+        for item in settings.get(kind) or []:
+            tensor = target.add(name=item["name"], data_type=_config_type(item["datatype"]), dims=item.get("dims", []))
+            if item.get("reshape") is not None:
+                tensor.reshape.shape.extend(item["reshape"])
+    return str(text_format.MessageToString(config))
+
+
+def _config_type(datatype: str) -> int:
+    return int(model_config_pb2.DataType.Value("TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}"))
+
+
+def use_config_pbtxt(model_dir: Path) -> Path:
+    """Replace the model directory's model.yaml with the equivalent config.pbtxt; return its path."""
+    yaml_file = model_dir / "model.yaml"
+    target = model_dir / "config.pbtxt"
+    target.write_text(config_pbtxt_for(yaml_file.read_text(), model_dir.name))
+    yaml_file.unlink()
+    return target
+
+
+def use_settings_format(repository: Path, settings_format: str) -> None:
+    """Give every model in ``repository`` its settings in ``settings_format`` (one of SETTINGS_FORMATS)."""
+    if settings_format == "config.pbtxt":
+        for model_yaml in sorted(repository.glob("*/model.yaml")):
+            use_config_pbtxt(model_yaml.parent)

@@ -172,6 +172,32 @@ def test_a_batch_that_fills_during_the_queue_delay_leaves_at_once() -> None:
     assert time.monotonic() - started < 10, "it waited out the 30 s delay instead of leaving when full"
 
 
+def test_a_batch_that_reaches_a_preferred_size_leaves_without_waiting_out_the_delay() -> None:
+    settings = BatchingSettings(8, 30.0, 1024, None, frozenset({2, 6}))
+    queue = BatchQueue("version 1 of model 'm'", settings, yield_cpu=lambda: None)
+    queue.put(pending(1))
+
+    def one_more() -> None:
+        time.sleep(0.05)
+        queue.put(pending(1))
+
+    threading.Thread(target=one_more).start()
+    started = time.monotonic()
+    batch = queue.take()
+    assert batch is not None and sum(item.rows for item in batch) == 2
+    assert time.monotonic() - started < 10, "it waited out the 30 s delay at a preferred size"
+
+
+def test_rows_between_preferred_sizes_still_wait_for_the_delay() -> None:
+    settings = BatchingSettings(8, 0.2, 1024, None, frozenset({4}))
+    queue = BatchQueue("version 1 of model 'm'", settings, yield_cpu=lambda: None)
+    queue.put(pending(3))
+    started = time.monotonic()
+    batch = queue.take()
+    assert batch is not None and sum(item.rows for item in batch) == 3
+    assert time.monotonic() - started >= 0.15
+
+
 def test_split_refuses_outputs_whose_first_axis_is_not_the_batch() -> None:
     batch = [pending(2), pending(1)]
     with pytest.raises(Exception, match="first axis of 3"):
