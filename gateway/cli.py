@@ -138,6 +138,7 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if settings.worker_broker is None:  # said once, not again by each of a supervisor's processes
         log.info("routing state (policies, history) in %s", settings.state_dir)
+        log.debug("settings: %s", settings.model_dump_json())
     if settings.processes > 1:
         from gateway.process.supervisor import supervise
 

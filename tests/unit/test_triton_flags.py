@@ -179,7 +179,9 @@ def test_everything_after_a_double_dash_is_left_alone() -> None:
     assert translate("--", "--http-port=1") == ["--", "--http-port=1"]
 
 
-@pytest.mark.parametrize(("text", "value"), [("true", True), ("On", True), ("1", True), ("FALSE", False), ("off", False)])
+@pytest.mark.parametrize(
+    ("text", "value"), [("true", True), ("On", True), ("1", True), ("FALSE", False), ("off", False)]
+)
 def test_booleans_read_as_triton_reads_them(text: str, value: bool) -> None:
     assert parse_bool(text) is value
 
