@@ -19,7 +19,6 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 
 from gateway import headers
-from gateway.wire import inference_pb2, inference_pb2_grpc
 from gateway.wire.turnout.v1 import rollouts_pb2 as pb
 from gateway.wire.turnout.v1 import rollouts_pb2_grpc as pb_grpc
 
@@ -164,6 +163,10 @@ def _status(channel: grpc.Channel, stub: Any, args: argparse.Namespace, metadata
     if args.model:
         models = [args.model]
     else:
+        # Imported here, not with the module: building the parser must not register the `inference`
+        # protos, which clash with tritonclient's copies when both live in one process (the tests).
+        from gateway.wire import inference_pb2, inference_pb2_grpc
+
         index = inference_pb2_grpc.GRPCInferenceServiceStub(channel).RepositoryIndex(
             inference_pb2.RepositoryIndexRequest(), timeout=args.timeout_s
         )
