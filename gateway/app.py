@@ -112,7 +112,8 @@ class Gateway:
         )
 
     def is_ready(self) -> bool:
-        return self.manager.initial_load_done and not self._stopping.is_set()
+        up = self.manager.initial_load_done and not self._stopping.is_set()
+        return up and (not self.settings.strict_readiness or self.manager.every_model_ready())
 
     def start(self) -> None:
         if self.settings.worker_broker is None:

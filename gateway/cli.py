@@ -1,59 +1,127 @@
-"""The ``turnout`` command line: parses arguments and hands settings to the composition root."""
+"""The ``turnout`` command line: parses arguments and hands settings to the composition root.
+
+``turnout serve``'s flags are built from the fields of :class:`gateway.settings.Settings`: the
+field's description, its default and its ``TURNOUT_*`` variable make the help text, so a default
+lives in one place. Triton's flags are translated first (:mod:`gateway.triton_flags`).
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import ValidationError
+from pydantic.fields import FieldInfo
 
-_SERVE_FLAGS: list[tuple[str, type, str]] = [
-    ("--host", str, "address to listen on (default 0.0.0.0)"),
-    ("--port", int, "gRPC port (default 8001, Triton's; 0 picks a free one)"),
-    ("--max-message-bytes", int, "largest request or response accepted (default 1 GiB)"),
-    ("--grpc-threads", int, "threads serving gRPC calls (default 128)"),
-    ("--intra-op-threads", int, "ONNX Runtime intra-op threads per worker (default 1)"),
-    ("--inter-op-threads", int, "ONNX Runtime inter-op threads per worker (default 1)"),
-    ("--poll-interval-s", float, "seconds between repository scans; 0 turns polling off (default 2)"),
-    ("--drain-timeout-s", float, "longest wait for in-flight requests when unloading (default 30)"),
-    ("--grace-period-s", float, "longest wait for in-flight calls on SIGTERM (default 10)"),
-    ("--processes", int, "gateway processes sharing the port (SO_REUSEPORT) and the workers (default 1)"),
-    ("--state-dir", Path, "directory of the routing state shared by gateway processes (default ./state)"),
-    ("--apply-timeout-s", float, "how long a policy change waits for every gateway process (default 10)"),
-    ("--rollback-window-s", float, "how long a replaced stable version stays loaded (default 600)"),
-    ("--shadow-queue-size", int, "shadow copies waiting per shadow version; more are dropped (default 128)"),
-    ("--shadow-timeout-s", float, "a shadow answer later than this counts as failed (default 5)"),
-    ("--gateway-cpus", str, "CPUs for the gateway's threads, e.g. 0 or 0-3; with --processes N, one each"),
-]
+from gateway.settings import ENV_PREFIX, STATE_DIR_DEFAULT_TEXT, Settings
+from gateway.triton_flags import TritonFlagError, parse_bool, translate_triton_flags
+
+log = logging.getLogger("turnout")
+
+# Set by the supervisor of --processes N for the gateway processes it starts; not for people.
+_INTERNAL_FIELDS = ("worker_broker", "reuse_port")
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="turnout", description="Turnout model-serving gateway")
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="serve a model repository over gRPC")
-    serve.add_argument("--repository", type=Path, help="model repository directory (TURNOUT_REPOSITORY)")
-    serve.add_argument("--config", type=Path, help="YAML file of settings (flags and TURNOUT_* win over it)")
-    serve.add_argument(
-        "--worker-mode", choices=["process", "inprocess"], help="run models in worker processes (default) or here"
-    )
-    serve.add_argument(
-        "--worker-start", choices=["fork", "spawn"], help="fork workers from a zygote (default) or spawn each"
-    )
-    serve.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    for flag, kind, text in _SERVE_FLAGS:
-        serve.add_argument(flag, type=kind, help=text)
+def package_version() -> str:
+    """The installed distribution's version; from a checkout that was never installed, say so."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("turnout")
+    except PackageNotFoundError:
+        return "unknown (not installed; pip install -e .)"
+
+
+def flag_for(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def env_for(field_name: str) -> str:
+    return ENV_PREFIX + field_name.upper()
+
+
+def default_text(field_name: str, field: FieldInfo) -> str:
+    """A setting's default as ``--help`` shows it (and as the flag would take it back)."""
+    if field_name == "state_dir":
+        return STATE_DIR_DEFAULT_TEXT
+    default = field.get_default(call_default_factory=False)
+    if isinstance(default, bool):
+        return str(default).lower()
+    if default in (None, ()):
+        return "none"
+    return str(default)
+
+
+def setting_help(field_name: str, field: FieldInfo) -> str:
+    text = f"{field.description} (default: {default_text(field_name, field)}; env {env_for(field_name)})"
+    return text.replace("%", "%%")  # argparse formats help with %
+
+
+def _argument_kind(field_name: str, annotation: Any) -> dict[str, Any]:
+    """argparse's type, choices and metavar for a setting's type; the settings model validates the rest."""
+    if get_origin(annotation) is Literal:
+        return {"choices": list(get_args(annotation))}
+    if annotation is bool:
+        # --strict-readiness, --strict-readiness=false and --strict-readiness off all work, as in Triton.
+        return {"type": parse_bool, "nargs": "?", "const": True, "metavar": "true|false"}
+    if annotation is int:
+        return {"type": int, "metavar": "N"}
+    if annotation is float:
+        return {"type": float, "metavar": "SECONDS" if field_name.endswith("_s") else "X"}
+    if annotation is Path:
+        return {"type": Path, "metavar": "DIR"}
+    return {"type": str, "metavar": field_name.rsplit("_", 1)[-1].upper()}  # --gateway-cpus CPUS
+
+
+def add_setting_flags(serve: argparse.ArgumentParser) -> None:
+    """One flag per Settings field, default None so that the environment and the file still count."""
+    for name, field in Settings.model_fields.items():
+        if name in _INTERNAL_FIELDS:
+            continue
+        serve.add_argument(flag_for(name), **_argument_kind(name, field.annotation), help=setting_help(name, field))
     # How the supervisor of --processes N starts its gateway processes.
     serve.add_argument("--worker-broker", type=Path, help=argparse.SUPPRESS)
     serve.add_argument("--reuse-port", action="store_const", const=True, help=argparse.SUPPRESS)
-    health = commands.add_parser("health", help="ask a gateway's grpc.health.v1 service; exit 0 when SERVING")
-    health.add_argument("--server", default="localhost:8001", help="HOST:PORT (default localhost:8001)")
-    health.add_argument("--timeout-s", type=float, default=3.0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="turnout", description="Turnout model-serving gateway")
+    parser.add_argument("--version", action="version", version=f"turnout {package_version()}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="what to do")
+    serve = commands.add_parser(
+        "serve",
+        help="serve a model repository over gRPC",
+        description="Serve a model repository over gRPC. Every flag is also a TURNOUT_* environment variable and "
+        "a key of the --config file; flags win over the environment, which wins over the file. Triton's flags "
+        "(--model-repository, --grpc-port, ...) are accepted where Turnout has the same setting.",
+    )
+    serve.add_argument(
+        "--config",
+        type=Path,
+        default=os.environ.get(f"{ENV_PREFIX}CONFIG"),
+        metavar="FILE",
+        help=f"YAML file of settings; flags and {ENV_PREFIX}* variables win over it"
+        f" (default: none; env {ENV_PREFIX}CONFIG)",
+    )
+    add_setting_flags(serve)
     from gateway.client.commands import add_commands
 
     add_commands(commands)
     return parser
+
+
+def subcommand(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    """The parser of ``turnout NAME``."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            found: argparse.ArgumentParser = action.choices[name]
+            return found
+    raise KeyError(name)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -67,6 +135,10 @@ def _serve(args: argparse.Namespace) -> int:
     except (ValidationError, ValueError, OSError) as error:
         print(f"turnout: invalid settings: {error}", file=sys.stderr)
         return 2
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.worker_broker is None:  # said once, not again by each of a supervisor's processes
+        log.info("routing state (policies, history) in %s", settings.state_dir)
+        log.debug("settings: %s", settings.model_dump_json())
     if settings.processes > 1:
         from gateway.process.supervisor import supervise
 
@@ -84,8 +156,18 @@ def _health(args: argparse.Namespace) -> int:
     return 0 if status == "SERVING" else 1
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if arguments[:1] == ["serve"]:
+        native = subcommand(parser, "serve")._option_string_actions
+        try:
+            arguments = ["serve", *translate_triton_flags(arguments[1:], native)]
+        except TritonFlagError as error:
+            for problem in error.problems:
+                print(f"turnout: {problem}", file=sys.stderr)
+            return 2
+    args = parser.parse_args(arguments)
     if args.command == "serve":
         return _serve(args)
     if args.command == "health":

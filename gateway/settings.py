@@ -1,11 +1,15 @@
 """Gateway settings, parsed once at start-up and handed down.
 
 Sources, highest first: command-line flags, ``TURNOUT_*`` environment variables, an optional YAML
-config file (``--config``), then the defaults below.
+config file (``--config``), then the defaults below. Each field's description is also its
+``turnout serve --help`` text, so the flags and this model cannot disagree about a default.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -13,47 +17,105 @@ import yaml
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 
+ENV_PREFIX = "TURNOUT_"
 # Triton's server accepts messages up to INT32_MAX; 1 GiB is generous and keeps one request from
 # pinning unbounded memory. Operators can raise or lower it.
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 30
+# How --help shows the state directory's default, which depends on the repository.
+STATE_DIR_DEFAULT_TEXT = "$XDG_STATE_HOME/turnout/<repository name>-<hash of its path>"
+
+
+def default_state_dir(repository: Path, environ: Mapping[str, str] | None = None) -> Path:
+    """Where a gateway serving ``repository`` keeps its routing state unless told otherwise.
+
+    Under the XDG state directory (``~/.local/state``), one subdirectory per repository: two
+    gateways serving different repositories on one host must not share policies by accident (a
+    policy for ``digits`` of one repository would route the other's ``digits``). The name keeps the
+    repository's directory name for people and a hash of its resolved path for uniqueness.
+    """
+    environ = os.environ if environ is None else environ
+    xdg = environ.get("XDG_STATE_HOME", "")
+    # The XDG spec says a relative value is invalid and must be ignored.
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path(environ.get("HOME") or Path.home()) / ".local/state"
+    resolved = repository.resolve()
+    digest = hashlib.sha256(str(resolved).encode()).hexdigest()[:8]
+    return base / "turnout" / f"{resolved.name or 'root'}-{digest}"
+
+
+def _state_dir_for(data: dict[str, Any]) -> Path:
+    return default_state_dir(data["repository"])
 
 
 class Settings(BaseSettings):
     """Everything ``turnout serve`` can be told."""
 
-    model_config = SettingsConfigDict(env_prefix="TURNOUT_", extra="forbid", frozen=True)
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
 
-    repository: Path = Path("models")
-    host: str = "0.0.0.0"
-    port: int = Field(8001, ge=0, le=65535)  # Triton's gRPC port, so Turnout is a drop-in
-    max_message_bytes: int = Field(DEFAULT_MAX_MESSAGE_BYTES, ge=1024, le=(1 << 31) - 1)
-    grpc_threads: int = Field(128, ge=1, le=4096)
-    worker_mode: Literal["process", "inprocess"] = "process"
+    repository: Path = Field(Path("models"), description="model repository directory, in Triton's layout")
+    host: str = Field("0.0.0.0", description="address to listen on")
+    port: int = Field(8001, ge=0, le=65535, description="gRPC port, Triton's; 0 picks a free one")
+    max_message_bytes: int = Field(
+        DEFAULT_MAX_MESSAGE_BYTES, ge=1024, le=(1 << 31) - 1, description="largest request or response accepted"
+    )
+    grpc_threads: int = Field(128, ge=1, le=4096, description="threads serving gRPC calls")
+    worker_mode: Literal["process", "inprocess"] = Field(
+        "process", description="run models in worker processes, or in the gateway process itself"
+    )
     # fork: workers are forked from a zygote process (quick to start, cheaper round trips);
     # spawn: each worker is a new interpreter, for platforms or libraries that dislike fork.
-    worker_start: Literal["fork", "spawn"] = "fork"
-    intra_op_threads: int = Field(1, ge=0)
-    inter_op_threads: int = Field(1, ge=0)
-    poll_interval_s: float = Field(2.0, ge=0)  # 0 turns polling off
-    drain_timeout_s: float = Field(30.0, ge=0)
-    grace_period_s: float = Field(10.0, ge=0)
-    keepalive_time_s: float = Field(60.0, gt=0)
-    keepalive_timeout_s: float = Field(20.0, gt=0)
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    # Routing state (policies, history) shared by every gateway process on this host.
-    state_dir: Path = Path("state")
-    processes: int = Field(1, ge=1, le=256)
+    worker_start: Literal["fork", "spawn"] = Field(
+        "fork", description="fork workers from a zygote process, or spawn a fresh interpreter for each"
+    )
+    intra_op_threads: int = Field(1, ge=0, description="ONNX Runtime intra-op threads per worker")
+    inter_op_threads: int = Field(1, ge=0, description="ONNX Runtime inter-op threads per worker")
+    poll_interval_s: float = Field(2.0, ge=0, description="seconds between repository scans; 0 turns polling off")
+    drain_timeout_s: float = Field(
+        30.0, ge=0, description="longest wait for a version's in-flight requests when unloading it"
+    )
+    grace_period_s: float = Field(10.0, ge=0, description="longest wait for in-flight calls on SIGTERM")
+    keepalive_time_s: float = Field(60.0, gt=0, description="seconds between the server's keepalive pings")
+    keepalive_timeout_s: float = Field(
+        20.0, gt=0, description="seconds to wait for a keepalive ping's answer before closing the connection"
+    )
+    # As Triton's --strict-readiness, and on by default as there: a readiness probe that says ready
+    # while a model is missing sends callers to a server that answers them UNAVAILABLE.
+    strict_readiness: bool = Field(
+        True,
+        description="ServerReady says ready only while every model has a READY version (Triton's default);"
+        " false: ready once the server is up",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="lowest level logged")
+    # Routing state (policies, history) shared by every gateway process on this host. The default
+    # depends on the repository, so it is computed from the validated repository field above.
+    state_dir: Path = Field(
+        default_factory=_state_dir_for,
+        description="directory of the routing state (policies, history), shared by the gateway processes",
+    )
+    processes: int = Field(
+        1, ge=1, le=256, description="gateway processes sharing the port (SO_REUSEPORT) and the workers"
+    )
     # Set by the supervisor for the gateway processes it starts; not for people.
-    worker_broker: Path | None = None
-    reuse_port: bool = False
-    policy_poll_interval_s: float = Field(0.02, gt=0)  # how soon a change made elsewhere is seen here
-    apply_timeout_s: float = Field(10.0, gt=0)  # a policy change waits this long for every process
-    rollback_window_s: float = Field(600.0, ge=0)  # an old stable version stays loaded this long
-    shadow_queue_size: int = Field(128, ge=1)  # copies waiting per shadow version; more are dropped
-    shadow_timeout_s: float = Field(5.0, gt=0)
+    worker_broker: Path | None = Field(None, description="the supervisor's worker broker socket (internal)")
+    reuse_port: bool = Field(False, description="bind the port with SO_REUSEPORT (internal)")
+    policy_poll_interval_s: float = Field(
+        0.02, gt=0, description="seconds between checks for policy changes made through other gateway processes"
+    )
+    apply_timeout_s: float = Field(10.0, gt=0, description="how long a policy change waits for every gateway process")
+    rollback_window_s: float = Field(
+        600.0, ge=0, description="seconds a replaced stable version stays loaded for a rollback"
+    )
+    shadow_queue_size: int = Field(
+        128, ge=1, description="shadow copies waiting per shadow version; more are dropped"
+    )
+    shadow_timeout_s: float = Field(
+        5.0, gt=0, description="a shadow answer later than this many seconds counts as failed"
+    )
     # CPUs the gateway's own threads run on ("0", "0,2", "4-7"); workers stay free. With
     # --processes N, process i gets the i-th listed CPU alone. Empty: wherever the kernel likes.
-    gateway_cpus: Annotated[tuple[int, ...], NoDecode] = ()  # NoDecode: TURNOUT_GATEWAY_CPUS=0-3 is not JSON
+    gateway_cpus: Annotated[tuple[int, ...], NoDecode] = Field(  # NoDecode: TURNOUT_GATEWAY_CPUS=0-3 is not JSON
+        (),
+        description="CPUs for the gateway's threads, e.g. 0 or 0-3 (none: any); with --processes N, one each",
+    )
 
     @property
     def forks_workers(self) -> bool:

@@ -8,7 +8,7 @@ so the imports protoc writes into the generated code are package-absolute
 ``protos/turnout/v1/rollouts.proto`` land in ``gateway/wire/turnout/v1/``.
 Every package directory on the way gets an ``__init__.py``.
 
-Usage, from anywhere::
+Needs grpcio-tools, the ``dev`` extra (``pip install -e '.[dev]'``). Usage, from anywhere::
 
     python protos/generate.py          # write the stubs into the checkout
     python protos/generate.py --check  # exit 1 and list files that are stale

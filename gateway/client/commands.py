@@ -19,50 +19,100 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 
 from gateway import headers
-from gateway.wire import inference_pb2, inference_pb2_grpc
 from gateway.wire.turnout.v1 import rollouts_pb2 as pb
 from gateway.wire.turnout.v1 import rollouts_pb2_grpc as pb_grpc
 
-DEFAULT_SERVER = "localhost:8001"
+# The operator commands' defaults, in one place; --help shows each of them.
+DEFAULT_SERVER = "localhost:8001"  # Triton's gRPC port on this host
+SERVER_ENV = "TURNOUT_SERVER"
+DEFAULT_TIMEOUT_S = 30.0  # a policy change waits for every gateway process (--apply-timeout-s 10)
+DEFAULT_HEALTH_TIMEOUT_S = 3.0  # under Docker's 4 s health check timeout
+DEFAULT_HISTORY_LIMIT = 20
 COMMANDS = ("status", "policy", "canary", "shadow", "promote", "rollback", "history")
 
 
+def _server_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--server",
+        default=os.environ.get(SERVER_ENV) or DEFAULT_SERVER,
+        metavar="HOST:PORT",
+        help=f"the gateway to talk to (default: {DEFAULT_SERVER}; env {SERVER_ENV})",
+    )
+
+
+def _timeout_flag(parser: argparse.ArgumentParser, default: float) -> None:
+    parser.add_argument(
+        "--timeout-s",
+        type=float,
+        default=default,
+        metavar="SECONDS",
+        help=f"how long to wait for the gateway's answer (default: {default:g})",
+    )
+
+
+def _reason_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--reason", default="", help="why, recorded in the audit history (default: none)")
+
+
+def _sticky_key_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--sticky-key",
+        default="",
+        metavar="HEADER",
+        help="request metadata key that keeps a caller on one side of the split (default: none, a random draw)",
+    )
+
+
 def add_commands(commands: Any) -> None:
-    """Register the control commands on the ``turnout`` argument parser's subcommands."""
+    """Register ``health`` and the control commands on the ``turnout`` argument parser's subcommands."""
+    health = commands.add_parser("health", help="ask a gateway's grpc.health.v1 service; exit 0 when SERVING")
+    _server_flag(health)
+    _timeout_flag(health, DEFAULT_HEALTH_TIMEOUT_S)
 
     def command(name: str, text: str, model_optional: bool = False) -> argparse.ArgumentParser:
-        parser: argparse.ArgumentParser = commands.add_parser(name, help=text)
-        parser.add_argument("model", nargs="?" if model_optional else None)
-        parser.add_argument(
-            "--server",
-            default=os.environ.get("TURNOUT_SERVER", DEFAULT_SERVER),
-            help=f"gateway HOST:PORT (default $TURNOUT_SERVER or {DEFAULT_SERVER})",
-        )
-        parser.add_argument("--json", action="store_true", help="print JSON for scripts")
-        parser.add_argument("--timeout-s", type=float, default=30.0)
+        parser: argparse.ArgumentParser = commands.add_parser(name, help=text, description=text)
+        if model_optional:
+            parser.add_argument("model", nargs="?", help="model name (default: every model in the repository)")
+        else:
+            parser.add_argument("model", help="model name (required)")
+        _server_flag(parser)
+        parser.add_argument("--json", action="store_true", help="print JSON for scripts (default: text for people)")
+        _timeout_flag(parser, DEFAULT_TIMEOUT_S)
         return parser
 
     command("status", "show models, their policies and versions", model_optional=True)
     policy = command("policy", "replace a model's policy with just a stable version (clears trials)")
-    policy.add_argument("--stable", type=int, required=True)
-    policy.add_argument("--sticky-key", default="")
-    policy.add_argument("--reason", default="")
+    policy.add_argument("--stable", type=int, required=True, metavar="VERSION", help="the version to serve (required)")
+    _sticky_key_flag(policy)
+    _reason_flag(policy)
     canary = command("canary", "send a share of traffic to a candidate version")
-    canary.add_argument("version", type=int, nargs="?", default=0)
-    canary.add_argument("--weight", type=float, help="percent of requests, in steps of 0.01")
-    canary.add_argument("--sticky-key", default="", help="metadata key that keeps a caller on one side")
-    canary.add_argument("--clear", action="store_true", help="remove the canary")
-    canary.add_argument("--reason", default="")
+    canary.add_argument(
+        "version", type=int, nargs="?", default=0, help="the candidate version (required unless --clear)"
+    )
+    canary.add_argument(
+        "--weight",
+        type=float,
+        metavar="PERCENT",
+        help="percent of requests, in steps of 0.01 (required unless --clear)",
+    )
+    _sticky_key_flag(canary)
+    canary.add_argument("--clear", action="store_true", help="remove the canary (default: off)")
+    _reason_flag(canary)
     shadow = command("shadow", "mirror a fraction of requests to a version (0 removes it)")
-    shadow.add_argument("version", type=int)
-    shadow.add_argument("--fraction", type=float, required=True)
-    shadow.add_argument("--reason", default="")
+    shadow.add_argument("version", type=int, help="the version to mirror to (required)")
+    shadow.add_argument(
+        "--fraction", type=float, required=True, help="share of requests mirrored, 0 to 1; 0 removes it (required)"
+    )
+    _reason_flag(shadow)
     promote = command("promote", "make the canary the stable version")
-    promote.add_argument("--reason", default="")
+    _reason_flag(promote)
     rollback = command("rollback", "back to the last stable policy, at once")
-    rollback.add_argument("--reason", default="")
+    _reason_flag(rollback)
     history = command("history", "the model's policy changes, newest first")
-    history.add_argument("--limit", type=int, default=20)
+    history.add_argument(
+        "--limit", type=int, default=DEFAULT_HISTORY_LIMIT, metavar="N",
+        help=f"show at most N changes (default: {DEFAULT_HISTORY_LIMIT})",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -113,6 +163,10 @@ def _status(channel: grpc.Channel, stub: Any, args: argparse.Namespace, metadata
     if args.model:
         models = [args.model]
     else:
+        # Imported here, not with the module: building the parser must not register the `inference`
+        # protos, which clash with tritonclient's copies when both live in one process (the tests).
+        from gateway.wire import inference_pb2, inference_pb2_grpc
+
         index = inference_pb2_grpc.GRPCInferenceServiceStub(channel).RepositoryIndex(
             inference_pb2.RepositoryIndexRequest(), timeout=args.timeout_s
         )

@@ -20,6 +20,8 @@ from runtimes.contract import RuntimeOptions
 
 log = logging.getLogger(__name__)
 
+_REMOVED = "model directory was removed"
+
 
 @dataclass(slots=True)
 class ModelRecord:
@@ -127,7 +129,7 @@ class ModelManager:
                 return
             record = ModelRecord(name)
         if entry is None:
-            record.problem = "model directory was removed"
+            record.problem = _REMOVED
             self._unload(record, set(record.versions))
         elif not record.explicitly_unloaded:
             self._apply(record, entry)
@@ -245,6 +247,17 @@ class ModelManager:
             record.default = None
         for version in leaving:
             version.unload(self._drain_timeout_s)
+
+    def every_model_ready(self) -> bool:
+        """Whether every model in the repository has a READY version (Triton's strict readiness).
+
+        A model unloaded on request, or whose directory was removed, is not expected to serve.
+        """
+        return all(
+            record.default is not None
+            for record in list(self._models.values())
+            if not record.explicitly_unloaded and record.problem != _REMOVED
+        )
 
     # --- queries (request path) ------------------------------------------------------------
 

@@ -29,10 +29,21 @@ class GatewayFailedToStart(RuntimeError):
 class GatewayProcess:
     """One gateway child process; use as a context manager or call start()/stop()."""
 
-    def __init__(self, repository: Path, *flags: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        repository: Path,
+        *flags: str,
+        env: dict[str, str] | None = None,
+        cwd: Path = REPO_ROOT,
+        own_flags: bool = True,
+    ) -> None:
+        """``own_flags=False`` leaves out --repository, --host, --port 0 and --state-dir: the test
+        says where the gateway listens and keeps its state (Triton's flags, the default state)."""
         self.repository = repository
         self.flags = list(flags)
         self.env = {**os.environ, **(env or {})}
+        self.cwd = cwd
+        self.own_flags = own_flags
         self.process: subprocess.Popen[str] | None = None
         self.port = 0
         # Closed in stop()/kill(); its name outlives it so the log can be read after the process ends.
@@ -47,15 +58,16 @@ class GatewayProcess:
 
     def start(self, timeout_s: float = 60.0) -> GatewayProcess:
         # Each gateway gets its own routing state unless the test shares one on purpose.
-        if "--state-dir" not in self.flags:
+        if "--state-dir" not in self.flags and self.own_flags:
             self._own_state = tempfile.mkdtemp(prefix="turnout-state-")
         state = ["--state-dir", self._own_state] if self._own_state else []
-        command = [
-            sys.executable, "-m", "gateway", "serve", "--repository", str(self.repository),
-            "--host", "127.0.0.1", "--port", "0", *state, *self.flags,
-        ]
+        place = ["--repository", str(self.repository), "--host", "127.0.0.1", "--port", "0"] if self.own_flags else []
+        command = [sys.executable, "-m", "gateway", "serve", *place, *state, *self.flags]
+        # The gateway is started as the `turnout` command would be from another directory, so it must
+        # find its own package there.
+        env = {**self.env, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), self.env.get("PYTHONPATH")]))}
         self.process = subprocess.Popen(
-            command, cwd=REPO_ROOT, env=self.env, stdout=subprocess.PIPE, stderr=self._log, text=True
+            command, cwd=self.cwd, env=env, stdout=subprocess.PIPE, stderr=self._log, text=True
         )
         ready = threading.Event()
         self._reader = threading.Thread(target=self._read_stdout, args=(ready,), daemon=True)
