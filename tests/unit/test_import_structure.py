@@ -1,0 +1,190 @@
+"""The layout's rules, read from the source: who may import grpc and the generated code, which way the
+layers point, and no import cycles.
+
+Every ``import`` in ``gateway/`` and ``runtimes/`` counts, the ones inside functions too (a lazy
+import is still a dependency). The layers, outside in::
+
+    edge, client, process, app, cli  ->  serving, rollouts  ->  routing, registry, state  ->  runtimes
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+from tests.support.model_repository import REPO_ROOT
+
+PACKAGES = ("gateway", "runtimes")
+GENERATED = "gateway.wire"  # the protobuf and gRPC stubs, generated from protos/
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO_ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+@cache
+def source_modules() -> dict[str, Path]:
+    found = {}
+    for package in PACKAGES:
+        for path in sorted((REPO_ROOT / package).rglob("*.py")):
+            name = module_name(path)
+            if not name.startswith(GENERATED):
+                found[name] = path
+    return found
+
+
+def imported_names(name: str, path: Path) -> Iterator[str]:
+    """Every module ``name`` imports, absolute, with ``from package import module`` resolved to the module."""
+    is_package = path.name == "__init__.py"
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = name.split(".")[: len(name.split(".")) - node.level + (1 if is_package else 0)]
+                base = ".".join([*anchor, *filter(None, [base])])
+            yield base
+            yield from (f"{base}.{alias.name}" for alias in node.names)
+
+
+@cache
+def imports() -> dict[str, set[str]]:
+    """Module -> the modules it imports that exist (third-party ones by their top-level name)."""
+    ours = source_modules()
+    graph: dict[str, set[str]] = {}
+    for name, path in ours.items():
+        targets = set()
+        for imported in imported_names(name, path):
+            if imported.split(".")[0] in PACKAGES:
+                if imported in ours or imported.startswith(GENERATED):
+                    targets.add(imported)
+            else:
+                targets.add(imported.split(".")[0])
+        graph[name] = targets
+    return graph
+
+
+def in_package(module: str, *packages: str) -> bool:
+    return any(module == package or module.startswith(package + ".") for package in packages)
+
+
+def violations(allowed: tuple[str, ...], forbidden: tuple[str, ...], scope: tuple[str, ...] = PACKAGES) -> list[str]:
+    """``module -> target`` for each module in ``scope``, outside ``allowed``, importing from ``forbidden``."""
+    found: list[str] = []
+    for module, targets in sorted(imports().items()):
+        if not in_package(module, *scope) or in_package(module, *allowed):
+            continue
+        found.extend(f"{module} -> {target}" for target in sorted(targets) if in_package(target, *forbidden))
+    return found
+
+
+def test_the_tree_is_read() -> None:
+    graph = imports()
+    assert "gateway.serving.dataplane" in graph and "runtimes.worker_protocol" in graph
+    assert "gateway.routing.decide" in graph["gateway.serving.dataplane"]
+
+
+def test_only_the_edge_imports_grpc_on_the_server_side() -> None:
+    # The client talks to a gateway over gRPC, so it is a gRPC client; it is no part of the server.
+    grpc = ("grpc", "grpc_health", "grpc_reflection", "grpc_status")
+    assert violations(allowed=("gateway.edge", "gateway.client"), forbidden=grpc) == []
+
+
+def test_only_the_edge_and_the_client_use_the_generated_services() -> None:
+    # The registry reads Triton's config.pbtxt with a message schema of its own (no service).
+    assert violations(allowed=("gateway.edge", "gateway.client", "gateway.registry.triton_config"),
+                      forbidden=(GENERATED,)) == []
+    generated = {t for t in imports()["gateway.registry.triton_config"] if t.startswith(GENERATED)}
+    assert "gateway.wire.turnout.triton.model_config_pb2" in generated
+    assert not any(t.endswith("_grpc") or "inference" in t or "rollouts" in t for t in generated), generated
+
+
+def test_runtimes_import_nothing_from_the_gateway() -> None:
+    assert violations(allowed=(), forbidden=("gateway",), scope=("runtimes",)) == []
+
+
+def test_the_client_imports_no_server_code() -> None:
+    server = ("gateway.edge", "gateway.serving", "gateway.rollouts", "gateway.process", "gateway.app",
+              "gateway.routing", "gateway.registry", "gateway.state", "runtimes")
+    assert violations(allowed=(), forbidden=server, scope=("gateway.client",)) == []
+
+
+@pytest.mark.parametrize(
+    ("layer", "must_not_import"),
+    [
+        (("gateway.serving", "gateway.rollouts"), ("gateway.edge", "gateway.client", "gateway.app", "gateway.process")),
+        (("gateway.serving",), ("gateway.rollouts",)),
+        (
+            ("gateway.routing", "gateway.registry", "gateway.state"),
+            ("gateway.serving", "gateway.rollouts", "gateway.edge", "gateway.client", "gateway.app"),
+        ),
+    ],
+)
+def test_dependencies_point_inwards(layer: tuple[str, ...], must_not_import: tuple[str, ...]) -> None:
+    assert violations(allowed=(), forbidden=must_not_import, scope=layer) == []
+
+
+def test_routing_is_pure() -> None:
+    impure = {"threading", "time", "socket", "asyncio", "sqlite3", "logging", "os", "random"}
+    for module, targets in imports().items():
+        if in_package(module, "gateway.routing"):
+            assert not targets & impure, f"{module} imports {sorted(targets & impure)}"
+
+
+def test_there_are_no_import_cycles() -> None:
+    graph = {module: {t for t in targets if t in imports()} for module, targets in imports().items()}
+    cycles = [component for component in strongly_connected(graph) if len(component) > 1]
+    assert cycles == [], f"import cycles: {cycles}"
+
+
+def strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Tarjan's strongly connected components, iteratively (no recursion limit to meet)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[list[str]] = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                components.append(sorted(component))
+    return components
+
+
+def test_the_cycle_finder_finds_a_cycle() -> None:
+    assert strongly_connected({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"], ["d"]]
