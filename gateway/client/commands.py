@@ -228,37 +228,39 @@ def _divergence(output: Any) -> str:
     return f"{output.output}: {equal}, max |diff| {output.max_abs_diff:.3g}"
 
 
-def describe_policy(state: Any) -> str:
-    policy = state.policy
-    kind = "policy" if state.explicit else "no policy set; highest READY version serves"
-    lines = [f"{state.model}  generation {state.generation}  ({kind})", f"  stable  v{policy.stable}"]
+def policy_arms(policy: Any) -> list[tuple[str, str]]:
+    """A policy as (role, what) pairs, in one order for every view of it: stable, canary, shadows, sticky key."""
+    arms = [("stable", f"v{policy.stable}")]
     if policy.HasField("canary"):
-        sticky = f"  sticky by {policy.sticky_key}" if policy.sticky_key else "  random split"
-        lines.append(f"  canary  v{policy.canary.version}  {policy.canary.weight_bp / 100:.2f}%{sticky}")
-    lines.extend(f"  shadow  v{s.version}  {100 * s.fraction:g}% of requests" for s in policy.shadows)
+        arms.append(("canary", f"v{policy.canary.version} {policy.canary.weight_bp / 100:.2f}%"))
+    arms.extend(("shadow", f"v{s.version} {100 * s.fraction:g}%") for s in policy.shadows)
+    if policy.sticky_key:
+        arms.append(("sticky", policy.sticky_key))
+    return arms
+
+
+def describe_policy(state: Any) -> str:
+    """A policy in effect, one arm a line."""
+    kind = "policy" if state.explicit else "no policy set; highest READY version serves"
+    lines = [f"{state.model}  generation {state.generation}  ({kind})"]
+    lines.extend(f"  {role:<7} {what}" for role, what in policy_arms(state.policy))
     if state.applied_by:
         lines.append(f"  applied by {len(state.applied_by)} gateway process(es)")
     return "\n".join(lines)
 
 
-def _short_policy(policy: Any) -> str:
-    parts = [f"stable v{policy.stable}"]
-    if policy.HasField("canary"):
-        parts.append(f"canary v{policy.canary.version} {policy.canary.weight_bp / 100:.2f}%")
-    parts.extend(f"shadow v{s.version} {100 * s.fraction:g}%" for s in policy.shadows)
-    if policy.sticky_key:
-        parts.append(f"sticky {policy.sticky_key}")
-    return ", ".join(parts)
+def _one_line(policy: Any) -> str:
+    return ", ".join(f"{role} {what}" for role, what in policy_arms(policy))
 
 
 def describe_history(history: Any) -> str:
     lines = [f"{history.model}: {len(history.changes)} change(s), newest first"]
     for change in history.changes:
         at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(change.at_unix_ms / 1000))
-        before = _short_policy(change.before) if change.HasField("before") else "(none)"
+        before = _one_line(change.before) if change.HasField("before") else "(none)"
         reason = f"  \"{change.reason}\"" if change.reason else ""
         lines.append(f"  #{change.generation:<4} {at}  {change.action:<12} by {change.actor}{reason}")
-        lines.append(f"        {before}  ->  {_short_policy(change.after)}")
+        lines.append(f"        {before}  ->  {_one_line(change.after)}")
     return "\n".join(lines)
 
 
