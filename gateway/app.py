@@ -25,6 +25,7 @@ from gateway.serving.model_views import ModelViews
 from gateway.serving.observers import RequestObservers
 from gateway.settings import Settings
 from gateway.state.sqlite_store import SqliteStateStore
+from gateway.version import package_version
 from runtimes.contract import ModelHost, RuntimeOptions
 from runtimes.heap import freeze_startup_heap
 from runtimes.zygote import Zygote, start_zygote
@@ -107,7 +108,9 @@ class Gateway:
         self._stopping = threading.Event()
         self.server = GatewayServer(
             settings,
-            InferenceServicer(self.dataplane, ModelViews(self.manager), self.repository, self.is_ready),
+            InferenceServicer(
+                self.dataplane, ModelViews(self.manager), self.repository, self.is_ready, package_version()
+            ),
             RolloutsServicer(self.rollouts),
         )
 

@@ -20,21 +20,12 @@ from pydantic.fields import FieldInfo
 
 from gateway.settings import ENV_PREFIX, STATE_DIR_DEFAULT_TEXT, Settings
 from gateway.triton_flags import TritonFlagError, parse_bool, translate_triton_flags
+from gateway.version import package_version
 
 log = logging.getLogger("turnout")
 
 # Set by the supervisor of --processes N for the gateway processes it starts; not for people.
 _INTERNAL_FIELDS = ("worker_broker", "reuse_port")
-
-
-def package_version() -> str:
-    """The installed distribution's version; from a checkout that was never installed, say so."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("turnout")
-    except PackageNotFoundError:
-        return "unknown (not installed; pip install -e .)"
 
 
 def flag_for(field_name: str) -> str:

@@ -187,16 +187,20 @@ def model_config_to_proto(view: ModelConfigView) -> Any:
     config.platform = view.platform
     config.backend = view.runtime
     config.max_batch_size = view.max_batch_size
-    config.input.extend(
-        pb.ModelInput(name=s.name, data_type=_CONFIG_TYPE[s.datatype], dims=s.shape) for s in view.inputs
-    )
-    config.output.extend(
-        pb.ModelOutput(name=s.name, data_type=_CONFIG_TYPE[s.datatype], dims=s.shape) for s in view.outputs
-    )
+    reshapes = dict(view.reshapes)
+    for spec in view.inputs:
+        tensor = config.input.add(name=spec.name, data_type=_CONFIG_TYPE[spec.datatype], dims=spec.shape)
+        if spec.name in reshapes:
+            tensor.reshape.shape.extend(reshapes[spec.name])
+    for spec in view.outputs:
+        tensor = config.output.add(name=spec.name, data_type=_CONFIG_TYPE[spec.datatype], dims=spec.shape)
+        if spec.name in reshapes:
+            tensor.reshape.shape.extend(reshapes[spec.name])
     batching = view.batching
     if batching is not None:
         config.dynamic_batching.CopyFrom(
             pb.ModelDynamicBatching(
+                preferred_batch_size=batching.preferred_batch_sizes,
                 max_queue_delay_microseconds=batching.max_queue_delay_us,
                 default_queue_policy=pb.ModelQueuePolicy(
                     max_queue_size=batching.max_queue_size,

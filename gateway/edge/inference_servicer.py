@@ -34,7 +34,6 @@ from gateway.wire import inference_pb2 as pb
 from gateway.wire import inference_pb2_grpc as pb_grpc
 
 SERVER_NAME = "turnout"
-SERVER_VERSION = "0.1.0"
 EXTENSIONS = ["model_repository", "model_configuration", "statistics", "binary_tensor_data", "health"]
 
 _END = object()
@@ -43,8 +42,14 @@ _SHUTTING_DOWN = "the server is shutting down and accepts no new inference calls
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     def __init__(
-        self, dataplane: Dataplane, models: ModelViews, repository: RepositoryControl, is_ready: Callable[[], bool]
+        self,
+        dataplane: Dataplane,
+        models: ModelViews,
+        repository: RepositoryControl,
+        is_ready: Callable[[], bool],
+        server_version: str,
     ) -> None:
+        self._server_version = server_version
         self._dataplane = dataplane
         self._models = models
         self._repository = repository
@@ -68,7 +73,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         return pb.ModelReadyResponse(ready=self._models.is_ready(request.name, request.version))
 
     def ServerMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return pb.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION, extensions=EXTENSIONS)
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=self._server_version, extensions=EXTENSIONS)
 
     @maps_errors
     def ModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:

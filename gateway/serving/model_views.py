@@ -31,6 +31,7 @@ class BatchingView:
     max_queue_delay_us: int
     max_queue_size: int
     queue_timeout_us: int  # 0: none
+    preferred_batch_sizes: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,8 @@ class ModelConfigView:
     inputs: tuple[TensorSpec, ...] = ()
     outputs: tuple[TensorSpec, ...] = ()
     batching: BatchingView | None = None  # None: the model has no batch axis
+    # Tensors the model sees in another shape than their dims (config.pbtxt's reshape), by name.
+    reshapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +150,13 @@ def _config_of(version: ModelVersion) -> ModelConfigView:
             int(batching.max_queue_delay_s * 1e6),
             batching.max_queue_size,
             int((batching.queue_timeout_s or 0) * 1e6),
+            tuple(sorted(batching.preferred_batch_sizes)),
         )
         if plan.max_batch_size > 0
         else None,
+        reshapes=tuple(
+            (item.name, item.reshape)
+            for item in (*(settings.inputs or ()), *(settings.outputs or ()))
+            if item.reshape is not None
+        ),
     )

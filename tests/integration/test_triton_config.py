@@ -171,6 +171,14 @@ def test_reshaped_tensors_are_sent_and_answered_in_their_declared_dims(client: t
     np.testing.assert_array_equal(answer.reshape(-1), values.reshape(-1))
 
 
+def test_the_model_config_shows_the_reshapes_and_preferred_batch_sizes(client: triton.InferenceServerClient) -> None:
+    config = client.get_model_config(RESHAPED).config
+    assert [(t.name, list(t.dims), list(t.reshape.shape)) for t in config.input] == [("x", [2, 4], [8])]
+    assert [(t.name, list(t.dims), list(t.reshape.shape)) for t in config.output] == [("y", [4, 2], [8])]
+    assert list(config.dynamic_batching.preferred_batch_size) == [4]
+    assert config.dynamic_batching.max_queue_delay_microseconds == 20000
+
+
 def test_reshaped_requests_batched_together_each_get_their_own_rows(client: triton.InferenceServerClient) -> None:
     answers: dict[int, Any] = {}
     done = threading.Event()

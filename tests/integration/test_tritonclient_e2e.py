@@ -7,6 +7,7 @@ in-process. Outputs are compared with ``onnxruntime`` run directly on the same m
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import queue
 import re
 import shutil
@@ -111,7 +112,7 @@ def test_model_readiness_by_version(client: triton.InferenceServerClient) -> Non
 def test_server_metadata_names_turnout_and_its_extensions(client: triton.InferenceServerClient) -> None:
     metadata = client.get_server_metadata()
     assert metadata.name == "turnout"
-    assert metadata.version
+    assert metadata.version == importlib.metadata.version("turnout")  # the installed package's, not a literal
     assert {"model_repository", "model_configuration", "statistics"} <= set(metadata.extensions)
 
 
