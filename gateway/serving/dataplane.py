@@ -44,7 +44,11 @@ class Dataplane:
     def infer(self, request: InferRequest, timeout_s: float | None = None) -> InferResponse:
         """Serve one request, blocking the calling thread until its batch has run."""
         started = time.monotonic_ns()
-        version, route = self._route(request, started)
+        try:
+            version, route = self._route(request)
+        except TurnoutError as error:
+            self._observers.failed_early(request, None, error, started, None)
+            raise
         ok = False
         try:
             pending = self._queue(version, route, request, None, started)
@@ -66,7 +70,11 @@ class Dataplane:
         Errors found before queueing (unknown model, bad input) are raised here instead.
         """
         started = time.monotonic_ns()
-        version, route = self._route(request, started)
+        try:
+            version, route = self._route(request)
+        except TurnoutError as error:
+            self._observers.failed_early(request, None, error, started, None)
+            raise
 
         def finish(pending: Pending) -> None:
             response, error = None, pending.error
@@ -87,16 +95,9 @@ class Dataplane:
             version.statistics.record_request(False, time.monotonic_ns() - started)
             raise
 
-    def _route(self, request: InferRequest, started: int) -> tuple[ModelVersion, Route]:
-        """Pick and acquire the version (the caller must release it); routing errors are observed here."""
-        try:
-            return self._acquire_routed(request)
-        except TurnoutError as error:
-            self._observers.failed_early(request, None, error, started, None)
-            raise
-
-    def _acquire_routed(self, request: InferRequest) -> tuple[ModelVersion, Route]:
-        """Pin, then the model's policy, else its highest READY version."""
+    def _route(self, request: InferRequest) -> tuple[ModelVersion, Route]:
+        """Pick and acquire the version (the caller must release it): pin, then the model's policy, else its
+        highest READY version."""
         name = request.model_name
         pin = request.model_version or request.routing_metadata.get(headers.PIN, "")
         model_route = self._routes.current.routes.get(name)
@@ -129,7 +130,9 @@ class Dataplane:
                 raise Internal(f"{version.label} is READY without a serving plan")
             inputs, rows = checked_inputs(request, plan.signature, plan.max_batch_size)
             outputs = checked_outputs(request, plan.signature)
-            pending = Pending(inputs, rows, outputs, on_done, self._observers.ticket(request, route, started))
+            observers = self._observers
+            ticket = observers.ticket(request, route, started) if observers.wants(route) else None
+            pending = Pending(inputs, rows, outputs, on_done, ticket)
             version.submit(pending)
             return pending
         except TurnoutError as error:

@@ -130,6 +130,10 @@ class ModelVersion:
         self._dispatchers: list[threading.Thread] = []
         self._on_batch_finished = on_batch_finished
         self._requests = InFlight(is_open=False)  # opened once READY; unloading closes and drains it
+        # acquire() counts a request in (False unless READY), release() counts it out: the gate's own
+        # methods, so the request path makes no call of ours in between.
+        self.acquire: Callable[[], bool] = self._requests.enter
+        self.release: Callable[[], None] = self._requests.leave
         self._unload_lock = threading.Lock()
 
     @property
@@ -218,13 +222,6 @@ class ModelVersion:
 
     # --- request path ----------------------------------------------------------------------
 
-    def acquire(self) -> bool:
-        """Count a request in; False when the version does not take requests (not READY yet, or unloading)."""
-        return self._requests.enter()
-
-    def release(self) -> None:
-        self._requests.leave()
-
     def submit(self, pending: Pending) -> None:
         """Queue an acquired request; raises Unavailable when the queue is full."""
         assert self._queue is not None
@@ -250,36 +247,32 @@ class ModelVersion:
             parts = reshapes.model_inputs(parts)
         names = wanted_outputs(batch)
         t1 = time.perf_counter_ns()
+        error: TurnoutError | None = None
         try:
             outputs = host.infer(parts, names)
             if reshapes is not None:
                 outputs = reshapes.client_outputs(outputs)
             per_request = split_outputs(batch, outputs, batched)
         except RuntimeFailure as failure:
-            self._fail(batch, domain_error(failure, self.label))
-            self._finished(batch, started, (time.perf_counter_ns() - t1) / 1e9)
-            return
-        except TurnoutError as error:
-            self._fail(batch, error)
-            self._finished(batch, started, (time.perf_counter_ns() - t1) / 1e9)
-            return
+            error = domain_error(failure, self.label)
+        except TurnoutError as problem:
+            error = problem
         t2 = time.perf_counter_ns()
-        for item, outputs_of_item in zip(batch, per_request, strict=True):
-            item.dispatched_at = started
-            item.resolve(outputs_of_item)
-        t3 = time.perf_counter_ns()
-        queue_ns = sum(int((started - item.enqueued_at) * 1e9) for item in batch)
-        self.statistics.record_batch(len(batch), sum(i.rows for i in batch), queue_ns, t1 - t0, t2 - t1, t3 - t2)
-        self._finished(batch, started, (t2 - t1) / 1e9)
-
-    def _finished(self, batch: list[Pending], started: float, compute_s: float) -> None:
-        """Tell the request observers, after every caller of the batch has its answer."""
-        if self._on_batch_finished is None:
-            return
-        try:
-            self._on_batch_finished(batch, started, compute_s)
-        except Exception:  # observers must never stop a dispatcher
-            log.exception("%s: the request observers failed on a batch", self.label)
+        if error is not None:
+            self._fail(batch, error)
+        else:
+            for item, outputs_of_item in zip(batch, per_request, strict=True):
+                item.dispatched_at = started
+                item.resolve(outputs_of_item)
+            t3 = time.perf_counter_ns()
+            queue_ns = sum(int((started - item.enqueued_at) * 1e9) for item in batch)
+            self.statistics.record_batch(len(batch), sum(i.rows for i in batch), queue_ns, t1 - t0, t2 - t1, t3 - t2)
+        # The request observers, once every caller of the batch has its answer or error.
+        if self._on_batch_finished is not None:
+            try:
+                self._on_batch_finished(batch, started, (t2 - t1) / 1e9)
+            except Exception:  # observers must never stop a dispatcher
+                log.exception("%s: the request observers failed on a batch", self.label)
 
     @staticmethod
     def _fail(batch: list[Pending], error: TurnoutError) -> None:

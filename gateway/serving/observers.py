@@ -9,17 +9,17 @@ request's own thread for a request that failed before it reached a batch.
 
 Observers hand the event over and return: they never block a caller, and an observer that raises is
 logged and skipped, never seen by the caller. Nothing is built for a request that no observer wants:
-the dataplane asks :meth:`RequestObservers.wants` once per request, and only a wanted request
-carries a :class:`Ticket` through the batch queue.
+the dataplane asks ``RequestObservers.wants`` once per request, and only a wanted request carries a
+:class:`Ticket` through the batch queue.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from gateway.errors import TurnoutError
 from gateway.routing.decide import Arm, Reason
@@ -30,9 +30,9 @@ from runtimes.raw_tensors import RawTensors
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class Route:
-    """Where routing sent one request."""
+class Route(NamedTuple):
+    """Where routing sent one request. A named tuple, not a frozen dataclass: every request builds
+    one, and a frozen dataclass's ``__init__`` costs four times as much (object.__setattr__ per field)."""
 
     model: str
     version: int  # the version that answers
@@ -88,22 +88,24 @@ class RequestObservers:
 
     def __init__(self) -> None:
         self._observers: tuple[RequestObserver, ...] = ()
+        # Asked once per request, so with a single observer it is that observer's own method.
+        self.wants: Callable[[Route | None], bool] = _wants_nothing
 
     def register(self, observer: RequestObserver) -> None:
         """Add an observer; done in the composition root, before the gateway serves."""
         self._observers = (*self._observers, observer)
+        self.wants = observer.wants if len(self._observers) == 1 else self._any_wants
 
-    def wants(self, route: Route | None) -> bool:
+    def _any_wants(self, route: Route | None) -> bool:
         # A loop, not any(): no generator is built on the request path.
         for observer in self._observers:  # noqa: SIM110
             if observer.wants(route):
                 return True
         return False
 
-    def ticket(self, request: InferRequest, route: Route, started_ns: int) -> Ticket | None:
-        """A ticket for a routed request if any observer wants it, else None (nothing is built)."""
-        if not self._observers or not self.wants(route):
-            return None
+    @staticmethod
+    def ticket(request: InferRequest, route: Route, started_ns: int) -> Ticket:
+        """The ticket a request that :meth:`wants` approved carries through the batch queue."""
         return Ticket(request, route, started_ns, time.time_ns() - (time.monotonic_ns() - started_ns))
 
     def batch_finished(self, batch: Sequence[Pending], dispatched_at: float, compute_s: float) -> None:
@@ -117,7 +119,7 @@ class RequestObservers:
     ) -> None:
         """A request that failed on its own thread: before its batch (bad input, full queue) or past its
         deadline. ``pending`` is the queue entry when it got that far (its inputs were checked)."""
-        if not self._observers or not self.wants(route):
+        if not self.wants(route):
             return
         latency_ns = time.monotonic_ns() - started_ns
         timings = Timings(time.time_ns() - latency_ns, latency_ns / 1e9, 0.0, 0.0)
@@ -130,6 +132,10 @@ class RequestObservers:
                 observer.observe(finished)
             except Exception:  # an observer's failure is its own; the request has its answer already
                 log.exception("request observer %s failed", type(observer).__name__)
+
+
+def _wants_nothing(route: Route | None) -> bool:
+    return False
 
 
 def _finished_in_batch(item: Pending, dispatched_at: float, compute_s: float) -> Finished:
