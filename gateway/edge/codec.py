@@ -8,8 +8,13 @@ from typing import Any
 from gateway import headers
 from gateway.errors import InvalidArgument
 from gateway.serving.inference_types import InferRequest, InferResponse
-from gateway.serving.model_manager import IndexEntry
-from gateway.serving.model_views import ModelConfigView, ModelMetadataView, StatisticsView, VersionPolicyView
+from gateway.serving.model_views import (
+    IndexEntry,
+    ModelConfigView,
+    ModelMetadataView,
+    StatisticsView,
+    VersionPolicyView,
+)
 from gateway.serving.statistics import Duration
 from gateway.serving.tensors import Tensor, tensor_from_raw, tensor_from_values
 from gateway.wire import inference_pb2 as pb

@@ -39,14 +39,6 @@ class ModelRecord:
         self.default = max(ready, key=lambda v: v.version) if ready else None
 
 
-@dataclass(frozen=True, slots=True)
-class IndexEntry:
-    name: str
-    version: str
-    state: str
-    reason: str
-
-
 class ModelManager:
     """Owns every ModelVersion; the one place that loads and unloads them."""
 
@@ -317,13 +309,6 @@ class ModelManager:
     def versions(self) -> list[ModelVersion]:
         return [v for record in self._models.values() for _, v in sorted(record.versions.items())]
 
-    def index(self) -> list[IndexEntry]:
-        entries = []
-        for name, record in sorted(self._models.items()):
-            if not record.versions and record.problem:
-                # Nothing loaded (e.g. model.yaml is invalid): still list the model, with why.
-                entries.append(IndexEntry(name, "", VersionState.UNAVAILABLE.value, record.problem))
-            for number, version in sorted(record.versions.items()):
-                reason = version.reason or (record.problem if version.state is not VersionState.READY else "")
-                entries.append(IndexEntry(name, str(number), version.state.value, reason))
-        return entries
+    def records(self) -> list[ModelRecord]:
+        """Every model known, by name."""
+        return [record for _, record in sorted(self._models.items())]

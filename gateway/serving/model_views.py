@@ -11,10 +11,20 @@ from dataclasses import dataclass
 from typing import Literal
 
 from gateway.errors import NotFound
-from gateway.serving.model_manager import IndexEntry, ModelManager
+from gateway.serving.model_manager import ModelManager
 from gateway.serving.model_version import ModelVersion, VersionState
 from gateway.serving.statistics import StatisticsSnapshot
 from runtimes.contract import TensorSpec
+
+
+@dataclass(frozen=True, slots=True)
+class IndexEntry:
+    """One row of the repository index: a model's version and its state (version "" when none loaded)."""
+
+    name: str
+    version: str
+    state: str
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +116,14 @@ class ModelViews:
         return [StatisticsView(v.model, str(v.version), v.statistics.snapshot()) for v in versions]
 
     def index(self, ready_only: bool) -> list[IndexEntry]:
-        entries = self._manager.index()
+        entries = []
+        for record in self._manager.records():
+            if not record.versions and record.problem:
+                # Nothing loaded (e.g. model.yaml is invalid): still list the model, with why.
+                entries.append(IndexEntry(record.name, "", VersionState.UNAVAILABLE.value, record.problem))
+            for number, version in sorted(record.versions.items()):
+                reason = version.reason or (record.problem if version.state is not VersionState.READY else "")
+                entries.append(IndexEntry(record.name, str(number), version.state.value, reason))
         return [e for e in entries if e.state == VersionState.READY.value] if ready_only else entries
 
 

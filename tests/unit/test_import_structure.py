@@ -117,6 +117,11 @@ def test_the_client_imports_no_server_code() -> None:
     assert violations(allowed=(), forbidden=server, scope=("gateway.client",)) == []
 
 
+def test_the_edge_reads_views_not_the_model_managers_internals() -> None:
+    internals = ("gateway.serving.model_manager", "gateway.serving.model_version", "gateway.serving.batching")
+    assert violations(allowed=(), forbidden=internals, scope=("gateway.edge",)) == []
+
+
 @pytest.mark.parametrize(
     ("layer", "must_not_import"),
     [
