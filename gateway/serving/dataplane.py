@@ -44,11 +44,7 @@ class Dataplane:
     def infer(self, request: InferRequest, timeout_s: float | None = None) -> InferResponse:
         """Serve one request, blocking the calling thread until its batch has run."""
         started = time.monotonic_ns()
-        try:
-            version, route = self._route(request)
-        except TurnoutError as error:
-            self._observers.failed_early(request, None, error, started, None)
-            raise
+        version, route = self._route(request, started)
         ok = False
         try:
             pending = self._queue(version, route, request, None, started)
@@ -70,11 +66,7 @@ class Dataplane:
         Errors found before queueing (unknown model, bad input) are raised here instead.
         """
         started = time.monotonic_ns()
-        try:
-            version, route = self._route(request)
-        except TurnoutError as error:
-            self._observers.failed_early(request, None, error, started, None)
-            raise
+        version, route = self._route(request, started)
 
         def finish(pending: Pending) -> None:
             response, error = None, pending.error
@@ -95,9 +87,16 @@ class Dataplane:
             version.statistics.record_request(False, time.monotonic_ns() - started)
             raise
 
-    def _route(self, request: InferRequest) -> tuple[ModelVersion, Route]:
-        """Pick and acquire the version (the caller must release it): pin, then the model's policy, else its
-        highest READY version."""
+    def _route(self, request: InferRequest, started: int) -> tuple[ModelVersion, Route]:
+        """Pick and acquire the version (the caller must release it); a failure is observed here."""
+        try:
+            return self._acquire_routed(request)
+        except TurnoutError as error:
+            self._observers.failed_early(request, None, error, started, None)
+            raise
+
+    def _acquire_routed(self, request: InferRequest) -> tuple[ModelVersion, Route]:
+        """Pin, then the model's policy, else its highest READY version."""
         name = request.model_name
         pin = request.model_version or request.routing_metadata.get(headers.PIN, "")
         model_route = self._routes.current.routes.get(name)
