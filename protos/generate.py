@@ -8,6 +8,12 @@ so the imports protoc writes into the generated code are package-absolute
 ``protos/turnout/v1/rollouts.proto`` land in ``gateway/wire/turnout/v1/``.
 Every package directory on the way gets an ``__init__.py``.
 
+A proto may also be compiled a second time under another package (:data:`DERIVED`):
+``model_config.proto`` is the wire's (package ``inference``) and, as
+``turnout/triton/model_config.proto`` under the package ``turnout.triton``, the model
+registry's schema for ``config.pbtxt``. The copy is made in a temporary directory at
+generation time, so the schema has one source.
+
 Needs grpcio-tools, the ``dev`` extra (``pip install -e '.[dev]'``). Usage, from anywhere::
 
     python protos/generate.py          # write the stubs into the checkout
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import filecmp
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -34,28 +41,43 @@ INIT_TEXT = (
     '"""Generated protobuf and gRPC stubs; regenerate with python protos/generate.py; do not edit."""\n'
 )
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2_grpc.py", "_pb2.pyi")
+# Derived proto (relative to protos/) -> (its source, the source's package, the derived package).
+DERIVED: dict[Path, tuple[Path, str, str]] = {
+    Path("turnout", "triton", "model_config.proto"): (Path("model_config.proto"), "inference", "turnout.triton"),
+}
 
 
 def find_protos(proto_dir: Path = PROTO_DIR) -> list[Path]:
-    """Return every .proto file under ``proto_dir``, relative to the repo root, sorted."""
-    return sorted(p.relative_to(REPO_ROOT) for p in proto_dir.rglob("*.proto"))
+    """Return every .proto file under ``proto_dir``, relative to it, sorted."""
+    return sorted(p.relative_to(proto_dir) for p in proto_dir.rglob("*.proto"))
 
 
-def run_protoc(protos: Sequence[Path], out_dir: Path) -> None:
-    """Compile ``protos`` (paths relative to the repo root) into ``out_dir``.
+def derive(proto_dir: Path) -> None:
+    """Write every :data:`DERIVED` proto into ``proto_dir`` (a copy of protos/), its package renamed."""
+    for target, (source, package, renamed) in DERIVED.items():
+        text = (proto_dir / source).read_text(encoding="utf-8")
+        declaration = f"\npackage {package};\n"
+        if text.count(declaration) != 1:
+            raise RuntimeError(f"{source} must declare `package {package};` exactly once to be derived")
+        derived = proto_dir / target
+        derived.parent.mkdir(parents=True, exist_ok=True)
+        derived.write_text(text.replace(declaration, f"\npackage {renamed};\n"), encoding="utf-8")
+
+
+def run_protoc(protos: Sequence[Path], proto_dir: Path, out_dir: Path) -> None:
+    """Compile ``protos`` (paths relative to ``proto_dir``) into ``out_dir``.
 
     Raises ``RuntimeError`` with protoc's output if compilation fails.
     """
-    relative_proto_dir = PROTO_DIR.relative_to(REPO_ROOT)
     command = [
         sys.executable,
         "-m",
         "grpc_tools.protoc",
-        f"-I{WIRE_PACKAGE.as_posix()}={relative_proto_dir.as_posix()}",
+        f"-I{WIRE_PACKAGE.as_posix()}={proto_dir.as_posix()}",
         f"--python_out={out_dir}",
         f"--grpc_python_out={out_dir}",
         f"--pyi_out={out_dir}",
-        *(p.as_posix() for p in protos),
+        *((proto_dir / p).as_posix() for p in protos),
     ]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, check=False)
     if result.returncode != 0:
@@ -63,22 +85,19 @@ def run_protoc(protos: Sequence[Path], out_dir: Path) -> None:
 
 
 def package_dirs(protos: Sequence[Path]) -> list[Path]:
-    """The wire package and every sub-package the given protos map to, relative to the repo root."""
-    relative_proto_dir = PROTO_DIR.relative_to(REPO_ROOT)
+    """The wire package and every sub-package the given protos (relative to protos/) map to."""
     packages = {WIRE_PACKAGE}
     for proto in protos:
-        sub = proto.parent.relative_to(relative_proto_dir)
-        for depth in range(1, len(sub.parts) + 1):
-            packages.add(WIRE_PACKAGE.joinpath(*sub.parts[:depth]))
+        for depth in range(1, len(proto.parent.parts) + 1):
+            packages.add(WIRE_PACKAGE.joinpath(*proto.parent.parts[:depth]))
     return sorted(packages)
 
 
 def expected_outputs(protos: Sequence[Path]) -> list[Path]:
     """Every file generation should produce, relative to the output directory."""
-    relative_proto_dir = PROTO_DIR.relative_to(REPO_ROOT)
     files = [package / "__init__.py" for package in package_dirs(protos)]
     for proto in protos:
-        stem = WIRE_PACKAGE / proto.relative_to(relative_proto_dir).with_suffix("")
+        stem = WIRE_PACKAGE / proto.with_suffix("")
         files.extend(stem.with_name(stem.name + suffix) for suffix in GENERATED_SUFFIXES)
     return sorted(files)
 
@@ -94,10 +113,14 @@ def write_init_files(protos: Sequence[Path], out_dir: Path) -> None:
 
 def generate(out_dir: Path) -> list[Path]:
     """Generate all stubs under ``out_dir``; return the generated files relative to it."""
-    protos = find_protos()
-    if not protos:
-        raise RuntimeError(f"no .proto files under {PROTO_DIR}")
-    run_protoc(protos, out_dir)
+    with tempfile.TemporaryDirectory(prefix="turnout-proto-sources-") as sources:
+        proto_dir = Path(sources)
+        shutil.copytree(PROTO_DIR, proto_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+        derive(proto_dir)
+        protos = find_protos(proto_dir)
+        if not protos:
+            raise RuntimeError(f"no .proto files under {PROTO_DIR}")
+        run_protoc(protos, proto_dir, out_dir)
     write_init_files(protos, out_dir)
     expected = expected_outputs(protos)
     missing = [rel.as_posix() for rel in expected if not (out_dir / rel).is_file()]

@@ -18,6 +18,7 @@ from gateway.serving.model_views import (
 from gateway.serving.statistics import Duration
 from gateway.serving.tensors import Tensor, tensor_from_raw, tensor_from_values
 from gateway.wire import inference_pb2 as pb
+from gateway.wire import model_config_pb2 as config_pb
 from runtimes.contract import TensorSpec
 
 # Which InferTensorContents field carries each datatype's typed values (FP16 has none: raw only).
@@ -37,19 +38,19 @@ _TYPED_FIELD = {
 }
 
 _CONFIG_TYPE = {
-    "BOOL": pb.TYPE_BOOL,
-    "UINT8": pb.TYPE_UINT8,
-    "UINT16": pb.TYPE_UINT16,
-    "UINT32": pb.TYPE_UINT32,
-    "UINT64": pb.TYPE_UINT64,
-    "INT8": pb.TYPE_INT8,
-    "INT16": pb.TYPE_INT16,
-    "INT32": pb.TYPE_INT32,
-    "INT64": pb.TYPE_INT64,
-    "FP16": pb.TYPE_FP16,
-    "FP32": pb.TYPE_FP32,
-    "FP64": pb.TYPE_FP64,
-    "BYTES": pb.TYPE_STRING,
+    "BOOL": config_pb.TYPE_BOOL,
+    "UINT8": config_pb.TYPE_UINT8,
+    "UINT16": config_pb.TYPE_UINT16,
+    "UINT32": config_pb.TYPE_UINT32,
+    "UINT64": config_pb.TYPE_UINT64,
+    "INT8": config_pb.TYPE_INT8,
+    "INT16": config_pb.TYPE_INT16,
+    "INT32": config_pb.TYPE_INT32,
+    "INT64": config_pb.TYPE_INT64,
+    "FP16": config_pb.TYPE_FP16,
+    "FP32": config_pb.TYPE_FP32,
+    "FP64": config_pb.TYPE_FP64,
+    "BYTES": config_pb.TYPE_STRING,
 }
 
 
@@ -166,23 +167,25 @@ def model_metadata_to_proto(view: ModelMetadataView) -> Any:
 
 def _version_policy(policy: VersionPolicyView) -> Any:
     if policy.kind == "all":
-        return pb.ModelVersionPolicy(all=pb.ModelVersionPolicy.All())
+        return config_pb.ModelVersionPolicy(all=config_pb.ModelVersionPolicy.All())
     if policy.kind == "specific":
-        return pb.ModelVersionPolicy(specific=pb.ModelVersionPolicy.Specific(versions=policy.specific))
-    return pb.ModelVersionPolicy(latest=pb.ModelVersionPolicy.Latest(num_versions=policy.latest_count))
+        return config_pb.ModelVersionPolicy(specific=config_pb.ModelVersionPolicy.Specific(versions=policy.specific))
+    return config_pb.ModelVersionPolicy(latest=config_pb.ModelVersionPolicy.Latest(num_versions=policy.latest_count))
 
 
 def model_config_to_proto(view: ModelConfigView) -> Any:
     """A Triton-shaped ModelConfig; the artifact's sha256 travels in ``parameters``."""
-    config = pb.ModelConfig(
+    config = config_pb.ModelConfig(
         name=view.name,
         version_policy=_version_policy(view.version_policy),
         instance_group=[
-            pb.ModelInstanceGroup(name=view.name, count=view.instance_count, kind=pb.ModelInstanceGroup.KIND_CPU)
+            config_pb.ModelInstanceGroup(
+                name=view.name, count=view.instance_count, kind=config_pb.ModelInstanceGroup.KIND_CPU
+            )
         ],
         parameters={
-            "artifact_sha256": pb.ModelParameter(string_value=view.sha256),
-            "state": pb.ModelParameter(string_value=view.state),
+            "artifact_sha256": config_pb.ModelParameter(string_value=view.sha256),
+            "state": config_pb.ModelParameter(string_value=view.state),
         },
     )
     if view.artifact_file:
@@ -204,10 +207,10 @@ def model_config_to_proto(view: ModelConfigView) -> Any:
     batching = view.batching
     if batching is not None:
         config.dynamic_batching.CopyFrom(
-            pb.ModelDynamicBatching(
+            config_pb.ModelDynamicBatching(
                 preferred_batch_size=batching.preferred_batch_sizes,
                 max_queue_delay_microseconds=batching.max_queue_delay_us,
-                default_queue_policy=pb.ModelQueuePolicy(
+                default_queue_policy=config_pb.ModelQueuePolicy(
                     max_queue_size=batching.max_queue_size,
                     default_timeout_microseconds=batching.queue_timeout_us,
                 ),

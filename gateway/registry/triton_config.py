@@ -1,8 +1,9 @@
 """Reads Triton's ``config.pbtxt`` into :class:`ModelSettings`, naming every field Turnout does not act on.
 
-The file is protobuf text format of Triton's ModelConfig; ``protos/turnout/triton/model_config.proto``
-is its schema (Triton's field numbers), so any real config parses and ``text_format`` reports a
-mistake with its line and column. This is the one module of the registry that touches protobuf:
+The file is protobuf text format of Triton's ModelConfig; ``protos/model_config.proto``, compiled
+under the package ``turnout.triton``, is its schema (Triton's field numbers, and the same source as
+the ModelConfig RPC's), so any real config parses and ``text_format`` reports a mistake with its
+line and column. This is the one module of the registry that touches protobuf:
 it turns the message into plain settings, and nothing past it sees the message.
 """
 

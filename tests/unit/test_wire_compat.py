@@ -1,4 +1,4 @@
-"""Wire compatibility of protos/inference.proto with tritonclient's own definitions.
+"""Wire compatibility of protos/inference.proto and protos/model_config.proto with tritonclient's own definitions.
 
 Our generated module and tritonclient's ``service_pb2`` both register ``inference.*``
 in protobuf's default descriptor pool, so they cannot live in one interpreter. Every
@@ -20,6 +20,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 OUR_FILE = "gateway/wire/inference.proto"
+OUR_CONFIG_FILE = "gateway/wire/model_config.proto"
 SERVICE = "inference.GRPCInferenceService"
 
 # Triton's RPCs, in the order of its service definition. All are unary and take
@@ -63,7 +64,7 @@ REQUIRED_MODEL_CONFIG_FIELDS = [
     "parameters",
 ]
 
-OURS_PRELUDE = "from gateway.wire import inference_pb2\n"
+OURS_PRELUDE = "from gateway.wire import inference_pb2, model_config_pb2\n"
 TRITON_PRELUDE = "from tritonclient.grpc import model_config_pb2, service_pb2\n"
 
 # Describes descriptors as plain JSON. Each field is
@@ -138,6 +139,7 @@ import struct
 from google.protobuf import json_format
 
 from gateway.wire import inference_pb2 as pb
+from gateway.wire import model_config_pb2 as mc
 
 
 def bytes_tensor(items):
@@ -197,21 +199,21 @@ cfg.backend = "onnxruntime"
 cfg.runtime = "libcustom.so"
 cfg.version_policy.specific.versions.extend([1, 3])
 cfg.max_batch_size = 8
-inp = cfg.input.add(name="x", data_type=pb.TYPE_FP32, format=pb.ModelInput.FORMAT_NCHW, dims=[-1, 4])
+inp = cfg.input.add(name="x", data_type=mc.TYPE_FP32, format=mc.ModelInput.FORMAT_NCHW, dims=[-1, 4])
 inp.reshape.shape.extend([4])
 inp.optional = True
 inp.allow_ragged_batch = True
-cfg.input.add(name="s", data_type=pb.TYPE_STRING, dims=[1], is_shape_tensor=True)
-out = cfg.output.add(name="probs", data_type=pb.TYPE_BF16, dims=[3], label_filename="labels.txt")
+cfg.input.add(name="s", data_type=mc.TYPE_STRING, dims=[1], is_shape_tensor=True)
+out = cfg.output.add(name="probs", data_type=mc.TYPE_BF16, dims=[3], label_filename="labels.txt")
 out.is_non_linear_format_io = True
-group = cfg.instance_group.add(name="cpu", kind=pb.ModelInstanceGroup.KIND_CPU, count=2, gpus=[0, 1])
+group = cfg.instance_group.add(name="cpu", kind=mc.ModelInstanceGroup.KIND_CPU, count=2, gpus=[0, 1])
 group.profile.append("p1")
 group.passive = True
 group.host_policy = "numa0"
 res = group.rate_limiter.resources.add(name="R1", count=4)
 res.__setattr__("global", True)
 group.rate_limiter.priority = 2
-group.secondary_devices.add(kind=pb.ModelInstanceGroup.SecondaryDevice.KIND_NVDLA, device_id=1)
+group.secondary_devices.add(kind=mc.ModelInstanceGroup.SecondaryDevice.KIND_NVDLA, device_id=1)
 cfg.default_model_filename = "model.onnx"
 cfg.cc_model_filenames["7.5"] = "model_t4.onnx"
 cfg.metric_tags["team"] = "ml"
@@ -221,13 +223,13 @@ db.max_queue_delay_microseconds = 500
 db.preserve_ordering = True
 db.priority_levels = 2
 db.default_priority_level = 1
-db.default_queue_policy.timeout_action = pb.ModelQueuePolicy.DELAY
+db.default_queue_policy.timeout_action = mc.ModelQueuePolicy.DELAY
 db.default_queue_policy.default_timeout_microseconds = 10_000
 db.default_queue_policy.allow_timeout_override = True
 db.default_queue_policy.max_queue_size = 64
 db.priority_queue_policy[1].max_queue_size = 16
 cfg.optimization.graph.level = 1
-cfg.optimization.priority = pb.ModelOptimizationPolicy.PRIORITY_MAX
+cfg.optimization.priority = mc.ModelOptimizationPolicy.PRIORITY_MAX
 cfg.optimization.cuda.graphs = True
 spec = cfg.optimization.cuda.graph_spec.add(batch_size=4)
 spec.input["x"].dim.extend([4, 4])
@@ -240,12 +242,12 @@ cfg.optimization.gather_kernel_buffer_threshold = 3
 cfg.optimization.eager_batching = True
 cfg.parameters["intra_op_thread_count"].string_value = "2"
 warm = cfg.model_warmup.add(name="w", batch_size=1, count=2)
-warm.inputs["x"].data_type = pb.TYPE_FP32
+warm.inputs["x"].data_type = mc.TYPE_FP32
 warm.inputs["x"].dims.extend([4])
 warm.inputs["x"].random_data = True
 cfg.model_operations.op_library_filename.append("libops.so")
 cfg.model_transaction_policy.decoupled = True
-cfg.batch_input.add(kind=pb.BatchInput.BATCH_ITEM_SHAPE, target_name=["t"], data_type=pb.TYPE_INT32)
+cfg.batch_input.add(kind=mc.BatchInput.BATCH_ITEM_SHAPE, target_name=["t"], data_type=mc.TYPE_INT32)
 cfg.batch_output.add(target_name=["probs"], source_input=["x"])
 agent = cfg.model_repository_agents.agents.add(name="checksum")
 agent.parameters["MD5:model.onnx"] = "abc"
@@ -255,22 +257,22 @@ control.metric_identifier.family = "nv_inference_request_duration"
 control.histogram_options.buckets.extend([0.5, 1.0])
 samples["ModelConfigResponse"] = pb.ModelConfigResponse(config=cfg)
 
-seq = pb.ModelConfig(name="stateful", max_batch_size=4)
+seq = mc.ModelConfig(name="stateful", max_batch_size=4)
 sb = seq.sequence_batching
 sb.max_sequence_idle_microseconds = 1_000_000
 ci = sb.control_input.add(name="START")
-ci.control.add(kind=pb.ModelSequenceBatching.Control.CONTROL_SEQUENCE_START, int32_false_true=[0, 1])
-ci.control.add(kind=pb.ModelSequenceBatching.Control.CONTROL_SEQUENCE_READY, fp32_false_true=[0.0, 1.0])
-ci.control.add(bool_false_true=[False, True], data_type=pb.TYPE_BOOL)
+ci.control.add(kind=mc.ModelSequenceBatching.Control.CONTROL_SEQUENCE_START, int32_false_true=[0, 1])
+ci.control.add(kind=mc.ModelSequenceBatching.Control.CONTROL_SEQUENCE_READY, fp32_false_true=[0.0, 1.0])
+ci.control.add(bool_false_true=[False, True], data_type=mc.TYPE_BOOL)
 sb.oldest.max_candidate_sequences = 4
 sb.oldest.preferred_batch_size.append(2)
-state = sb.state.add(input_name="h_in", output_name="h_out", data_type=pb.TYPE_FP32, dims=[8])
-state.initial_state.add(name="zero", data_type=pb.TYPE_FP32, dims=[8], zero_data=True)
+state = sb.state.add(input_name="h_in", output_name="h_out", data_type=mc.TYPE_FP32, dims=[8])
+state.initial_state.add(name="zero", data_type=mc.TYPE_FP32, dims=[8], zero_data=True)
 state.use_growable_memory = True
 sb.iterative_sequence = True
 samples["ModelConfigResponse#sequence"] = pb.ModelConfigResponse(config=seq)
 
-ens = pb.ModelConfig(name="pipeline", platform="ensemble")
+ens = mc.ModelConfig(name="pipeline", platform="ensemble")
 ens.version_policy.latest.num_versions = 2
 step = ens.ensemble_scheduling.step.add(model_name="pre", model_version=-1, model_namespace="ns")
 step.input_map["IN"] = "raw"
@@ -507,7 +509,7 @@ def _describe(prelude: str, files: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def ours() -> dict[str, Any]:
-    return _describe(OURS_PRELUDE, "[inference_pb2.DESCRIPTOR]")
+    return _describe(OURS_PRELUDE, "[model_config_pb2.DESCRIPTOR, inference_pb2.DESCRIPTOR]")
 
 
 @pytest.fixture(scope="module")
@@ -515,8 +517,12 @@ def triton() -> dict[str, Any]:
     return _describe(TRITON_PRELUDE, "[model_config_pb2.DESCRIPTOR, service_pb2.DESCRIPTOR]")
 
 
-def test_our_proto_is_one_self_contained_file_in_package_inference(ours: dict[str, Any]) -> None:
-    assert ours["files"] == {OUR_FILE: {"package": "inference", "dependencies": []}}
+def test_our_protos_are_the_service_and_the_model_config_in_package_inference(ours: dict[str, Any]) -> None:
+    # As Triton splits them: the service imports the model configuration, nothing else.
+    assert ours["files"] == {
+        OUR_FILE: {"package": "inference", "dependencies": [OUR_CONFIG_FILE]},
+        OUR_CONFIG_FILE: {"package": "inference", "dependencies": []},
+    }
     assert all(name.startswith("inference.") for name in [*ours["messages"], *ours["enums"]])
 
 
