@@ -176,12 +176,12 @@ def compare(reference: FeatureProfile, values: npt.ArrayLike) -> FeatureDrift:
     )
 
 
-def verdict(test: Test, population_index: float, js: float, wasserstein: float) -> Level:
+def verdict(test: Test, psi: float, js: float, wasserstein: float) -> Level:
     """Drift when the deciding statistic or PSI crosses its drift threshold; warn in PSI's moderate band."""
     decided = wasserstein >= WASSERSTEIN_DRIFT if test == "wasserstein" else js >= JS_DRIFT
-    if decided or population_index >= PSI_DRIFT:
+    if decided or psi >= PSI_DRIFT:
         return "drift"
-    return "warn" if population_index >= PSI_WARN else "ok"
+    return "warn" if psi >= PSI_WARN else "ok"
 
 
 def dataset_drifted(features: list[FeatureDrift], drift_share: float = DEFAULT_DRIFT_SHARE) -> bool:
