@@ -234,14 +234,22 @@ def wasserstein_distance(reference_sorted: Floats, current_sorted: Floats) -> fl
     m, n = reference_sorted.size, current_sorted.size
     if max(m, n) <= SCIPY_DIRECT_MAX_ROWS:
         return float(stats.wasserstein_distance(reference_sorted, current_sorted))
-    slots = np.searchsorted(current_sorted, reference_sorted, side="left")
-    merged = np.insert(current_sorted, slots, reference_sorted)
-    from_reference = np.zeros(merged.size, dtype=np.int64)
-    from_reference[slots + np.arange(m)] = 1
-    reference_count = np.cumsum(from_reference[:-1])
-    current_count = np.arange(1, merged.size) - reference_count
-    gaps = np.abs(reference_count / m - current_count / n)
-    return float(np.dot(gaps, np.diff(merged)))
+    # Where each reference value lands in the merged order (after the current values equal to it).
+    landed = np.searchsorted(current_sorted, reference_sorted, side="right") + np.arange(m)
+    from_reference = np.zeros(n + m, dtype=bool)
+    from_reference[landed] = True
+    merged = np.empty(n + m)
+    merged[landed] = reference_sorted
+    merged[~from_reference] = current_sorted
+    # The CDF gap after merged value t, when R reference values are among the first t + 1:
+    # R / m - (t + 1 - R) / n, which is R * (1/m + 1/n) - (t + 1) / n; computed in place, one array.
+    gap = np.cumsum(from_reference[:-1], dtype=np.float64)
+    gap *= 1.0 / m + 1.0 / n
+    steps = np.arange(1.0, n + m)
+    steps /= n
+    gap -= steps
+    np.abs(gap, out=gap)
+    return float(np.dot(gap, np.diff(merged)))
 
 
 def _sorted_finite(values: npt.ArrayLike) -> Floats:

@@ -193,7 +193,7 @@ def build_report(
     if not names:
         raise DriftUsageError(f"the capture and {reference_path} have no numeric feature in common")
     reference_table = pq.read_table(reference_path, columns=names)
-    current_table = capture.to_table(columns=names, filter=served_rows(window))
+    current_table = read_current(capture, names, window)
     features = compare_all(reference_table, current_table, names, bins, threads)
     return DriftReport(
         model=window.model,
@@ -207,6 +207,13 @@ def build_report(
         skipped=skipped,
         window=window,
     )
+
+
+def read_current(capture: ds.Dataset, names: Sequence[str], window: Window) -> pa.Table:
+    """The feature columns of the served rows. One fragment and one batch read ahead, not pyarrow's
+    default 4 and 16: at a million rows by 64 features that kept peak memory at 660 MB instead of
+    950 MB, and read faster on two cores (0.44 s against 1.04 s; docs/benchmarks-log.md)."""
+    return capture.to_table(columns=list(names), filter=served_rows(window), fragment_readahead=1, batch_readahead=1)
 
 
 def compare_all(
