@@ -83,7 +83,7 @@ def one_round(root: Path, threads: int | None) -> dict[str, Any]:
         "total_s": round(total_s, 3),
         "rows": rows,
         "features": len(names),
-        "drifted": sum(feature.drifted for feature in features),
+        "drifted": sum(feature is not None and feature.drifted for feature in features),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
 

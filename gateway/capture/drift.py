@@ -50,6 +50,10 @@ from gateway.capture.drift_thresholds import (
 Floats = npt.NDArray[np.float64]
 
 
+class NoFiniteValues(ValueError):
+    """A sample with nothing to compare: empty, or only NaN and infinities."""
+
+
 Level = Literal["ok", "warn", "drift"]
 Test = Literal["wasserstein", "js"]
 
@@ -107,7 +111,7 @@ def profile(name: str, values: npt.ArrayLike, bins: int = DEFAULT_BINS) -> Featu
         raise ValueError(f"bins must be at least 2, not {bins}")
     ordered = _sorted_finite(values)
     if ordered.size == 0:
-        raise ValueError(f"reference feature {name!r} has no finite values")
+        raise NoFiniteValues(f"reference feature {name!r} has no finite values")
     edges = quantile_edges(ordered, bins)
     return FeatureProfile(
         name=name,
@@ -151,7 +155,7 @@ def compare(reference: FeatureProfile, values: npt.ArrayLike) -> FeatureDrift:
     """Every statistic of a current sample of one feature against its reference, and the verdict."""
     current = _sorted_finite(values)
     if current.size == 0:
-        raise ValueError(f"current feature {reference.name!r} has no finite values")
+        raise NoFiniteValues(f"current feature {reference.name!r} has no finite values")
     current_shares = bin_shares(current, reference.edges)
     population_index = psi(reference.shares, current_shares)
     js = float(distance.jensenshannon(reference.shares, current_shares))

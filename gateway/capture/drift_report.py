@@ -194,7 +194,11 @@ def build_report(
         raise DriftUsageError(f"the capture and {reference_path} have no numeric feature in common")
     reference_table = pq.read_table(reference_path, columns=names)
     current_table = read_current(capture, names, window)
-    features = compare_all(reference_table, current_table, names, bins, threads)
+    compared = compare_all(reference_table, current_table, names, bins, threads)
+    features = [feature for feature in compared if feature is not None]
+    skipped.update({name: "no finite values" for name, feature in zip(names, compared, strict=True) if feature is None})
+    if not features:
+        raise DriftUsageError(f"no feature has finite values on both sides ({len(names)} matched by name)")
     return DriftReport(
         model=window.model,
         version=version,
@@ -218,9 +222,14 @@ def read_current(capture: ds.Dataset, names: Sequence[str], window: Window) -> p
 
 def compare_all(
     reference: pa.Table, current: pa.Table, names: Sequence[str], bins: int, threads: int | None
-) -> list[drift.FeatureDrift]:
-    def one(name: str) -> drift.FeatureDrift:
-        return drift.compare(drift.profile(name, column_array(reference, name), bins), column_array(current, name))
+) -> list[drift.FeatureDrift | None]:
+    """Each feature's drift, in the order of ``names``; None for a feature one side has no values of."""
+
+    def one(name: str) -> drift.FeatureDrift | None:
+        try:
+            return drift.compare(drift.profile(name, column_array(reference, name), bins), column_array(current, name))
+        except drift.NoFiniteValues:
+            return None
 
     workers = threads or min(len(names), os.cpu_count() or 1, 8)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="drift") as pool:

@@ -144,7 +144,7 @@ def test_non_finite_values_are_left_out() -> None:
     reference = drift.profile("x", [1.0, 2.0, np.nan, 3.0, np.inf])
     assert reference.rows == 3
     assert drift.compare(reference, [1.0, np.nan, 2.0, 3.0]).ks == 0.0
-    with pytest.raises(ValueError, match="no finite values"):
+    with pytest.raises(drift.NoFiniteValues, match="no finite values"):
         drift.compare(reference, [np.nan])
 
 

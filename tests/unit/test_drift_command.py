@@ -152,6 +152,17 @@ def test_reference_file_and_skipped_features(
     assert document["skipped"]["label"] == "not captured" and document["skipped"]["extra"] == "not captured"
 
 
+def test_a_feature_captured_only_as_nulls_is_skipped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    features = digits()
+    columns: dict[str, np.ndarray] = {name: features[name] for name in ("px_20", "px_21")}
+    columns["px_22"] = np.full(len(features["px_20"]), np.nan)
+    write_capture(tmp_path, "digits", 1, columns)
+    code, out, _ = run(capsys, "digits", "--capture-dir", str(tmp_path), "--json")
+    document = json.loads(out)
+    assert code == EXIT_NO_DRIFT and [feature["name"] for feature in document["features"]] == ["px_20", "px_21"]
+    assert document["skipped"]["px_22"] == "no finite values"
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
