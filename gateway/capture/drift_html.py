@@ -19,6 +19,7 @@ from gateway.capture.drift_thresholds import JS_DRIFT, PSI_DRIFT, PSI_WARN, WASS
 # Chart geometry, in SVG user units.
 _WIDTH, _HEIGHT = 520, 190
 _LEFT, _RIGHT, _TOP, _BOTTOM = 40, 10, 10, 42
+_MAX_SLOT = 60
 _REFERENCE_COLOUR, _CURRENT_COLOUR = "#4c78a8", "#f58518"
 
 _STYLE = """
@@ -45,6 +46,10 @@ table.stats th { color: #52606d; font-weight: 500; }
 table.stats td.over { color: #a61b1b; font-weight: 600; }
 .legend span { display: inline-block; width: 10px; height: 10px; margin: 0 4px 0 12px; border-radius: 2px; }
 .skipped { color: #52606d; font-size: 13px; }
+.chips { margin-top: 10px; display: flex; flex-wrap: wrap; gap: 4px; }
+.chip { font-size: 12px; padding: 1px 7px; border-radius: 9px; text-decoration: none; color: #1f2933;
+        background: #dff5e3; }
+.chip.drift { background: #f8c9c7; font-weight: 600; } .chip.warn { background: #fbe2b0; }
 svg text { font: 10px system-ui, sans-serif; fill: #52606d; }
 """
 
@@ -93,6 +98,11 @@ def _summary(report: DriftReport) -> Iterator[str]:
         f'<span style="background:{_REFERENCE_COLOUR}"></span>reference'
         f'<span style="background:{_CURRENT_COLOUR}"></span>current</div>'
     )
+    chips = "".join(
+        f'<a class="chip {feature.level}" href="#{_anchor(feature.name)}">{escape(feature.name)}</a>'
+        for feature in report.features
+    )
+    yield f'<div class="chips">{chips}</div>'
     if report.skipped:
         names = ", ".join(f"{escape(name)} ({escape(why)})" for name, why in sorted(report.skipped.items()))
         yield f'<div class="skipped">Not compared: {names}</div>'
@@ -121,11 +131,16 @@ def _card(feature: FeatureDrift) -> str:
     header = "".join(f"<th>{name}</th>" for name, _, _ in cells)
     values = "".join(f'<td class="{"over" if over else ""}">{value}</td>' for _, value, over in cells)
     return (
-        f'<div class="card {feature.level}"><div class="head"><h2>{escape(feature.name)}</h2>'
+        f'<div class="card {feature.level}" id="{_anchor(feature.name)}">'
+        f'<div class="head"><h2>{escape(feature.name)}</h2>'
         f'<span class="badge {feature.level}">{feature.level}</span></div>'
         f"{histogram_svg(feature)}"
         f'<table class="stats"><tr>{header}</tr><tr>{values}</tr></table></div>'
     )
+
+
+def _anchor(name: str) -> str:
+    return "feature-" + "".join(character if character.isalnum() else "-" for character in name)
 
 
 def histogram_svg(feature: FeatureDrift) -> str:
@@ -134,7 +149,7 @@ def histogram_svg(feature: FeatureDrift) -> str:
     plot_width = _WIDTH - _LEFT - _RIGHT
     plot_height = _HEIGHT - _TOP - _BOTTOM
     top = max(float(feature.reference_shares.max()), float(feature.current_shares.max()), 1e-9)
-    slot = plot_width / bins
+    slot = min(plot_width / bins, _MAX_SLOT)  # a feature with two bins gets two bars, not two slabs
     parts = [
         f'<svg class="histogram" width="{_WIDTH}" height="{_HEIGHT}" viewBox="0 0 {_WIDTH} {_HEIGHT}"'
         f' role="img" aria-label="histograms of {escape(feature.name)}">',
@@ -153,7 +168,7 @@ def histogram_svg(feature: FeatureDrift) -> str:
         x = _LEFT + index * slot
         parts.append(f'<text x="{x:.1f}" y="{_TOP + plot_height + 14}" text-anchor="middle">{edge:.3g}</text>')
     parts.append(
-        f'<text x="{_LEFT + plot_width / 2:.1f}" y="{_HEIGHT - 6}" text-anchor="middle">'
+        f'<text x="{_LEFT}" y="{_HEIGHT - 6}">'
         "bin edges (values up to each edge; the last bin is above the last edge)</text>"
     )
     parts.append("</svg>")
