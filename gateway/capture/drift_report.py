@@ -178,6 +178,23 @@ def build_report(
     drift_share: float = DEFAULT_DRIFT_SHARE,
     threads: int | None = None,
 ) -> DriftReport:
+    """Read, compare and sort. A file pyarrow cannot read (a truncated capture file, a reference that is
+    not Parquet) is a :class:`DriftUsageError` naming it, not a traceback."""
+    try:
+        return _build_report(capture_dir, window, repository, reference, bins, drift_share, threads)
+    except (pa.ArrowException, OSError) as error:
+        raise DriftUsageError(f"cannot read the capture or the reference: {error}") from error
+
+
+def _build_report(
+    capture_dir: Path,
+    window: Window,
+    repository: Path,
+    reference: Path | None = None,
+    bins: int = DEFAULT_BINS,
+    drift_share: float = DEFAULT_DRIFT_SHARE,
+    threads: int | None = None,
+) -> DriftReport:
     versions = captured_versions(capture_dir, window.model)
     if not versions:
         raise DriftUsageError(f"no capture for model {window.model!r} under {capture_dir}")

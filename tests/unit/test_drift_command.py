@@ -113,6 +113,18 @@ def test_since_and_until_choose_the_rows(capture: Path, capsys: pytest.CaptureFi
     assert json.loads(run(capsys, *arguments, "--since", "2026-12-02T12:00:00", "--until", late)[1])["rows"] == 600
 
 
+def test_days_outside_the_window_are_never_opened(capture: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A file that is not Parquet at all, in a day after the window: pruned by its partition, never read.
+    late = capture / "model=digits" / "version=1" / "date=2026-12-30"
+    late.mkdir()
+    (late / "part-broken.parquet").write_bytes(b"not parquet")
+    arguments = ("digits", "--capture-dir", str(capture), "--version", "1", "--json")
+    assert json.loads(run(capsys, *arguments, "--until", "2026-12-03")[1])["rows"] == 2 * 1347
+    # The proof that it would fail if it were read: a clear message, exit status 2.
+    code, _, err = run(capsys, *arguments)
+    assert code == EXIT_USAGE and "cannot read the capture or the reference" in err and "Parquet" in err
+
+
 def test_the_arm_filter(capture: Path, capsys: pytest.CaptureFixture[str]) -> None:
     arguments = ("digits", "--capture-dir", str(capture), "--version", "2", "--json")
     assert json.loads(run(capsys, *arguments, "--arm", "shadow")[1])["features"][0]["drifted"]
