@@ -28,9 +28,8 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from gateway.capture import drift
-from gateway.capture.drift_thresholds import DEFAULT_BINS, DEFAULT_DRIFT_SHARE
+from gateway.capture.drift_thresholds import DEFAULT_BINS, DEFAULT_DRIFT_SHARE, REFERENCE_FILE
 
-REFERENCE_FILE = "reference.parquet"
 # Columns of a capture record that are not model inputs.
 RECORD_COLUMNS = frozenset({"request_id", "time", "arm", "generation", "reason", "status", "latency_ms"})
 PARTITION_COLUMNS = ("model", "version", "date")  # only the day is read; the others are directories

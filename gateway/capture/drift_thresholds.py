@@ -6,6 +6,7 @@ The sources are cited in docs/architecture.md ("Drift").
 
 from __future__ import annotations
 
+REFERENCE_FILE = "reference.parquet"  # a version's training sample, beside its model file
 DEFAULT_BINS = 10
 PSI_EPSILON = 1e-4  # the share an empty bin counts as in PSI (Evidently's fill)
 # Thresholds, with their sources in docs/architecture.md ("Drift"):

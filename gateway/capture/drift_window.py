@@ -25,7 +25,8 @@ import numpy.typing as npt
 import pyarrow.parquet as pq
 
 from gateway.capture.drift import FeatureDrift, FeatureProfile, compare, profile
-from gateway.capture.drift_thresholds import DEFAULT_BINS
+from gateway.capture.drift_thresholds import DEFAULT_BINS, REFERENCE_FILE
+from gateway.registry.repository import ModelRepository
 from gateway.serving.observers import Finished, Route
 from runtimes.datatypes import BYTES
 from runtimes.raw_tensors import array_of
@@ -53,6 +54,30 @@ class ReferenceProfile:
 
 # model, version -> the version's reference profile, or None when it has none (then it is not watched).
 ProfileSource = Callable[[str, int], ReferenceProfile | None]
+
+
+def repository_profiles(root: Path, bins: int = DEFAULT_BINS) -> ProfileSource:
+    """Profiles read from a model repository: ``<root>/<model>/<version>/reference.parquet``.
+
+    A version is watched when its model declares exactly one input of rows of features (``dims`` of
+    one fixed length) and the reference file exists; the features are named as the capture names
+    them, by ``feature_names`` or else ``<input>_<i>``.
+    """
+    repository = ModelRepository(root)
+
+    def load(model: str, version: int) -> ReferenceProfile | None:
+        path = root / model / str(version) / REFERENCE_FILE
+        entry = repository.scan_model(model)
+        if not path.is_file() or entry is None or entry.settings is None:
+            return None
+        inputs = entry.settings.inputs or ()
+        if len(inputs) != 1 or len(inputs[0].dims) != 1 or inputs[0].dims[0] < 1:
+            return None
+        declared = inputs[0]
+        names = entry.settings.feature_names or tuple(f"{declared.name}_{i}" for i in range(declared.dims[0]))
+        return ReferenceProfile.from_parquet(path, declared.name, names, bins)
+
+    return load
 
 
 class FeatureRing:

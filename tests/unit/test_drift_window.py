@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from gateway.capture import drift
-from gateway.capture.drift_window import DriftWindow, FeatureRing, ReferenceProfile
+from gateway.capture.drift_window import DriftWindow, FeatureRing, ReferenceProfile, repository_profiles
 from gateway.errors import InvalidArgument
 from gateway.routing.decide import Arm, Reason
 from gateway.serving.inference_types import InferRequest
@@ -114,3 +114,17 @@ def test_a_broken_reference_stops_watching_that_version_only(tmp_path: Path) -> 
 def test_a_window_needs_a_row() -> None:
     with pytest.raises(ValueError, match="at least one row"):
         FeatureRing(0, 3)
+
+
+def test_profiles_from_a_model_repository() -> None:
+    profiles = repository_profiles(EXAMPLES)
+    digits = profiles("digits", 1)
+    assert digits is not None and digits.input_name == "input"
+    assert [feature.name for feature in digits.features] == FEATURES
+    assert profiles("digits", 9) is None and profiles("nothing", 1) is None
+    window = DriftWindow(profiles, size=500)
+    rows = digits_rows()
+    window.observe([finished(rows[np.random.default_rng(3).permutation(len(rows))[:500]])])
+    statistics = window.statistics("digits", 1)
+    assert window.rows("digits", 1) == 500 and statistics is not None
+    assert [feature.name for feature in statistics if feature.drifted] == [], "500 random rows of the reference"
