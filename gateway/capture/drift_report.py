@@ -6,8 +6,9 @@ one column per input feature. Only served inputs count: rows whose ``status`` is
 is the version's ``reference.parquet`` beside its model file, or a file named on the command line;
 columns are matched by name, and features only one side has are listed as skipped.
 
-Reading asks pyarrow for the feature columns alone, with the model, version and day pushed down to
-the partitions and the rest of the filter to the row groups. The statistics are computed one feature
+Reading opens the version's own directory (model and version are directories, not filters) and asks
+pyarrow for the feature columns alone, the day pushed down to the ``date=`` partitions and the rest
+of the filter to the row groups. The statistics are computed one feature
 per task on a small thread pool: numpy's sort and searches release the GIL.
 """
 
