@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.client.commands import add_commands
 
     add_commands(commands)
+    from gateway.capture.drift_command import add_drift_command
+
+    add_drift_command(commands)
     return parser
 
 
@@ -163,6 +166,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "health":
         return _health(args)
+    if args.command == "drift":
+        from gateway.capture.drift_command import run_drift
+
+        return run_drift(args)
     from gateway.client.commands import run
 
     return run(args)

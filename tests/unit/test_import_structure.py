@@ -137,6 +137,14 @@ def test_dependencies_point_inwards(layer: tuple[str, ...], must_not_import: tup
     assert violations(allowed=(), forbidden=must_not_import, scope=layer) == []
 
 
+def test_capture_is_a_part_the_serving_path_does_not_depend_on() -> None:
+    # Capture reads what serving finished (the observers' seam); serving never imports it back.
+    assert violations(allowed=(), forbidden=("gateway.capture",), scope=("gateway.serving",)) == []
+    outside = ("gateway.edge", "gateway.rollouts", "gateway.client", "gateway.app", "gateway.process", "grpc")
+    assert violations(allowed=(), forbidden=outside, scope=("gateway.capture",)) == []
+    assert "gateway.capture.drift" in imports()
+
+
 def test_routing_is_pure() -> None:
     impure = {"threading", "time", "socket", "asyncio", "sqlite3", "logging", "os", "random"}
     for module, targets in imports().items():

@@ -1,0 +1,1 @@
+"""request records: buffer, write-ahead log, Parquet compaction, drift statistics"""

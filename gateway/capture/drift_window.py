@@ -1,0 +1,190 @@
+"""Running drift in the gateway: the last N served inputs of each model version, compared on demand.
+
+:class:`DriftWindow` is a request observer (:mod:`gateway.serving.observers`). For each model version
+that has a reference profile it keeps the last ``size`` input rows in a ring: one fixed array, a
+column per feature, written in place, so its memory is ``size x features x 8`` bytes however long the
+gateway runs (10,000 rows of 64 features: 5 MiB). The profile is loaded once per version, on the
+dispatcher thread the first time the version answers, never on a caller's thread. The statistics
+are the batch report's (:func:`gateway.capture.drift.compare`), computed when asked (by the metrics
+exporter, next), not per request.
+
+Only answered requests count: a request that failed has no place in what the model served. Shadow
+copies never reach observers, so a window holds each served input once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow.parquet as pq
+
+from gateway.capture.drift import FeatureDrift, FeatureProfile, compare, profile
+from gateway.capture.drift_thresholds import DEFAULT_BINS, REFERENCE_FILE
+from gateway.registry.repository import ModelRepository
+from gateway.serving.observers import Finished, Route
+from runtimes.datatypes import BYTES
+from runtimes.raw_tensors import array_of
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WINDOW_ROWS = 10_000
+
+
+@dataclass(frozen=True)
+class ReferenceProfile:
+    """A version's reference, summarised: which input tensor its features are, and each feature's profile."""
+
+    input_name: str
+    features: tuple[FeatureProfile, ...]  # in the order of the input tensor's columns
+
+    @classmethod
+    def from_parquet(
+        cls, path: Path, input_name: str, feature_names: Sequence[str], bins: int = DEFAULT_BINS
+    ) -> ReferenceProfile:
+        """Read the reference's columns named as the input's features (``feature_names``, in order)."""
+        table = pq.read_table(path, columns=list(feature_names))
+        return cls(input_name, tuple(profile(name, table.column(name).to_numpy(), bins) for name in feature_names))
+
+
+# model, version -> the version's reference profile, or None when it has none (then it is not watched).
+ProfileSource = Callable[[str, int], ReferenceProfile | None]
+
+
+def repository_profiles(root: Path, bins: int = DEFAULT_BINS) -> ProfileSource:
+    """Profiles read from a model repository: ``<root>/<model>/<version>/reference.parquet``.
+
+    A version is watched when its model declares exactly one input of rows of features (``dims`` of
+    one fixed length) and the reference file exists; the features are named as the capture names
+    them, by ``feature_names`` or else ``<input>_<i>``.
+    """
+    repository = ModelRepository(root)
+
+    def load(model: str, version: int) -> ReferenceProfile | None:
+        path = root / model / str(version) / REFERENCE_FILE
+        entry = repository.scan_model(model)
+        if not path.is_file() or entry is None or entry.settings is None:
+            return None
+        inputs = entry.settings.inputs or ()
+        if len(inputs) != 1 or len(inputs[0].dims) != 1 or inputs[0].dims[0] < 1:
+            return None
+        declared = inputs[0]
+        names = entry.settings.feature_names or tuple(f"{declared.name}_{i}" for i in range(declared.dims[0]))
+        return ReferenceProfile.from_parquet(path, declared.name, names, bins)
+
+    return load
+
+
+class FeatureRing:
+    """The last ``size`` rows of a 2-D input, one column per feature, in one preallocated array."""
+
+    def __init__(self, size: int, features: int) -> None:
+        if size < 1:
+            raise ValueError(f"a window holds at least one row, not {size}")
+        self._rows = np.zeros((size, features))
+        self._next = 0  # where the next row goes
+        self._filled = 0
+
+    @property
+    def filled(self) -> int:
+        return self._filled
+
+    @property
+    def nbytes(self) -> int:
+        return int(self._rows.nbytes)
+
+    def append(self, block: npt.NDArray[np.generic]) -> None:
+        """Write rows in order, overwriting the oldest; at most two slice copies however many rows."""
+        size = self._rows.shape[0]
+        if block.shape[0] > size:  # only the newest rows would survive anyway
+            block = block[-size:]
+        count = block.shape[0]
+        first = min(count, size - self._next)
+        self._rows[self._next : self._next + first] = block[:first]
+        self._rows[: count - first] = block[first:]
+        self._next = (self._next + count) % size
+        self._filled = min(size, self._filled + count)
+
+    def column(self, index: int) -> npt.NDArray[np.float64]:
+        """A copy of one feature's values in the window (oldest-first order is not kept: the statistics
+        do not depend on it)."""
+        copied: npt.NDArray[np.float64] = self._rows[: self._filled, index].copy()
+        return copied
+
+
+class _Watched:
+    """One version's reference and ring, with the lock the dispatcher threads and readers share."""
+
+    def __init__(self, reference: ReferenceProfile, size: int) -> None:
+        self.reference = reference
+        self.ring = FeatureRing(size, len(reference.features))
+        self.lock = threading.Lock()
+
+
+class DriftWindow:
+    """A request observer keeping a sliding window of served inputs per model version."""
+
+    def __init__(self, profiles: ProfileSource, size: int = DEFAULT_WINDOW_ROWS) -> None:
+        self._profiles = profiles
+        self._size = size
+        self._watched: dict[tuple[str, int], _Watched | None] = {}  # None: no reference, not watched
+        self._loading = threading.Lock()
+
+    def wants(self, route: Route | None) -> bool:
+        # On the request path: one dict lookup. A version not seen yet is wanted until its profile says.
+        return route is not None and self._watched.get((route.model, route.version), True) is not None
+
+    def observe(self, finished: Sequence[Finished]) -> None:
+        for request in finished:
+            if request.error is not None or request.route is None or request.inputs is None:
+                continue
+            watched = self._watched_for(request.route.model, request.route.version)
+            if watched is None:
+                continue
+            tensor = request.inputs.get(watched.reference.input_name)
+            if tensor is None or tensor.datatype == BYTES:
+                continue
+            features = len(watched.reference.features)
+            rows = array_of(tensor).reshape(-1, features)  # [rows, features], the batch axis first
+            with watched.lock:
+                watched.ring.append(rows)
+
+    def rows(self, model: str, version: int) -> int:
+        watched = self._watched.get((model, version))
+        return 0 if watched is None else watched.ring.filled
+
+    def watched_versions(self) -> list[tuple[str, int]]:
+        return sorted(key for key, watched in self._watched.items() if watched is not None)
+
+    def statistics(self, model: str, version: int) -> list[FeatureDrift] | None:
+        """Each feature's drift over the window against the reference; None with no rows or no reference."""
+        watched = self._watched.get((model, version))
+        if watched is None:
+            return None
+        with watched.lock:  # copy under the lock, compute outside it: observers are not held up
+            if watched.ring.filled == 0:
+                return None
+            columns = [watched.ring.column(index) for index in range(len(watched.reference.features))]
+        return [compare(feature, values) for feature, values in zip(watched.reference.features, columns, strict=True)]
+
+    def _watched_for(self, model: str, version: int) -> _Watched | None:
+        key = (model, version)
+        if key in self._watched:
+            return self._watched[key]
+        with self._loading:
+            if key not in self._watched:
+                self._watched[key] = self._load(model, version)
+        return self._watched[key]
+
+    def _load(self, model: str, version: int) -> _Watched | None:
+        try:
+            reference = self._profiles(model, version)
+        except Exception:  # a broken reference file stops this version's watching, never the gateway
+            log.exception("drift: no reference profile for %s version %d", model, version)
+            return None
+        return None if reference is None else _Watched(reference, self._size)
