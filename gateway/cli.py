@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.client.commands import add_commands
 
     add_commands(commands)
+    from gateway.capture.report import add_capture_command
+
+    add_capture_command(commands)
     return parser
 
 
@@ -163,6 +166,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "health":
         return _health(args)
+    if args.command == "capture":  # reads files; talks to no gateway
+        from gateway.capture.report import run_capture
+
+        return run_capture(args)
     from gateway.client.commands import run
 
     return run(args)
