@@ -20,11 +20,23 @@ def add_capture_command(commands: Any) -> None:
     text = "summarise a model's captured requests, or export them to one Parquet file"
     parser: argparse.ArgumentParser = commands.add_parser("capture", help=text, description=text)
     parser.add_argument("model", help="model name (required)")
-    parser.add_argument("--capture-dir", type=Path, required=True, metavar="DIR", help="the gateway's --capture-dir")
-    parser.add_argument("--version", dest="model_version", metavar="V", help="only this version (default: all)")
-    parser.add_argument("--since", type=_time, metavar="TIME", help="only records at or after this ISO 8601 time")
-    parser.add_argument("--until", type=_time, metavar="TIME", help="only records before this ISO 8601 time")
-    parser.add_argument("--export", type=Path, metavar="FILE", help="write the selected records to this Parquet file")
+    parser.add_argument(
+        "--capture-dir", type=Path, required=True, metavar="DIR", help="the gateway's --capture-dir (required)"
+    )
+    parser.add_argument(
+        "--version", dest="model_version", metavar="V", help="only this version (default: every version)"
+    )
+    parser.add_argument(
+        "--since", type=_time, metavar="TIME",
+        help="only records at or after this ISO 8601 time, UTC unless it says (default: the first)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--until", type=_time, metavar="TIME", help="only records before this ISO 8601 time (default: none)"
+    )
+    parser.add_argument(
+        "--export", type=Path, metavar="FILE",
+        help="write the selected records to this Parquet file (default: print a summary)",
+    )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print JSON for scripts (default: text for people)")
 
 
