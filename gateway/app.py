@@ -110,16 +110,21 @@ class Gateway:
             heartbeat_interval_s=_HEARTBEAT_S,
             rollback_window_s=settings.rollback_window_s,
         )
+        self.capture = capture_log(settings)
+        capturing = (
+            CaptureObserver(self.capture, settings.capture_sample, settings.capture_outputs)
+            if self.capture is not None
+            else None
+        )
         self.shadows = ShadowMirror(
             lambda model, version: self.manager.acquire(model, str(version)),
             settings.shadow_queue_size,
             settings.shadow_timeout_s,
+            on_answered=capturing.observe_shadows if capturing is not None else None,
         )
         self.observers.register(self.shadows)
-        self.capture = capture_log(settings)
-        if self.capture is not None:
-            observer = CaptureObserver(self.capture, settings.capture_sample, settings.capture_outputs)
-            self.observers.register(observer, holds_answers=settings.capture_durability == "sync")
+        if capturing is not None:
+            self.observers.register(capturing, holds_answers=settings.capture_durability == "sync")
         propagation = Propagation(
             self.store, self.sync, apply_timeout_s=settings.apply_timeout_s, liveness_s=_LIVENESS_S
         )

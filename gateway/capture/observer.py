@@ -41,13 +41,20 @@ class CaptureObserver:
 
     def observe(self, finished: Sequence[Finished]) -> None:
         for item in finished:
-            request_id = item.request.id or uuid.uuid4().hex
+            request_id = item.request_id or item.request.id or uuid.uuid4().hex
             if item.error is None and self._sample < 1.0 and sample_point(request_id) >= self._sample:
                 self._capture.stats.add("sampled_out")
                 if item.commit is not None:
                     item.commit.settle(True)  # nothing to keep, so nothing to wait for
                 continue
             self._capture.put(self.record_of(item, request_id), item.commit)
+
+    def observe_shadows(self, finished: Sequence[Finished]) -> None:
+        """The shadow mirror's answers: each a record of its own, arm ``shadow``, under its primary's id."""
+        for item in finished:
+            if item.error is None and self._sample < 1.0 and sample_point(item.request_id) >= self._sample:
+                continue  # its primary was left out too
+            self._capture.put(self.record_of(item, item.request_id, arm="shadow"), None)
 
     def record_of(self, item: Finished, request_id: str, arm: str | None = None) -> CaptureRecord:
         request, route = item.request, item.route

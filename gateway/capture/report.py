@@ -106,7 +106,7 @@ def _summary(root: Path, model: str, version: str | None, table: Any, totals: di
         "first": min(times).isoformat() if times else None,
         "last": max(times).isoformat() if times else None,
         # Counted for the whole directory, every model: the gateways keep one set of counters each.
-        "dropped": totals["dropped_full"] + totals["dropped_budget"],
+        "dropped": totals["dropped_full"] + totals["dropped_budget"] + totals["dropped_closing"],
         "failed": totals["failed"],
         "skipped": totals["skipped"],
         "sampled_out": totals["sampled_out"],

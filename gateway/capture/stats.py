@@ -11,6 +11,7 @@ STATS_DIR = "_stats"  # a leading underscore: pyarrow's dataset discovery skips 
 COUNTERS = (
     "written",  # records committed to the write-ahead log
     "dropped_full",  # records dropped because the buffer was full (overflow: drop)
+    "dropped_closing",  # records handed over after a graceful stop began (late shadow answers)
     "dropped_budget",  # records dropped because the disk budget had no room even after deletions
     "failed",  # records lost to a write error (full disk, unwritable directory)
     "sampled_out",  # requests left out by --capture-sample

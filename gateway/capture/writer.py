@@ -90,6 +90,11 @@ class CaptureLog:
                         commit.settle(False)
                     return
                 self._room.wait()
+            if self._closing:  # a late shadow answer: the writer may have taken its last batch
+                self.stats.add("dropped_closing")
+                if commit is not None:
+                    commit.settle(False)
+                return
             self._buffer.append((record, commit))
             if self.config.durability == "sync" or len(self._buffer) * 2 >= self.config.buffer_records:
                 self._ready.notify()

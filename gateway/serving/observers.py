@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
@@ -98,6 +99,7 @@ class Ticket:
     started_ns: int  # time.monotonic_ns() when the dataplane took the request
     received_unix_ns: int  # wall-clock time of the same moment, for records
     commit: Commit | None = None  # when an observer holds answers: settled once it kept this request
+    request_id: str = ""  # the client's, or one assigned for observers (see request_id_of)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +122,9 @@ class Finished:
     error: TurnoutError | None
     timings: Timings
     commit: Commit | None = None  # the answer-holding observer settles it (and only that one)
+    # What every observer knows the request by: the client's id, or a uuid4 hex assigned once for all
+    # of them (a shadow's answer and its primary's record share it). The caller's answer keeps its own.
+    request_id: str = ""
 
 
 class RequestObserver(Protocol):
@@ -164,7 +169,7 @@ class RequestObservers:
     def ticket(self, request: InferRequest, route: Route, started_ns: int) -> Ticket:
         """The ticket a request that :meth:`wants` approved carries through the batch queue."""
         received = time.time_ns() - (time.monotonic_ns() - started_ns)
-        return Ticket(request, route, started_ns, received, self._commit_for(route))
+        return Ticket(request, route, started_ns, received, self._commit_for(route), request_id_of(request))
 
     def _commit_for(self, route: Route | None) -> Commit | None:
         holder = self._holder
@@ -187,7 +192,7 @@ class RequestObservers:
         timings = Timings(time.time_ns() - latency_ns, latency_ns / 1e9, 0.0, 0.0)
         inputs, rows = (pending.inputs, pending.rows) if pending is not None else (None, 0)
         commit = self._commit_for(route)
-        self._notify([Finished(request, route, inputs, rows, None, error, timings, commit)])
+        self._notify([Finished(request, route, inputs, rows, None, error, timings, commit, request_id_of(request))])
         if commit is not None:  # on the caller's own thread: its error waits for its record
             commit.wait()
 
@@ -201,6 +206,11 @@ class RequestObservers:
                     for item in finished:
                         if item.commit is not None:
                             item.commit.settle(False)
+
+
+def request_id_of(request: InferRequest) -> str:
+    """The client's request id, or a fresh uuid4 hex when it sent none."""
+    return request.id or uuid.uuid4().hex
 
 
 def commit_of(pending: Pending) -> Commit | None:
@@ -219,5 +229,6 @@ def _finished_in_batch(item: Pending, dispatched_at: float, compute_s: float) ->
     latency_s = (time.monotonic_ns() - ticket.started_ns) / 1e9
     timings = Timings(ticket.received_unix_ns, latency_s, dispatched_at - item.enqueued_at, compute_s)
     return Finished(
-        ticket.request, ticket.route, item.inputs, item.rows, item.outputs, item.error, timings, ticket.commit
-    )
+        ticket.request, ticket.route, item.inputs, item.rows, item.outputs, item.error, timings, ticket.commit,
+        ticket.request_id,
+    )  # fmt: skip

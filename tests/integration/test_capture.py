@@ -173,6 +173,32 @@ def test_a_canarys_records_carry_the_arms_and_versions_callers_were_told(reposit
     assert 0.2 < canaries / len(sender.told) < 0.4
 
 
+def test_a_shadows_answers_are_records_of_their_own_under_the_primarys_id(repository: Path, tmp_path: Path) -> None:
+    root = tmp_path / "capture"
+    with GatewayProcess(repository, "--capture-dir", str(root)) as gateway:
+        with grpc.insecure_channel(gateway.address) as channel:
+            rollouts = pb_grpc.RolloutsStub(channel)
+            rollouts.SetPolicy(pb.SetPolicyRequest(model="digits", policy=pb.Policy(stable=1)), timeout=TIMEOUT_S)
+            rollouts.SetShadow(pb.SetShadowRequest(model="digits", version=2, fraction=1.0), timeout=TIMEOUT_S)
+        sender = Sender(gateway.address, seed=5)
+        sender.many("shadowed", 200)
+        anonymous = sender.stub.ModelInfer(request_of("", np.ones((1, 64), np.float32)), timeout=TIMEOUT_S)
+        assert anonymous.id == ""  # the caller's answer keeps its (absent) id; only records get one
+        sender.close()
+        time.sleep(0.5)  # the shadow lane answers after the callers
+    rows = open_dataset(root).to_table().to_pylist()
+    primaries = {str(row["request_id"]): row for row in rows if row["arm"] == "stable"}
+    shadows = {str(row["request_id"]): row for row in rows if row["arm"] == "shadow"}
+    assert set(sender.told) <= set(primaries)
+    assert set(shadows) <= set(primaries) and len(shadows) >= 190  # a full lane may drop a few copies
+    assigned = set(primaries) - set(sender.told)
+    assert len(assigned) == 1 and len(assigned.pop()) == 32  # a uuid4 hex, shared with its shadow record
+    for request_id, shadow in shadows.items():
+        assert str(shadow["version"]) == "2" and str(primaries[request_id]["version"]) == "1"
+        assert pixels_of(shadow).tobytes() == pixels_of(primaries[request_id]).tobytes()
+        assert shadow["status"] == "OK" and shadow["output.label"] is not None
+
+
 def test_a_tiny_budget_never_stops_the_gateway_serving(repository: Path, tmp_path: Path) -> None:
     root = tmp_path / "capture"
     flags = ["--capture-dir", str(root), "--capture-max-bytes", "4000", "--capture-flush-ms", "20"]
