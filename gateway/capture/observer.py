@@ -76,6 +76,7 @@ class CaptureObserver:
             rows=item.rows or _rows_sent(inputs),
             inputs=inputs,
             outputs=outputs,
+            inputs_checked=item.inputs is not None,
         )
 
 

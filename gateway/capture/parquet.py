@@ -5,7 +5,9 @@ becomes ``n`` Parquet rows sharing its ``request_id`` (``row`` says which), so a
 one value per sample, as drift statistics want it. A tensor with a batch axis is cut into its rows:
 a numeric row of shape ``(F,)`` becomes ``F`` columns (the model's ``feature_names`` for an input
 when they fit, else ``<name>_<i>``), a numeric scalar one column, anything else a binary column of
-its raw bytes plus a ``<name>.shape`` column. Outputs get the same, prefixed ``output.``.
+its raw bytes plus a ``<name>.shape`` column. Outputs get the same, prefixed ``output.``. Inputs
+of a request that failed before they were checked are kept whole as bytes and shape, since their
+datatype may fit no column the model's answered requests make.
 
 The file is named after its segment, so compacting a segment again after a crash replaces the same
 files instead of duplicating rows. It is written to a temporary name, fsynced, renamed and the
@@ -95,9 +97,15 @@ def _add_tensor(
 
 
 def _add_piece(
-    columns: _Columns, row: int, name: str, piece: RawTensor, row_shape: tuple[int, ...], names: Sequence[str] | None
+    columns: _Columns,
+    row: int,
+    name: str,
+    piece: RawTensor,
+    row_shape: tuple[int, ...],
+    names: Sequence[str] | None,
+    raw: bool = False,
 ) -> None:
-    if piece.datatype != BYTES and len(row_shape) <= 1:
+    if not raw and piece.datatype != BYTES and len(row_shape) <= 1:
         values = np.frombuffer(piece.data, dtype=numpy_dtype(piece.datatype))
         kind = pa.from_numpy_dtype(values.dtype)
         if not row_shape:
@@ -128,7 +136,10 @@ def table_of(records: Sequence[CaptureRecord], feature_names: Sequence[str] | No
             columns.put("latency_ms", pa.float64(), row, record.latency_ms)
         lone_input = feature_names if len(record.inputs) == 1 else None
         for name, tensor in record.inputs.items():
-            _add_tensor(columns, columns.rows, rows, name, tensor, lone_input)
+            if record.inputs_checked:
+                _add_tensor(columns, columns.rows, rows, name, tensor, lone_input)
+            else:  # as sent, whatever its datatype: whole, as bytes, on the record's first row
+                _add_piece(columns, columns.rows, name, tensor, tensor.shape, None, raw=True)
         for name, tensor in record.outputs.items():
             _add_tensor(columns, columns.rows, rows, OUTPUT_PREFIX + name, tensor, None)
         columns.end_rows(rows)

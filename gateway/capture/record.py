@@ -70,6 +70,9 @@ class CaptureRecord:
     rows: int
     inputs: dict[str, RawTensor] = field(default_factory=dict)  # data is bytes: records own their copies
     outputs: dict[str, RawTensor] = field(default_factory=dict)
+    # False when the request failed before its inputs were checked against the model: they are kept
+    # as sent, and may fit no column the model's own records make.
+    inputs_checked: bool = True
 
 
 def encode(record: CaptureRecord) -> bytes:
@@ -87,6 +90,7 @@ def encode(record: CaptureRecord) -> bytes:
         "s": record.status,
         "l": record.latency_ms,
         "n": record.rows,
+        "c": record.inputs_checked,
         "x": [[role, name, tensor.datatype, list(tensor.shape), len(tensor.data)] for role, name, tensor in tensors],
     }
     head = json.dumps(meta, separators=(",", ":")).encode()
@@ -112,7 +116,7 @@ def decode(data: bytes | memoryview) -> CaptureRecord:
             raise RecordCorrupt(f"{len(view) - offset} bytes after the last tensor")
         return CaptureRecord(
             meta["id"], meta["t"], meta["m"], meta["v"], meta["a"], meta["g"], meta["r"], meta["s"], meta["l"],
-            meta["n"], inputs, outputs,
+            meta["n"], inputs, outputs, meta["c"],
         )  # fmt: skip
     except (struct.error, ValueError, KeyError, TypeError) as error:
         if isinstance(error, RecordCorrupt):

@@ -34,6 +34,7 @@ from gateway.serving.observers import Commit
 log = logging.getLogger(__name__)
 
 WAL_DIR = "_wal"  # a leading underscore: pyarrow's dataset discovery skips it
+UNREADABLE = ".unreadable"  # a segment compaction failed on for a reason other than the disk's
 
 Durability = Literal["async", "sync"]
 Overflow = Literal["block", "drop"]
@@ -137,12 +138,22 @@ class CaptureLog:
                 closing = self._closing
                 self._room.notify_all()
             if batch:
-                self._commit(batch)
+                self._commit_or_fail(batch)
             self._roll_if_due(force=closing)
             if closing:
                 with self._ready:
                     if not self._buffer:
                         return
+
+    def _commit_or_fail(self, batch: list[tuple[CaptureRecord, Commit | None]]) -> None:
+        try:
+            self._commit(batch)
+        except Exception:  # a bug here must neither end the writer nor leave a sync caller waiting
+            log.exception("capture: could not write a batch of %d records", len(batch))
+            self.stats.add("failed", len(batch))
+            for _, commit in batch:
+                if commit is not None:
+                    commit.settle(False)
 
     def _commit(self, batch: list[tuple[CaptureRecord, Commit | None]]) -> None:
         frames = b"".join([frame(encode(record)) for record, _ in batch])
@@ -263,6 +274,10 @@ class CaptureLog:
                     self._compact(path)
                 except OSError as error:  # left in place; tried again next round
                     log.error("capture: cannot compact %s (%s)", path.name, error)
+                except Exception:  # records no table can hold: set aside, so recovery never fails on it
+                    log.exception("capture: cannot compact %s; kept as %s%s", path.name, path.name, UNREADABLE)
+                    with contextlib.suppress(OSError):
+                        path.rename(path.with_name(path.name + UNREADABLE))
             if self.config.max_bytes:
                 # Counted afresh from the disk now and then, so that estimates never drift far.
                 with self._usage_lock:

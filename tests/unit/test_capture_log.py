@@ -191,3 +191,32 @@ def test_a_write_error_is_counted_and_writing_resumes(tmp_path: Path) -> None:
     assert back.wait(5)
     log.close()
     assert table(tmp_path)["request_id"] == ["r2"]
+
+
+def test_inputs_that_failed_their_checks_are_kept_whole_beside_checked_ones(tmp_path: Path) -> None:
+    log = capture(tmp_path)
+    log.recover()
+    log.start()
+    log.put(record(0), None)
+    sent = RawTensor("BOOL", (1, 5), bytes(5))  # a datatype and width the model does not take
+    failed = CaptureRecord("bad", record(0).time_unix_ns, "m", "1", "stable", 0, "no-canary", "INVALID_ARGUMENT",
+                           0.1, 1, {"x": sent}, {}, inputs_checked=False)  # fmt: skip
+    log.put(failed, None)
+    log.close()
+    rows = {row["request_id"]: row for row in open_dataset(tmp_path).to_table().to_pylist()}
+    assert rows["bad"]["x"] == bytes(5) and rows["bad"]["x.shape"] == [1, 5] and rows["bad"]["a"] is None
+    assert rows["r0"]["x"] is None and rows["r0"]["a"] is not None
+
+
+def test_a_segment_no_table_can_hold_is_set_aside_not_fatal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    wal = tmp_path / WAL_DIR
+    wal.mkdir()
+    (wal / "1-dead-000001.log").write_bytes(frame(encode(record(0))))
+
+    def broken(*args: object) -> None:
+        raise ValueError("a bug")
+
+    monkeypatch.setattr("gateway.capture.writer.write_partitions", broken)
+    log = capture(tmp_path)
+    log.recover()
+    assert [path.name for path in wal.iterdir()] == ["1-dead-000001.log.unreadable"]
