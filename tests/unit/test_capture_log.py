@@ -9,14 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 import pytest
 
-from gateway.capture.parquet import open_dataset, parquet_files
+from gateway.capture.parquet import open_dataset, parquet_files, table_of
 from gateway.capture.record import CaptureRecord, encode
 from gateway.capture.stats import saved_totals
 from gateway.capture.wal import frame
 from gateway.capture.writer import WAL_DIR, CaptureConfig, CaptureLog
 from gateway.serving.observers import Commit
+from runtimes.datatypes import BYTES, DATATYPES, encode_bytes, numpy_dtype
 from runtimes.raw_tensors import RawTensor
 
 FEATURES = ("a", "b", "c")
@@ -220,3 +222,23 @@ def test_a_segment_no_table_can_hold_is_set_aside_not_fatal(tmp_path: Path, monk
     log = capture(tmp_path)
     log.recover()
     assert [path.name for path in wal.iterdir()] == ["1-dead-000001.log.unreadable"]
+
+
+@pytest.mark.parametrize("datatype", [name for name in DATATYPES if name != BYTES])
+def test_every_numeric_datatype_becomes_typed_feature_columns(tmp_path: Path, datatype: str) -> None:
+    values = np.arange(6).reshape(2, 3).astype(numpy_dtype(datatype))
+    sent = CaptureRecord("r", record(0).time_unix_ns, "m", "1", "stable", 0, "no-canary", "OK", 0.1, 2,
+                         {"x": RawTensor(datatype, (2, 3), values.tobytes())}, {})  # fmt: skip
+    table = table_of([sent], None)
+    kept = np.column_stack([table.column(f"x_{index}").to_numpy(zero_copy_only=False) for index in range(3)])
+    assert kept.dtype == values.dtype and kept.tobytes() == values.tobytes()
+    pq.write_table(table, tmp_path / "one.parquet", compression="zstd")  # Parquet takes every one of them
+    assert pq.read_table(tmp_path / "one.parquet").num_rows == 2
+
+
+def test_bytes_tensors_are_kept_per_row_with_their_shape() -> None:
+    rows = [encode_bytes(np.array([b"a", b"bc"], dtype=object)), encode_bytes(np.array([b"", b"def"], dtype=object))]
+    sent = CaptureRecord("r", 0, "m", "1", "stable", 0, "no-canary", "OK", 0.1, 2,
+                         {"s": RawTensor(BYTES, (2, 2), b"".join(rows))}, {})  # fmt: skip
+    table = table_of([sent], None).to_pydict()
+    assert table["s"] == rows and table["s.shape"] == [[2], [2]]
