@@ -85,6 +85,8 @@ def _selected(
 
 
 def _summary(root: Path, model: str, version: str | None, table: Any, totals: dict[str, int]) -> dict[str, Any]:
+    import pyarrow.parquet as pq
+
     partitions = []
     for directory in sorted(root.glob(f"model={urllib.parse.quote(model, safe='')}/version=*/date=*")):
         named = dict(part.split("=", 1) for part in directory.relative_to(root).parts)
@@ -93,6 +95,7 @@ def _summary(root: Path, model: str, version: str | None, table: Any, totals: di
         files = sorted(directory.glob("*.parquet"))
         partitions.append({
             "version": urllib.parse.unquote(named["version"]), "date": named["date"], "files": len(files),
+            "rows": sum(pq.ParquetFile(path).metadata.num_rows for path in files),
             "bytes": sum(path.stat().st_size for path in files),
         })  # fmt: skip
     times = table.column("time").to_pylist() if table.num_rows else []
@@ -120,7 +123,8 @@ def _text(summary: dict[str, Any]) -> str:
     if summary["first"] is not None:
         lines.append(f"  from {summary['first']} to {summary['last']}")
     lines.extend(
-        f"  version {p['version']}  {p['date']}  {p['files']} files  {p['bytes']} bytes" for p in summary["partitions"]
+        f"  version {p['version']}  {p['date']}  {p['rows']} rows  {p['files']} files  {p['bytes']} bytes"
+        for p in summary["partitions"]
     )
     lines.append(
         f"  dropped {summary['dropped']}, failed {summary['failed']}, skipped {summary['skipped']},"

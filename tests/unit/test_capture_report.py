@@ -47,8 +47,9 @@ def test_the_summary_counts_partitions_rows_and_drops(root: Path, capsys: pytest
     assert (summary["rows"], summary["requests"], summary["dropped"], summary["skipped"]) == (3, 3, 1, 0)
     partitions = summary["partitions"]
     assert isinstance(partitions, list)
-    assert [(p["version"], p["date"]) for p in partitions] == [("1", "2026-01-01"), ("1", "2026-01-02"),
-                                                              ("2", "2026-01-02")]  # fmt: skip
+    assert [(p["version"], p["date"], p["rows"]) for p in partitions] == [
+        ("1", "2026-01-01", 1), ("1", "2026-01-02", 1), ("2", "2026-01-02", 1)
+    ]  # fmt: skip
     assert summary["first"] == "2026-01-01T00:00:00+00:00"
     assert report(capsys, root, "--version", "2")["rows"] == 1
     assert report(capsys, root, "--since", "2026-01-02")["rows"] == 2
