@@ -52,7 +52,9 @@ def run_capture(args: argparse.Namespace) -> int:
     if not root.is_dir():
         print(f"turnout: {root} is not a capture directory", file=sys.stderr)
         return 2
-    table = _selected(root, args.model, args.model_version, args.since, args.until)
+    # A summary reads two columns; an export reads them all.
+    columns = None if args.export is not None else ["request_id", "time"]
+    table = _selected(root, args.model, args.model_version, args.since, args.until, columns)
     if args.export is not None:
         import pyarrow.parquet as pq
 
@@ -65,7 +67,12 @@ def run_capture(args: argparse.Namespace) -> int:
 
 
 def _selected(
-    root: Path, model: str, version: str | None, since: datetime.datetime | None, until: datetime.datetime | None
+    root: Path,
+    model: str,
+    version: str | None,
+    since: datetime.datetime | None,
+    until: datetime.datetime | None,
+    columns: list[str] | None,
 ) -> Any:
     import pyarrow.compute as pc
 
@@ -81,7 +88,7 @@ def _selected(
         condition = condition & (pc.field("time") >= since)
     if until is not None:
         condition = condition & (pc.field("time") < until)
-    return dataset.to_table(filter=condition)
+    return dataset.to_table(columns=columns, filter=condition)
 
 
 def _summary(root: Path, model: str, version: str | None, table: Any, totals: dict[str, int]) -> dict[str, Any]:

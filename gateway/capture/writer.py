@@ -269,25 +269,27 @@ class CaptureLog:
 
     def _compact_all(self) -> None:
         with self._compacting:
+            compacted = False
             for path in closed_segments(self.wal_dir):
                 try:
-                    self._compact(path)
+                    compacted = self._compact(path) or compacted
                 except OSError as error:  # left in place; tried again next round
                     log.error("capture: cannot compact %s (%s)", path.name, error)
                 except Exception:  # records no table can hold: set aside, so recovery never fails on it
                     log.exception("capture: cannot compact %s; kept as %s%s", path.name, path.name, UNREADABLE)
                     with contextlib.suppress(OSError):
                         path.rename(path.with_name(path.name + UNREADABLE))
-            if self.config.max_bytes:
-                # Counted afresh from the disk now and then, so that estimates never drift far.
+            if self.config.max_bytes and (compacted or self._over_budget):
+                # Counted afresh from the disk after each change, so that estimates never drift far.
                 with self._usage_lock:
                     self._usage = _bytes_under(self.config.root)
                 self._delete_oldest(self.config.max_bytes)
 
-    def _compact(self, path: Path) -> None:
+    def _compact(self, path: Path) -> bool:
+        """Compact one segment into Parquet; False when it is not ours to take (being written, or taken)."""
         fd = claim(path)
-        if fd is None:  # being written, or another process has it
-            return
+        if fd is None:
+            return False
         try:
             data = _read_all(fd)
             read = read_frames(data)
@@ -305,6 +307,7 @@ class CaptureLog:
             self.stats.add("compacted", len(records))
         finally:
             os.close(fd)
+        return True
 
 
 def _read_all(fd: int) -> bytes:

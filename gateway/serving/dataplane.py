@@ -59,7 +59,8 @@ class Dataplane:
                 raise
             response = self._response(version, route, request, outputs)
             commit = commit_of(pending)
-            if commit is not None and not commit.wait():  # synchronous capture: answered once recorded
+            # Synchronous capture: answered once recorded, and within the caller's deadline.
+            if commit is not None and not commit.wait(timeout_s):
                 raise _not_kept()
             ok = True
             return response
