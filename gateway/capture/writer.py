@@ -103,9 +103,17 @@ class CaptureLog:
     # -- life cycle ------------------------------------------------------------------------------
 
     def recover(self) -> None:
-        """Compact every segment a stopped or crashed process left; called before the gateway is ready."""
-        self._prepare_directories()
-        self._usage = _bytes_under(self.config.root)
+        """Compact every segment a stopped or crashed process left; called before the gateway is ready.
+
+        A directory that cannot be made or read is logged, not raised: the gateway serves, and the
+        writer counts what it cannot write until the directory works.
+        """
+        try:
+            self._prepare_directories()
+            self._usage = _bytes_under(self.config.root)
+        except OSError as error:
+            log.error("capture: cannot use %s (%s); serving, and counting what cannot be written", self.wal_dir, error)
+            return
         self._compact_all()
         self.stats.save()
 
@@ -131,7 +139,7 @@ class CaptureLog:
     def _write_loop(self) -> None:
         while True:
             with self._ready:
-                if not self._buffer and not self._closing:
+                if not self._closing and self._may_wait():
                     self._ready.wait(self.config.flush_s)
                 batch = list(self._buffer)
                 self._buffer.clear()
@@ -144,6 +152,13 @@ class CaptureLog:
                 with self._ready:
                     if not self._buffer:
                         return
+
+    def _may_wait(self) -> bool:
+        # sync: callers wait, so write as soon as there is anything. async: gather for a flush
+        # interval (one fsync per interval under steady load), unless the buffer is half full.
+        if self.config.durability == "sync":
+            return not self._buffer
+        return len(self._buffer) * 2 < self.config.buffer_records
 
     def _commit_or_fail(self, batch: list[tuple[CaptureRecord, Commit | None]]) -> None:
         try:

@@ -242,3 +242,15 @@ def test_bytes_tensors_are_kept_per_row_with_their_shape() -> None:
                          {"s": RawTensor(BYTES, (2, 2), b"".join(rows))}, {})  # fmt: skip
     table = table_of([sent], None).to_pydict()
     assert table["s"] == rows and table["s.shape"] == [[2], [2]]
+
+
+def test_an_unusable_directory_at_start_is_logged_and_counted_not_raised(tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("a file where the capture directory should be")
+    log = capture(tmp_path / "taken")
+    log.recover()
+    log.start()
+    commit = Commit()
+    log.put(record(0), commit)
+    assert commit.wait(5) is False
+    log.close()
+    assert log.stats.snapshot()["failed"] == 1
