@@ -171,16 +171,16 @@ class CaptureLog:
                     commit.settle(False)
 
     def _commit(self, batch: list[tuple[CaptureRecord, Commit | None]]) -> None:
-        frames = b"".join([frame(encode(record)) for record, _ in batch])
-        kept = self._append(frames, len(batch))
-        for _, commit in batch:
+        frames = [frame(encode(record)) for record, _ in batch]
+        fitting = self._fitting(frames)  # the budget may have room for only the first few
+        if fitting < len(frames):
+            self.stats.add("dropped_budget", len(frames) - fitting)
+        kept = bool(fitting) and self._append(b"".join(frames[:fitting]), fitting)
+        for index, (_, commit) in enumerate(batch):
             if commit is not None:
-                commit.settle(kept)
+                commit.settle(kept and index < fitting)
 
     def _append(self, frames: bytes, count: int) -> bool:
-        if not self._make_room(len(frames)):
-            self.stats.add("dropped_budget", count)
-            return False
         try:
             segment = self._open_segment()
             segment.append(frames, count)
@@ -230,23 +230,30 @@ class CaptureLog:
 
     # -- the budget ------------------------------------------------------------------------------
 
-    def _make_room(self, needed: int) -> bool:
+    def _fitting(self, frames: list[bytes]) -> int:
+        """How many of ``frames``, from the first, fit the budget once the oldest files make room."""
         budget = self.config.max_bytes
         if not budget:
-            return True
+            return len(frames)
+        needed = sum(len(one) for one in frames)
         with self._usage_lock:
-            if self._usage + needed <= budget:
-                self._end_over_budget()
-                return True
-        self._delete_oldest(budget - needed)
-        with self._usage_lock:
-            fits = self._usage + needed <= budget
-        if not fits and not self._over_budget:
+            room = budget - self._usage
+        if needed > room:
+            self._delete_oldest(budget - needed)
+            with self._usage_lock:
+                room = budget - self._usage
+        count = 0
+        for one in frames:
+            if len(one) > room:
+                break
+            room -= len(one)
+            count += 1
+        if not count and not self._over_budget:
             self._over_budget = True
             log.error("capture: the disk budget of %d bytes has no room; dropping and counting records", budget)
-        elif fits:
+        elif count:
             self._end_over_budget()
-        return fits
+        return count
 
     def _end_over_budget(self) -> None:
         if self._over_budget:
