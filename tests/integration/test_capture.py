@@ -133,6 +133,24 @@ def test_sync_capture_keeps_every_acknowledged_request_through_a_sigkill(reposit
     print(json.dumps({"acknowledged": len(acknowledged), "captured": len(records), "seconds": round(elapsed, 1)}))
 
 
+def test_a_streams_answers_wait_for_their_sync_records_too(repository: Path, tmp_path: Path) -> None:
+    root = tmp_path / "capture"
+    flags = ["--capture-dir", str(root), "--capture-durability", "sync"]
+    rng = np.random.default_rng(9)
+    sent = {f"stream-{index}": rng.integers(0, 17, size=(1, 64)).astype(np.float32) for index in range(100)}
+    with GatewayProcess(repository, *flags) as gateway, grpc.insecure_channel(gateway.address) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        requests = iter([request_of(request_id, pixels) for request_id, pixels in sent.items()])
+        answers = list(stub.ModelStreamInfer(requests, timeout=TIMEOUT_S))
+        assert [answer.error_message for answer in answers] == [""] * len(sent)
+        assert {answer.infer_response.id for answer in answers} == set(sent)
+        gateway.stop(signal.SIGKILL)  # every answer received means every record committed
+    with GatewayProcess(repository, *flags):
+        records = captured(root)
+    for request_id, pixels in sent.items():
+        assert pixels_of(records[request_id]).tobytes() == pixels.tobytes()
+
+
 def test_async_capture_loses_nothing_on_a_graceful_stop(repository: Path, tmp_path: Path) -> None:
     root = tmp_path / "capture"
     with GatewayProcess(repository, "--capture-dir", str(root), "--capture-flush-ms", "1000") as gateway:
