@@ -6,6 +6,9 @@ import logging
 import threading
 from pathlib import Path
 
+from gateway.capture.observer import CaptureObserver
+from gateway.capture.parquet import repository_feature_names
+from gateway.capture.writer import CaptureConfig, CaptureLog
 from gateway.edge.inference_servicer import InferenceServicer
 from gateway.edge.rollouts_servicer import RolloutsServicer
 from gateway.edge.server import GatewayServer
@@ -68,6 +71,20 @@ def host_factory(settings: Settings, zygote: Zygote | None = None) -> HostFactor
     return in_worker
 
 
+def capture_log(settings: Settings) -> CaptureLog | None:
+    """The capture pipeline when ``--capture-dir`` is given."""
+    if settings.capture_dir is None:
+        return None
+    config = CaptureConfig(
+        settings.capture_dir,
+        durability=settings.capture_durability,
+        overflow=settings.capture_overflow,
+        flush_s=settings.capture_flush_ms / 1e3,
+        max_bytes=settings.capture_max_bytes,
+    )
+    return CaptureLog(config, repository_feature_names(settings.repository))
+
+
 class Gateway:
     """Every part of one gateway process, wired together."""
 
@@ -93,12 +110,21 @@ class Gateway:
             heartbeat_interval_s=_HEARTBEAT_S,
             rollback_window_s=settings.rollback_window_s,
         )
+        self.capture = capture_log(settings)
+        capturing = (
+            CaptureObserver(self.capture, settings.capture_sample, settings.capture_outputs)
+            if self.capture is not None
+            else None
+        )
         self.shadows = ShadowMirror(
             lambda model, version: self.manager.acquire(model, str(version)),
             settings.shadow_queue_size,
             settings.shadow_timeout_s,
+            on_answered=capturing.observe_shadows if capturing is not None else None,
         )
         self.observers.register(self.shadows)
+        if capturing is not None:
+            self.observers.register(capturing, holds_answers=settings.capture_durability == "sync")
         propagation = Propagation(
             self.store, self.sync, apply_timeout_s=settings.apply_timeout_s, liveness_s=_LIVENESS_S
         )
@@ -123,6 +149,9 @@ class Gateway:
             # Not one of a supervisor's processes, so a server starting afresh: earlier explicit loads
             # and unloads do not carry over, as in Triton (the supervisor clears them for its own).
             self.store.clear_repository_requests()
+        if self.capture is not None:  # what a crashed run left is compacted before this one is ready
+            self.capture.recover()
+            self.capture.start()
         self.manager.start()
         self.sync.start()  # loads what the stored policies name before the port opens
         self.server.start()
@@ -134,6 +163,8 @@ class Gateway:
         self.sync.close()
         self.shadows.close()
         self.manager.close()
+        if self.capture is not None:  # after the dispatchers: every record is buffered by now
+            self.capture.close()
         self.store.close()
 
 

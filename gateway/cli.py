@@ -103,8 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.client.commands import add_commands
 
     add_commands(commands)
+    # Both read capture files and talk to no gateway.
     from gateway.capture.drift_command import add_drift_command
+    from gateway.capture.report import add_capture_command
 
+    add_capture_command(commands)
     add_drift_command(commands)
     return parser
 
@@ -170,6 +173,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from gateway.capture.drift_command import run_drift
 
         return run_drift(args)
+    if args.command == "capture":  # reads files; talks to no gateway
+        from gateway.capture.report import run_capture
+
+        return run_capture(args)
     from gateway.client.commands import run
 
     return run(args)

@@ -117,6 +117,27 @@ class Settings(BaseSettings):
         description="CPUs for the gateway's threads, e.g. 0 or 0-3 (none: any); with --processes N, one each",
     )
 
+    # Request capture (gateway/capture): on when a directory is given.
+    capture_dir: Path | None = Field(
+        None, description="directory of captured request records (write-ahead log and Parquet); none: capture off"
+    )
+    capture_durability: Literal["async", "sync"] = Field(
+        "async",
+        description="async: records reach the disk within --capture-flush-ms; sync: a caller is answered only"
+        " once its record is on disk",
+    )
+    capture_overflow: Literal["block", "drop"] = Field(
+        "drop", description="when the capture buffer is full: drop the record (counted) or make the request wait"
+    )
+    capture_flush_ms: int = Field(200, ge=1, le=60_000, description="longest time an async record waits to be written")
+    capture_max_bytes: int = Field(
+        0, ge=0, description="disk budget of the capture directory; the oldest Parquet files go first; 0: none"
+    )
+    capture_outputs: bool = Field(True, description="capture the outputs as well as the inputs")
+    capture_sample: float = Field(
+        1.0, ge=0.0, le=1.0, description="fraction of requests captured, decided by request id; failed ones always"
+    )
+
     @property
     def forks_workers(self) -> bool:
         """Whether this process forks its own workers from a zygote: not in-process, not spawned, and

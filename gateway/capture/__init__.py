@@ -1,1 +1,2 @@
-"""request records: buffer, write-ahead log, Parquet compaction, drift statistics"""
+"""Request records: the capture observer's buffer, write-ahead log and Parquet compaction, and drift
+statistics over what was captured."""

@@ -3,6 +3,10 @@
 A shadow never touches the caller: its copy is made once the primary has answered, it waits in a
 bounded lane of its own (a full lane drops the copy and counts it), and its errors, timeouts and
 slowness only ever change the figures. Sending and comparison run on a thread of their own.
+
+Whoever wants each shadow answer as well (capture keeps it as a record of its own) passes
+``on_answered``: it is told, on the shadow thread, about each finished copy, with the primary's
+request and request id and a route naming the shadow version.
 """
 
 from __future__ import annotations
@@ -19,16 +23,17 @@ from typing import Any
 
 import numpy as np
 
-from gateway.errors import TurnoutError
+from gateway.errors import TurnoutError, Unavailable
 from gateway.serving.batching import Pending, merge_key_of
 from gateway.serving.model_version import ModelVersion
-from gateway.serving.observers import Finished, Route
+from gateway.serving.observers import Finished, Route, Timings
 from runtimes.contract import Arrays
 from runtimes.raw_tensors import RawTensor, RawTensors, RowsMismatch, array_of, cut_rows, joined
 
 log = logging.getLogger(__name__)
 
 Acquire = Callable[[str, int], ModelVersion]
+ShadowAnswered = Callable[[Sequence[Finished]], None]
 
 
 @dataclass(slots=True)
@@ -179,6 +184,7 @@ class _Copy:
     merge_key: tuple[Any, ...]  # the request's own: copies merge when their keys are equal
     primary: RawTensors
     queued_at: float
+    source: Finished  # the primary's finished request, for whoever wants the shadow's answer too
 
 
 @dataclass(slots=True)
@@ -228,8 +234,16 @@ class ShadowMirror:
     costs a round trip per window, not per request, and sheds what it cannot keep up with.
     """
 
-    def __init__(self, acquire: Acquire, max_queued: int, timeout_s: float, batch_window_s: float = 0.02) -> None:
+    def __init__(
+        self,
+        acquire: Acquire,
+        max_queued: int,
+        timeout_s: float,
+        batch_window_s: float = 0.02,
+        on_answered: ShadowAnswered | None = None,
+    ) -> None:
         self._acquire = acquire
+        self._on_answered = on_answered
         self._batch_window_s = batch_window_s
         # Lanes waiting for their batching window, by due time; touched by the shadow thread only.
         self._delayed: list[tuple[float, int, _Lane]] = []
@@ -284,7 +298,7 @@ class ShadowMirror:
                     copies = by_shadow[key] = []
                 figures = copies[0].figures if copies else self._figures_for(*key)
                 merge_key = merge_key or merge_key_of(item.inputs)
-                copies.append(_Copy(figures, item.inputs, item.rows, merge_key, item.outputs, now))
+                copies.append(_Copy(figures, item.inputs, item.rows, merge_key, item.outputs, now, item))
         for (model, _, shadow), copies in by_shadow.items():
             self._enqueue(model, shadow, copies)
         for key, count in paused.items():
@@ -410,11 +424,35 @@ class ShadowMirror:
             log.debug("shadow %s failed: %s", version.label, done.error or f"no answer within {self._timeout_s}s")
             self._fail(batch)
             self._count_failed_batch(lane, version.label)
+            error = done.error or Unavailable(f"{version.label}: no shadow answer within {self._timeout_s}s")
+            self._report(lane, batch, None, error, latency)
         else:
             lane.failed_batches = 0
             assert done.outputs is not None
             self._compare(batch, done.outputs, latency)
+            self._report(lane, batch, done.outputs, None, latency)
         self._run_lane(lane)
+
+    def _report(
+        self, lane: _Lane, batch: list[_Copy], outputs: RawTensors | None, error: TurnoutError | None, latency_s: float
+    ) -> None:
+        """Tell ``on_answered`` about each copy of a finished shadow batch; its failure is only logged."""
+        if self._on_answered is None:
+            return
+        timings = Timings(time.time_ns() - int(latency_s * 1e9), latency_s, 0.0, latency_s)
+        answers = _outputs_per_copy(batch, outputs) if outputs is not None else [None] * len(batch)
+        finished = []
+        for item, answer in zip(batch, answers, strict=True):
+            source = item.source
+            assert source.route is not None
+            route = source.route._replace(version=lane.version, shadows=())
+            finished.append(Finished(
+                source.request, route, item.inputs, item.rows, answer, error, timings, None, source.request_id
+            ))  # fmt: skip
+        try:
+            self._on_answered(finished)
+        except Exception:  # whoever listens must not stop the shadows
+            log.exception("the shadow answers' listener failed")
 
     @staticmethod
     def _count_failed_batch(lane: _Lane, label: str) -> None:
@@ -487,6 +525,21 @@ def _per_figures(batch: list[_Copy]) -> list[tuple[ShadowFigures, int]]:
 
 def _rows_of(batch: list[_Copy], name: str) -> RawTensor:
     return joined([item.inputs[name] for item in batch])
+
+
+def _outputs_per_copy(batch: list[_Copy], outputs: RawTensors) -> list[RawTensors | None]:
+    """A shadow batch's raw outputs cut into each copy's rows; None for a copy when they cannot be cut."""
+    rows = [item.rows for item in batch]
+    per_copy: list[RawTensors | None] = [{} for _ in batch]
+    for name, tensor in outputs.items():
+        try:
+            pieces = cut_rows(tensor, rows)
+        except RowsMismatch:
+            return [None] * len(batch)
+        for answer, piece in zip(per_copy, pieces, strict=True):
+            assert answer is not None
+            answer[name] = piece
+    return per_copy
 
 
 def _arrays_per_copy(batch: list[_Copy], outputs: RawTensors) -> list[Arrays]:

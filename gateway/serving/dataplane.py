@@ -13,19 +13,23 @@ import time
 from collections.abc import Callable
 
 from gateway import headers
-from gateway.errors import DeadlineExceeded, Internal, InvalidArgument, TurnoutError
+from gateway.errors import DeadlineExceeded, Internal, InvalidArgument, TurnoutError, Unavailable
 from gateway.routing.decide import Arm, Reason, decide
 from gateway.routing.table import RoutingTableHolder
 from gateway.serving.batching import Pending
 from gateway.serving.inference_types import InferRequest, InferResponse
 from gateway.serving.model_manager import ModelManager
 from gateway.serving.model_version import ModelVersion
-from gateway.serving.observers import RequestObservers, Route
+from gateway.serving.observers import RequestObservers, Route, commit_of
 from gateway.serving.request_checks import checked_inputs, checked_outputs
 from gateway.serving.tensors import Tensor
 from runtimes.raw_tensors import RawTensors
 
 Done = Callable[[InferResponse | None, TurnoutError | None], None]
+
+
+def _not_kept() -> Unavailable:
+    return Unavailable("the request was answered, but its capture record could not be committed; try again")
 
 
 class Dataplane:
@@ -54,6 +58,10 @@ class Dataplane:
                 self._observers.failed_early(request, route, error, started, pending)
                 raise
             response = self._response(version, route, request, outputs)
+            commit = commit_of(pending)
+            # Synchronous capture: answered once recorded, and within the caller's deadline.
+            if commit is not None and not commit.wait(timeout_s):
+                raise _not_kept()
             ok = True
             return response
         finally:
@@ -78,7 +86,11 @@ class Dataplane:
                     error = problem
             version.release()
             version.statistics.record_request(error is None, time.monotonic_ns() - started)
-            done(response, error)
+            commit = commit_of(pending)
+            if commit is None:
+                done(response, error)
+            else:  # synchronous capture: the stream's answer goes out once its record is kept
+                commit.then(lambda kept: done(response, error) if kept else done(None, error or _not_kept()))
 
         try:
             self._queue(version, route, request, finish, started)

@@ -11,12 +11,19 @@ Observers hand the event over and return: they never block a caller, and an obse
 logged and skipped, never seen by the caller. Nothing is built for a request that no observer wants:
 the dataplane asks ``RequestObservers.wants`` once per request, and only a wanted request carries a
 :class:`Ticket` through the batch queue.
+
+One observer may *hold answers* (synchronous capture): each request it wants then carries a
+:class:`Commit`, which that observer settles once the request's record is durable, and the
+dataplane hands the caller its answer only after that. The observer is still called after the batch
+is answered, on the dispatcher thread; only the caller's thread (or a stream's completion) waits.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
@@ -42,6 +49,47 @@ class Route(NamedTuple):
     shadows: tuple[int, ...] = ()  # versions that get a copy once it is answered
 
 
+class Commit:
+    """An answer-holding observer's promise for one request: settled once, with whether it was kept.
+
+    A caller blocks in :meth:`wait`; a stream registers :meth:`then`, run on the settling thread.
+    """
+
+    __slots__ = ("_guard", "_settled", "_then", "kept")
+
+    def __init__(self) -> None:
+        self._settled = threading.Lock()
+        self._settled.acquire()
+        self._guard = threading.Lock()
+        self._then: Callable[[bool], None] | None = None
+        self.kept: bool | None = None  # None until settled
+
+    def settle(self, kept: bool) -> None:
+        with self._guard:
+            if self.kept is not None:
+                return
+            self.kept = kept
+            then = self._then
+        self._settled.release()
+        if then is not None:
+            then(kept)
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """True once settled as kept; False when settled as lost or not settled within ``timeout_s``."""
+        if not self._settled.acquire(timeout=-1 if timeout_s is None else max(timeout_s, 0.0)):
+            return False
+        self._settled.release()  # later waiters pass straight through
+        return bool(self.kept)
+
+    def then(self, callback: Callable[[bool], None]) -> None:
+        """Run ``callback(kept)`` once settled: now, when it is already."""
+        with self._guard:
+            if self.kept is None:
+                self._then = callback
+                return
+        callback(self.kept)
+
+
 @dataclass(frozen=True, slots=True)
 class Ticket:
     """What the dataplane attaches to a queued request that an observer wants; batching never reads it."""
@@ -50,6 +98,8 @@ class Ticket:
     route: Route
     started_ns: int  # time.monotonic_ns() when the dataplane took the request
     received_unix_ns: int  # wall-clock time of the same moment, for records
+    commit: Commit | None = None  # when an observer holds answers: settled once it kept this request
+    request_id: str = ""  # the client's, or one assigned for observers (see request_id_of)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +121,10 @@ class Finished:
     outputs: RawTensors | None  # every output the request asked for; None when it failed
     error: TurnoutError | None
     timings: Timings
+    commit: Commit | None = None  # the answer-holding observer settles it (and only that one)
+    # What every observer knows the request by: the client's id, or a uuid4 hex assigned once for all
+    # of them (a shadow's answer and its primary's record share it). The caller's answer keeps its own.
+    request_id: str = ""
 
 
 class RequestObserver(Protocol):
@@ -88,11 +142,20 @@ class RequestObservers:
 
     def __init__(self) -> None:
         self._observers: tuple[RequestObserver, ...] = ()
+        self._holder: RequestObserver | None = None  # the observer whose commits hold answers
         # Asked once per request, so with a single observer it is that observer's own method.
         self.wants: Callable[[Route | None], bool] = _wants_nothing
 
-    def register(self, observer: RequestObserver) -> None:
-        """Add an observer; done in the composition root, before the gateway serves."""
+    def register(self, observer: RequestObserver, *, holds_answers: bool = False) -> None:
+        """Add an observer; done in the composition root, before the gateway serves.
+
+        ``holds_answers``: the callers of the requests it wants get their answers only once it has
+        settled their :class:`Commit` (at most one observer may).
+        """
+        if holds_answers:
+            if self._holder is not None:
+                raise ValueError("only one request observer may hold answers")
+            self._holder = observer
         self._observers = (*self._observers, observer)
         self.wants = observer.wants if len(self._observers) == 1 else self._any_wants
 
@@ -103,10 +166,14 @@ class RequestObservers:
                 return True
         return False
 
-    @staticmethod
-    def ticket(request: InferRequest, route: Route, started_ns: int) -> Ticket:
+    def ticket(self, request: InferRequest, route: Route, started_ns: int) -> Ticket:
         """The ticket a request that :meth:`wants` approved carries through the batch queue."""
-        return Ticket(request, route, started_ns, time.time_ns() - (time.monotonic_ns() - started_ns))
+        received = time.time_ns() - (time.monotonic_ns() - started_ns)
+        return Ticket(request, route, started_ns, received, self._commit_for(route), request_id_of(request))
+
+    def _commit_for(self, route: Route | None) -> Commit | None:
+        holder = self._holder
+        return Commit() if holder is not None and holder.wants(route) else None
 
     def batch_finished(self, batch: Sequence[Pending], dispatched_at: float, compute_s: float) -> None:
         """Called by a dispatcher once every request of a batch has its answer or error."""
@@ -124,7 +191,10 @@ class RequestObservers:
         latency_ns = time.monotonic_ns() - started_ns
         timings = Timings(time.time_ns() - latency_ns, latency_ns / 1e9, 0.0, 0.0)
         inputs, rows = (pending.inputs, pending.rows) if pending is not None else (None, 0)
-        self._notify([Finished(request, route, inputs, rows, None, error, timings)])
+        commit = self._commit_for(route)
+        self._notify([Finished(request, route, inputs, rows, None, error, timings, commit, request_id_of(request))])
+        if commit is not None:  # on the caller's own thread: its error waits for its record
+            commit.wait()
 
     def _notify(self, finished: list[Finished]) -> None:
         for observer in self._observers:
@@ -132,6 +202,21 @@ class RequestObservers:
                 observer.observe(finished)
             except Exception:  # an observer's failure is its own; the request has its answer already
                 log.exception("request observer %s failed", type(observer).__name__)
+                if observer is self._holder:  # its callers must not wait for commits it will never settle
+                    for item in finished:
+                        if item.commit is not None:
+                            item.commit.settle(False)
+
+
+def request_id_of(request: InferRequest) -> str:
+    """The client's request id, or a fresh uuid4 hex when it sent none."""
+    return request.id or uuid.uuid4().hex
+
+
+def commit_of(pending: Pending) -> Commit | None:
+    """The commit a queued request's caller waits for, if an observer holds its answer."""
+    ticket = pending.ticket
+    return ticket.commit if isinstance(ticket, Ticket) else None
 
 
 def _wants_nothing(route: Route | None) -> bool:
@@ -143,4 +228,7 @@ def _finished_in_batch(item: Pending, dispatched_at: float, compute_s: float) ->
     assert isinstance(ticket, Ticket)
     latency_s = (time.monotonic_ns() - ticket.started_ns) / 1e9
     timings = Timings(ticket.received_unix_ns, latency_s, dispatched_at - item.enqueued_at, compute_s)
-    return Finished(ticket.request, ticket.route, item.inputs, item.rows, item.outputs, item.error, timings)
+    return Finished(
+        ticket.request, ticket.route, item.inputs, item.rows, item.outputs, item.error, timings, ticket.commit,
+        ticket.request_id,
+    )  # fmt: skip

@@ -9,13 +9,14 @@ observer that raises never reaches the caller.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from gateway.errors import InvalidArgument, NotFound
+from gateway.errors import InvalidArgument, NotFound, Unavailable
 from gateway.registry.repository import ModelRepository
 from gateway.routing.decide import Arm, Reason
 from gateway.routing.table import RoutingTableHolder
@@ -163,3 +164,67 @@ def test_a_failing_observer_never_reaches_the_caller_nor_the_next_observer(
     with pytest.raises(InvalidArgument):
         dataplane.infer(request(width=3))
     assert len(recorder.finished) == 2
+
+
+class Holding:
+    """Holds answers: settles each request's commit from a thread of its own after ``delay_s``."""
+
+    def __init__(self, kept: bool = True, delay_s: float = 0.2) -> None:
+        self.kept = kept
+        self.delay_s = delay_s
+        self.settled_at: list[float] = []
+
+    def wants(self, route: Route | None) -> bool:
+        return True
+
+    def observe(self, finished: Sequence[Finished]) -> None:
+        commits = [item.commit for item in finished]
+        assert all(commit is not None for commit in commits)
+
+        def settle() -> None:
+            time.sleep(self.delay_s)
+            self.settled_at.append(time.monotonic())
+            for commit in commits:
+                assert commit is not None
+                commit.settle(self.kept)
+
+        threading.Thread(target=settle).start()
+
+
+def test_an_observer_holding_answers_answers_the_caller_only_once_it_settles(
+    dataplane: Dataplane, observers: RequestObservers
+) -> None:
+    holding = Holding()
+    observers.register(holding, holds_answers=True)
+    dataplane.infer(request())
+    answered_at = time.monotonic()
+    assert holding.settled_at and holding.settled_at[0] <= answered_at
+    with pytest.raises(InvalidArgument):  # a failure waits for its record too, on its own thread
+        dataplane.infer(request(width=5))
+    assert len(holding.settled_at) == 2
+
+
+def test_a_stream_answer_waits_for_the_commit_and_a_lost_record_is_unavailable(
+    dataplane: Dataplane, observers: RequestObservers
+) -> None:
+    holding = Holding(kept=False, delay_s=0.1)
+    observers.register(holding, holds_answers=True)
+    told: list[tuple[object, object]] = []
+    answered = threading.Event()
+
+    def done(response: object, error: object) -> None:
+        told.append((response, error))
+        answered.set()
+
+    dataplane.submit(request(rows=1), done)
+    assert answered.wait(5) and holding.settled_at
+    ((response, error),) = told
+    assert response is None and isinstance(error, Unavailable)
+    with pytest.raises(Unavailable, match="capture record"):
+        dataplane.infer(request())
+
+
+def test_only_one_observer_may_hold_answers(observers: RequestObservers) -> None:
+    observers.register(Holding(), holds_answers=True)
+    with pytest.raises(ValueError, match="only one"):
+        observers.register(Holding(), holds_answers=True)

@@ -4,7 +4,10 @@ layers point, and no import cycles.
 Every ``import`` in ``gateway/`` and ``runtimes/`` counts, the ones inside functions too (a lazy
 import is still a dependency). The layers, outside in::
 
-    edge, client, process, app, cli  ->  serving, rollouts  ->  routing, registry, state  ->  runtimes
+    edge, client, process, app, cli  ->  capture  ->  serving, rollouts  ->  routing, registry, state  ->  runtimes
+
+Capture is an observer of serving's seam: it imports serving's observer types and the registry (for
+feature names); nothing below it imports capture, and it imports nothing of the edge or rollouts.
 """
 
 from __future__ import annotations
@@ -143,6 +146,13 @@ def test_capture_is_a_part_the_serving_path_does_not_depend_on() -> None:
     outside = ("gateway.edge", "gateway.rollouts", "gateway.client", "gateway.app", "gateway.process", "grpc")
     assert violations(allowed=(), forbidden=outside, scope=("gateway.capture",)) == []
     assert "gateway.capture.drift" in imports()
+
+
+def test_capture_is_a_part_that_only_the_composition_root_and_the_cli_know() -> None:
+    assert "gateway.capture.observer" in imports()["gateway.app"]
+    assert violations(allowed=("gateway.app", "gateway.cli", "gateway.capture"), forbidden=("gateway.capture",)) == []
+    outer = ("gateway.edge", "gateway.client", "gateway.app", "gateway.process", "gateway.rollouts", "gateway.cli")
+    assert violations(allowed=(), forbidden=outer, scope=("gateway.capture",)) == []
 
 
 def test_routing_is_pure() -> None:

@@ -15,6 +15,9 @@ from gateway.rollouts.shadow import (
     compare_batch,
     compare_outputs,
 )
+from gateway.routing.decide import Arm, Reason
+from gateway.serving.inference_types import InferRequest
+from gateway.serving.observers import Finished, Route, Timings
 from runtimes.raw_tensors import raw_of
 
 
@@ -104,7 +107,9 @@ def test_copies_with_no_output_in_common_are_counted_as_compared() -> None:
 
 def test_a_shadow_batch_is_cut_per_copy_and_a_batch_that_cannot_be_cut_is_seen_whole() -> None:
     def copy(rows: int) -> _Copy:
-        return _Copy(ShadowFigures("m", 1, 2), {}, rows, (), {}, 0.0)
+        route = Route("m", 1, Arm.STABLE, 1, Reason.NO_CANARY, (2,))
+        source = Finished(InferRequest("m", "", "", []), route, {}, rows, {}, None, Timings(0, 0.0, 0.0, 0.0))
+        return _Copy(ShadowFigures("m", 1, 2), {}, rows, (), {}, 0.0, source)
 
     batch = [copy(1), copy(2)]
     cut = _arrays_per_copy(batch, {"p": raw_of(np.arange(6, dtype=np.float32).reshape(3, 2))})

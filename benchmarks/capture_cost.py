@@ -1,0 +1,106 @@
+"""What capture costs the serving path: capture off, async and sync, in interleaved rounds; prints JSON.
+
+Three gateways with worker processes serve the example digits model (no policy): one without
+capture, one with ``--capture-durability async`` and one with ``sync`` (each its own capture
+directory), every gateway on CPU 0 and the load generator on CPU 1 with ``--pin``. Each round loads
+each gateway at each concurrency (batch 1, unary), the order rotating from round to round. Reported
+per concurrency: each mode's median throughput, p50/p99 latency and gateway CPU per request, and the
+median over rounds of async/off and sync/off with a bootstrap 95% interval, plus the records kept.
+
+    python benchmarks/capture_cost.py --pin --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from run_rollouts import REPO_ROOT, Gateway, load, median_interval, ratios_of, rounded
+from run_serving import CLIENT_CPU, SERVER_CPU, machine
+
+from gateway.capture.stats import saved_totals
+
+MODES = ("off", "async", "sync")
+MEASURES = ("throughput_rps", "p50_ms", "p99_ms", "server_cpu_us_per_request")
+
+
+def flags_of(mode: str, root: Path) -> list[str]:
+    if mode == "off":
+        return []
+    return ["--capture-dir", str(root / mode), "--capture-durability", mode]
+
+
+def value(run: dict[str, Any], measure: str) -> float:
+    if measure in ("p50_ms", "p99_ms"):
+        return float(run["latency_ms"][measure[:3]])
+    return float(run[measure])
+
+
+def summary(cells: dict[tuple[str, int], list[dict[str, Any]]], concurrency: int) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for mode in MODES:
+        runs = cells[(mode, concurrency)]
+        result[mode] = {m: rounded(statistics.median(value(run, m) for run in runs)) for m in MEASURES}
+    for mode in MODES[1:]:
+        pairs = list(zip(cells[(mode, concurrency)], cells[("off", concurrency)], strict=True))
+        for measure in ("throughput_rps", "server_cpu_us_per_request"):
+            ratios = ratios_of(pairs, measure)
+            low, high = median_interval(ratios)
+            result[mode][f"{measure}_vs_off"] = {
+                "median_ratio": rounded(statistics.median(ratios)), "interval_95": [rounded(low), rounded(high)],
+            }  # fmt: skip
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--duration-s", type=float, default=3.0, help="measured seconds per cell")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[64])
+    parser.add_argument("--pin", action="store_true", help="gateways on CPU 0, the load generator on CPU 1")
+    args = parser.parse_args(argv)
+    started = time.time()
+    work = Path(tempfile.mkdtemp(prefix="turnout-capture-cost-"))
+    shutil.copytree(REPO_ROOT / "examples" / "models" / "digits", work / "models" / "digits")
+    server_cpu, client_cpu = (SERVER_CPU, CLIENT_CPU) if args.pin else (None, None)
+    gateways: dict[str, Gateway] = {}
+    cells: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    try:
+        for mode in MODES:
+            gateways[mode] = Gateway(work / "models", server_cpu, *flags_of(mode, work))
+        for round_index in range(args.rounds):
+            shift = round_index % len(MODES)
+            for concurrency in args.concurrency:
+                for mode in MODES[shift:] + MODES[:shift]:
+                    cell = load(gateways[mode], concurrency, args.duration_s, client_cpu)
+                    if cell.get("error_count"):
+                        raise RuntimeError(f"{mode} answered with errors: {cell.get('first_error')}")
+                    cells.setdefault((mode, concurrency), []).append(cell)
+            print(f"round {round_index} done", file=sys.stderr, flush=True)
+    finally:
+        for gateway in gateways.values():
+            gateway.stop()
+    kept = {mode: saved_totals(work / mode) for mode in MODES[1:]}
+    shutil.rmtree(work, ignore_errors=True)
+    document = {
+        "command": " ".join(["python benchmarks/capture_cost.py", *(argv if argv is not None else sys.argv[1:])]),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "wall_s": round(time.time() - started, 1),
+        "machine": machine(),
+        "per_concurrency": {f"{c}_in_flight": summary(cells, c) for c in args.concurrency},
+        "capture_counters": kept,
+    }
+    print(json.dumps(document, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

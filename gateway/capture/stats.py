@@ -1,0 +1,62 @@
+"""Capture's counters: kept in memory by one process, persisted as a small JSON file for ``turnout capture``."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+STATS_DIR = "_stats"  # a leading underscore: pyarrow's dataset discovery skips it
+COUNTERS = (
+    "written",  # records committed to the write-ahead log
+    "dropped_full",  # records dropped because the buffer was full (overflow: drop)
+    "dropped_closing",  # records handed over after a graceful stop began (late shadow answers)
+    "dropped_budget",  # records dropped because the disk budget had no room even after deletions
+    "failed",  # records lost to a write error (full disk, unwritable directory)
+    "sampled_out",  # requests left out by --capture-sample
+    "skipped",  # torn or corrupt log records skipped during compaction
+    "compacted",  # records compacted into Parquet
+    "deleted_files",  # Parquet files deleted to stay within the budget
+    "deleted_bytes",
+)
+
+
+class CaptureStats:
+    """Counters bumped from dispatcher, writer and compactor threads."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._counts = dict.fromkeys(COUNTERS, 0)
+
+    def add(self, name: str, count: int = 1) -> None:
+        with self._lock:
+            self._counts[name] += count
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+    def save(self) -> None:
+        """Replace the file atomically; a failure is left for the next save (the disk may be full)."""
+        temporary = self.path.with_name(f".{self.path.name}.tmp")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            temporary.write_text(json.dumps(self.snapshot()))
+            os.replace(temporary, self.path)
+        except OSError:
+            pass
+
+
+def saved_totals(root: Path) -> dict[str, int]:
+    """Every process's saved counters, summed."""
+    totals = dict.fromkeys(COUNTERS, 0)
+    for path in sorted((root / STATS_DIR).glob("*.json")):
+        try:
+            counts = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        for name in COUNTERS:
+            totals[name] += int(counts.get(name, 0))
+    return totals
