@@ -121,6 +121,7 @@ def _summary(root: Path, model: str, version: str | None, table: Any, totals: di
         "skipped": totals["skipped"],
         "sampled_out": totals["sampled_out"],
         "deleted_files": totals["deleted_files"],
+        "unclean_stops": totals["unclean_stops"],
         "counters": totals,
     }
 
@@ -137,4 +138,9 @@ def _text(summary: dict[str, Any]) -> str:
         f"  dropped {summary['dropped']}, failed {summary['failed']}, skipped {summary['skipped']},"
         f" sampled out {summary['sampled_out']}, deleted files {summary['deleted_files']} (whole directory)"
     )
+    if summary["unclean_stops"]:
+        lines.append(
+            f"  {summary['unclean_stops']} gateway stop(s) without a graceful stop: under async capture, the"
+            " records of each one's last flush interval may be missing"
+        )
     return "\n".join(lines)

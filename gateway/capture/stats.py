@@ -19,7 +19,9 @@ COUNTERS = (
     "compacted",  # records compacted into Parquet
     "deleted_files",  # Parquet files deleted to stay within the budget
     "deleted_bytes",
+    "unclean_stops",  # processes found stopped without a graceful stop (killed): async records may be lost
 )
+RUNNING = "running"  # in a process's file: true from its start until its graceful stop
 
 
 class CaptureStats:
@@ -29,6 +31,7 @@ class CaptureStats:
         self.path = path
         self._lock = threading.Lock()
         self._counts = dict.fromkeys(COUNTERS, 0)
+        self.running = False  # saved with the counters: a file left saying true was a process killed
 
     def add(self, name: str, count: int = 1) -> None:
         with self._lock:
@@ -43,10 +46,42 @@ class CaptureStats:
         temporary = self.path.with_name(f".{self.path.name}.tmp")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            temporary.write_text(json.dumps(self.snapshot()))
+            temporary.write_text(json.dumps({**self.snapshot(), RUNNING: self.running}))
             os.replace(temporary, self.path)
         except OSError:
             pass
+
+
+def stopped_uncleanly(root: Path, own: Path) -> list[Path]:
+    """Other processes' files that still say running while their process is gone: they were killed.
+
+    The file's name begins with the process id (``<pid>-<random>.json``); a process id that is alive
+    again for another process leaves the file for a later start to find.
+    """
+    found = []
+    for path in sorted((root / STATS_DIR).glob("*.json")):
+        if path == own:
+            continue
+        try:
+            running = bool(json.loads(path.read_text()).get(RUNNING))
+            pid = int(path.stem.split("-", 1)[0])
+        except (OSError, ValueError):
+            continue
+        if running and not Path(f"/proc/{pid}").exists():
+            found.append(path)
+    return found
+
+
+def mark_stopped(path: Path) -> None:
+    """Record that a killed process's stop has been reported, so it is reported once."""
+    try:
+        counts = json.loads(path.read_text())
+        counts[RUNNING] = False
+        temporary = path.with_name(f".{path.name}.tmp")
+        temporary.write_text(json.dumps(counts))
+        os.replace(temporary, path)
+    except (OSError, ValueError):
+        pass
 
 
 def saved_totals(root: Path) -> dict[str, int]:

@@ -27,7 +27,7 @@ from typing import Literal
 
 from gateway.capture.parquet import FeatureNames, parquet_files, write_partitions
 from gateway.capture.record import CaptureRecord, RecordCorrupt, decode, encode
-from gateway.capture.stats import STATS_DIR, CaptureStats
+from gateway.capture.stats import STATS_DIR, CaptureStats, mark_stopped, stopped_uncleanly
 from gateway.capture.wal import SegmentFile, claim, closed_segments, frame, read_frames
 from gateway.serving.observers import Commit
 
@@ -114,10 +114,31 @@ class CaptureLog:
         except OSError as error:
             log.error("capture: cannot use %s (%s); serving, and counting what cannot be written", self.wal_dir, error)
             return
+        self._report_unclean_stops()
         self._compact_all()
         self.stats.save()
 
+    def _report_unclean_stops(self) -> None:
+        """Say so when a process stopped without a graceful stop: what it had not written yet is gone."""
+        for path in stopped_uncleanly(self.config.root, self.stats.path):
+            self.stats.add("unclean_stops")
+            if self.config.durability == "async":
+                log.warning(
+                    "capture: process %s stopped without a graceful stop (killed?); its committed records are "
+                    "recovered, and the records it had not yet written, at most its last %d ms, are lost",
+                    path.stem, round(self.config.flush_s * 1000),
+                )
+            else:
+                log.warning(
+                    "capture: process %s stopped without a graceful stop (killed?); its committed records are "
+                    "recovered (sync durability: every answered request's record was committed)",
+                    path.stem,
+                )
+            mark_stopped(path)
+
     def start(self) -> None:
+        self.stats.running = True
+        self.stats.save()
         for target, name in ((self._write_loop, "capture-writer"), (self._compact_loop, "capture-compactor")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -132,6 +153,7 @@ class CaptureLog:
         for thread in self._threads:
             thread.join()
         self._compact_all()
+        self.stats.running = False
         self.stats.save()
 
     # -- the writer thread -----------------------------------------------------------------------

@@ -254,3 +254,19 @@ def test_an_unusable_directory_at_start_is_logged_and_counted_not_raised(tmp_pat
     assert commit.wait(5) is False
     log.close()
     assert log.stats.snapshot()["failed"] == 1
+
+
+def test_a_process_killed_while_capturing_is_found_once_and_counted(tmp_path: Path) -> None:
+    first = capture(tmp_path)
+    first.recover()
+    first.start()  # its counters now say running; it is never closed, as a SIGKILL would leave it
+    dead_pid_file = first.stats.path.with_name("4194303-deadbeef.json")  # above any pid Linux hands out
+    first.stats.path.rename(dead_pid_file)
+    second = capture(tmp_path)
+    second.recover()
+    assert second.stats.snapshot()["unclean_stops"] == 1
+    third = capture(tmp_path)
+    third.recover()  # reported once (the second marked it stopped); the first, alive and running, never
+    assert third.stats.snapshot()["unclean_stops"] == 0
+    assert saved_totals(tmp_path)["unclean_stops"] == 1
+    first.close()
