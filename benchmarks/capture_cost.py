@@ -23,7 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from run_rollouts import REPO_ROOT, Gateway, load, median_interval, ratios_of, rounded
+from rounds import Cells, interleaved_cells
+from run_rollouts import REPO_ROOT, Gateway, median_interval, ratios_of, rounded
 from run_serving import CLIENT_CPU, SERVER_CPU, machine
 
 from gateway.capture.stats import saved_totals
@@ -44,7 +45,7 @@ def value(run: dict[str, Any], measure: str) -> float:
     return float(run[measure])
 
 
-def summary(cells: dict[tuple[str, int], list[dict[str, Any]]], concurrency: int) -> dict[str, Any]:
+def summary(cells: Cells, concurrency: int) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for mode in MODES:
         runs = cells[(mode, concurrency)]
@@ -72,19 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     shutil.copytree(REPO_ROOT / "examples" / "models" / "digits", work / "models" / "digits")
     server_cpu, client_cpu = (SERVER_CPU, CLIENT_CPU) if args.pin else (None, None)
     gateways: dict[str, Gateway] = {}
-    cells: dict[tuple[str, int], list[dict[str, Any]]] = {}
     try:
         for mode in MODES:
             gateways[mode] = Gateway(work / "models", server_cpu, *flags_of(mode, work))
-        for round_index in range(args.rounds):
-            shift = round_index % len(MODES)
-            for concurrency in args.concurrency:
-                for mode in MODES[shift:] + MODES[:shift]:
-                    cell = load(gateways[mode], concurrency, args.duration_s, client_cpu)
-                    if cell.get("error_count"):
-                        raise RuntimeError(f"{mode} answered with errors: {cell.get('first_error')}")
-                    cells.setdefault((mode, concurrency), []).append(cell)
-            print(f"round {round_index} done", file=sys.stderr, flush=True)
+        cells = interleaved_cells(gateways, args.rounds, args.concurrency, args.duration_s, client_cpu)
     finally:
         for gateway in gateways.values():
             gateway.stop()

@@ -18,7 +18,6 @@ import argparse
 import json
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,16 +25,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from run_rollouts import REPO_ROOT, Gateway, load, median_interval, ratios_of, rounded
+from rounds import commit_of, interleaved_cells
+from run_rollouts import REPO_ROOT, Gateway, median_interval, ratios_of, rounded
 from run_serving import CLIENT_CPU, SERVER_CPU, machine
 
 MEASURES = ("throughput_rps", "server_cpu_us_per_request")
-
-
-def commit_of(tree: Path) -> str:
-    found = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tree, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=tree, capture_output=True, text=True).stdout
-    return found.stdout.strip() + ("+changes" if dirty.strip() else "")
 
 
 def summary(ours: Sequence[dict[str, Any]], theirs: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -65,18 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     repository = Path(tempfile.mkdtemp(prefix="turnout-checkout-ab-"))
     shutil.copytree(REPO_ROOT / "examples" / "models" / "digits", repository / "digits")
     gateways = {"this": Gateway(repository, SERVER_CPU, tree=REPO_ROOT)}
-    cells: dict[tuple[str, int], list[dict[str, Any]]] = {}
     try:
         gateways["baseline"] = Gateway(repository, SERVER_CPU, tree=args.baseline)
-        for round_index in range(args.rounds):
-            names = ["this", "baseline"] if round_index % 2 == 0 else ["baseline", "this"]
-            for concurrency in args.concurrency:
-                for name in names:
-                    cell = load(gateways[name], concurrency, args.duration_s, CLIENT_CPU)
-                    if cell.get("error_count"):
-                        raise RuntimeError(f"{name} answered with errors: {cell.get('first_error')}")
-                    cells.setdefault((name, concurrency), []).append(cell)
-            print(f"round {round_index} done", file=sys.stderr, flush=True)
+        cells = interleaved_cells(gateways, args.rounds, args.concurrency, args.duration_s, CLIENT_CPU)
     finally:
         for gateway in gateways.values():
             gateway.stop()

@@ -26,6 +26,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rounds import commit_of
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 _READY = re.compile(r"turnout: serving .* on (?P<host>\S+):(?P<port>\d+)$")
 
@@ -101,12 +103,6 @@ def count(tree: Path, repository: Path, concurrency: int, requests: int) -> dict
         "python_calls_per_request": round(counts["call"] / served, 1),
         "c_calls_per_request": round(counts["c_call"] / served, 1),
     }
-
-
-def commit_of(tree: Path) -> str:
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tree, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=tree, capture_output=True, text=True).stdout
-    return head.stdout.strip() + ("+changes" if dirty.strip() else "")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
