@@ -190,10 +190,10 @@ def _build_report(
     capture_dir: Path,
     window: Window,
     repository: Path,
-    reference: Path | None = None,
-    bins: int = DEFAULT_BINS,
-    drift_share: float = DEFAULT_DRIFT_SHARE,
-    threads: int | None = None,
+    reference: Path | None,
+    bins: int,
+    drift_share: float,
+    threads: int | None,
 ) -> DriftReport:
     versions = captured_versions(capture_dir, window.model)
     if not versions:
