@@ -6,6 +6,7 @@ import logging
 import threading
 from pathlib import Path
 
+from gateway.capture.drift_window import DriftWindow, repository_profiles
 from gateway.capture.observer import CaptureObserver
 from gateway.capture.parquet import repository_feature_names
 from gateway.capture.writer import CaptureConfig, CaptureLog
@@ -85,6 +86,13 @@ def capture_log(settings: Settings) -> CaptureLog | None:
     return CaptureLog(config, repository_feature_names(settings.repository))
 
 
+def drift_window(settings: Settings) -> DriftWindow | None:
+    """Running drift against each version's ``reference.parquet``, unless ``--drift-window-rows 0``."""
+    if settings.drift_window_rows == 0:
+        return None
+    return DriftWindow(repository_profiles(settings.repository), settings.drift_window_rows)
+
+
 class Gateway:
     """Every part of one gateway process, wired together."""
 
@@ -125,6 +133,9 @@ class Gateway:
         self.observers.register(self.shadows)
         if capturing is not None:
             self.observers.register(capturing, holds_answers=settings.capture_durability == "sync")
+        self.drift = drift_window(settings)
+        if self.drift is not None:
+            self.observers.register(self.drift)
         propagation = Propagation(
             self.store, self.sync, apply_timeout_s=settings.apply_timeout_s, liveness_s=_LIVENESS_S
         )

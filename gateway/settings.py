@@ -138,6 +138,15 @@ class Settings(BaseSettings):
         1.0, ge=0.0, le=1.0, description="fraction of requests captured, decided by request id; failed ones always"
     )
 
+    # Running drift (gateway/capture/drift_window.py): needs no capture directory, only a version's
+    # reference.parquet; the metrics exporter reads it.
+    drift_window_rows: int = Field(
+        10_000,
+        ge=0,
+        description="latest served input rows kept per model version with a reference.parquet, for running"
+        " drift; 0: off",
+    )
+
     @property
     def forks_workers(self) -> bool:
         """Whether this process forks its own workers from a zygote: not in-process, not spawned, and
