@@ -86,11 +86,11 @@ def capture_log(settings: Settings) -> CaptureLog | None:
     return CaptureLog(config, repository_feature_names(settings.repository))
 
 
-def drift_window(settings: Settings) -> DriftWindow | None:
+def drift_window(settings: Settings, repository: ModelRepository) -> DriftWindow | None:
     """Running drift against each version's ``reference.parquet``, unless ``--drift-window-rows 0``."""
     if settings.drift_window_rows == 0:
         return None
-    return DriftWindow(repository_profiles(settings.repository), settings.drift_window_rows)
+    return DriftWindow(repository_profiles(repository), settings.drift_window_rows)
 
 
 class Gateway:
@@ -100,8 +100,10 @@ class Gateway:
         self.settings = settings
         # The one seam for whatever watches finished requests; every observer is registered below.
         self.observers = RequestObservers()
+        # One repository object for every reader, so what it logs about a model is said once.
+        repository = ModelRepository(settings.repository)
         self.manager = ModelManager(
-            ModelRepository(settings.repository),
+            repository,
             host_factory(settings, zygote),
             RuntimeOptions(settings.intra_op_threads, settings.inter_op_threads),
             poll_interval_s=settings.poll_interval_s,
@@ -133,7 +135,7 @@ class Gateway:
         self.observers.register(self.shadows)
         if capturing is not None:
             self.observers.register(capturing, holds_answers=settings.capture_durability == "sync")
-        self.drift = drift_window(settings)
+        self.drift = drift_window(settings, repository)
         if self.drift is not None:
             self.observers.register(self.drift)
         propagation = Propagation(

@@ -56,14 +56,14 @@ class ReferenceProfile:
 ProfileSource = Callable[[str, int], ReferenceProfile | None]
 
 
-def repository_profiles(root: Path, bins: int = DEFAULT_BINS) -> ProfileSource:
+def repository_profiles(repository: ModelRepository, bins: int = DEFAULT_BINS) -> ProfileSource:
     """Profiles read from a model repository: ``<root>/<model>/<version>/reference.parquet``.
 
     A version is watched when its model declares exactly one input of rows of features (``dims`` of
     one fixed length) and the reference file exists; the features are named as the capture names
     them, by ``feature_names`` or else ``<input>_<i>``.
     """
-    repository = ModelRepository(root)
+    root = repository.root
 
     def load(model: str, version: int) -> ReferenceProfile | None:
         path = root / model / str(version) / REFERENCE_FILE

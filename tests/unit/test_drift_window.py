@@ -13,6 +13,7 @@ import pytest
 from gateway.capture import drift
 from gateway.capture.drift_window import DriftWindow, FeatureRing, ReferenceProfile, repository_profiles
 from gateway.errors import InvalidArgument
+from gateway.registry.repository import ModelRepository
 from gateway.routing.decide import Arm, Reason
 from gateway.serving.inference_types import InferRequest
 from gateway.serving.observers import Finished, Route, Timings
@@ -119,7 +120,7 @@ def test_a_window_needs_a_row() -> None:
 
 
 def test_profiles_from_a_model_repository() -> None:
-    profiles = repository_profiles(EXAMPLES)
+    profiles = repository_profiles(ModelRepository(EXAMPLES))
     digits = profiles("digits", 1)
     assert digits is not None and digits.input_name == "input"
     assert [feature.name for feature in digits.features] == FEATURES
@@ -144,5 +145,5 @@ def test_a_reference_without_the_feature_columns_is_not_watched_and_says_why(
     (version / "model.onnx").write_bytes(b"")
     pq.write_table(pa.table({"px_0": [1.0], "px_1": [2.0]}), version / "reference.parquet")
     with caplog.at_level(logging.WARNING):
-        assert repository_profiles(tmp_path)("digits", 1) is None
+        assert repository_profiles(ModelRepository(tmp_path))("digits", 1) is None
     assert "no column for 2 of the features of digits version 1 (first: input_0)" in caplog.text
