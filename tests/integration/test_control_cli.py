@@ -253,7 +253,8 @@ def test_status_shows_each_arms_last_minute(gateway: GatewayProcess, digits_pixe
             assert refused_call.value.code() is grpc.StatusCode.INVALID_ARGUMENT
         rollouts = pb_grpc.RolloutsStub(channel)
         deadline = time.monotonic() + 10  # figures land just after each answer
-        while sum(arm.requests for arm in rollouts.GetTraffic(pb.TrafficRequest(model="traffic")).arms) < answered + bad:
+        traffic_request = pb.TrafficRequest(model="traffic")
+        while sum(arm.requests for arm in rollouts.GetTraffic(traffic_request).arms) < answered + bad:
             assert time.monotonic() < deadline, "the traffic figures never added up"
             time.sleep(0.05)
 
