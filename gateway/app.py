@@ -29,6 +29,7 @@ from gateway.serving.model_views import ModelViews
 from gateway.serving.observers import RequestObservers
 from gateway.settings import Settings
 from gateway.state.sqlite_store import SqliteStateStore
+from gateway.telemetry.recent_traffic import RecentTraffic, TrafficView, traffic_view
 from gateway.version import package_version
 from runtimes.contract import ModelHost, RuntimeOptions
 from runtimes.heap import freeze_startup_heap
@@ -138,6 +139,8 @@ class Gateway:
         self.drift = drift_window(settings, repository)
         if self.drift is not None:
             self.observers.register(self.drift)
+        self.recent = RecentTraffic()  # each arm's last minute, for turnout status
+        self.observers.register(self.recent)
         propagation = Propagation(
             self.store, self.sync, apply_timeout_s=settings.apply_timeout_s, liveness_s=_LIVENESS_S
         )
@@ -150,8 +153,12 @@ class Gateway:
             InferenceServicer(
                 self.dataplane, ModelViews(self.manager), self.repository, self.is_ready, package_version()
             ),
-            RolloutsServicer(self.rollouts),
+            RolloutsServicer(self.rollouts, self.traffic),
         )
+
+    def traffic(self, model: str) -> TrafficView:
+        """A model's last minute per arm, as ``turnout status`` shows it."""
+        return traffic_view(model, self.recent.window(model))
 
     def is_ready(self) -> bool:
         up = self.manager.initial_load_done and not self._stopping.is_set()

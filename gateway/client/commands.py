@@ -28,6 +28,9 @@ SERVER_ENV = "TURNOUT_SERVER"
 DEFAULT_TIMEOUT_S = 30.0  # a policy change waits for every gateway process (--apply-timeout-s 10)
 DEFAULT_HEALTH_TIMEOUT_S = 3.0  # under Docker's 4 s health check timeout
 DEFAULT_HISTORY_LIMIT = 20
+DEFAULT_WATCH_S = 2.0  # turnout status --watch
+MIN_WATCH_S = 0.2  # no tighter loop than this, whatever was asked
+CLEAR_SCREEN = "\x1b[H\x1b[2J"  # cursor home, erase the screen (ANSI)
 COMMANDS = ("status", "policy", "canary", "shadow", "promote", "rollback", "history")
 
 
@@ -80,7 +83,18 @@ def add_commands(commands: Any) -> None:
         _timeout_flag(parser, DEFAULT_TIMEOUT_S)
         return parser
 
-    command("status", "show models, their policies and versions", model_optional=True)
+    status = command(
+        "status", "show models: policy, versions, each arm's last minute, shadow divergence", model_optional=True
+    )
+    status.add_argument(
+        "--watch",
+        type=float,
+        nargs="?",
+        const=DEFAULT_WATCH_S,
+        default=None,
+        metavar="SECONDS",
+        help=f"show it again every SECONDS (default when given: {DEFAULT_WATCH_S:g}) until interrupted",
+    )
     policy = command("policy", "replace a model's policy with just a stable version (clears trials)")
     policy.add_argument("--stable", type=int, required=True, metavar="VERSION", help="the version to serve (required)")
     _sticky_key_flag(policy)
@@ -160,6 +174,19 @@ def _call_for(stub: Any, args: argparse.Namespace) -> tuple[Any, Any, Callable[[
 
 
 def _status(channel: grpc.Channel, stub: Any, args: argparse.Namespace, metadata: Any) -> int:
+    if args.watch is None:
+        print(_status_report(channel, stub, args, metadata))
+        return 0
+    try:
+        while True:  # a terminal view: clear the screen, show, wait; Ctrl-C ends it
+            report = _status_report(channel, stub, args, metadata)
+            print(("" if args.json else CLEAR_SCREEN) + report, flush=True)
+            time.sleep(max(args.watch, MIN_WATCH_S))
+    except KeyboardInterrupt:
+        return 0
+
+
+def _status_report(channel: grpc.Channel, stub: Any, args: argparse.Namespace, metadata: Any) -> str:
     if args.model:
         models = [args.model]
     else:
@@ -181,12 +208,11 @@ def _status(channel: grpc.Channel, stub: Any, args: argparse.Namespace, metadata
                 raise
             policy = None
         figures = stub.GetShadowComparison(pb.ShadowComparisonRequest(model=model), timeout=args.timeout_s)
-        reports.append((policy, versions, figures))
+        traffic = stub.GetTraffic(pb.TrafficRequest(model=model), timeout=args.timeout_s)
+        reports.append((policy, versions, figures, traffic))
     if args.json:
-        print(json.dumps([_status_json(*report) for report in reports], indent=2))
-    else:
-        print("\n\n".join(_status_text(*report) for report in reports))
-    return 0
+        return json.dumps([_status_json(*report) for report in reports], indent=2)
+    return "\n\n".join(_status_text(*report) for report in reports)
 
 
 def _to_dict(message: Any) -> dict[str, Any]:
@@ -196,22 +222,37 @@ def _to_dict(message: Any) -> dict[str, Any]:
     return converted
 
 
-def _status_json(policy: Any, versions: Any, figures: Any) -> dict[str, Any]:
+def _status_json(policy: Any, versions: Any, figures: Any, traffic: Any) -> dict[str, Any]:
     return {
         "model": versions.model,
         "policy": _to_dict(policy) if policy is not None else None,
         "versions": _to_dict(versions)["versions"],
+        "traffic": _to_dict(traffic),
         "shadow_comparison": _to_dict(figures)["figures"],
     }
 
 
-def _status_text(policy: Any, versions: Any, figures: Any) -> str:
+def _traffic_text(traffic: Any) -> list[str]:
+    processes = f", {traffic.processes} gateway processes" if traffic.processes > 1 else ""
+    if not traffic.arms:
+        return [f"  last {traffic.window_s} s{processes}: no requests"]
+    lines = [f"  last {traffic.window_s} s{processes}:    req/s   errors      p50      p99  requests"]
+    for arm in traffic.arms:
+        lines.append(
+            f"    {arm.arm:<7} v{arm.version:<5}  {arm.requests_per_s:>9.2f}  {100 * arm.error_rate:>6.2f}%"
+            f"  {arm.p50_ms:>5.2f} ms  {arm.p99_ms:>5.2f} ms  {arm.requests:>8}"
+        )
+    return lines
+
+
+def _status_text(policy: Any, versions: Any, figures: Any, traffic: Any) -> str:
     lines = [describe_policy(policy) if policy is not None else f"{versions.model}: no READY version"]
     lines.append("  versions:")
     for v in versions.versions:
         role = f"  {v.role}" if v.role else ""
         why = f"  ({v.reason})" if v.reason else ""
         lines.append(f"    {v.version:>4}  {v.state:<11} sha256 {v.artifact_sha256[:12] or '-':<12}{role}{why}")
+    lines.extend(_traffic_text(traffic))
     for f in figures.figures:
         agreement = f"{100 * f.top1_agreed / f.top1_rows:.2f}% top-1 agreement" if f.top1_rows else "no class scores"
         diffs = ", ".join(_divergence(d) for d in f.outputs)

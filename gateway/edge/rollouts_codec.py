@@ -1,4 +1,4 @@
-"""``turnout.v1`` messages <-> the rollout domain (policies, views, history, shadow figures)."""
+"""``turnout.v1`` messages <-> the rollout domain (policies, views, history, shadow figures, arm traffic)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from gateway.rollouts.control import PolicyView, VersionView
 from gateway.rollouts.shadow import ShadowFigures
 from gateway.routing.policy import Canary, Policy, Shadow
 from gateway.state.store import PolicyChange
+from gateway.telemetry.recent_traffic import TrafficView
 from gateway.wire.turnout.v1 import rollouts_pb2 as pb
 
 
@@ -100,3 +101,24 @@ def shadow_figures_to_proto(model: str, figures: list[ShadowFigures]) -> pb.Shad
                 )
             )
     return pb.ShadowComparisonResponse(model=model, figures=items)
+
+
+def traffic_to_proto(view: TrafficView) -> pb.TrafficResponse:
+    return pb.TrafficResponse(
+        model=view.model,
+        window_s=view.window_s,
+        processes=view.processes,
+        arms=[
+            pb.ArmTraffic(
+                version=arm.version,
+                arm=arm.arm,
+                requests=arm.requests,
+                errors=arm.errors,
+                requests_per_s=arm.requests_per_s,
+                error_rate=arm.error_rate,
+                p50_ms=(arm.p50_s or 0.0) * 1e3,
+                p99_ms=(arm.p99_s or 0.0) * 1e3,
+            )
+            for arm in view.arms
+        ],
+    )

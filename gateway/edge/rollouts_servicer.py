@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import grpc
 
 from gateway.edge.codec import actor_of
@@ -10,11 +12,13 @@ from gateway.edge.rollouts_codec import (
     policy_from_proto,
     policy_state_to_proto,
     shadow_figures_to_proto,
+    traffic_to_proto,
     versions_to_proto,
 )
 from gateway.edge.status import maps_errors
 from gateway.errors import InvalidArgument
 from gateway.rollouts.control import Rollouts
+from gateway.telemetry.recent_traffic import TrafficView
 from gateway.wire.turnout.v1 import rollouts_pb2 as pb
 from gateway.wire.turnout.v1 import rollouts_pb2_grpc as pb_grpc
 
@@ -30,8 +34,9 @@ def _model(name: str) -> str:
 
 
 class RolloutsServicer(pb_grpc.RolloutsServicer):  # type: ignore[misc]
-    def __init__(self, rollouts: Rollouts) -> None:
+    def __init__(self, rollouts: Rollouts, traffic: Callable[[str], TrafficView]) -> None:
         self._rollouts = rollouts
+        self._traffic = traffic  # a model's last minute per arm, over every gateway process
 
     @maps_errors
     def GetPolicy(self, request: pb.GetPolicyRequest, context: grpc.ServicerContext) -> pb.PolicyState:
@@ -88,3 +93,7 @@ class RolloutsServicer(pb_grpc.RolloutsServicer):  # type: ignore[misc]
     ) -> pb.ShadowComparisonResponse:
         model = _model(request.model)
         return shadow_figures_to_proto(model, self._rollouts.shadow_figures(model))
+
+    @maps_errors
+    def GetTraffic(self, request: pb.TrafficRequest, context: grpc.ServicerContext) -> pb.TrafficResponse:
+        return traffic_to_proto(self._traffic(_model(request.model)))

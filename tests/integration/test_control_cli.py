@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -46,6 +47,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
     add_digits(repository, "digits", {1: 1, 2: 2, 3: 2})
     add_digits(repository, "plain", {1: 1, 2: 2})
     add_digits(repository, "mirror", {1: 1, 2: 2})
+    add_digits(repository, "traffic", {1: 1, 2: 2})
     with GatewayProcess(repository, "--worker-mode", "inprocess", "--poll-interval-s", "0") as running:
         yield running
 
@@ -79,7 +81,7 @@ def refused(*args: str, server: str) -> str:
 
 def test_status_before_any_policy(gateway: GatewayProcess) -> None:
     everything = ok_json("status", server=gateway.address)
-    assert [report["model"] for report in everything] == ["digits", "mirror", "plain"]
+    assert [report["model"] for report in everything] == ["digits", "mirror", "plain", "traffic"]
     plain = ok_json("status", "plain", server=gateway.address)
     assert plain == [
         {
@@ -95,6 +97,7 @@ def test_status_before_any_policy(gateway: GatewayProcess) -> None:
                 {"version": str(n), "state": "READY", "reason": "", "artifact_sha256": sha, "role": role}
                 for n, sha, role in zip((1, 2), artifact_hashes(gateway, "plain"), ("", "stable"), strict=True)
             ],
+            "traffic": {"model": "plain", "window_s": 60, "processes": 1, "arms": []},
             "shadow_comparison": [],
         }
     ]
@@ -226,3 +229,62 @@ def compared_all(rollouts: Any, requests: int) -> None:
             return
         assert time.monotonic() < deadline, f"shadow copies never all compared: {found}"
         time.sleep(0.05)
+
+
+def infer_digits(inference: Any, model: str, pixels: npt.NDArray[np.float32]) -> service_pb2.ModelInferResponse:
+    tensor = service_pb2.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=list(pixels.shape))
+    request = service_pb2.ModelInferRequest(model_name=model, inputs=[tensor], raw_input_contents=[pixels.tobytes()])
+    return inference.ModelInfer(request, timeout=20)
+
+
+def test_status_shows_each_arms_last_minute(gateway: GatewayProcess, digits_pixels: npt.NDArray[np.float32]) -> None:
+    address = gateway.address
+    ok("policy", "traffic", "--stable", "1", server=address)
+    ok("canary", "traffic", "2", "--weight", "30", server=address)
+    answered, bad = 120, 6
+    served: dict[str, int] = {"1": 0, "2": 0}
+    with grpc.insecure_channel(address) as channel:
+        inference = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        for row in range(answered):
+            served[infer_digits(inference, "traffic", digits_pixels[row : row + 1]).model_version] += 1
+        for _ in range(bad):  # 63 pixels, not 64: refused after routing, so counted on an arm
+            with pytest.raises(grpc.RpcError) as refused_call:
+                infer_digits(inference, "traffic", digits_pixels[:1, :63].copy())
+            assert refused_call.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        rollouts = pb_grpc.RolloutsStub(channel)
+        deadline = time.monotonic() + 10  # figures land just after each answer
+        traffic_request = pb.TrafficRequest(model="traffic")
+        while sum(arm.requests for arm in rollouts.GetTraffic(traffic_request).arms) < answered + bad:
+            assert time.monotonic() < deadline, "the traffic figures never added up"
+            time.sleep(0.05)
+
+    traffic = ok_json("status", "traffic", server=address)[0]["traffic"]
+    assert traffic["window_s"] == 60
+    arms = {arm["arm"]: arm for arm in traffic["arms"]}
+    assert set(arms) == {"stable", "canary"}
+    stable, canary = arms["stable"], arms["canary"]
+    assert (stable["version"], canary["version"]) == ("1", "2")
+    assert int(stable["requests"]) + int(canary["requests"]) == answered + bad
+    assert int(stable["errors"]) + int(canary["errors"]) == bad
+    assert int(stable["requests"]) - int(stable["errors"]) == served["1"]
+    assert int(canary["requests"]) - int(canary["errors"]) == served["2"] > 0
+    for arm in (stable, canary):
+        assert 0 < arm["p50_ms"] <= arm["p99_ms"] < 5_000
+        assert arm["requests_per_s"] == pytest.approx(int(arm["requests"]) / 60)
+        assert arm["error_rate"] == pytest.approx(int(arm["errors"]) / int(arm["requests"]))
+
+    text = ok("status", "traffic", server=address)
+    assert "last 60 s:" in text and "req/s" in text and "p99" in text
+    lines = {line.split()[0]: line for line in text.splitlines() if line.strip().startswith(("stable ", "canary "))}
+    assert lines["canary"].split()[1] == "v2" and lines["stable"].split()[1] == "v1"
+
+
+def test_status_watch_shows_the_report_again_until_interrupted(gateway: GatewayProcess) -> None:
+    command = [sys.executable, "-m", "gateway", "status", "plain", "--watch", "0.2", "--server", gateway.address]
+    with subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as watch:
+        time.sleep(3)
+        watch.send_signal(signal.SIGINT)
+        out, err = watch.communicate(timeout=20)
+    assert (watch.returncode, err) == (0, "")
+    screens = out.split("\x1b[H\x1b[2J")
+    assert len([screen for screen in screens if screen.startswith("plain  generation")]) >= 2, out

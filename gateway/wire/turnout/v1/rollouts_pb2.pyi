@@ -225,3 +225,41 @@ class ShadowComparisonResponse(_message.Message):
     model: str
     figures: _containers.RepeatedCompositeFieldContainer[ShadowFigures]
     def __init__(self, model: _Optional[str] = ..., figures: _Optional[_Iterable[_Union[ShadowFigures, _Mapping]]] = ...) -> None: ...
+
+class TrafficRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
+class ArmTraffic(_message.Message):
+    __slots__ = ("version", "arm", "requests", "errors", "requests_per_s", "error_rate", "p50_ms", "p99_ms")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ARM_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    ERROR_RATE_FIELD_NUMBER: _ClassVar[int]
+    P50_MS_FIELD_NUMBER: _ClassVar[int]
+    P99_MS_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    arm: str
+    requests: int
+    errors: int
+    requests_per_s: float
+    error_rate: float
+    p50_ms: float
+    p99_ms: float
+    def __init__(self, version: _Optional[int] = ..., arm: _Optional[str] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., requests_per_s: _Optional[float] = ..., error_rate: _Optional[float] = ..., p50_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ...) -> None: ...
+
+class TrafficResponse(_message.Message):
+    __slots__ = ("model", "window_s", "processes", "arms")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_S_FIELD_NUMBER: _ClassVar[int]
+    PROCESSES_FIELD_NUMBER: _ClassVar[int]
+    ARMS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    window_s: int
+    processes: int
+    arms: _containers.RepeatedCompositeFieldContainer[ArmTraffic]
+    def __init__(self, model: _Optional[str] = ..., window_s: _Optional[int] = ..., processes: _Optional[int] = ..., arms: _Optional[_Iterable[_Union[ArmTraffic, _Mapping]]] = ...) -> None: ...

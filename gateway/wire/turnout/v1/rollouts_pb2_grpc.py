@@ -79,6 +79,11 @@ class RolloutsStub:
                 request_serializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.ShadowComparisonRequest.SerializeToString,
                 response_deserializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.ShadowComparisonResponse.FromString,
                 _registered_method=True)
+        self.GetTraffic = channel.unary_unary(
+                '/turnout.v1.Rollouts/GetTraffic',
+                request_serializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.TrafficRequest.SerializeToString,
+                response_deserializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.TrafficResponse.FromString,
+                _registered_method=True)
 
 
 class RolloutsServicer:
@@ -148,6 +153,14 @@ class RolloutsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTraffic(self, request, context):
+        """Each arm's last minute: request rate, error rate, p50 and p99 latency, summed over the gateway
+        processes, so a canary can be judged without Prometheus (`turnout status`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RolloutsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -195,6 +208,11 @@ def add_RolloutsServicer_to_server(servicer, server):
                     servicer.GetShadowComparison,
                     request_deserializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.ShadowComparisonRequest.FromString,
                     response_serializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.ShadowComparisonResponse.SerializeToString,
+            ),
+            'GetTraffic': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTraffic,
+                    request_deserializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.TrafficRequest.FromString,
+                    response_serializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.TrafficResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -440,6 +458,33 @@ class Rollouts:
             '/turnout.v1.Rollouts/GetShadowComparison',
             gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.ShadowComparisonRequest.SerializeToString,
             gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.ShadowComparisonResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTraffic(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/turnout.v1.Rollouts/GetTraffic',
+            gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.TrafficRequest.SerializeToString,
+            gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.TrafficResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,228 @@
+"""The last minute of traffic per arm: requests, errors and a latency histogram, for ``turnout status``.
+
+An operator judging a canary wants the canary's error rate and latency beside the stable version's
+now, without Prometheus. :class:`RecentTraffic` is a request observer that keeps, for every (model,
+version, arm), one slot per wall-clock second of the last :data:`WINDOW_S` seconds: requests, failed
+requests and a latency histogram on fixed geometric buckets. Fixed buckets make the figures of
+several gateway processes add up exactly (:func:`merge`), and a percentile read off them is within one
+bucket's width (25%) of the true value (:func:`percentile_s`).
+
+Each (model, version, arm) has its own lock: the dispatcher thread of that version takes it once per
+batch, a request that failed on its own thread takes it once; no lock is shared by every thread.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from gateway.serving.observers import Finished, Route
+
+WINDOW_S = 60
+# Latency buckets: upper bounds 50 µs x 1.25^i, i = 0..63 (up to about 80 s), then one for the rest.
+_FIRST_BOUND_S = 50e-6
+_GROWTH = 1.25
+BUCKET_BOUNDS_S: tuple[float, ...] = tuple(_FIRST_BOUND_S * _GROWTH**i for i in range(64))
+BUCKETS = len(BUCKET_BOUNDS_S) + 1
+
+ArmKey = tuple[str, int, str]  # model, version, arm
+
+
+@dataclass
+class ArmTraffic:
+    """One arm's requests over a window, with the latency histogram on :data:`BUCKET_BOUNDS_S`."""
+
+    model: str
+    version: int
+    arm: str
+    requests: int = 0
+    errors: int = 0
+    buckets: list[int] = field(default_factory=lambda: [0] * BUCKETS)
+
+    @property
+    def key(self) -> ArmKey:
+        return (self.model, self.version, self.arm)
+
+    def to_json(self) -> dict[str, object]:
+        # Sparse buckets: a window's latencies fill a handful of the 65.
+        filled = {str(i): n for i, n in enumerate(self.buckets) if n}
+        return {
+            "model": self.model,
+            "version": self.version,
+            "arm": self.arm,
+            "requests": self.requests,
+            "errors": self.errors,
+            "buckets": filled,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> ArmTraffic:
+        buckets = [0] * BUCKETS
+        sparse = data["buckets"]
+        assert isinstance(sparse, dict)
+        for index, count in sparse.items():
+            buckets[int(index)] = int(count)
+        return cls(
+            str(data["model"]),
+            int(str(data["version"])),
+            str(data["arm"]),
+            int(str(data["requests"])),
+            int(str(data["errors"])),
+            buckets,
+        )
+
+
+def bucket_of(latency_s: float) -> int:
+    return bisect.bisect_left(BUCKET_BOUNDS_S, latency_s)
+
+
+def percentile_s(buckets: Sequence[int], fraction: float) -> float | None:
+    """The latency below which ``fraction`` of the requests fall, as the geometric middle of its bucket.
+
+    None when the histogram is empty. The last bucket has no upper bound; its lower bound is given.
+    """
+    total = sum(buckets)
+    if total == 0:
+        return None
+    rank = max(1, math.ceil(fraction * total))  # the rank-th smallest latency, counted from 1
+    seen = 0
+    for index, count in enumerate(buckets):
+        seen += count
+        if seen >= rank:
+            if index == len(BUCKET_BOUNDS_S):
+                return BUCKET_BOUNDS_S[-1]
+            upper = BUCKET_BOUNDS_S[index]
+            return upper / math.sqrt(_GROWTH) if index else upper / 2
+    return BUCKET_BOUNDS_S[-1]  # not reached: seen ends at total
+
+
+def merge(parts: Iterable[Iterable[ArmTraffic]]) -> list[ArmTraffic]:
+    """Sum several processes' windows arm by arm; the order of the parts does not matter."""
+    merged: dict[ArmKey, ArmTraffic] = {}
+    for part in parts:
+        for arm in part:
+            into = merged.setdefault(arm.key, ArmTraffic(arm.model, arm.version, arm.arm))
+            into.requests += arm.requests
+            into.errors += arm.errors
+            into.buckets = [a + b for a, b in zip(into.buckets, arm.buckets, strict=True)]
+    return sorted(merged.values(), key=lambda arm: arm.key)
+
+
+class _SecondSlots:
+    """One arm's last :data:`WINDOW_S` seconds, a slot a second, reused as the seconds go by."""
+
+    __slots__ = ("buckets", "errors", "lock", "requests", "seconds")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.seconds = [-1] * WINDOW_S  # which wall-clock second each slot holds now
+        self.requests = [0] * WINDOW_S
+        self.errors = [0] * WINDOW_S
+        self.buckets = [[0] * BUCKETS for _ in range(WINDOW_S)]
+
+    def add(self, second: int, latency_s: float, failed: bool) -> None:
+        slot = second % WINDOW_S
+        if self.seconds[slot] != second:  # a slot from a minute ago (or never used): start it afresh
+            self.seconds[slot] = second
+            self.requests[slot] = self.errors[slot] = 0
+            self.buckets[slot] = [0] * BUCKETS
+        self.requests[slot] += 1
+        self.errors[slot] += failed
+        self.buckets[slot][bucket_of(latency_s)] += 1
+
+    def total(self, now_second: int, into: ArmTraffic) -> None:
+        """Add the seconds of the window ending at ``now_second`` (included) into ``into``."""
+        oldest = now_second - WINDOW_S + 1
+        for slot in range(WINDOW_S):
+            if oldest <= self.seconds[slot] <= now_second:
+                into.requests += self.requests[slot]
+                into.errors += self.errors[slot]
+                into.buckets = [a + b for a, b in zip(into.buckets, self.buckets[slot], strict=True)]
+
+
+class RecentTraffic:
+    """A request observer keeping each arm's last minute; :meth:`window` reads it."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._arms: dict[ArmKey, _SecondSlots] = {}
+        self._adding = threading.Lock()  # only when an arm is seen for the first time
+
+    def wants(self, route: Route | None) -> bool:
+        return True
+
+    def observe(self, finished: Sequence[Finished]) -> None:
+        second = int(self._clock())  # one clock read per batch: its requests finished together
+        for item in finished:
+            route = item.route
+            if route is None:  # it named no servable model, so it belongs to no arm (the metrics count it)
+                continue
+            key = (route.model, route.version, route.arm.value)
+            slots = self._arms.get(key) or self._add_arm(key)
+            with slots.lock:
+                slots.add(second, item.timings.latency_s, item.error is not None)
+
+    def window(self, model: str | None = None) -> list[ArmTraffic]:
+        """Every arm's (or one model's arms') requests over the last :data:`WINDOW_S` seconds."""
+        now = int(self._clock())
+        arms = []
+        for key, slots in list(self._arms.items()):
+            if model is not None and key[0] != model:
+                continue
+            traffic = ArmTraffic(*key)
+            with slots.lock:
+                slots.total(now, traffic)
+            if traffic.requests:
+                arms.append(traffic)
+        return sorted(arms, key=lambda arm: arm.key)
+
+    def _add_arm(self, key: ArmKey) -> _SecondSlots:
+        with self._adding:
+            return self._arms.setdefault(key, _SecondSlots())
+
+
+@dataclass(frozen=True)
+class ArmView:
+    """One arm's last minute as ``turnout status`` shows it."""
+
+    version: int
+    arm: str
+    requests: int
+    errors: int
+    requests_per_s: float
+    error_rate: float  # errors / requests
+    p50_s: float | None  # None with no requests
+    p99_s: float | None
+
+
+@dataclass(frozen=True)
+class TrafficView:
+    model: str
+    window_s: int
+    processes: int  # gateway processes whose figures are summed
+    arms: tuple[ArmView, ...]
+
+
+def traffic_view(model: str, arms: Iterable[ArmTraffic], processes: int = 1) -> TrafficView:
+    """One model's arms over the window, with rates and percentiles, stable first, then by version."""
+    order = {"stable": 0, "canary": 1, "pinned": 2}
+    views = [
+        ArmView(
+            arm.version,
+            arm.arm,
+            arm.requests,
+            arm.errors,
+            arm.requests / WINDOW_S,
+            arm.errors / arm.requests if arm.requests else 0.0,
+            percentile_s(arm.buckets, 0.50),
+            percentile_s(arm.buckets, 0.99),
+        )
+        for arm in arms
+        if arm.model == model
+    ]
+    views.sort(key=lambda view: (order.get(view.arm, 3), view.version))
+    return TrafficView(model, WINDOW_S, processes, tuple(views))
