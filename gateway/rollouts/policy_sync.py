@@ -170,12 +170,8 @@ class PolicySync:
     def _keep_needed_versions(self, policies: dict[str, StoredPolicy]) -> None:
         since = time.time() - self._rollback_window_s
         for model, stored in policies.items():
-            needed = set(stored.policy.versions())
-            for change in self._store.history(model, 20):
-                if change.at < since:
-                    break
-                if change.before is not None:
-                    needed.add(change.before.stable)  # a rollback must never have to load it
+            # A stable version replaced within the window stays loaded: a rollback must never load it.
+            needed = set(stored.policy.versions()) | self._store.replaced_stables(model, since, 20)
             self._manager.keep_loaded(model, frozenset(needed))
 
     def _load_missing_versions(self, policies: dict[str, StoredPolicy]) -> None:

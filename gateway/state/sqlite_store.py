@@ -138,6 +138,13 @@ class SqliteStateStore:
             for model_, generation, at, actor, action, reason, before, after in rows
         ]
 
+    def replaced_stables(self, model: str, since: float, limit: int) -> set[int]:
+        rows = self._connection().execute(
+            "SELECT before FROM history WHERE model = ? AND at >= ? AND before IS NOT NULL ORDER BY id DESC LIMIT ?",
+            (model, since, limit),
+        ).fetchall()
+        return {_require(_decode(before)).stable for (before,) in rows}
+
     def request_repository_action(self, model: str, action: str, actor: str) -> RepositoryRequest:
         with self._write() as connection:
             request = RepositoryRequest(model, action, _next_generation(connection), time.time(), actor)

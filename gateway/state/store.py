@@ -80,6 +80,10 @@ class StateStore(Protocol):
     def history(self, model: str, limit: int) -> list[PolicyChange]:
         """The model's changes, newest first."""
 
+    def replaced_stables(self, model: str, since: float, limit: int) -> set[int]:
+        """The stable versions that the model's newest ``limit`` changes at or after ``since`` (unix
+        time) replaced: what a rollback may return to. Reads no reasons, so it stays cheap to poll."""
+
     def request_repository_action(self, model: str, action: str, actor: str) -> RepositoryRequest:
         """Record that ``model`` was explicitly loaded or unloaded; it takes a new generation, so every
         process's watcher notices it, and replaces the model's earlier request."""

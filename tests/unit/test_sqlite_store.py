@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,6 +36,17 @@ def test_a_commit_becomes_the_policy_and_an_audit_row(store: SqliteStateStore) -
     )
     assert (oldest.before, oldest.after, oldest.generation) == (None, Policy(stable=1), 1)
     assert newest.at >= oldest.at
+
+
+def test_replaced_stables_are_read_without_the_reasons(store: SqliteStateStore) -> None:
+    first = store.commit("digits", None, Policy(stable=1), "set-policy", "alice", "why " * 1000)
+    second = store.commit("digits", first.generation, Policy(stable=2), "set-policy", "alice", "")
+    store.commit("digits", second.generation, Policy(stable=3), "set-policy", "alice", "")
+    store.commit("other", None, Policy(stable=7), "set-policy", "alice", "")
+    assert store.replaced_stables("digits", 0.0, 20) == {1, 2}
+    assert store.replaced_stables("digits", 0.0, 1) == {2}, "the newest change first"
+    assert store.replaced_stables("digits", time.time() + 60, 20) == set()
+    assert store.replaced_stables("other", 0.0, 20) == set(), "a first policy replaced nothing"
 
 
 def test_a_stale_change_is_refused_and_writes_nothing(store: SqliteStateStore) -> None:
