@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from gateway.errors import Unavailable
 from gateway.routing.policy import Policy
 
 
@@ -54,6 +55,11 @@ class RepositoryRequest:
     generation: int
     at: float  # seconds since the epoch
     actor: str
+
+
+class StateUnavailable(Unavailable):
+    """The routing state cannot be read or written (its file deleted, replaced or corrupt; its database
+    down): changes are refused with this message, and the gateway serves on with the policies it has."""
 
 
 class GenerationConflict(Exception):
