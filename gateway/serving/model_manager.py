@@ -142,7 +142,9 @@ class ModelManager:
                 current.reason == "unloaded" or current.entry.fingerprint != item.fingerprint
             )
             if current is None or retry:
-                version = ModelVersion(record.name, item, entry.settings, self._on_batch_finished)
+                version = ModelVersion(
+                    record.name, item, entry.settings, self._on_batch_finished, on_availability=record.refresh_default
+                )
                 record.versions[number] = version
                 version.load(self._make_host, self._runtime_options)
                 record.refresh_default()
@@ -285,7 +287,9 @@ class ModelManager:
 
     @staticmethod
     def _summary(record: ModelRecord) -> str:
-        parts = [f"{n} {v.state.value}" for n, v in sorted(record.versions.items())]
+        parts = [
+            f"{n} {v.state.value}" + (f": {v.reason}" if v.reason else "") for n, v in sorted(record.versions.items())
+        ]
         return ", ".join(parts) or record.problem or "no versions"
 
     def version(self, name: str, version: str) -> ModelVersion:
