@@ -130,7 +130,10 @@ class ModelManager:
     def _apply(self, record: ModelRecord, entry: ModelEntry) -> None:
         if entry.settings is None:
             # Keep serving what is loaded; new versions wait for a valid model.yaml.
-            record.problem = entry.settings_error or "invalid settings"
+            problem = entry.settings_error or "invalid settings"
+            if problem != record.problem and record.versions:  # said once, not at every scan
+                log.error("model %s: %s; its loaded versions serve on with the settings they had", record.name, problem)
+            record.problem = problem
             return
         record.settings, record.problem = entry.settings, ""
         present = {number for number, item in entry.versions.items() if item.artifact is not None}

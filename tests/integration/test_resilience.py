@@ -435,3 +435,24 @@ def test_a_worker_that_cannot_restart_makes_its_version_unavailable_at_once(
         stopping = time.monotonic()
         assert gateway.stop() == 0
         assert time.monotonic() - stopping < GRACE_S, "a stop does not wait for a worker that is not coming"
+
+
+def test_a_model_yaml_broken_under_a_serving_model_is_shown_and_logged_once(
+    tmp_path: Path, digits_pixels: Pixels
+) -> None:
+    repository = tmp_path / "repository"
+    copy_digits(repository, versions=(1,))
+    with GatewayProcess(repository, "--worker-mode", "inprocess", "--poll-interval-s", "0.1") as gateway:
+        (repository / MODEL / "model.yaml").write_text("max_batch_size: [not, a, number\n")
+        said = "its loaded versions serve on with the settings they had"
+        gateway.wait_for_log(said)
+        time.sleep(0.5)  # several scans later
+        assert gateway.log().count(said) == 1
+        with triton.InferenceServerClient(gateway.address) as client:
+            [entry] = [e for e in client.get_model_repository_index().models if e.name == MODEL]
+            assert entry.state == "READY"
+            assert entry.reason.startswith("serving with the settings it was loaded with; the model's settings now")
+            assert "model.yaml" in entry.reason
+            row = triton.InferInput("input", [1, 64], "FP32")
+            row.set_data_from_numpy(digits_pixels[:1])
+            client.infer(MODEL, [row], client_timeout=TIMEOUT_S)
