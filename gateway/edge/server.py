@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from concurrent import futures
 from typing import Any
@@ -21,6 +22,10 @@ INFERENCE_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_
 ROLLOUTS_SERVICE = rollouts_pb2.DESCRIPTOR.services_by_name["Rollouts"].full_name
 # After the inference calls drain, what is left (health Watch streams, metadata calls) gets this long.
 _FINAL_GRACE_S = 0.5
+# How long after that the stop waits for the server's threads to return before it goes on without them.
+_STOP_WAIT_S = 5.0
+
+log = logging.getLogger(__name__)
 
 
 def server_options(settings: Settings) -> list[tuple[str, Any]]:
@@ -75,4 +80,8 @@ class GatewayServer:
         self._health.enter_graceful_shutdown()
         self._servicer.calls.close_and_wait(grace_s)
         remaining = max(deadline - time.monotonic(), 0.0)
-        self._server.stop(min(remaining, _FINAL_GRACE_S)).wait()
+        final_grace_s = min(remaining, _FINAL_GRACE_S)
+        # grpc cancels what is left after the grace, but the event waits for every handler thread to
+        # return, and one stuck writing to a client that stopped reading may never do so: bound it.
+        if not self._server.stop(final_grace_s).wait(final_grace_s + _STOP_WAIT_S):
+            log.warning("the gRPC server had not stopped %.0f s after its grace period; stopping anyway", _STOP_WAIT_S)
