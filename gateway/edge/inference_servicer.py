@@ -24,6 +24,7 @@ from gateway.edge.codec import (
     statistics_to_proto,
     text_metadata,
 )
+from gateway.edge.lenient_handlers import Undecodable
 from gateway.edge.status import maps_errors, message_of
 from gateway.errors import Internal, InvalidArgument, TurnoutError, Unavailable
 from gateway.rollouts.repository_control import RepositoryControl
@@ -162,6 +163,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             try:
                 for message in request_iterator:
                     submitted[0] += 1
+                    if isinstance(message, Undecodable):  # answered in-band; the stream goes on
+                        answers.put(_stream_answer("", None, InvalidArgument(message.description)))
+                        continue
                     try:
                         decoded = self._decode(message)
                         decoded.routing_metadata = metadata

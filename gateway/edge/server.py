@@ -12,11 +12,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from gateway.edge.inference_servicer import InferenceServicer
+from gateway.edge.lenient_handlers import add_leniently
 from gateway.edge.rollouts_servicer import RolloutsServicer
 from gateway.settings import Settings
 from gateway.wire import inference_pb2 as pb
-from gateway.wire import inference_pb2_grpc as pb_grpc
-from gateway.wire.turnout.v1 import rollouts_pb2, rollouts_pb2_grpc
+from gateway.wire.turnout.v1 import rollouts_pb2
 
 INFERENCE_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 ROLLOUTS_SERVICE = rollouts_pb2.DESCRIPTOR.services_by_name["Rollouts"].full_name
@@ -54,8 +54,9 @@ class GatewayServer:
             maximum_concurrent_rpcs=None,
         )
         self._servicer = servicer
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, self._server)
-        rollouts_pb2_grpc.add_RolloutsServicer_to_server(rollouts, self._server)
+        # Not the generated add_*_to_server: a body that does not decode is INVALID_ARGUMENT, not INTERNAL.
+        add_leniently(servicer, pb.DESCRIPTOR.services_by_name["GRPCInferenceService"], self._server)
+        add_leniently(rollouts, rollouts_pb2.DESCRIPTOR.services_by_name["Rollouts"], self._server)
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
