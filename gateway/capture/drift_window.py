@@ -75,6 +75,13 @@ def repository_profiles(root: Path, bins: int = DEFAULT_BINS) -> ProfileSource:
             return None
         declared = inputs[0]
         names = entry.settings.feature_names or tuple(f"{declared.name}_{i}" for i in range(declared.dims[0]))
+        missing = [name for name in names if name not in pq.read_schema(path).names]
+        if missing:  # e.g. a config.pbtxt without feature names beside a reference that names them
+            log.warning(
+                "drift: %s has no column for %d of the features of %s version %d (first: %s); that version is"
+                " not watched", path, len(missing), model, version, missing[0],
+            )  # fmt: skip
+            return None
         return ReferenceProfile.from_parquet(path, declared.name, names, bins)
 
     return load

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -128,3 +130,19 @@ def test_profiles_from_a_model_repository() -> None:
     statistics = window.statistics("digits", 1)
     assert window.rows("digits", 1) == 500 and statistics is not None
     assert [feature.name for feature in statistics if feature.drifted] == [], "500 random rows of the reference"
+
+
+def test_a_reference_without_the_feature_columns_is_not_watched_and_says_why(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    version = tmp_path / "digits" / "1"
+    version.mkdir(parents=True)
+    (tmp_path / "digits" / "model.yaml").write_text(
+        "max_batch_size: 8\ninputs:\n  - {name: input, datatype: FP32, dims: [2]}\n"
+        "outputs:\n  - {name: y, datatype: FP32, dims: [2]}\n"
+    )
+    (version / "model.onnx").write_bytes(b"")
+    pq.write_table(pa.table({"px_0": [1.0], "px_1": [2.0]}), version / "reference.parquet")
+    with caplog.at_level(logging.WARNING):
+        assert repository_profiles(tmp_path)("digits", 1) is None
+    assert "no column for 2 of the features of digits version 1 (first: input_0)" in caplog.text
