@@ -29,6 +29,7 @@ from gateway.serving.model_views import ModelViews
 from gateway.serving.observers import RequestObservers
 from gateway.settings import Settings
 from gateway.state.sqlite_store import SqliteStateStore
+from gateway.state.store import StateUnavailable
 from gateway.telemetry.recent_traffic import RecentTraffic, TrafficView, traffic_view
 from gateway.version import package_version
 from runtimes.contract import ModelHost, RuntimeOptions
@@ -206,7 +207,11 @@ def serve(settings: Settings) -> int:
 
 
 def _run(settings: Settings, zygote: Zygote | None) -> int:
-    gateway = Gateway(settings, zygote)
+    try:
+        gateway = Gateway(settings, zygote)
+    except StateUnavailable as error:  # a corrupt state file: say which, and do not start on it
+        log.error("%s", error)
+        return 2
     stop = stop_on_signals("stopping", log)
     gateway.start()
     # Models, modules and the server are loaded: keep them out of the collector's way from now on.

@@ -15,6 +15,17 @@
 
 from __future__ import annotations
 
+# A caller's string echoed in an error message is cut to this many characters: a 10 KB model name
+# echoed in full would overflow the client's metadata limit and turn the error into another one.
+ECHO_LIMIT = 64
+
+
+def echoed(text: str) -> str:
+    """``repr`` of a caller's string for an error message, cut to :data:`ECHO_LIMIT` characters."""
+    if len(text) <= ECHO_LIMIT:
+        return repr(text)
+    return f"{text[:ECHO_LIMIT]!r}... ({len(text)} characters)"
+
 
 class TurnoutError(Exception):
     """Base of every error Turnout reports to a caller."""

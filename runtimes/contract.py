@@ -7,7 +7,7 @@ worker process or in-process, behind the same interface.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -107,6 +107,15 @@ class ModelHost(Protocol):
 
     def close(self) -> None:
         ...
+
+    def watch_failure(self, callback: FailureCallback) -> None:
+        """Have ``callback(reason)`` called when the host can no longer serve and cannot recover by
+        itself (its worker died and cannot be restarted), and ``callback(None)`` once it serves again."""
+        ...
+
+
+# A host's failure, or None when it serves again; called on a thread of the host's.
+FailureCallback = Callable[[str | None], None]
 
 
 class RuntimeFailure(Exception):

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from runtimes.catalog import open_runtime
-from runtimes.contract import InferenceFailed, RuntimeFailure, RuntimeOptions
+from runtimes.contract import FailureCallback, InferenceFailed, RuntimeFailure, RuntimeOptions
 from runtimes.raw_tensors import RawTensor, RawTensors, array_of, joined, raw_of
 
 
@@ -19,6 +19,9 @@ class InProcessHost:
     def __init__(self, kind: str, artifact: Path, options: RuntimeOptions) -> None:
         self._runtime = open_runtime(kind, artifact, options)
         self.signature = self._runtime.signature
+
+    def watch_failure(self, callback: FailureCallback) -> None:
+        """Nothing to watch: the model runs in this process, which cannot outlive it."""
 
     def infer(self, inputs: Mapping[str, Sequence[RawTensor]], output_names: Sequence[str]) -> RawTensors:
         try:

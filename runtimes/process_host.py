@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -22,6 +21,7 @@ from typing import Protocol
 import runtimes
 from runtimes.contract import (
     ArtifactInvalid,
+    FailureCallback,
     HostUnavailable,
     RuntimeFailure,
     RuntimeOptions,
@@ -122,6 +122,9 @@ class _Worker:
         self.sock.close()
 
 
+_MAX_RESTART_DELAY_S = 5.0
+
+
 class WorkerProcessHost:
     """Hosts one model in a worker process that is restarted when it dies."""
 
@@ -150,6 +153,11 @@ class WorkerProcessHost:
         self._closing = False
         self._worker: _Worker | None = None
         self.restarts = 0
+        # Why its worker died and cannot be started again (its model file gone or damaged); None while
+        # it serves or is restarting as usual. Callers are then answered at once, not after a wait.
+        self.failure: str | None = None
+        self._on_failure: FailureCallback | None = None
+        self._closed = threading.Event()  # wakes a restart loop that is waiting to try again
         self.signature = self._start()
 
     @property
@@ -192,14 +200,40 @@ class WorkerProcessHost:
                 self._start()
             except HostUnavailable:
                 return
+            except ArtifactInvalid as error:
+                # The model file is gone or damaged: no restart can work until it is back. Say so once,
+                # answer callers at once (they would wait for a worker that is not coming), and keep
+                # trying now and then in case the file returns.
+                if self.failure is None:
+                    log.error("worker for %s cannot be restarted: %s; retrying every %.0fs", self._label, error,
+                              _MAX_RESTART_DELAY_S)  # fmt: skip
+                    self.failure = f"its worker died and cannot be restarted: {error}"
+                    self._ready.set()
+                    self._tell_failure(self.failure)
+                delay = _MAX_RESTART_DELAY_S
             except RuntimeFailure as error:
                 log.error("restarting worker for %s failed: %s; retrying in %.1fs", self._label, error, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                delay = min(delay * 2, _MAX_RESTART_DELAY_S)
             else:
                 self.restarts += 1
+                if self.failure is not None:
+                    self.failure = None
+                    self._tell_failure(None)
                 log.warning("worker for %s is serving again (restart %d)", self._label, self.restarts)
                 return
+            if self._closed.wait(delay):
+                return
+
+    def watch_failure(self, callback: FailureCallback) -> None:
+        self._on_failure = callback
+
+    def _tell_failure(self, failure: str | None) -> None:
+        callback = self._on_failure
+        if callback is not None:
+            try:
+                callback(failure)
+            except Exception:  # the watcher's problem; the restart loop goes on
+                log.exception("the failure watcher of %s failed", self._label)
 
     def infer(self, inputs: Mapping[str, Sequence[RawTensor]], output_names: Sequence[str]) -> RawTensors:
         # is_set() first: Event.wait runs a Condition's Python code even when the event is set.
@@ -208,7 +242,9 @@ class WorkerProcessHost:
         with self._call_lock:
             worker = self._worker
             if worker is None:
-                raise HostUnavailable(f"worker for {self._label} is restarting")
+                failure = self.failure
+                why = f"{self._label}: {failure}" if failure else f"worker for {self._label} is restarting"
+                raise HostUnavailable(why)
             try:
                 return worker.infer(inputs, output_names)
             except (OSError, ChannelClosed):
@@ -225,6 +261,7 @@ class WorkerProcessHost:
     def close(self) -> None:
         with self._life_lock:
             self._closing = True
+            self._closed.set()
             self._ready.clear()
             worker, self._worker = self._worker, None
         if worker is not None:

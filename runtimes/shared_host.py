@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from runtimes.contract import (
+    FailureCallback,
     HostUnavailable,
     RuntimeOptions,
     Signature,
@@ -119,6 +120,10 @@ class SharedWorkerHost:
                     f"shared worker for {self._label} died during the batch; it is being restarted"
                 ) from None
         return result_tensors(frame)
+
+    def watch_failure(self, callback: FailureCallback) -> None:
+        """Not yet: the broker's host restarts the shared worker and knows when it cannot (a later
+        change can pass that on); here a dead worker is seen as a batch that fails."""
 
     def close(self) -> None:
         with self._call_lock:

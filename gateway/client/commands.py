@@ -66,6 +66,17 @@ def _sticky_key_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not at least 1")
+    return value
+
+
 def add_commands(commands: Any) -> None:
     """Register ``health`` and the control commands on the ``turnout`` argument parser's subcommands."""
     health = commands.add_parser("health", help="ask a gateway's grpc.health.v1 service; exit 0 when SERVING")
@@ -124,7 +135,7 @@ def add_commands(commands: Any) -> None:
     _reason_flag(rollback)
     history = command("history", "the model's policy changes, newest first")
     history.add_argument(
-        "--limit", type=int, default=DEFAULT_HISTORY_LIMIT, metavar="N",
+        "--limit", type=_positive_int, default=DEFAULT_HISTORY_LIMIT, metavar="N",
         help=f"show at most N changes (default: {DEFAULT_HISTORY_LIMIT})",
     )
 

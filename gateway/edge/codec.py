@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from gateway import headers
-from gateway.errors import InvalidArgument
+from gateway.errors import InvalidArgument, echoed
 from gateway.serving.inference_types import InferRequest, InferResponse
 from gateway.serving.model_views import (
     IndexEntry,
@@ -72,7 +72,7 @@ def infer_request_from_proto(message: Any) -> InferRequest:
         for tensor in inputs:
             if tensor.HasField("contents"):
                 raise InvalidArgument(
-                    f"input {tensor.name!r} sets contents while the request uses raw_input_contents; "
+                    f"input {echoed(tensor.name)} sets contents while the request uses raw_input_contents; "
                     "use one or the other for every input"
                 )
         decoded = [
@@ -84,7 +84,7 @@ def infer_request_from_proto(message: Any) -> InferRequest:
     outputs = []
     for requested in message.outputs:
         if "classification" in requested.parameters:
-            raise InvalidArgument(f"output {requested.name!r}: the classification extension is not supported")
+            raise InvalidArgument(f"output {echoed(requested.name)}: the classification extension is not supported")
         outputs.append(requested.name)
     parameters: dict[str, Any] = {}
     if message.parameters:  # usually empty: skip building an iterator over the map
@@ -96,7 +96,9 @@ def _typed_tensor(tensor: Any) -> Tensor:
     field = _TYPED_FIELD.get(tensor.datatype)
     if field is None:
         if tensor.datatype == "FP16":
-            raise InvalidArgument(f"input {tensor.name!r}: FP16 has no typed contents; send it in raw_input_contents")
+            raise InvalidArgument(
+                f"input {echoed(tensor.name)}: FP16 has no typed contents; send it in raw_input_contents"
+            )
         # Let the tensor decoder name the unknown datatype.
         return tensor_from_values(tensor.name, tensor.datatype, tensor.shape, [])
     values = getattr(tensor.contents, field)
@@ -105,7 +107,7 @@ def _typed_tensor(tensor: Any) -> Tensor:
     except InvalidArgument as error:
         raise InvalidArgument(f"{error} (typed values of {tensor.datatype} go in contents.{field})") from None
     except (OverflowError, ValueError) as error:
-        raise InvalidArgument(f"input {tensor.name!r}: values do not fit {tensor.datatype}: {error}") from None
+        raise InvalidArgument(f"input {echoed(tensor.name)}: values do not fit {tensor.datatype}: {error}") from None
 
 
 def infer_response_to_proto(response: InferResponse, routing_parameters: bool = False) -> Any:

@@ -5,6 +5,7 @@ Servicers stay thin: decode with :mod:`gateway.edge.codec`, call a use case, enc
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -23,8 +24,9 @@ from gateway.edge.codec import (
     statistics_to_proto,
     text_metadata,
 )
-from gateway.edge.status import maps_errors
-from gateway.errors import InvalidArgument, TurnoutError, Unavailable
+from gateway.edge.lenient_handlers import Undecodable
+from gateway.edge.status import maps_errors, message_of
+from gateway.errors import Internal, InvalidArgument, TurnoutError, Unavailable
 from gateway.rollouts.repository_control import RepositoryControl
 from gateway.serving.dataplane import Dataplane
 from gateway.serving.in_flight import InFlight
@@ -38,6 +40,9 @@ EXTENSIONS = ["model_repository", "model_configuration", "statistics", "binary_t
 
 _END = object()
 _SHUTTING_DOWN = "the server is shutting down and accepts no new inference calls"
+_UNEXPECTED = "the gateway failed on this request unexpectedly; its log has the details"
+
+log = logging.getLogger(__name__)
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
@@ -158,12 +163,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             try:
                 for message in request_iterator:
                     submitted[0] += 1
+                    if isinstance(message, Undecodable):  # answered in-band; the stream goes on
+                        answers.put(_stream_answer("", None, InvalidArgument(message.description)))
+                        continue
                     try:
                         decoded = self._decode(message)
                         decoded.routing_metadata = metadata
                         self._dataplane.submit(decoded, answer(message.id))
                     except TurnoutError as error:
                         answers.put(_stream_answer(message.id, None, error))
+                    except Exception:  # a bug costs this request its answer, never the stream its reader
+                        log.exception("a request on a stream failed unexpectedly")
+                        answers.put(_stream_answer(message.id, None, Internal(_UNEXPECTED)))
             except grpc.RpcError:
                 pass  # the client went away; nothing left to answer
             finally:
@@ -214,6 +225,7 @@ def _timeout_s(context: grpc.ServicerContext) -> float | None:
 def _stream_answer(request_id: str, response: InferResponse | None, error: TurnoutError | None) -> Any:
     if error is not None or response is None:
         return pb.ModelStreamInferResponse(
-            error_message=str(error), infer_response=pb.ModelInferResponse(id=request_id)
+            error_message=message_of(error) if error is not None else "no answer",
+            infer_response=pb.ModelInferResponse(id=request_id),
         )
     return pb.ModelStreamInferResponse(infer_response=infer_response_to_proto(response, routing_parameters=True))

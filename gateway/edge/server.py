@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from concurrent import futures
 from typing import Any
@@ -11,16 +12,20 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from gateway.edge.inference_servicer import InferenceServicer
+from gateway.edge.lenient_handlers import add_leniently
 from gateway.edge.rollouts_servicer import RolloutsServicer
 from gateway.settings import Settings
 from gateway.wire import inference_pb2 as pb
-from gateway.wire import inference_pb2_grpc as pb_grpc
-from gateway.wire.turnout.v1 import rollouts_pb2, rollouts_pb2_grpc
+from gateway.wire.turnout.v1 import rollouts_pb2
 
 INFERENCE_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 ROLLOUTS_SERVICE = rollouts_pb2.DESCRIPTOR.services_by_name["Rollouts"].full_name
 # After the inference calls drain, what is left (health Watch streams, metadata calls) gets this long.
 _FINAL_GRACE_S = 0.5
+# How long after that the stop waits for the server's threads to return before it goes on without them.
+_STOP_WAIT_S = 5.0
+
+log = logging.getLogger(__name__)
 
 
 def server_options(settings: Settings) -> list[tuple[str, Any]]:
@@ -49,8 +54,9 @@ class GatewayServer:
             maximum_concurrent_rpcs=None,
         )
         self._servicer = servicer
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, self._server)
-        rollouts_pb2_grpc.add_RolloutsServicer_to_server(rollouts, self._server)
+        # Not the generated add_*_to_server: a body that does not decode is INVALID_ARGUMENT, not INTERNAL.
+        add_leniently(servicer, pb.DESCRIPTOR.services_by_name["GRPCInferenceService"], self._server)
+        add_leniently(rollouts, rollouts_pb2.DESCRIPTOR.services_by_name["Rollouts"], self._server)
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
@@ -75,4 +81,8 @@ class GatewayServer:
         self._health.enter_graceful_shutdown()
         self._servicer.calls.close_and_wait(grace_s)
         remaining = max(deadline - time.monotonic(), 0.0)
-        self._server.stop(min(remaining, _FINAL_GRACE_S)).wait()
+        final_grace_s = min(remaining, _FINAL_GRACE_S)
+        # grpc cancels what is left after the grace, but the event waits for every handler thread to
+        # return, and one stuck writing to a client that stopped reading may never do so: bound it.
+        if not self._server.stop(final_grace_s).wait(final_grace_s + _STOP_WAIT_S):
+            log.warning("the gRPC server had not stopped %.0f s after its grace period; stopping anyway", _STOP_WAIT_S)

@@ -33,6 +33,19 @@ STATUS_BY_ERROR: dict[type[TurnoutError], grpc.StatusCode] = {
 }
 
 
+# The longest message a caller is sent. Messages travel in the grpc-message trailer, and a client's
+# metadata limit (8 KiB by default) turns a longer one into RESOURCE_EXHAUSTED, hiding the error.
+MAX_MESSAGE_CHARS = 2048
+
+
+def message_of(error: TurnoutError) -> str:
+    """The error's message as a caller sees it: cut to :data:`MAX_MESSAGE_CHARS`, saying so."""
+    text = str(error)
+    if len(text) <= MAX_MESSAGE_CHARS:
+        return text
+    return f"{text[: MAX_MESSAGE_CHARS - 40]}... (cut from {len(text)} characters)"
+
+
 def status_of(error: TurnoutError) -> grpc.StatusCode:
     for kind in type(error).__mro__:
         code = STATUS_BY_ERROR.get(kind)
@@ -55,6 +68,6 @@ def maps_errors(method: F) -> F:
             code = status_of(error)
             if code is grpc.StatusCode.INTERNAL:
                 log.error("%s failed: %s", method.__name__, error)
-            context.abort(code, str(error))
+            context.abort(code, message_of(error))
 
     return wrapper  # type: ignore[return-value]

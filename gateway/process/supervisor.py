@@ -34,9 +34,26 @@ _RESTART_DELAY_S = 1.0
 _START_TIMEOUT_S = 120.0
 
 
+class PortTaken(RuntimeError):
+    """The port is held by a process this supervisor does not own."""
+
+
 def reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
-    """Bind (without listening) a SO_REUSEPORT socket, so ``--port 0`` becomes one port for every process."""
+    """Bind (without listening) a SO_REUSEPORT socket, so ``--port 0`` becomes one port for every process.
+
+    First the port is bound without SO_REUSEPORT: that fails while any process listens on it, even one
+    that set SO_REUSEPORT itself (an orphaned gateway of an earlier supervisor, say), which the
+    SO_REUSEPORT bind would silently share the port with. SO_REUSEADDR keeps connections of an
+    earlier run in TIME_WAIT from counting as a listener.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise PortTaken(f"{host}:{port} is in use by another process ({error.strerror}); not sharing it") from None
+        port = int(probe.getsockname()[1])
     placeholder = socket.socket(family, socket.SOCK_STREAM)
     placeholder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     placeholder.bind((host, port))
@@ -71,6 +88,8 @@ class Supervisor:
         self._command = self._child_command()
         self._children: list[_GatewayChild] = []
         self._stopping = threading.Event()
+        # Held to start a child and to begin stopping: no child is started once the stop has begun.
+        self._life_lock = threading.Lock()
 
     def _child_command(self) -> list[str]:
         config = self._socket_dir / "gateway.yaml"
@@ -112,11 +131,16 @@ class Supervisor:
                     continue
                 log.error("gateway process %d (pid %d) exited with %s; starting it again",
                           child.index, child.process.pid, code)
-                time.sleep(_RESTART_DELAY_S)
-                self._children[position] = _GatewayChild(self._command_for(child.index), child.index)
+                if self._stopping.wait(_RESTART_DELAY_S):
+                    return
+                with self._life_lock:
+                    if self._stopping.is_set():  # a stop began while we waited: start nothing it cannot see
+                        return
+                    self._children[position] = _GatewayChild(self._command_for(child.index), child.index)
 
     def stop(self) -> None:
-        self._stopping.set()
+        with self._life_lock:
+            self._stopping.set()
         for child in self._children:
             if child.process.poll() is None:
                 child.process.send_signal(signal.SIGTERM)
@@ -142,7 +166,13 @@ def supervise(settings: Settings) -> int:
     stop = stop_on_signals(f"stopping {settings.processes} gateway processes", log)
     # Forked first, while this process has one thread: the broker forks the shared workers from it.
     zygote = start_zygote() if settings.forks_workers else None
-    supervisor = Supervisor(settings, zygote)
+    try:
+        supervisor = Supervisor(settings, zygote)
+    except PortTaken as error:
+        log.error("%s", error)
+        if zygote is not None:
+            zygote.close()
+        return 2
     try:
         supervisor.start()
         threading.Thread(target=supervisor.watch, name="supervisor-watch", daemon=True).start()

@@ -24,6 +24,16 @@ log = logging.getLogger(__name__)
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 # Triton ignores version directories whose names are not numbers or start with 0.
 _VERSION_NAME = re.compile(r"^[1-9][0-9]{0,17}$")
+_REQUESTED_VERSION = re.compile(r"[0-9]{1,18}")  # fullmatch; [0-9] is ASCII only, unlike \d
+
+
+def version_number(text: str) -> int | None:
+    """A version named by a caller, or None unless it is 1 to 18 ASCII digits.
+
+    Not ``str.isdigit``: it accepts "²" and other digits ``int`` refuses, and any length, where
+    ``int`` refuses more than 4,300 digits; both raised past the checks.
+    """
+    return int(text) if _REQUESTED_VERSION.fullmatch(text) else None
 
 
 def valid_model_name(name: str) -> bool:

@@ -26,6 +26,10 @@ from gateway.state.store import GenerationConflict, PolicyChange, StateStore
 _Compute = Callable[[Policy], Policy]  # a change, as a function of the policy it applies to
 
 _CONFLICT_RETRIES = 5
+# The audit trail keeps why, not essays: every process reads policies on each change, and a client
+# reads a page of history in one message (a few 1 MiB reasons broke `turnout history`).
+MAX_REASON_CHARS = 4096
+MAX_HISTORY_LIMIT = 1000
 _DEFAULT_HISTORY = 100
 
 
@@ -74,6 +78,11 @@ class Rollouts:
         return PolicyView(model, Policy(stable=record.default.version), 0, False)
 
     def history(self, model: str, limit: int) -> list[PolicyChange]:
+        """The newest ``limit`` changes (0: the default page); a negative or huge limit is refused."""
+        if not 0 <= limit <= MAX_HISTORY_LIMIT:
+            raise InvalidArgument(
+                f"history limit {limit} is out of range: 1 to {MAX_HISTORY_LIMIT}, or 0 for {_DEFAULT_HISTORY}"
+            )
         return self._store.history(model, limit or _DEFAULT_HISTORY)
 
     def versions(self, model: str) -> tuple[PolicyView | None, list[VersionView]]:
@@ -167,6 +176,8 @@ class Rollouts:
         prepare: Callable[[str, Policy], None] | None = None,
     ) -> PolicyView:
         """Compute the new policy, make its versions READY (``prepare``), then commit and apply it."""
+        if len(reason) > MAX_REASON_CHARS:
+            raise InvalidArgument(f"the reason is {len(reason)} characters long; at most {MAX_REASON_CHARS} are kept")
         prepare = prepare or self._load_named_versions
         self._manager.record(model)  # NOT_FOUND for a model the registry does not know
         for _ in range(_CONFLICT_RETRIES):

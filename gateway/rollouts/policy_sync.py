@@ -20,7 +20,7 @@ from types import MappingProxyType
 from gateway.errors import TurnoutError
 from gateway.routing.table import ModelRoute, RoutingTable, RoutingTableHolder
 from gateway.serving.model_manager import ModelManager
-from gateway.state.store import RepositoryRequest, StateStore, StoredPolicy
+from gateway.state.store import RepositoryRequest, StateStore, StateUnavailable, StoredPolicy
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,8 @@ class PolicySync:
         self._followed: dict[str, int] = {}
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        # Why the routing state cannot be used now (logged once when it starts); None while it can.
+        self.state_problem: str | None = None
 
     @property
     def applied_generation(self) -> int:
@@ -111,8 +113,16 @@ class PolicySync:
                         if (took_s := time.monotonic() - started) > _SLOW_SYNC_S:  # the next sync waited for it
                             log.warning("a heartbeat of the policy sync took %.0f ms", took_s * 1000)
                     next_heartbeat = time.monotonic() + self._heartbeat_interval_s
+            except StateUnavailable as error:  # serve on with the policies applied; say so once
+                if str(error) != self.state_problem:
+                    log.error("%s; serving with the policies applied so far", error)
+                self.state_problem = str(error)
+                continue
             except Exception:  # a failed pass must not end the sync; the next one retries
                 log.exception("policy sync failed")
+            if self.state_problem is not None:
+                log.warning("the routing state can be read again")
+                self.state_problem = None
 
     def sync_now(self) -> bool:
         """Apply the store's newest generation if it is newer than ours; True when it was."""
@@ -170,12 +180,8 @@ class PolicySync:
     def _keep_needed_versions(self, policies: dict[str, StoredPolicy]) -> None:
         since = time.time() - self._rollback_window_s
         for model, stored in policies.items():
-            needed = set(stored.policy.versions())
-            for change in self._store.history(model, 20):
-                if change.at < since:
-                    break
-                if change.before is not None:
-                    needed.add(change.before.stable)  # a rollback must never have to load it
+            # A stable version replaced within the window stays loaded: a rollback must never load it.
+            needed = set(stored.policy.versions()) | self._store.replaced_stables(model, since, 20)
             self._manager.keep_loaded(model, frozenset(needed))
 
     def _load_missing_versions(self, policies: dict[str, StoredPolicy]) -> None:

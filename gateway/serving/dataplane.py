@@ -13,7 +13,8 @@ import time
 from collections.abc import Callable
 
 from gateway import headers
-from gateway.errors import DeadlineExceeded, Internal, InvalidArgument, TurnoutError, Unavailable
+from gateway.errors import DeadlineExceeded, Internal, InvalidArgument, TurnoutError, Unavailable, echoed
+from gateway.registry.repository import version_number
 from gateway.routing.decide import Arm, Reason, decide
 from gateway.routing.table import RoutingTableHolder
 from gateway.serving.batching import Pending
@@ -116,11 +117,12 @@ class Dataplane:
             version = self._manager.acquire(name, pin)
             arm, reason = (Arm.PINNED, Reason.PIN) if pin else (Arm.STABLE, Reason.NO_CANARY)
             return version, Route(name, version.version, arm, 0, reason)
-        if pin and not pin.isdigit():
-            raise InvalidArgument(f"model version {pin!r} is not a positive integer")
+        pinned = version_number(pin) if pin else None
+        if pin and pinned is None:
+            raise InvalidArgument(f"model version {echoed(pin)} is not a positive integer")
         policy = model_route.policy
         sticky = request.routing_metadata.get(policy.sticky_key) if policy.sticky_key else None
-        decision = decide(policy, int(pin) if pin else None, sticky, self._random.random(), self._random.random())
+        decision = decide(policy, pinned, sticky, self._random.random(), self._random.random())
         version = self._manager.acquire(name, str(decision.version))
         route = Route(name, decision.version, decision.arm, model_route.generation, decision.reason, decision.shadows)
         return version, route

@@ -12,9 +12,9 @@ import logging
 import threading
 from dataclasses import dataclass, field
 
-from gateway.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from gateway.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable, echoed
 from gateway.registry.model_settings import ModelSettings
-from gateway.registry.repository import ModelEntry, ModelRepository, valid_model_name
+from gateway.registry.repository import ModelEntry, ModelRepository, valid_model_name, version_number
 from gateway.serving.model_version import BatchFinished, HostFactory, ModelVersion, VersionState
 from runtimes.contract import RuntimeOptions
 
@@ -130,7 +130,10 @@ class ModelManager:
     def _apply(self, record: ModelRecord, entry: ModelEntry) -> None:
         if entry.settings is None:
             # Keep serving what is loaded; new versions wait for a valid model.yaml.
-            record.problem = entry.settings_error or "invalid settings"
+            problem = entry.settings_error or "invalid settings"
+            if problem != record.problem and record.versions:  # said once, not at every scan
+                log.error("model %s: %s; its loaded versions serve on with the settings they had", record.name, problem)
+            record.problem = problem
             return
         record.settings, record.problem = entry.settings, ""
         present = {number for number, item in entry.versions.items() if item.artifact is not None}
@@ -142,7 +145,9 @@ class ModelManager:
                 current.reason == "unloaded" or current.entry.fingerprint != item.fingerprint
             )
             if current is None or retry:
-                version = ModelVersion(record.name, item, entry.settings, self._on_batch_finished)
+                version = ModelVersion(
+                    record.name, item, entry.settings, self._on_batch_finished, on_availability=record.refresh_default
+                )
                 record.versions[number] = version
                 version.load(self._make_host, self._runtime_options)
                 record.refresh_default()
@@ -174,7 +179,7 @@ class ModelManager:
     def load_model(self, name: str) -> None:
         """Load (or reload) a model now; raises when it has no version that could be loaded."""
         if not valid_model_name(name) or self._repository.scan_model(name) is None:
-            raise NotFound(f"model {name!r} is not in the repository")
+            raise NotFound(f"model {echoed(name)} is not in the repository")
         with self._reconcile_lock:
             record = self._models.get(name)
             if record is not None:
@@ -182,10 +187,10 @@ class ModelManager:
             self._reconcile(name)
             record = self._models[name]
             if record.problem:
-                raise FailedPrecondition(f"model {name!r} cannot be loaded: {record.problem}")
+                raise FailedPrecondition(f"model {echoed(name)} cannot be loaded: {record.problem}")
             if record.default is None:
                 reasons = "; ".join(f"version {n}: {v.reason}" for n, v in sorted(record.versions.items()))
-                raise FailedPrecondition(f"model {name!r} has no version that loads ({reasons or 'no versions'})")
+                raise FailedPrecondition(f"model {echoed(name)} has no version that loads ({reasons or 'no versions'})")
 
     def repository_versions(self, name: str) -> set[int]:
         """Version numbers the repository holds for a model right now, loaded or not."""
@@ -216,24 +221,24 @@ class ModelManager:
             if found is not None and found.state is VersionState.READY:
                 return
             if record is not None and record.explicitly_unloaded:
-                raise FailedPrecondition(f"model {name!r} was unloaded; load it before routing to it")
+                raise FailedPrecondition(f"model {echoed(name)} was unloaded; load it before routing to it")
             entry = self._repository.scan_model(name)
             if entry is None or version not in entry.versions:
                 known = sorted(entry.versions) if entry is not None else []
-                raise NotFound(f"model {name!r} has no version {version} in the repository (present: {known})")
+                raise NotFound(f"model {echoed(name)} has no version {version} in the repository (present: {known})")
             self._kept[name] = self._kept.get(name, frozenset()) | {version}
             self._reconcile(name)
             found = self._models[name].versions.get(version)
             if found is None or found.state is not VersionState.READY:
                 why = (found.reason if found is not None else "") or self._models[name].problem or "unknown reason"
-                raise FailedPrecondition(f"version {version} of model {name!r} cannot serve: {why}")
+                raise FailedPrecondition(f"version {version} of model {echoed(name)} cannot serve: {why}")
 
     def unload_model(self, name: str) -> None:
         """Unload every version of a model and keep it unloaded until load_model."""
         with self._reconcile_lock:
             record = self._models.get(name)
             if record is None:
-                raise NotFound(f"model {name!r} is not loaded")
+                raise NotFound(f"model {echoed(name)} is not loaded")
             record.explicitly_unloaded = True
             leaving = [v for v in record.versions.values() if v.state is VersionState.READY]
             record.default = None
@@ -264,19 +269,20 @@ class ModelManager:
     def _resolve(self, name: str, version: str) -> ModelVersion:
         record = self._models.get(name)
         if record is not None and not record.versions and record.problem:
-            raise Unavailable(f"model {name!r} is not available: {record.problem}")
+            raise Unavailable(f"model {echoed(name)} is not available: {record.problem}")
         if record is None or not record.versions:
-            raise NotFound(f"unknown model {name!r}")
+            raise NotFound(f"unknown model {echoed(name)}")
         if not version:
             chosen = record.default
             if chosen is None:
-                raise Unavailable(f"model {name!r} has no READY version ({self._summary(record)})")
+                raise Unavailable(f"model {echoed(name)} has no READY version ({self._summary(record)})")
             return chosen
-        if not version.isdigit():
-            raise InvalidArgument(f"model version {version!r} is not a positive integer")
-        found = record.versions.get(int(version))
+        number = version_number(version)
+        if number is None:
+            raise InvalidArgument(f"model version {echoed(version)} is not a positive integer")
+        found = record.versions.get(number)
         if found is None:
-            raise NotFound(f"model {name!r} has no version {version} (known: {sorted(record.versions)})")
+            raise NotFound(f"model {echoed(name)} has no version {number} (known: {sorted(record.versions)})")
         if found.state is not VersionState.READY:
             detail = f": {found.reason}" if found.reason else ""
             raise Unavailable(f"{found.label} is not ready, it is {found.state.value}{detail}")
@@ -284,26 +290,29 @@ class ModelManager:
 
     @staticmethod
     def _summary(record: ModelRecord) -> str:
-        parts = [f"{n} {v.state.value}" for n, v in sorted(record.versions.items())]
+        parts = [
+            f"{n} {v.state.value}" + (f": {v.reason}" if v.reason else "") for n, v in sorted(record.versions.items())
+        ]
         return ", ".join(parts) or record.problem or "no versions"
 
     def version(self, name: str, version: str) -> ModelVersion:
         """Look a version up for metadata: NOT_FOUND when unknown, any state otherwise."""
         record = self._models.get(name)
         if record is None or not record.versions:
-            raise NotFound(f"unknown model {name!r}")
+            raise NotFound(f"unknown model {echoed(name)}")
         if not version:
             if record.default is not None:
                 return record.default
             return record.versions[max(record.versions)]
-        if not version.isdigit() or int(version) not in record.versions:
-            raise NotFound(f"model {name!r} has no version {version!r} (known: {sorted(record.versions)})")
-        return record.versions[int(version)]
+        number = version_number(version)
+        if number is None or number not in record.versions:
+            raise NotFound(f"model {echoed(name)} has no version {echoed(version)} (known: {sorted(record.versions)})")
+        return record.versions[number]
 
     def record(self, name: str) -> ModelRecord:
         record = self._models.get(name)
         if record is None:
-            raise NotFound(f"unknown model {name!r}")
+            raise NotFound(f"unknown model {echoed(name)}")
         return record
 
     def versions(self) -> list[ModelVersion]:

@@ -7,6 +7,7 @@ in flight (reference count) before closing its queue and workers.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -115,7 +116,10 @@ class ModelVersion:
         entry: VersionEntry,
         settings: ModelSettings,
         on_batch_finished: BatchFinished | None = None,
+        on_availability: Callable[[], None] | None = None,
     ) -> None:
+        """``on_availability``: called when the version stops or starts serving on its own, without a
+        load or an unload (its workers cannot be restarted, and then can), so the default moves."""
         self.model = model
         self.version = entry.version
         self.entry = entry
@@ -135,6 +139,9 @@ class ModelVersion:
         self.acquire: Callable[[], bool] = self._requests.enter
         self.release: Callable[[], None] = self._requests.leave
         self._unload_lock = threading.Lock()
+        self._on_availability = on_availability
+        self._failed_hosts: dict[int, str] = {}  # host index -> why it cannot serve
+        self._down_by_hosts = False  # UNAVAILABLE because every host failed, not unloaded or never loaded
 
     @property
     def label(self) -> str:
@@ -183,6 +190,8 @@ class ModelVersion:
         )
         self._queue = BatchQueue(self.label, self.plan.batching)
         for index, host in enumerate(self._hosts):
+            host.watch_failure(functools.partial(self._host_failure, index))
+        for index, host in enumerate(self._hosts):
             thread = threading.Thread(
                 target=self._dispatch, args=(host,), name=f"batch-{self.model}-{self.version}-{index}", daemon=True
             )
@@ -191,6 +200,31 @@ class ModelVersion:
         self.state, self.reason = VersionState.READY, ""
         self._requests.open()
         log.info("%s is READY (sha256 %s, max_batch_size %d)", self.label, self.sha256[:12], max_batch_size)
+
+    def _host_failure(self, index: int, failure: str | None) -> None:
+        """A host's worker cannot be restarted (``failure``), or serves again (None); on its thread.
+
+        With every host failed the version is UNAVAILABLE with the reason, so routing and the default
+        move off it at once, instead of requests waiting for workers that are not coming back.
+        """
+        with self._unload_lock:
+            if failure is None:
+                self._failed_hosts.pop(index, None)
+            else:
+                self._failed_hosts[index] = failure
+            every_host_failed = len(self._failed_hosts) == len(self._hosts)
+            if every_host_failed and self.state is VersionState.READY:
+                self.state, self.reason = VersionState.UNAVAILABLE, failure or ""
+                self._down_by_hosts = True
+                log.error("%s is UNAVAILABLE: %s", self.label, self.reason)
+            elif not every_host_failed and self._down_by_hosts and self.state is VersionState.UNAVAILABLE:
+                self.state, self.reason = VersionState.READY, ""
+                self._down_by_hosts = False
+                log.warning("%s is READY again: its workers serve", self.label)
+            else:
+                return
+        if self._on_availability is not None:
+            self._on_availability()
 
     def _options(self, defaults: RuntimeOptions) -> RuntimeOptions:
         own = self.settings.runtime_options
@@ -201,8 +235,8 @@ class ModelVersion:
     def unload(self, drain_timeout_s: float) -> None:
         """Refuse new requests, wait for those in flight, then stop the workers."""
         with self._unload_lock:
-            if self.state not in (VersionState.READY, VersionState.LOADING):
-                return
+            if self.state not in (VersionState.READY, VersionState.LOADING) and not self._down_by_hosts:
+                return  # never loaded, or unloaded already; one whose workers failed still has hosts to stop
             self.state = VersionState.UNLOADING
         if not self._requests.close_and_wait(drain_timeout_s):
             log.warning("%s: %d requests still in flight after %.1fs; unloading anyway",

@@ -122,9 +122,18 @@ class ModelViews:
                 # Nothing loaded (e.g. model.yaml is invalid): still list the model, with why.
                 entries.append(IndexEntry(record.name, "", VersionState.UNAVAILABLE.value, record.problem))
             for number, version in sorted(record.versions.items()):
-                reason = version.reason or (record.problem if version.state is not VersionState.READY else "")
+                reason = version.reason or _reason_from_problem(record.problem, version.state)
                 entries.append(IndexEntry(record.name, str(number), version.state.value, reason))
         return [e for e in entries if e.state == VersionState.READY.value] if ready_only else entries
+
+
+def _reason_from_problem(problem: str, state: VersionState) -> str:
+    """What the model's problem (an invalid model.yaml, say) means for one of its versions."""
+    if not problem:
+        return ""
+    if state is VersionState.READY:  # a model.yaml broken under a serving model: serve on, but say so
+        return f"serving with the settings it was loaded with; the model's settings now fail: {problem}"
+    return problem
 
 
 def _config_of(version: ModelVersion) -> ModelConfigView:

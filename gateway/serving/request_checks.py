@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from gateway.errors import InvalidArgument
+from gateway.errors import InvalidArgument, echoed
 from gateway.serving.inference_types import InferRequest
 from runtimes.contract import Signature, TensorSpec
 from runtimes.raw_tensors import RawTensor
@@ -34,17 +34,18 @@ def checked_inputs(
         spec = expected.get(tensor.name)
         if spec is None:
             raise InvalidArgument(
-                f"model {request.model_name!r} has no input {tensor.name!r}; its inputs are {sorted(expected)}"
+                f"model {echoed(request.model_name)} has no input {echoed(tensor.name)};"
+                f" its inputs are {sorted(expected)}"
             )
         if tensor.name in given:
-            raise InvalidArgument(f"input {tensor.name!r} is given more than once")
+            raise InvalidArgument(f"input {echoed(tensor.name)} is given more than once")
         if raw.datatype != spec.datatype:
-            raise InvalidArgument(f"input {tensor.name!r} has datatype {raw.datatype}, expected {spec.datatype}")
+            raise InvalidArgument(f"input {echoed(tensor.name)} has datatype {raw.datatype}, expected {spec.datatype}")
         rows = _check_shape(tensor.name, raw.shape, spec, max_batch_size, rows if given else None)
         given[tensor.name] = raw
     missing = [name for name in expected if name not in given]
     if missing:
-        raise InvalidArgument(f"model {request.model_name!r} needs inputs {missing} that the request lacks")
+        raise InvalidArgument(f"model {echoed(request.model_name)} needs inputs {missing} that the request lacks")
     return {name: given[name] for name in expected}, rows
 
 
@@ -53,20 +54,20 @@ def _check_shape(
 ) -> int:
     if max_batch_size == 0:
         if not _shape_fits(shape, spec.shape):
-            raise InvalidArgument(f"input {name!r} has shape {list(shape)}, expected {_describe(spec.shape)}")
+            raise InvalidArgument(f"input {echoed(name)} has shape {list(shape)}, expected {_describe(spec.shape)}")
         return 1
     tail = shape[1:]
     # Equal tails (no -1 to match) are the common case: one tuple comparison, no per-dimension loop.
     if len(shape) != len(spec.shape) or (tail != spec.shape[1:] and not _shape_fits(tail, spec.shape[1:])):
         raise InvalidArgument(
-            f"input {name!r} has shape {list(shape)}, expected {_describe(spec.shape)} "
+            f"input {echoed(name)} has shape {list(shape)}, expected {_describe(spec.shape)} "
             f"(first dimension is the batch, 1 to {max_batch_size})"
         )
     batch = shape[0]
     if not 1 <= batch <= max_batch_size:
-        raise InvalidArgument(f"input {name!r} has batch size {batch}; this model takes 1 to {max_batch_size}")
+        raise InvalidArgument(f"input {echoed(name)} has batch size {batch}; this model takes 1 to {max_batch_size}")
     if rows is not None and batch != rows:
-        raise InvalidArgument(f"input {name!r} has batch size {batch} but another input has {rows}")
+        raise InvalidArgument(f"input {echoed(name)} has batch size {batch} but another input has {rows}")
     return batch
 
 
@@ -78,7 +79,7 @@ def checked_outputs(request: InferRequest, signature: Signature) -> list[str]:
     for name in request.output_names:
         if name not in known:
             raise InvalidArgument(
-                f"model {request.model_name!r} has no output {name!r}; its outputs are {sorted(known)}"
+                f"model {echoed(request.model_name)} has no output {echoed(name)}; its outputs are {sorted(known)}"
             )
     if len(set(request.output_names)) != len(request.output_names):
         raise InvalidArgument(f"requested outputs {request.output_names} name an output twice")

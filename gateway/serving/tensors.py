@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway.errors import InvalidArgument
+from gateway.errors import InvalidArgument, echoed
 from runtimes.datatypes import BYTES, UnknownDatatype, decode_bytes, encode_bytes, numpy_dtype
 from runtimes.raw_tensors import RawTensor
 
@@ -31,12 +31,12 @@ def _checked_dtype(name: str, datatype: str) -> np.dtype[Any]:
     try:
         return numpy_dtype(datatype)
     except UnknownDatatype as error:
-        raise InvalidArgument(f"input {name!r}: {error}") from None
+        raise InvalidArgument(f"input {echoed(name)}: {error}") from None
 
 
 def _checked_count(name: str, shape: Sequence[int]) -> int:
     if shape and min(shape) < 0:
-        raise InvalidArgument(f"input {name!r}: shape {list(shape)} has a negative dimension")
+        raise InvalidArgument(f"input {echoed(name)}: shape {list(shape)} has a negative dimension")
     return math.prod(shape)
 
 
@@ -48,10 +48,11 @@ def tensor_from_raw(name: str, datatype: str, shape: tuple[int, ...], raw: bytes
         try:
             decode_bytes(raw, count)  # only to check it: the elements travel on in raw form
         except ValueError as error:
-            raise InvalidArgument(f"input {name!r}: BYTES raw contents {error}") from None
+            raise InvalidArgument(f"input {echoed(name)}: BYTES raw contents {error}") from None
     elif len(raw) != count * dtype.itemsize:
         raise InvalidArgument(
-            f"input {name!r}: shape {list(shape)} of {datatype} needs {count * dtype.itemsize} bytes, got {len(raw)}"
+            f"input {echoed(name)}: shape {list(shape)} of {datatype} needs {count * dtype.itemsize} bytes,"
+            f" got {len(raw)}"
         )
     return Tensor(name, RawTensor(datatype, shape, raw))
 
@@ -61,7 +62,7 @@ def tensor_from_values(name: str, datatype: str, shape: Sequence[int], values: S
     dtype = _checked_dtype(name, datatype)
     count = _checked_count(name, shape)
     if len(values) != count:
-        raise InvalidArgument(f"input {name!r}: shape {list(shape)} needs {count} values, got {len(values)}")
+        raise InvalidArgument(f"input {echoed(name)}: shape {list(shape)} needs {count} values, got {len(values)}")
     if datatype == BYTES:
         elements = np.empty(count, dtype=np.object_)
         elements[:] = list(values)

@@ -7,14 +7,25 @@ because a SQLite connection must not be used by two threads at once.
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 from gateway.routing.policy import Policy, policy_from_dict, policy_to_dict
-from gateway.state.store import GenerationConflict, PolicyChange, ProcessReport, RepositoryRequest, StoredPolicy
+from gateway.state.store import (
+    GenerationConflict,
+    PolicyChange,
+    ProcessReport,
+    RepositoryRequest,
+    StateUnavailable,
+    StoredPolicy,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -62,6 +73,26 @@ def _decode(text: str | None) -> Policy | None:
     return None if text is None else policy_from_dict(json.loads(text))
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _reports_broken_files(method: Callable[P, R]) -> Callable[P, R]:
+    """A store method whose SQLite errors (a corrupt file, a lock held past the busy timeout) are
+    :class:`StateUnavailable` naming the file, for the caller to see and the sync to log once."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except sqlite3.DatabaseError as error:
+            store = args[0]
+            assert isinstance(store, SqliteStateStore)
+            raise StateUnavailable(f"the routing state file {store.path} cannot be used: {error}") from None
+
+    return wrapper
+
+
 class SqliteStateStore:
     """:class:`gateway.state.store.StateStore` on a SQLite file under ``state_dir``."""
 
@@ -73,9 +104,34 @@ class SqliteStateStore:
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
         # Every statement is idempotent, so processes starting together may all run it.
-        self._connection().executescript(_SCHEMA)
+        self._identity: tuple[int, int] | None = None  # the file's (device, inode), once it exists
+        try:
+            self._connection().executescript(_SCHEMA)
+        except sqlite3.DatabaseError as error:
+            raise StateUnavailable(f"the routing state file {self.path} cannot be used: {error}") from None
+        status = self.path.stat()
+        self._identity = (status.st_dev, status.st_ino)
+
+    def _check_file(self) -> None:
+        """Refuse to go on with a file that was deleted or replaced under the open connections: SQLite
+        would keep writing to the deleted one, and every change would be lost at the next start."""
+        if self._identity is None:
+            return
+        try:
+            status = os.stat(self.path)
+        except FileNotFoundError:
+            raise StateUnavailable(
+                f"the routing state file {self.path} was deleted while the gateway ran; policy changes are"
+                " refused until the gateway is restarted"
+            ) from None
+        if (status.st_dev, status.st_ino) != self._identity:
+            raise StateUnavailable(
+                f"the routing state file {self.path} was replaced while the gateway ran; policy changes are"
+                " refused until the gateway is restarted"
+            )
 
     def _connection(self) -> sqlite3.Connection:
+        self._check_file()  # a stat: microseconds, against losing every change made from now on
         connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
         if connection is None:
             # autocommit mode: transactions are begun explicitly where a write needs one.
@@ -93,14 +149,17 @@ class SqliteStateStore:
     def _write(self) -> _WriteTransaction:
         return _WriteTransaction(self._connection())
 
+    @_reports_broken_files
     def generation(self) -> int:
         row = self._connection().execute("SELECT value FROM counters WHERE name = 'generation'").fetchone()
         return int(row[0])
 
+    @_reports_broken_files
     def policies(self) -> dict[str, StoredPolicy]:
         rows = self._connection().execute("SELECT model, policy, generation FROM policies").fetchall()
         return {model: StoredPolicy(policy_from_dict(json.loads(text)), generation) for model, text, generation in rows}
 
+    @_reports_broken_files
     def commit(
         self, model: str, expected_generation: int | None, after: Policy, action: str, actor: str, reason: str
     ) -> PolicyChange:
@@ -127,6 +186,7 @@ class SqliteStateStore:
             )
         return change
 
+    @_reports_broken_files
     def history(self, model: str, limit: int) -> list[PolicyChange]:
         rows = self._connection().execute(
             "SELECT model, generation, at, actor, action, reason, before, after FROM history "
@@ -138,6 +198,15 @@ class SqliteStateStore:
             for model_, generation, at, actor, action, reason, before, after in rows
         ]
 
+    @_reports_broken_files
+    def replaced_stables(self, model: str, since: float, limit: int) -> set[int]:
+        rows = self._connection().execute(
+            "SELECT before FROM history WHERE model = ? AND at >= ? AND before IS NOT NULL ORDER BY id DESC LIMIT ?",
+            (model, since, limit),
+        ).fetchall()
+        return {_require(_decode(before)).stable for (before,) in rows}
+
+    @_reports_broken_files
     def request_repository_action(self, model: str, action: str, actor: str) -> RepositoryRequest:
         with self._write() as connection:
             request = RepositoryRequest(model, action, _next_generation(connection), time.time(), actor)
@@ -149,16 +218,19 @@ class SqliteStateStore:
             )
         return request
 
+    @_reports_broken_files
     def repository_requests(self) -> dict[str, RepositoryRequest]:
         rows = self._connection().execute(
             "SELECT model, action, generation, at, actor FROM repository_requests"
         ).fetchall()
         return {row[0]: RepositoryRequest(*row) for row in rows}
 
+    @_reports_broken_files
     def clear_repository_requests(self) -> None:
         with self._write() as connection:
             connection.execute("DELETE FROM repository_requests")
 
+    @_reports_broken_files
     def report_applied(self, process_id: str, pid: int, generation: int) -> None:
         # Two threads of one process report (the policy sync's heartbeat, and a change being
         # applied by the call that made it); the one that read the older generation may write
@@ -180,12 +252,14 @@ class SqliteStateStore:
         finally:
             connection.execute("PRAGMA synchronous=FULL")
 
+    @_reports_broken_files
     def reports(self) -> list[ProcessReport]:
         rows = self._connection().execute(
             "SELECT process_id, pid, applied_generation, seen_at FROM processes ORDER BY process_id"
         ).fetchall()
         return [ProcessReport(*row) for row in rows]
 
+    @_reports_broken_files
     def forget_process(self, process_id: str) -> None:
         with self._write() as connection:
             connection.execute("DELETE FROM processes WHERE process_id = ?", (process_id,))

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from gateway.errors import Unavailable
 from gateway.routing.policy import Policy
 
 
@@ -56,6 +57,11 @@ class RepositoryRequest:
     actor: str
 
 
+class StateUnavailable(Unavailable):
+    """The routing state cannot be read or written (its file deleted, replaced or corrupt; its database
+    down): changes are refused with this message, and the gateway serves on with the policies it has."""
+
+
 class GenerationConflict(Exception):
     """The policy changed between reading it and writing the change; read again and retry."""
 
@@ -79,6 +85,10 @@ class StateStore(Protocol):
 
     def history(self, model: str, limit: int) -> list[PolicyChange]:
         """The model's changes, newest first."""
+
+    def replaced_stables(self, model: str, since: float, limit: int) -> set[int]:
+        """The stable versions that the model's newest ``limit`` changes at or after ``since`` (unix
+        time) replaced: what a rollback may return to. Reads no reasons, so it stays cheap to poll."""
 
     def request_repository_action(self, model: str, action: str, actor: str) -> RepositoryRequest:
         """Record that ``model`` was explicitly loaded or unloaded; it takes a new generation, so every

@@ -121,6 +121,7 @@ def test_refusals_exit_1_with_the_reason_on_stderr(gateway: GatewayProcess) -> N
         "unknown model": (("policy", "nothing-here", "--stable", "1"), address),
         "no version given": (("canary", "plain"), address),
         "no gateway there": (("status", "--timeout-s", "1"), "127.0.0.1:1"),
+        "reason of 5,000 characters": (("policy", "plain", "--stable", "1", "--reason", "why " * 1250), address),
     }
     # None of them changes anything, so they may run side by side: subprocess start-up dominates.
     with ThreadPoolExecutor(len(commands)) as pool:
@@ -133,8 +134,23 @@ def test_refusals_exit_1_with_the_reason_on_stderr(gateway: GatewayProcess) -> N
     assert "NOT_FOUND" in errors["unknown model"]
     assert "give VERSION and --weight" in errors["no version given"]
     assert errors["no gateway there"].startswith("turnout status: UNAVAILABLE: ")
+    assert "INVALID_ARGUMENT" in errors["reason of 5,000 characters"]
+    assert "5000 characters long; at most 4096" in errors["reason of 5,000 characters"]
     assert ok_json("status", "plain", server=address)[0]["policy"]["explicit"] is False, "nothing changed"
     assert ok_json("history", "plain", server=address) == {"model": "plain", "changes": []}
+
+
+def test_a_history_limit_below_one_is_a_usage_error_not_a_traceback(gateway: GatewayProcess) -> None:
+    for limit in ("-1", "0", "ten"):
+        done = turnout("history", "plain", "--limit", limit, server=gateway.address)
+        assert done.returncode == 2 and done.stdout == "", done.stderr
+        assert "argument --limit" in done.stderr and "Traceback" not in done.stderr
+    with grpc.insecure_channel(gateway.address) as channel:  # and a gateway asked directly bounds it too
+        history = pb_grpc.RolloutsStub(channel).History
+        with pytest.raises(grpc.RpcError) as refused_call:
+            history(pb.HistoryRequest(model="plain", limit=4_000_000_000), timeout=20)
+    assert refused_call.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "1 to 1000" in refused_call.value.details()
 
 
 def test_server_comes_from_turnout_server_by_default(gateway: GatewayProcess) -> None:

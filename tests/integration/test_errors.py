@@ -22,6 +22,9 @@ import tritonclient.grpc as triton
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
+from gateway.headers import PIN
+from gateway.wire.turnout.v1 import rollouts_pb2 as pb
+from gateway.wire.turnout.v1 import rollouts_pb2_grpc as pb_grpc
 from tests.integration.conftest import WORKER_MODES
 from tests.support.gateway_process import GatewayProcess
 from tests.support.model_repository import (
@@ -193,6 +196,58 @@ def test_version_that_is_not_a_number_is_invalid(client: triton.InferenceServerC
         "positive integer",
     )
     assert_serves(client, digits_pixels)
+
+
+# Digits that str.isdigit accepts and int refuses, and more digits than int reads (4,300).
+NOT_NUMBERS = ("\u00b2", "\u0663", "9" * 5_000)
+
+
+@pytest.mark.parametrize("version", NOT_NUMBERS, ids=["superscript-two", "arabic-indic-three", "5000-digits"])
+def test_a_version_of_digits_that_is_no_number_is_invalid_on_a_call_and_on_a_stream(
+    stub: service_pb2_grpc.GRPCInferenceServiceStub,
+    client: triton.InferenceServerClient,
+    digits_pixels: Pixels,
+    version: str,
+) -> None:
+    pixels = digits_pixels[:1]
+    bad = raw_request(MODEL, model_version=version, inputs=[raw_input("input", [1, 64])], raw_input_contents=[
+        pixels.tobytes()])  # fmt: skip
+    message = expect_raw_error(
+        grpc.StatusCode.INVALID_ARGUMENT, lambda: stub.ModelInfer(bad, timeout=TIMEOUT_S), "positive integer"
+    )
+    assert len(message) < 300, "the caller's string is echoed cut, not in full"
+    good = raw_request(MODEL, id="after", inputs=[raw_input("input", [1, 64])], raw_input_contents=[pixels.tobytes()])
+    # On a stream the bad request is answered in-band and the stream goes on serving.
+    first, second = list(stub.ModelStreamInfer(iter([bad, good]), timeout=TIMEOUT_S))
+    assert "positive integer" in first.error_message
+    assert (second.error_message, second.infer_response.id) == ("", "after")
+    assert_serves(client, digits_pixels)
+
+
+def test_a_pin_header_of_digits_that_is_no_number_is_invalid_under_a_policy(
+    gateway: GatewayProcess,
+    stub: service_pb2_grpc.GRPCInferenceServiceStub,
+    client: triton.InferenceServerClient,
+    digits_pixels: Pixels,
+) -> None:
+    # The pin header is read by routing, which applies it under a policy: set one (the version that
+    # serves anyway), so the header takes that path.
+    with grpc.insecure_channel(gateway.address) as channel:
+        rollouts = pb_grpc.RolloutsStub(channel)
+        rollouts.SetPolicy(pb.SetPolicyRequest(model=MODEL, policy=pb.Policy(stable=2)), timeout=TIMEOUT_S)
+    request = raw_request(MODEL, inputs=[raw_input("input", [1, 64])], raw_input_contents=[
+        digits_pixels[:1].tobytes()])  # fmt: skip
+    for version in ("9" * 5_000, "0x10"):  # metadata is ASCII: "²" cannot travel as a header
+        call = lambda version=version: stub.ModelInfer(request, timeout=TIMEOUT_S, metadata=((PIN, version),))  # noqa: E731
+        expect_raw_error(grpc.StatusCode.INVALID_ARGUMENT, call, "positive integer")
+    assert_serves(client, digits_pixels)
+
+
+def test_a_long_model_name_is_echoed_cut(stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
+    # Echoed in full, 10 KB would overflow the client's 8 KiB metadata limit: RESOURCE_EXHAUSTED.
+    request = raw_request("m" * 10_000, inputs=[raw_input("input", [1, 64])])
+    message = expect_raw_error(grpc.StatusCode.NOT_FOUND, lambda: stub.ModelInfer(request, timeout=TIMEOUT_S))
+    assert "10000 characters" in message and len(message) < 300
 
 
 def test_failed_version_is_unavailable_with_its_reason(

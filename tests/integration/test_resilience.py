@@ -402,3 +402,57 @@ def test_a_sigterm_taken_by_any_thread_stops_the_gateway(tmp_path: Path, process
         except subprocess.TimeoutExpired:
             raise AssertionError(f"the gateway ignored the SIGTERM; its log:\n{gateway.log()}") from None
         assert status == 0 and "received SIGTERM; stopping" in gateway.log(), gateway.log()
+
+
+# --- a worker that dies after its model file is gone -----------------------------------------------
+
+
+def test_a_worker_that_cannot_restart_makes_its_version_unavailable_at_once(
+    tmp_path: Path, digits_pixels: Pixels
+) -> None:
+    repository = tmp_path / "repository"
+    copy_digits(repository, versions=(1,))
+    with GatewayProcess(repository, "--poll-interval-s", "0") as gateway:
+        assert gateway.process is not None
+        with triton.InferenceServerClient(gateway.address) as client:
+            row = triton.InferInput("input", [1, 64], "FP32")
+            row.set_data_from_numpy(digits_pixels[:1])
+            client.infer(MODEL, [row], client_timeout=TIMEOUT_S)
+            (repository / MODEL / "1" / "model.onnx").unlink()
+            [worker] = worker_pids(gateway.process.pid)
+            os.kill(worker, signal.SIGKILL)
+            gateway.wait_for_log("cannot be restarted")
+            gateway.wait_for_log("is UNAVAILABLE: its worker died and cannot be restarted")
+            [entry] = [e for e in client.get_model_repository_index().models if e.name == MODEL]
+            assert entry.state == "UNAVAILABLE" and "cannot be restarted" in entry.reason
+            for version in ("", "1"):  # the default and a pin alike: answered at once, with the reason
+                asked = time.monotonic()
+                with pytest.raises(InferenceServerException) as refused:
+                    client.infer(MODEL, [row], model_version=version, client_timeout=TIMEOUT_S)
+                assert time.monotonic() - asked < 2.0
+                assert refused.value.status() == str(grpc.StatusCode.UNAVAILABLE)
+                assert "cannot be restarted" in str(refused.value.message())
+        stopping = time.monotonic()
+        assert gateway.stop() == 0
+        assert time.monotonic() - stopping < GRACE_S, "a stop does not wait for a worker that is not coming"
+
+
+def test_a_model_yaml_broken_under_a_serving_model_is_shown_and_logged_once(
+    tmp_path: Path, digits_pixels: Pixels
+) -> None:
+    repository = tmp_path / "repository"
+    copy_digits(repository, versions=(1,))
+    with GatewayProcess(repository, "--worker-mode", "inprocess", "--poll-interval-s", "0.1") as gateway:
+        (repository / MODEL / "model.yaml").write_text("max_batch_size: [not, a, number\n")
+        said = "its loaded versions serve on with the settings they had"
+        gateway.wait_for_log(said)
+        time.sleep(0.5)  # several scans later
+        assert gateway.log().count(said) == 1
+        with triton.InferenceServerClient(gateway.address) as client:
+            [entry] = [e for e in client.get_model_repository_index().models if e.name == MODEL]
+            assert entry.state == "READY"
+            assert entry.reason.startswith("serving with the settings it was loaded with; the model's settings now")
+            assert "model.yaml" in entry.reason
+            row = triton.InferInput("input", [1, 64], "FP32")
+            row.set_data_from_numpy(digits_pixels[:1])
+            client.infer(MODEL, [row], client_timeout=TIMEOUT_S)

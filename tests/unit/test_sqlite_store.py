@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Iterator
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from gateway.routing.policy import Canary, Policy, Shadow
-from gateway.state.sqlite_store import SqliteStateStore
-from gateway.state.store import GenerationConflict
+from gateway.state.sqlite_store import STATE_FILE, SqliteStateStore
+from gateway.state.store import GenerationConflict, StateUnavailable
 
 
 @pytest.fixture
@@ -35,6 +38,17 @@ def test_a_commit_becomes_the_policy_and_an_audit_row(store: SqliteStateStore) -
     )
     assert (oldest.before, oldest.after, oldest.generation) == (None, Policy(stable=1), 1)
     assert newest.at >= oldest.at
+
+
+def test_replaced_stables_are_read_without_the_reasons(store: SqliteStateStore) -> None:
+    first = store.commit("digits", None, Policy(stable=1), "set-policy", "alice", "why " * 1000)
+    second = store.commit("digits", first.generation, Policy(stable=2), "set-policy", "alice", "")
+    store.commit("digits", second.generation, Policy(stable=3), "set-policy", "alice", "")
+    store.commit("other", None, Policy(stable=7), "set-policy", "alice", "")
+    assert store.replaced_stables("digits", 0.0, 20) == {1, 2}
+    assert store.replaced_stables("digits", 0.0, 1) == {2}, "the newest change first"
+    assert store.replaced_stables("digits", time.time() + 60, 20) == set()
+    assert store.replaced_stables("other", 0.0, 20) == set(), "a first policy replaced nothing"
 
 
 def test_a_stale_change_is_refused_and_writes_nothing(store: SqliteStateStore) -> None:
@@ -134,3 +148,48 @@ def test_a_late_report_of_an_older_generation_does_not_take_a_process_back(store
     [report] = store.reports()
     assert report.applied_generation == 125
     assert report.seen_at >= first_seen, "still a heartbeat"
+
+
+def test_a_deleted_state_file_refuses_changes_instead_of_losing_them(tmp_path: Path) -> None:
+    store = SqliteStateStore(tmp_path)
+    store.commit("digits", None, Policy(stable=1), "set-policy", "alice", "")
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{store.path}{suffix}").unlink(missing_ok=True)
+    with pytest.raises(StateUnavailable, match="was deleted while the gateway ran"):
+        store.commit("digits", 1, Policy(stable=2), "set-policy", "alice", "")
+    with pytest.raises(StateUnavailable, match="was deleted"):
+        store.generation()  # the policy sync's poll notices it too
+    store.close()
+
+
+def test_a_replaced_state_file_refuses_changes(tmp_path: Path) -> None:
+    store = SqliteStateStore(tmp_path)
+    other = SqliteStateStore(tmp_path / "elsewhere")
+    other.close()
+    os.replace(other.path, store.path)
+    with pytest.raises(StateUnavailable, match="was replaced while the gateway ran"):
+        store.policies()
+    store.close()
+
+
+def test_a_corrupt_state_file_is_named_at_start_and_while_running(tmp_path: Path) -> None:
+    (tmp_path / STATE_FILE).write_bytes(b"not a database at all " * 200)
+    with pytest.raises(StateUnavailable, match=f"{STATE_FILE} cannot be used: file is not a database"):
+        SqliteStateStore(tmp_path)
+    running = SqliteStateStore(tmp_path / "running")
+    running.commit("digits", None, Policy(stable=1), "set-policy", "alice", "")
+    running.close()  # its log is checkpointed into the file, which is then damaged in place
+    with open(running.path, "r+b") as damaged:
+        damaged.write(b"\xff" * 4096)
+    failures: list[BaseException] = []
+    reader = threading.Thread(target=lambda: _catch(running.policies, failures))  # a fresh connection
+    reader.start()
+    reader.join()
+    assert [type(error) for error in failures] == [StateUnavailable]
+
+
+def _catch(call: Callable[[], object], into: list[BaseException]) -> None:
+    try:
+        call()
+    except BaseException as error:
+        into.append(error)

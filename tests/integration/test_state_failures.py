@@ -1,0 +1,67 @@
+"""A routing state file that breaks under a running gateway, or before it starts: changes are refused
+with a message that names the file, the log says it once, and inference goes on serving."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+import pytest
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from gateway.state.sqlite_store import STATE_FILE
+from gateway.wire.turnout.v1 import rollouts_pb2 as pb
+from gateway.wire.turnout.v1 import rollouts_pb2_grpc as pb_grpc
+from tests.support.gateway_process import REPO_ROOT, GatewayProcess
+from tests.support.model_repository import copy_digits
+
+TIMEOUT_S = 20.0
+
+
+def infer_one(address: str, pixels: npt.NDArray[np.float32]) -> str:
+    tensor = service_pb2.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=[1, 64])
+    request = service_pb2.ModelInferRequest(model_name="digits", inputs=[tensor], raw_input_contents=[pixels.tobytes()])
+    with grpc.insecure_channel(address) as channel:
+        answer = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=TIMEOUT_S)
+    return str(answer.model_version)
+
+
+def test_a_deleted_state_file_refuses_changes_and_serves_on(
+    tmp_path: Path, digits_pixels: npt.NDArray[np.float32]
+) -> None:
+    repository = copy_digits(tmp_path / "repository").parent
+    state = tmp_path / "state"
+    with GatewayProcess(repository, "--worker-mode", "inprocess", "--state-dir", str(state)) as gateway:
+        with grpc.insecure_channel(gateway.address) as channel:
+            rollouts = pb_grpc.RolloutsStub(channel)
+            rollouts.SetPolicy(pb.SetPolicyRequest(model="digits", policy=pb.Policy(stable=1)), timeout=TIMEOUT_S)
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{state / STATE_FILE}{suffix}").unlink(missing_ok=True)
+            with pytest.raises(grpc.RpcError) as refused:
+                rollouts.SetCanary(pb.SetCanaryRequest(model="digits", version=2, weight_percent=10), timeout=TIMEOUT_S)
+        assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert f"{STATE_FILE} was deleted while the gateway ran" in refused.value.details()
+        assert infer_one(gateway.address, digits_pixels[:1]) == "1", "the last policy applied still routes"
+        said = "was deleted while the gateway ran; policy changes are refused until the gateway is restarted;"
+        gateway.wait_for_log(f"{said} serving with the policies applied so far")
+        time.sleep(1.0)  # fifty polls of the policy sync later, still said once
+        assert gateway.log().count(said) == 1
+        assert "Traceback" not in gateway.log()
+
+
+def test_a_gateway_does_not_start_on_a_corrupt_state_file(tmp_path: Path) -> None:
+    repository = copy_digits(tmp_path / "repository").parent
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / STATE_FILE).write_bytes(b"this is not SQLite " * 512)
+    command = [sys.executable, "-m", "gateway", "serve", "--repository", str(repository), "--port", "0",
+               "--state-dir", str(state), "--worker-mode", "inprocess"]  # fmt: skip
+    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert f"{STATE_FILE} cannot be used: file is not a database" in done.stderr
+    assert "Traceback" not in done.stderr
