@@ -104,7 +104,7 @@ def add_commands(commands: Any) -> None:
         const=DEFAULT_WATCH_S,
         default=None,
         metavar="SECONDS",
-        help=f"show it again every SECONDS (default when given: {DEFAULT_WATCH_S:g}) until interrupted",
+        help=f"show it again every SECONDS until interrupted (default: once; --watch alone: {DEFAULT_WATCH_S:g})",
     )
     policy = command("policy", "replace a model's policy with just a stable version (clears trials)")
     policy.add_argument("--stable", type=int, required=True, metavar="VERSION", help="the version to serve (required)")
