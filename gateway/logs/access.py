@@ -92,11 +92,17 @@ class AccessLog:
     # --- the request observer (dispatcher threads) -----------------------------------------
 
     def wants(self, route: Route | None) -> bool:
-        return self._sample > 0.0  # the sample is decided by request id, which routing does not see
+        return True  # the sample is decided by request id, which routing does not see
 
     def observe(self, finished: Sequence[Finished]) -> None:
         sample = self._sample
-        lines = [_line_of(item) for item in finished if sample >= 1.0 or sample_point(item.request_id) < sample]
+        # As capture's sample: by request id (the same requests in every process and in capture), and
+        # a failed request always has its line.
+        lines = [
+            _line_of(item)
+            for item in finished
+            if sample >= 1.0 or item.error is not None or sample_point(item.request_id) < sample
+        ]
         if not lines:
             return
         if len(self._lines) + len(lines) > self._capacity:

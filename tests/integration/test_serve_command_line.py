@@ -5,7 +5,6 @@ Triton's ``--strict-readiness`` says."""
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import tritonclient.grpc as triton
 
 from gateway.settings import default_state_dir
 from tests.support.gateway_process import GatewayFailedToStart, GatewayProcess
-from tests.support.model_repository import EXAMPLES, copy_digits
+from tests.support.model_repository import add_broken_model, copy_digits
 
 BROKEN = "broken"  # a model whose only version is not ONNX: never READY
 
@@ -24,9 +23,7 @@ BROKEN = "broken"  # a model whose only version is not ONNX: never READY
 def repository_with_a_broken_model(root: Path) -> Path:
     repository = root / "models"
     copy_digits(repository, versions=(1,))
-    (repository / BROKEN / "1").mkdir(parents=True)
-    (repository / BROKEN / "1" / "model.onnx").write_bytes(b"not an onnx model")
-    shutil.copy(EXAMPLES / "digits" / "model.yaml", repository / BROKEN / "model.yaml")
+    add_broken_model(repository, BROKEN)
     return repository
 
 
