@@ -185,6 +185,7 @@ class DriftWindow:
         try:
             reference = self._profiles(model, version)
         except Exception:  # a broken reference file stops this version's watching, never the gateway
-            log.exception("drift: no reference profile for %s version %d", model, version)
+            log.exception("drift: no reference profile for %s version %d", model, version,
+                          extra={"model": model, "version": version})  # fmt: skip
             return None
         return None if reference is None else _Watched(reference, self._size)

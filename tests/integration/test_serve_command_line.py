@@ -1,6 +1,6 @@
 """``turnout serve`` as deployments start it: with a Triton deployment's flags, from a directory it must
-leave untouched, keeping its routing state where an operator looks, and reporting readiness as
-Triton's ``--strict-readiness`` says."""
+leave untouched, keeping its routing state where an operator looks, and reporting readiness (ServerReady
+and the health service) as Triton's ``--strict-readiness`` says."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import numpy as np
 import numpy.typing as npt
 import pytest
 import tritonclient.grpc as triton
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.settings import default_state_dir
 from tests.support.gateway_process import GatewayFailedToStart, GatewayProcess
@@ -67,8 +69,11 @@ def test_a_triton_command_line_serves_inferences(
         result = client.infer("digits", [tensor])
         assert result.as_numpy("label").shape == (4,)
         assert result.get_response().model_version == "1"
-        # --strict-readiness=false: ready although the broken model never loads.
+        # --strict-readiness=false: ready although the broken model never loads, and so says health.
         assert client.is_server_ready() and not client.is_model_ready(BROKEN)
+    with grpc.insecure_channel(gateway.address) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
 def test_triton_flags_took_effect(triton_started: tuple[GatewayProcess, Path]) -> None:
