@@ -56,10 +56,14 @@ def test_json_lines_access_lines_and_readiness(tmp_path: Path, digits_pixels: np
                 infer(client, digits_pixels[: index + 1], f"good-{index}")
             with pytest.raises(InferenceServerException, match="input"):
                 infer(client, digits_pixels[:2, :63].copy(), "bad-1")
+            tensor = triton.InferInput("input", [1, 64], "FP32")
+            tensor.set_data_from_numpy(digits_pixels[:1])
+            with pytest.raises(InferenceServerException, match="unknown model"):
+                client.infer("nonesuch", [tensor], request_id="unknown-1")
             client.unload_model("broken")  # no longer expected to serve: ready, and health follows
             assert client.is_server_ready()
             eventually_health(gateway.address, SERVING)
-        gateway.wait_for_log('"request_id": "bad-1"')
+        gateway.wait_for_log('"request_id": "unknown-1"')
         assert gateway.stop() == 0
         lines = [json.loads(line) for line in gateway.log().splitlines()]  # every line, or this raises
 
@@ -72,7 +76,7 @@ def test_json_lines_access_lines_and_readiness(tmp_path: Path, digits_pixels: np
     assert {("digits", 1, "loading"), ("digits", 1, "version"), ("broken", 1, "loading")} <= about
 
     access = {line["request_id"]: line for line in lines if line["logger"] == "turnout.access"}
-    assert set(access) == {"good-0", "good-1", "good-2", "bad-1"}
+    assert set(access) == {"good-0", "good-1", "good-2", "bad-1", "unknown-1"}
     good: dict[str, Any] = access["good-2"]
     assert (good["model"], good["version"], good["arm"], good["reason"], good["status"]) == (
         "digits", "1", "stable", "no-canary", "OK"
@@ -80,3 +84,5 @@ def test_json_lines_access_lines_and_readiness(tmp_path: Path, digits_pixels: np
     assert good["rows"] == 3 and good["latency_ms"] > 0 and good["generation"] == 0
     bad = access["bad-1"]
     assert bad["status"] == "INVALID_ARGUMENT" and "input" in bad["error"]
+    unknown = access["unknown-1"]
+    assert (unknown["status"], unknown["model"], unknown["arm"]) == ("NOT_FOUND", "nonesuch", "")
