@@ -67,8 +67,10 @@ def repository_profiles(root: Path, bins: int = DEFAULT_BINS) -> ProfileSource:
 
     def load(model: str, version: int) -> ReferenceProfile | None:
         path = root / model / str(version) / REFERENCE_FILE
+        if not path.is_file():  # before the scan: a model without a reference is not read twice (nor its
+            return None  # config.pbtxt's notes logged twice, once by this repository reader)
         entry = repository.scan_model(model)
-        if not path.is_file() or entry is None or entry.settings is None:
+        if entry is None or entry.settings is None:
             return None
         inputs = entry.settings.inputs or ()
         if len(inputs) != 1 or len(inputs[0].dims) != 1 or inputs[0].dims[0] < 1:
