@@ -8,6 +8,7 @@ format appends them to the line as ``key=value``.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Mapping
@@ -23,7 +24,17 @@ _BASE_KEYS = frozenset({"time", "level", "logger", "message", "process", "except
 
 def rfc3339(seconds: float) -> str:
     """A Unix time as RFC 3339 in UTC with microseconds: ``2026-12-04T18:20:01.123456Z``."""
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    whole = int(seconds)
+    microseconds = round((seconds - whole) * 1e6)
+    if microseconds == 1_000_000:
+        whole, microseconds = whole + 1, 0
+    return f"{_second(whole)}.{microseconds:06d}Z"
+
+
+@functools.lru_cache(maxsize=4)
+def _second(whole: int) -> str:
+    """``2026-12-04T18:20:01`` of a whole Unix second; cached, as a busy log writes many lines a second."""
+    return datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 class JsonLineFormatter(logging.Formatter):
@@ -48,7 +59,9 @@ class JsonLineFormatter(logging.Formatter):
                 line[key] = value
         fields = attributes.get("fields")
         if isinstance(fields, Mapping):
-            line.update((key, value) for key, value in fields.items() if key not in _BASE_KEYS)
+            for key, value in fields.items():
+                if key not in _BASE_KEYS:
+                    line[key] = value
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         elif record.exc_text:
