@@ -46,6 +46,7 @@ def test_the_time_is_rfc3339_in_utc_with_fractional_seconds() -> None:
     assert text.endswith("Z") and text[19] == "." and len(text) == len("2026-12-04T16:00:01.000123Z")
     parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
     assert parsed.timestamp() == pytest.approx(1_796_400_001.000123, abs=1e-6)
+    assert rfc3339(1_796_400_001.9999997) == "2026-12-04T16:00:02.000000Z", "rounds up into the next second"
 
 
 def test_model_version_and_request_id_become_keys_when_the_record_carries_them() -> None:
