@@ -93,7 +93,10 @@ class Settings(BaseSettings):
         False, description="log one line per request (logger turnout.access), written off the request path"
     )
     access_log_sample: float = Field(
-        1.0, ge=0.0, le=1.0, description="fraction of requests in the access log, decided by request id; failed ones always"
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="fraction of requests in the access log, decided by request id; failed ones always",
     )
     # Triton's --model-load-thread-count: different models load side by side; one model's versions in order.
     model_load_threads: int = Field(4, ge=1, le=256, description="models loaded at the same time")
