@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +21,7 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 CONTEXT_KEYS = ("model", "version", "request_id")
 # The keys every JSON line has; a record's ``fields`` never overwrite them.
 _BASE_KEYS = frozenset({"time", "level", "logger", "message", "process", "exception", "stack"})
+_NEEDS_QUOTES = re.compile(r'[\s"=]')
 
 
 def rfc3339(seconds: float) -> str:
@@ -81,14 +83,14 @@ class TextFormatter(logging.Formatter):
         text = super().formatMessage(record)
         fields = record.__dict__.get("fields")
         if isinstance(fields, Mapping) and fields:
-            text += " " + " ".join(f"{key}={_text_value(value)}" for key, value in fields.items())
+            text += " " + " ".join([f"{key}={_text_value(value)}" for key, value in fields.items()])
         return text
 
 
 def _text_value(value: object) -> str:
     """A value as one token: quoted (JSON string rules) when it has a space, a quote or an equals sign."""
     text = str(value)
-    if not text or any(character in text for character in ' "=\n\t'):
+    if not text or _NEEDS_QUOTES.search(text):
         return json.dumps(text)
     return text
 
