@@ -86,3 +86,16 @@ def test_json_lines_access_lines_and_readiness(tmp_path: Path, digits_pixels: np
     assert bad["status"] == "INVALID_ARGUMENT" and "input" in bad["error"]
     unknown = access["unknown-1"]
     assert (unknown["status"], unknown["model"], unknown["arm"]) == ("NOT_FOUND", "nonesuch", "")
+
+
+def test_a_supervisors_gateway_processes_log_json_too(tmp_path: Path) -> None:
+    """--processes N: the supervisor hands its settings to each gateway process, so every line is JSON."""
+    repository = tmp_path / "models"
+    copy_digits(repository, versions=(1,))
+    with GatewayProcess(repository, "--log-format", "json", "--processes", "2", "--poll-interval-s", "0") as gateway:
+        gateway.wait_for_log("loaded 1 of 1 models")
+        assert gateway.stop() == 0
+        lines = [json.loads(line) for line in gateway.log().splitlines()]
+    summaries = {line["process"] for line in lines if line["message"].startswith("loaded 1 of 1 models in ")}
+    assert len(summaries) == 2, "one summary per gateway process, each with its own pid"
+    assert any(line["logger"] == "turnout.supervisor" for line in lines)
