@@ -55,7 +55,7 @@ def _line_of(item: Finished) -> _Line:
                  str(route.reason), item.error, timings.latency_s, item.rows)  # fmt: skip
 
 
-def access_fields(line: _Line) -> dict[str, object]:
+def _fields_of(line: _Line) -> dict[str, object]:
     """The keys of one access line, in the order the text format writes them."""
     fields: dict[str, object] = {
         "request_id": line.request_id,
@@ -145,7 +145,7 @@ class AccessLog:
         while lines:
             line = lines.popleft()
             record = logger.makeRecord(
-                logger.name, logging.INFO, __file__, 0, "request", (), None, extra={"fields": access_fields(line)}
+                logger.name, logging.INFO, __file__, 0, "request", (), None, extra={"fields": _fields_of(line)}
             )
             # The line's time is when the request finished, not when this thread got to it.
             record.created = line.finished_unix_s
