@@ -9,6 +9,9 @@ which adds a little per request; both checkouts pay it alike.
 
     git worktree add /tmp/baseline efed16c
     python benchmarks/python_calls.py --baseline /tmp/baseline --requests 3000
+
+With ``--flags`` this checkout's gateway gets more ``turnout serve`` flags, so ``--baseline .`` counts
+what a setting costs: ``--baseline . --flags "--access-log on"``.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -65,13 +69,13 @@ def loadgen(address: str, concurrency: int, amount: list[str]) -> dict[str, Any]
     return measured
 
 
-def count(tree: Path, repository: Path, concurrency: int, requests: int) -> dict[str, Any]:
+def count(tree: Path, repository: Path, concurrency: int, requests: int, flags: Sequence[str] = ()) -> dict[str, Any]:
     counts_file = Path(tempfile.mkstemp(prefix="turnout-calls-", suffix=".json")[1])
     state = tempfile.mkdtemp(prefix="turnout-calls-state-")
     command = [
         sys.executable, "-c", _COUNTED_GATEWAY, str(counts_file), "serve", "--repository", str(repository),
         "--host", "127.0.0.1", "--port", "0", "--poll-interval-s", "0", "--log-level", "WARNING",
-        "--state-dir", state,
+        "--state-dir", state, *flags,
     ]
     gateway = subprocess.Popen(command, cwd=tree, stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
@@ -110,6 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--baseline", type=Path, required=True, help="a checkout of the code to compare against")
     parser.add_argument("--requests", type=int, default=3000, help="requests counted per cell")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--flags", default="", help="more `turnout serve` flags for this checkout's gateway only")
     args = parser.parse_args(argv)
     repository = Path(tempfile.mkdtemp(prefix="turnout-calls-"))
     shutil.copytree(REPO_ROOT / "examples" / "models" / "digits", repository / "digits")
@@ -121,7 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for concurrency in args.concurrency:
             for name, tree in (("this", REPO_ROOT), ("baseline", args.baseline)):
-                result[f"{name}@{concurrency}"] = count(tree, repository, concurrency, args.requests)
+                flags = shlex.split(args.flags) if name == "this" else []
+                result[f"{name}@{concurrency}"] = count(tree, repository, concurrency, args.requests, flags)
     finally:
         shutil.rmtree(repository, ignore_errors=True)
     print(json.dumps(result, indent=2))

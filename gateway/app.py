@@ -13,6 +13,8 @@ from gateway.capture.writer import CaptureConfig, CaptureLog
 from gateway.edge.inference_servicer import InferenceServicer
 from gateway.edge.rollouts_servicer import RolloutsServicer
 from gateway.edge.server import GatewayServer
+from gateway.logs.access import AccessLog
+from gateway.logs.configure import configure_logging
 from gateway.process.cpu_affinity import pin_gateway_threads
 from gateway.process.stop_signals import stop_on_signals, wait_for_stop
 from gateway.registry.repository import ModelRepository
@@ -111,6 +113,7 @@ class Gateway:
             poll_interval_s=settings.poll_interval_s,
             drain_timeout_s=settings.drain_timeout_s,
             on_batch_finished=self.observers.batch_finished,
+            load_threads=settings.model_load_threads,
         )
         self.store = SqliteStateStore(settings.state_dir)
         self.routes = RoutingTableHolder()
@@ -142,6 +145,10 @@ class Gateway:
             self.observers.register(self.drift)
         self.recent = RecentTraffic()  # each arm's last minute, for turnout status
         self.observers.register(self.recent)
+        # --access-log: a line per request (or a sample), written by the access log's own thread.
+        self.access_log = AccessLog(settings.access_log_sample) if settings.access_log else None
+        if self.access_log is not None:
+            self.observers.register(self.access_log)
         propagation = Propagation(
             self.store, self.sync, apply_timeout_s=settings.apply_timeout_s, liveness_s=_LIVENESS_S
         )
@@ -155,6 +162,7 @@ class Gateway:
                 self.dataplane, ModelViews(self.manager), self.repository, self.is_ready, package_version()
             ),
             RolloutsServicer(self.rollouts, self.traffic),
+            is_ready=self.is_ready,
         )
 
     def traffic(self, model: str) -> TrafficView:
@@ -173,6 +181,8 @@ class Gateway:
         if self.capture is not None:  # what a crashed run left is compacted before this one is ready
             self.capture.recover()
             self.capture.start()
+        if self.access_log is not None:
+            self.access_log.start()
         self.manager.start()
         self.sync.start()  # loads what the stored policies name before the port opens
         self.server.start()
@@ -186,12 +196,14 @@ class Gateway:
         self.manager.close()
         if self.capture is not None:  # after the dispatchers: every record is buffered by now
             self.capture.close()
+        if self.access_log is not None:  # after the dispatchers too: the last lines are written
+            self.access_log.close()
         self.store.close()
 
 
 def serve(settings: Settings) -> int:
     """Run until SIGTERM or SIGINT; returns the process exit status."""
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings)
     if not settings.repository.is_dir():
         log.error("model repository %s is not a directory", settings.repository)
         return 2

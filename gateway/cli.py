@@ -18,6 +18,7 @@ from typing import Any, Literal, get_args, get_origin
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
+from gateway.logs.configure import configure_logging
 from gateway.settings import ENV_PREFIX, STATE_DIR_DEFAULT_TEXT, Settings
 from gateway.triton_flags import TritonFlagError, parse_bool, translate_triton_flags
 from gateway.version import package_version
@@ -132,7 +133,7 @@ def _serve(args: argparse.Namespace) -> int:
     except (ValidationError, ValueError, OSError) as error:
         print(f"turnout: invalid settings: {error}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings)
     if settings.worker_broker is None:  # said once, not again by each of a supervisor's processes
         log.info("routing state (policies, history) in %s", settings.state_dir)
         log.debug("settings: %s", settings.model_dump_json())

@@ -57,3 +57,28 @@ class DeadlineExceeded(TurnoutError):
 
 class Internal(TurnoutError):
     pass
+
+
+# The gRPC status code name of each domain error. The edge owns the real mapping (gateway/edge/status.py);
+# the parts that name a request's outcome (capture, the access log) may not import grpc, so they read
+# these names, and a unit test holds the two tables equal.
+STATUS_NAME_BY_ERROR: dict[type[TurnoutError], str] = {
+    NotFound: "NOT_FOUND",
+    Unavailable: "UNAVAILABLE",
+    InvalidArgument: "INVALID_ARGUMENT",
+    ResourceExhausted: "RESOURCE_EXHAUSTED",
+    FailedPrecondition: "FAILED_PRECONDITION",
+    DeadlineExceeded: "DEADLINE_EXCEEDED",
+    Internal: "INTERNAL",
+}
+
+
+def status_name(error: TurnoutError | None) -> str:
+    """The gRPC status code name a caller saw for ``error``: OK when there was none."""
+    if error is None:
+        return "OK"
+    for kind in type(error).__mro__:
+        name = STATUS_NAME_BY_ERROR.get(kind)
+        if name is not None:
+            return name
+    return "UNKNOWN"

@@ -85,6 +85,21 @@ class Settings(BaseSettings):
         " false: ready once the server is up",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="lowest level logged")
+    # Logs and readiness (gateway/logs, the model manager's loads)
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text lines, or JSON lines (time, level, logger, message, model, version, request_id)"
+    )
+    access_log: bool = Field(
+        False, description="log one line per request (logger turnout.access), written off the request path"
+    )
+    access_log_sample: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="fraction of requests in the access log, decided by request id; failed ones always",
+    )
+    # Triton's --model-load-thread-count: different models load side by side; one model's versions in order.
+    model_load_threads: int = Field(4, ge=1, le=256, description="models loaded at the same time")
     # Routing state (policies, history) shared by every gateway process on this host. The default
     # depends on the repository, so it is computed from the validated repository field above.
     state_dir: Path = Field(

@@ -124,6 +124,7 @@ TRITON_FLAGS: Mapping[str, _Handler] = {
     "repository-poll-secs": _set_poll_secs,
     "grpc-keepalive-time": _rename("--keepalive-time-s", _milliseconds_to_seconds),
     "grpc-keepalive-timeout": _rename("--keepalive-timeout-s", _milliseconds_to_seconds),
+    "model-load-thread-count": _rename("--model-load-threads", lambda value: str(int(value))),
     "log-verbose": _set_log_switch,
     "log-info": _set_log_switch,
     "log-warning": _set_log_switch,
@@ -150,7 +151,7 @@ TRITON_FLAGS: Mapping[str, _Handler] = {
 UNSUPPORTED_TRITON_FLAGS = frozenset(
     {
         "id", "log-format", "log-file", "disable-auto-complete-config", "load-model",
-        "model-load-thread-count", "model-load-retry-count", "model-namespacing",
+        "model-load-retry-count", "model-namespacing",
         "http-address", "http-port", "reuse-http-port", "http-header-forward-pattern", "http-thread-count",
         "http-restricted-api", "grpc-header-forward-pattern", "grpc-infer-allocation-pool-size",
         "grpc-max-response-pool-size", "grpc-use-ssl", "grpc-use-ssl-mutual", "grpc-server-cert",

@@ -67,8 +67,10 @@ def repository_profiles(repository: ModelRepository, bins: int = DEFAULT_BINS) -
 
     def load(model: str, version: int) -> ReferenceProfile | None:
         path = root / model / str(version) / REFERENCE_FILE
+        if not path.is_file():  # first: a version without a reference costs no scan of its model
+            return None
         entry = repository.scan_model(model)
-        if not path.is_file() or entry is None or entry.settings is None:
+        if entry is None or entry.settings is None:
             return None
         inputs = entry.settings.inputs or ()
         if len(inputs) != 1 or len(inputs[0].dims) != 1 or inputs[0].dims[0] < 1:
@@ -192,6 +194,7 @@ class DriftWindow:
         try:
             reference = self._profiles(model, version)
         except Exception:  # a broken reference file stops this version's watching, never the gateway
-            log.exception("drift: no reference profile for %s version %d", model, version)
+            log.exception("drift: no reference profile for %s version %d", model, version,
+                          extra={"model": model, "version": version})  # fmt: skip
             return None
         return None if reference is None else _Watched(reference, self._size)

@@ -6,22 +6,14 @@ the request owns and reuses) and returns; encoding and writing happen on the wri
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from collections.abc import Sequence
 
-from gateway.capture.record import CaptureRecord, status_name
+from gateway.capture.record import CaptureRecord
 from gateway.capture.writer import CaptureLog
-from gateway.serving.observers import Finished, Route
+from gateway.errors import status_name
+from gateway.serving.observers import Finished, Route, sample_point
 from runtimes.raw_tensors import RawTensor
-
-_HASH_SPAN = float(1 << 64)
-
-
-def sample_point(request_id: str) -> float:
-    """Where a request id falls in [0, 1): the same id always falls in the same place, in every process."""
-    digest = hashlib.blake2b(request_id.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") / _HASH_SPAN
 
 
 def _owned(tensors: dict[str, RawTensor]) -> dict[str, RawTensor]:

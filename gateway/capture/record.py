@@ -12,46 +12,13 @@ import json
 import struct
 from dataclasses import dataclass, field
 
-from gateway.errors import (
-    DeadlineExceeded,
-    FailedPrecondition,
-    Internal,
-    InvalidArgument,
-    NotFound,
-    ResourceExhausted,
-    TurnoutError,
-    Unavailable,
-)
 from runtimes.raw_tensors import RawTensor
-
-# The gRPC status code name of each domain error. The edge owns the real mapping (gateway/edge/status.py);
-# capture may not import grpc, so it keeps the names, and a unit test holds the two tables equal.
-STATUS_NAME_BY_ERROR: dict[type[TurnoutError], str] = {
-    NotFound: "NOT_FOUND",
-    Unavailable: "UNAVAILABLE",
-    InvalidArgument: "INVALID_ARGUMENT",
-    ResourceExhausted: "RESOURCE_EXHAUSTED",
-    FailedPrecondition: "FAILED_PRECONDITION",
-    DeadlineExceeded: "DEADLINE_EXCEEDED",
-    Internal: "INTERNAL",
-}
 
 _META_LENGTH = struct.Struct("<I")
 
 
 class RecordCorrupt(ValueError):
     """Bytes that passed the log's checksum yet do not decode as a record (a writer's bug, not a disk's)."""
-
-
-def status_name(error: TurnoutError | None) -> str:
-    """The gRPC status code name a caller saw for ``error``: OK when there was none."""
-    if error is None:
-        return "OK"
-    for kind in type(error).__mro__:
-        name = STATUS_NAME_BY_ERROR.get(kind)
-        if name is not None:
-            return name
-    return "UNKNOWN"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,9 +1,17 @@
-"""Builds the gRPC server: inference service, health (Check and Watch), reflection, limits."""
+"""Builds the gRPC server: inference service, health (Check and Watch), reflection, limits.
+
+The health service says SERVING exactly while ServerReady says ready (Triton's health Check does the
+same), so a Kubernetes gRPC readiness probe follows ``--strict-readiness``: a thread looks at
+readiness a few times a second and tells the health service when it changes, so Watch streams hear
+of it too.
+"""
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Callable
 from concurrent import futures
 from typing import Any
 
@@ -24,6 +32,8 @@ ROLLOUTS_SERVICE = rollouts_pb2.DESCRIPTOR.services_by_name["Rollouts"].full_nam
 _FINAL_GRACE_S = 0.5
 # How long after that the stop waits for the server's threads to return before it goes on without them.
 _STOP_WAIT_S = 5.0
+# How often the health service's status is brought in line with readiness.
+_READINESS_POLL_S = 0.25
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +57,17 @@ def server_options(settings: Settings) -> list[tuple[str, Any]]:
 class GatewayServer:
     """The running gRPC server and its health status."""
 
-    def __init__(self, settings: Settings, servicer: InferenceServicer, rollouts: RolloutsServicer) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        servicer: InferenceServicer,
+        rollouts: RolloutsServicer,
+        is_ready: Callable[[], bool] | None = None,
+    ) -> None:
+        """``is_ready``: what ServerReady answers; the health status follows it (None: SERVING while up)."""
+        self._is_ready = is_ready or _always
+        self._stopped = threading.Event()
+        self._readiness: threading.Thread | None = None
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.grpc_threads, thread_name_prefix="grpc"),
             options=server_options(settings),
@@ -68,8 +88,24 @@ class GatewayServer:
 
     def start(self) -> None:
         self._server.start()
+        serving = self._is_ready()
+        self._set_health(serving)
+        self._readiness = threading.Thread(
+            target=self._follow_readiness, args=(serving,), name="health-readiness", daemon=True
+        )
+        self._readiness.start()
+
+    def _set_health(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for service in ("", INFERENCE_SERVICE):
-            self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+            self._health.set(service, status)
+
+    def _follow_readiness(self, serving: bool) -> None:
+        while not self._stopped.wait(_READINESS_POLL_S):
+            ready = self._is_ready()
+            if ready != serving:
+                serving = ready
+                self._set_health(serving)  # ignored once the graceful stop has begun: NOT_SERVING stays
 
     def stop(self, grace_s: float) -> None:
         """Report NOT_SERVING, refuse new calls, give in-flight calls ``grace_s`` to finish.
@@ -79,6 +115,7 @@ class GatewayServer:
         """
         deadline = time.monotonic() + grace_s
         self._health.enter_graceful_shutdown()
+        self._stopped.set()
         self._servicer.calls.close_and_wait(grace_s)
         remaining = max(deadline - time.monotonic(), 0.0)
         final_grace_s = min(remaining, _FINAL_GRACE_S)
@@ -86,3 +123,7 @@ class GatewayServer:
         # return, and one stuck writing to a client that stopped reading may never do so: bound it.
         if not self._server.stop(final_grace_s).wait(final_grace_s + _STOP_WAIT_S):
             log.warning("the gRPC server had not stopped %.0f s after its grace period; stopping anyway", _STOP_WAIT_S)
+
+
+def _always() -> bool:
+    return True

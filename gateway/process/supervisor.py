@@ -22,6 +22,7 @@ from pathlib import Path
 
 import yaml
 
+from gateway.logs.configure import configure_logging
 from gateway.process.stop_signals import stop_on_signals, wait_for_stop
 from gateway.settings import Settings
 from gateway.state.sqlite_store import SqliteStateStore
@@ -159,7 +160,7 @@ class Supervisor:
 
 def supervise(settings: Settings) -> int:
     """Run N gateway processes until SIGTERM or SIGINT; returns the exit status."""
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings)
     if not settings.repository.is_dir():
         log.error("model repository %s is not a directory", settings.repository)
         return 2

@@ -170,9 +170,11 @@ class PolicySync:
                     self._manager.load_model(model)
                 else:
                     self._manager.unload_model(model)
-                log.info("%sed model %r as %s asked through another process", action, model, request.actor)
+                log.info("%sed model %r as %s asked through another process", action, model, request.actor,
+                         extra={"model": model})  # fmt: skip
             except TurnoutError as error:  # e.g. unloading what this process never loaded
-                log.warning("could not %s model %r as asked through another process: %s", action, model, error)
+                log.warning("could not %s model %r as asked through another process: %s", action, model, error,
+                            extra={"model": model})  # fmt: skip
 
     def _report(self) -> None:
         self._store.report_applied(self.process_id, os.getpid(), self._holder.current.generation)
@@ -197,4 +199,5 @@ class PolicySync:
                 try:
                     self._manager.ensure_ready(model, version)
                 except TurnoutError as error:
-                    log.error("policy of %r names version %d, which cannot serve here: %s", model, version, error)
+                    log.error("policy of %r names version %d, which cannot serve here: %s", model, version, error,
+                              extra={"model": model, "version": version})  # fmt: skip

@@ -421,7 +421,8 @@ class ShadowMirror:
         version.release()
         latency = time.monotonic() - started
         if done.error is not None or done.outputs is None or latency > self._timeout_s:
-            log.debug("shadow %s failed: %s", version.label, done.error or f"no answer within {self._timeout_s}s")
+            log.debug("shadow %s failed: %s", version.label, done.error or f"no answer within {self._timeout_s}s",
+                      extra={"model": lane.model, "version": lane.version})  # fmt: skip
             self._fail(batch)
             self._count_failed_batch(lane, version.label)
             error = done.error or Unavailable(f"{version.label}: no shadow answer within {self._timeout_s}s")
@@ -463,6 +464,7 @@ class ShadowMirror:
             log.warning(
                 "shadow %s failed %d batches in a row; its copies are paused for %.0f s",
                 label, lane.failed_batches, pause_s,
+                extra={"model": lane.model, "version": lane.version},
             )
 
     def _compare(self, batch: list[_Copy], outputs: RawTensors, latency_s: float) -> None:

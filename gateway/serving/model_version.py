@@ -156,6 +156,9 @@ class ModelVersion:
     def load(self, make_host: HostFactory, runtime_options: RuntimeOptions) -> None:
         """Start the workers and the queue; ends READY, or UNAVAILABLE with the reason."""
         self.state = VersionState.LOADING
+        started = time.monotonic()
+        about = self._about()
+        log.info("loading %s", self.label, extra=about)
         artifact = self.entry.artifact
         try:
             if artifact is None:
@@ -171,7 +174,7 @@ class ModelVersion:
         except (RuntimeFailure, ConfigMismatch, OSError) as error:
             self._close_hosts()
             self.state, self.reason = VersionState.UNAVAILABLE, str(error)
-            log.error("%s failed to load: %s", self.label, error)
+            log.error("%s failed to load in %.2f s: %s", self.label, time.monotonic() - started, error, extra=about)
             return
         batching = self.settings.dynamic_batching
         timeout_us = batching.default_queue_timeout_microseconds
@@ -199,7 +202,8 @@ class ModelVersion:
             self._dispatchers.append(thread)
         self.state, self.reason = VersionState.READY, ""
         self._requests.open()
-        log.info("%s is READY (sha256 %s, max_batch_size %d)", self.label, self.sha256[:12], max_batch_size)
+        log.info("%s is READY, loaded in %.2f s (sha256 %s, max_batch_size %d)", self.label,
+                 time.monotonic() - started, self.sha256[:12], max_batch_size, extra=about)  # fmt: skip
 
     def _host_failure(self, index: int, failure: str | None) -> None:
         """A host's worker cannot be restarted (``failure``), or serves again (None); on its thread.
@@ -240,14 +244,18 @@ class ModelVersion:
             self.state = VersionState.UNLOADING
         if not self._requests.close_and_wait(drain_timeout_s):
             log.warning("%s: %d requests still in flight after %.1fs; unloading anyway",
-                        self.label, self._requests.count, drain_timeout_s)
+                        self.label, self._requests.count, drain_timeout_s, extra=self._about())
         if self._queue is not None:
             self._queue.close()
         for thread in self._dispatchers:
             thread.join(timeout=drain_timeout_s)
         self._close_hosts()
         self.state, self.reason = VersionState.UNAVAILABLE, "unloaded"
-        log.info("%s unloaded", self.label)
+        log.info("%s unloaded", self.label, extra=self._about())
+
+    def _about(self) -> dict[str, object]:
+        """The model and version as the JSON log's keys, for ``extra=``."""
+        return {"model": self.model, "version": self.version}
 
     def _close_hosts(self) -> None:
         for host in self._hosts:
@@ -306,7 +314,7 @@ class ModelVersion:
             try:
                 self._on_batch_finished(batch, started, (t2 - t1) / 1e9)
             except Exception:  # observers must never stop a dispatcher
-                log.exception("%s: the request observers failed on a batch", self.label)
+                log.exception("%s: the request observers failed on a batch", self.label, extra=self._about())
 
     @staticmethod
     def _fail(batch: list[Pending], error: TurnoutError) -> None:

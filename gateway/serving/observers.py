@@ -20,6 +20,7 @@ is answered, on the dispatcher thread; only the caller's thread (or a stream's c
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -35,6 +36,8 @@ from gateway.serving.inference_types import InferRequest
 from runtimes.raw_tensors import RawTensors
 
 log = logging.getLogger(__name__)
+
+_HASH_SPAN = float(1 << 64)
 
 
 class Route(NamedTuple):
@@ -211,6 +214,15 @@ class RequestObservers:
 def request_id_of(request: InferRequest) -> str:
     """The client's request id, or a fresh uuid4 hex when it sent none."""
     return request.id or uuid.uuid4().hex
+
+
+def sample_point(request_id: str) -> float:
+    """Where a request id falls in [0, 1): the same id always falls in the same place, in every process.
+
+    Observers that keep a fraction of requests (capture, the access log) keep those below it, so a
+    sampled request is the same one in each of them."""
+    digest = hashlib.blake2b(request_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / _HASH_SPAN
 
 
 def commit_of(pending: Pending) -> Commit | None:

@@ -1,22 +1,23 @@
 """``turnout serve`` as deployments start it: with a Triton deployment's flags, from a directory it must
-leave untouched, keeping its routing state where an operator looks, and reporting readiness as
-Triton's ``--strict-readiness`` says."""
+leave untouched, keeping its routing state where an operator looks, and reporting readiness (ServerReady
+and the health service) as Triton's ``--strict-readiness`` says."""
 
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import numpy as np
 import numpy.typing as npt
 import pytest
 import tritonclient.grpc as triton
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.settings import default_state_dir
 from tests.support.gateway_process import GatewayFailedToStart, GatewayProcess
-from tests.support.model_repository import EXAMPLES, copy_digits
+from tests.support.model_repository import add_broken_model, copy_digits
 
 BROKEN = "broken"  # a model whose only version is not ONNX: never READY
 
@@ -24,9 +25,7 @@ BROKEN = "broken"  # a model whose only version is not ONNX: never READY
 def repository_with_a_broken_model(root: Path) -> Path:
     repository = root / "models"
     copy_digits(repository, versions=(1,))
-    (repository / BROKEN / "1").mkdir(parents=True)
-    (repository / BROKEN / "1" / "model.onnx").write_bytes(b"not an onnx model")
-    shutil.copy(EXAMPLES / "digits" / "model.yaml", repository / BROKEN / "model.yaml")
+    add_broken_model(repository, BROKEN)
     return repository
 
 
@@ -70,8 +69,11 @@ def test_a_triton_command_line_serves_inferences(
         result = client.infer("digits", [tensor])
         assert result.as_numpy("label").shape == (4,)
         assert result.get_response().model_version == "1"
-        # --strict-readiness=false: ready although the broken model never loads.
+        # --strict-readiness=false: ready although the broken model never loads, and so says health.
         assert client.is_server_ready() and not client.is_model_ready(BROKEN)
+    with grpc.insecure_channel(gateway.address) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
 def test_triton_flags_took_effect(triton_started: tuple[GatewayProcess, Path]) -> None:

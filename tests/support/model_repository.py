@@ -72,6 +72,14 @@ def copy_digits(repository: Path, versions: tuple[int, ...] = (1, 2), model_yaml
     return target
 
 
+def add_broken_model(repository: Path, name: str = "broken") -> Path:
+    """A model whose only version is not ONNX, so it is never READY (digits' model.yaml beside it)."""
+    (repository / name / "1").mkdir(parents=True)
+    (repository / name / "1" / "model.onnx").write_bytes(b"not an onnx model")
+    shutil.copy(EXAMPLES / "digits" / "model.yaml", repository / name / "model.yaml")
+    return repository / name
+
+
 def slow_model(size: int = 256) -> onnx.ModelProto:
     """A model whose run time the request picks: ``x`` FP32 [-1, 1] -> ``y`` = ``x``.
 

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from gateway.capture.observer import CaptureObserver, sample_point
+from gateway.capture.observer import CaptureObserver
 from gateway.capture.writer import CaptureConfig, CaptureLog
 from gateway.errors import Unavailable
 from gateway.routing.decide import Arm, Reason
 from gateway.serving.inference_types import InferRequest
-from gateway.serving.observers import Commit, Finished, Route, Timings
+from gateway.serving.observers import Commit, Finished, Route, Timings, sample_point
 from gateway.serving.tensors import Tensor
 from runtimes.raw_tensors import RawTensor
 

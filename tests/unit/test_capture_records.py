@@ -10,10 +10,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway import errors
-from gateway.capture.observer import sample_point
-from gateway.capture.record import STATUS_NAME_BY_ERROR, CaptureRecord, RecordCorrupt, decode, encode, status_name
+from gateway.capture.record import CaptureRecord, RecordCorrupt, decode, encode
 from gateway.capture.wal import MAGIC, frame, read_frames
 from gateway.edge.status import STATUS_BY_ERROR
+from gateway.errors import STATUS_NAME_BY_ERROR, status_name
+from gateway.serving.observers import sample_point
 from runtimes.datatypes import DATATYPES
 from runtimes.raw_tensors import RawTensor
 

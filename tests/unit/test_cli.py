@@ -129,6 +129,22 @@ def test_triton_and_turnout_flags_parse_into_the_same_namespace() -> None:
     assert parser.parse_args(["serve", "--strict-readiness"]).strict_readiness is True
 
 
+def test_log_flags_parse_and_triton_s_load_thread_count_becomes_ours() -> None:
+    parser = build_parser()
+    from gateway.triton_flags import translate_triton_flags
+
+    native = subcommand(parser, "serve")._option_string_actions
+    given = ["--log-format", "json", "--access-log", "on", "--access-log-sample=0.1", "--model-load-thread-count=2"]
+    args = parser.parse_args(["serve", *translate_triton_flags(given, native)])
+    assert (args.log_format, args.access_log, args.access_log_sample, args.model_load_threads) == ("json", True, 0.1, 2)
+    with pytest.raises(SystemExit):  # Triton's own --log-format values are not Turnout's
+        parser.parse_args(["serve", "--log-format", "ISO8601"])
+    defaults = Settings()
+    assert (defaults.log_format, defaults.access_log, defaults.access_log_sample, defaults.model_load_threads) == (
+        "text", False, 1.0, 4
+    )  # fmt: skip
+
+
 def test_operator_commands_take_their_server_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert build_parser().parse_args(["status"]).server == commands.DEFAULT_SERVER
     monkeypatch.setenv("TURNOUT_SERVER", "gateway.internal:9001")

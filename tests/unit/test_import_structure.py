@@ -4,10 +4,11 @@ layers point, and no import cycles.
 Every ``import`` in ``gateway/`` and ``runtimes/`` counts, the ones inside functions too (a lazy
 import is still a dependency). The layers, outside in::
 
-    edge, client, process, app, cli  ->  capture  ->  serving, rollouts  ->  routing, registry, state  ->  runtimes
+    edge, client, process, app, cli -> capture, logs -> serving, rollouts -> routing, registry, state -> runtimes
 
 Capture is an observer of serving's seam: it imports serving's observer types and the registry (for
 feature names); nothing below it imports capture, and it imports nothing of the edge or rollouts.
+The logs' access log is another such observer; only the entry points configure logging.
 """
 
 from __future__ import annotations
@@ -153,6 +154,18 @@ def test_capture_is_a_part_that_only_the_composition_root_and_the_cli_know() -> 
     assert violations(allowed=("gateway.app", "gateway.cli", "gateway.capture"), forbidden=("gateway.capture",)) == []
     outer = ("gateway.edge", "gateway.client", "gateway.app", "gateway.process", "gateway.rollouts", "gateway.cli")
     assert violations(allowed=(), forbidden=outer, scope=("gateway.capture",)) == []
+
+
+def test_logs_are_a_part_that_only_the_entry_points_know() -> None:
+    # The formats and the access log (an observer on serving's seam, like capture): the composition
+    # root, the command line and the supervisor configure them; nothing they serve imports them back.
+    assert "gateway.logs.access" in imports()["gateway.app"]
+    assert "gateway.logs.configure" in imports()["gateway.process.supervisor"]
+    knowing = ("gateway.app", "gateway.cli", "gateway.process.supervisor", "gateway.logs")
+    assert violations(allowed=knowing, forbidden=("gateway.logs",)) == []
+    outer = ("gateway.edge", "gateway.client", "gateway.app", "gateway.process", "gateway.rollouts",
+             "gateway.cli", "gateway.capture", "grpc")  # fmt: skip
+    assert violations(allowed=(), forbidden=outer, scope=("gateway.logs",)) == []
 
 
 def test_routing_is_pure() -> None:

@@ -30,6 +30,7 @@ def problems(*arguments: str) -> tuple[str, ...]:
         (["--grpc-keepalive-time", "7200000"], "--keepalive-time-s=7200.0"),
         (["--grpc-keepalive-timeout", "20000"], "--keepalive-timeout-s=20.0"),
         (["--grpc-keepalive-timeout", "1500"], "--keepalive-timeout-s=1.5"),
+        (["--model-load-thread-count", "8"], "--model-load-threads=8"),
     ],
 )
 def test_flags_with_a_turnout_setting_are_renamed_in_both_spellings(triton: list[str], turnout: str) -> None:
