@@ -163,6 +163,7 @@ class Gateway:
             ),
             RolloutsServicer(self.rollouts, self.traffic),
             is_ready=self.is_ready,
+            control_ready=lambda: self.sync.state_problem is None,
         )
 
     def traffic(self, model: str) -> TrafficView:

@@ -63,9 +63,13 @@ class GatewayServer:
         servicer: InferenceServicer,
         rollouts: RolloutsServicer,
         is_ready: Callable[[], bool] | None = None,
+        control_ready: Callable[[], bool] | None = None,
     ) -> None:
-        """``is_ready``: what ServerReady answers; the health status follows it (None: SERVING while up)."""
+        """``is_ready``: what ServerReady answers; the health status follows it (None: SERVING while up).
+        ``control_ready``: whether policy changes can be made (the routing state is usable); the health
+        of the ``turnout.v1.Rollouts`` service follows it, the server's and inference's do not."""
         self._is_ready = is_ready or _always
+        self._control_ready = control_ready or _always
         self._stopped = threading.Event()
         self._readiness: threading.Thread | None = None
         self._server = grpc.server(
@@ -88,24 +92,27 @@ class GatewayServer:
 
     def start(self) -> None:
         self._server.start()
-        serving = self._is_ready()
-        self._set_health(serving)
+        serving, controlling = self._is_ready(), self._control_ready()
+        self._set_health(serving, ("", INFERENCE_SERVICE))
+        self._set_health(controlling, (ROLLOUTS_SERVICE,))
         self._readiness = threading.Thread(
-            target=self._follow_readiness, args=(serving,), name="health-readiness", daemon=True
+            target=self._follow_readiness, args=(serving, controlling), name="health-readiness", daemon=True
         )
         self._readiness.start()
 
-    def _set_health(self, serving: bool) -> None:
+    def _set_health(self, serving: bool, services: tuple[str, ...]) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        for service in ("", INFERENCE_SERVICE):
-            self._health.set(service, status)
+        for service in services:
+            self._health.set(service, status)  # ignored once the graceful stop has begun: NOT_SERVING stays
 
-    def _follow_readiness(self, serving: bool) -> None:
+    def _follow_readiness(self, serving: bool, controlling: bool) -> None:
         while not self._stopped.wait(_READINESS_POLL_S):
-            ready = self._is_ready()
-            if ready != serving:
+            if (ready := self._is_ready()) != serving:
                 serving = ready
-                self._set_health(serving)  # ignored once the graceful stop has begun: NOT_SERVING stays
+                self._set_health(serving, ("", INFERENCE_SERVICE))
+            if (control := self._control_ready()) != controlling:
+                controlling = control
+                self._set_health(controlling, (ROLLOUTS_SERVICE,))
 
     def stop(self, grace_s: float) -> None:
         """Report NOT_SERVING, refuse new calls, give in-flight calls ``grace_s`` to finish.

@@ -12,6 +12,7 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from gateway.state.sqlite_store import STATE_FILE
@@ -51,6 +52,12 @@ def test_a_deleted_state_file_refuses_changes_and_serves_on(
         gateway.wait_for_log(f"{said} serving with the policies applied so far")
         time.sleep(1.0)  # fifty polls of the policy sync later, still said once
         assert gateway.log().count(said) == 1
+        with grpc.insecure_channel(gateway.address) as channel:  # health says so, for the control plane only
+            check = health_pb2_grpc.HealthStub(channel).Check
+            status = {name: check(health_pb2.HealthCheckRequest(service=name), timeout=TIMEOUT_S).status
+                      for name in ("", "inference.GRPCInferenceService", "turnout.v1.Rollouts")}  # fmt: skip
+        serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+        assert status == {"": serving, "inference.GRPCInferenceService": serving, "turnout.v1.Rollouts": not_serving}
         assert "Traceback" not in gateway.log()
 
 
