@@ -1,0 +1,1 @@
+"""Telemetry: metrics and traces of served requests, fed by the request observers."""

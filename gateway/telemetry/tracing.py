@@ -1,0 +1,240 @@
+"""Traces of served requests: spans built after the fact from what the request observers are told.
+
+A request's spans are not opened and closed around the work as it happens: the request path would
+pay for every span, under every lock it holds. They are built once the request is finished, on a
+thread of their own, from the timings the observers' seam already measures, with explicit start and
+end times:
+
+    inference.GRPCInferenceService/ModelInfer   SERVER, the whole request as the dataplane saw it
+      ├── queue                                  waiting in the version's batch queue
+      ├── infer                                  its batch in the runtime (the worker process)
+      └── shadow                                 each shadow copy, from its send to its answer
+
+A caller's W3C ``traceparent`` (and ``tracestate``) header continues its trace; the edge already
+hands every text header to the request (``InferRequest.routing_metadata``), so nothing is read on the
+request path for tracing. The sampler is asked once per request; a request it does not sample
+builds no span at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util.types import AttributeValue
+
+from gateway.errors import TurnoutError
+from gateway.serving.observers import Finished, Route
+from gateway.telemetry.tracing_setup import RpcConventions
+
+log = logging.getLogger(__name__)
+
+# The gRPC status of a failed request, as (code number, code name): the edge's mapping, handed in by
+# the composition root so that the mapping stays in one place.
+StatusOf = Callable[[TurnoutError], tuple[int, str]]
+
+SERVICE = "inference.GRPCInferenceService"
+_TRACEPARENT = "traceparent"
+# Primaries whose shadow copies may still answer, and shadow answers that came before their primary
+# was traced (the two reach this thread from different threads): bounded, oldest forgotten first.
+_REMEMBERED_PRIMARIES = 8192
+_EARLY_SHADOWS = 1024
+# A request id and its model. Clients that reuse ids may see a shadow span under the wrong request of
+# theirs; the seam gives every request without an id a fresh one.
+_Key = tuple[str, str]
+_Work = tuple[Literal["primaries", "shadows"], Sequence[Finished]]
+
+
+class TracingObserver:
+    """A request observer that turns finished requests and shadow answers into spans.
+
+    ``observe`` and ``observe_shadows`` only hand their events to the tracing thread; a backlog past
+    ``max_backlog`` events is dropped and counted (``dropped``) rather than held.
+    """
+
+    def __init__(
+        self,
+        provider: TracerProvider,
+        status_of: StatusOf,
+        conventions: RpcConventions = RpcConventions.EXPERIMENTAL,
+        instrumentation_version: str = "",
+        max_backlog: int = 10_000,
+    ) -> None:
+        self._provider = provider
+        self._tracer = provider.get_tracer("turnout", instrumentation_version)
+        self._status_of = status_of
+        self._conventions = conventions
+        self._propagator = TraceContextTextMapPropagator()
+        self._max_backlog = max_backlog
+        self.dropped = 0  # events not traced because the tracing thread was that far behind
+        self._primaries: OrderedDict[_Key, SpanContext | None] = OrderedDict()  # None: not sampled
+        self._early: OrderedDict[_Key, list[Finished]] = OrderedDict()
+        self._work: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._work_forever, name="tracing", daemon=True)
+        self._thread.start()
+
+    def wants(self, route: Route | None) -> bool:
+        """Every request: the sampler decides on the tracing thread, where its cost is off the path."""
+        return True
+
+    def observe(self, finished: Sequence[Finished]) -> None:
+        self._hand_over(("primaries", finished))
+
+    def observe_shadows(self, finished: Sequence[Finished]) -> None:
+        """The shadow mirror's listener: each answered (or failed) shadow copy."""
+        self._hand_over(("shadows", finished))
+
+    def _hand_over(self, work: _Work) -> None:
+        if self._work.qsize() >= self._max_backlog:
+            self.dropped += len(work[1])  # only this observer's threads count; a lost count is harmless
+            return
+        self._work.put(work)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Trace what is waiting, then flush and stop the exporters."""
+        self._work.put(None)
+        self._thread.join(timeout_s)
+        self._provider.shutdown()
+
+    def _work_forever(self) -> None:
+        while (work := self._work.get()) is not None:
+            kind, finished = work
+            try:
+                if kind == "primaries":
+                    self._trace_batch(finished)
+                else:
+                    for item in finished:
+                        self._trace_shadow(item)
+            except Exception:  # a span that cannot be built must not stop the ones after it
+                log.exception("tracing %d finished requests failed", len(finished))
+
+    # --- one request -----------------------------------------------------------------------
+
+    def _trace_batch(self, finished: Sequence[Finished]) -> None:
+        # Tracing wants every request, so one call from a dispatcher holds its whole batch: the batch
+        # size is their rows together. (A request that failed alone comes in a call of its own.)
+        batch_rows = sum(item.rows for item in finished)
+        for item in finished:
+            self._trace_request(item, batch_rows)
+
+    def _trace_request(self, item: Finished, batch_rows: int) -> None:
+        timings = item.timings
+        start = timings.received_unix_ns
+        end = start + round(timings.latency_s * 1e9)
+        route = item.route
+        attributes = self._rpc_attributes(item)
+        span = self._tracer.start_span(
+            f"{SERVICE}/{_method_of(item)}",
+            context=self._parent_of(item),
+            kind=SpanKind.SERVER,
+            attributes=attributes,
+            start_time=start,
+        )
+        key = _key_of(item) if route is not None and route.shadows else None
+        if not span.is_recording():  # not sampled: no children, and no shadow spans either
+            if key is not None:
+                self._remember(key, None)
+            return
+        if item.error is not None:
+            span.set_status(Status(StatusCode.ERROR, str(item.error)))
+        ran = timings.compute_s > 0
+        if ran:
+            span.set_attribute("turnout.batch_size", batch_rows)
+        context = trace.set_span_in_context(span)
+        # Only the durations are measured, from the moment the dataplane took the request; placing
+        # them from that moment puts the request's checks (microseconds) inside the queue's offset.
+        if ran or timings.queue_s > 0:
+            queued_end = min(start + round(timings.queue_s * 1e9), end)
+            self._child("queue", context, start, queued_end)
+            if ran:
+                self._child("infer", context, queued_end, min(queued_end + round(timings.compute_s * 1e9), end),
+                            {"turnout.batch_size": batch_rows, "turnout.rows": item.rows})  # fmt: skip
+        span.end(end_time=end)
+        if key is not None:
+            self._remember(key, span.get_span_context())
+
+    def _child(
+        self, name: str, context: Context, start: int, end: int, attributes: dict[str, AttributeValue] | None = None
+    ) -> None:
+        child = self._tracer.start_span(name, context=context, attributes=attributes, start_time=start)
+        child.end(end_time=end)
+
+    def _parent_of(self, item: Finished) -> Context | None:
+        """The caller's context when it sent a W3C ``traceparent``; None starts a trace here."""
+        headers = item.request.routing_metadata
+        return self._propagator.extract(headers) if _TRACEPARENT in headers else None
+
+    def _rpc_attributes(self, item: Finished) -> dict[str, AttributeValue]:
+        method = _method_of(item)
+        code, code_name = (0, "OK") if item.error is None else self._status_of(item.error)
+        attributes: dict[str, AttributeValue] = {}
+        if self._conventions is not RpcConventions.STABLE:
+            attributes |= {"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": method,
+                           "rpc.grpc.status_code": code}  # fmt: skip
+        if self._conventions is not RpcConventions.EXPERIMENTAL:
+            attributes |= {"rpc.system.name": "grpc", "rpc.method": f"{SERVICE}/{method}",
+                           "rpc.response.status_code": code_name}  # fmt: skip
+            if item.error is not None:
+                attributes["error.type"] = code_name
+        route = item.route
+        attributes["turnout.model"] = route.model if route is not None else item.request.model_name
+        attributes["turnout.request_id"] = item.request_id
+        attributes["turnout.rows"] = item.rows
+        if route is not None:
+            attributes |= {"turnout.version": route.version, "turnout.arm": route.arm.value,
+                           "turnout.generation": route.generation, "turnout.reason": route.reason.value}  # fmt: skip
+        return attributes
+
+    # --- shadow copies ---------------------------------------------------------------------
+
+    def _remember(self, key: _Key, context: SpanContext | None) -> None:
+        self._primaries[key] = context
+        if len(self._primaries) > _REMEMBERED_PRIMARIES:
+            self._primaries.popitem(last=False)
+        for early in self._early.pop(key, ()):
+            self._trace_shadow(early)
+
+    def _trace_shadow(self, item: Finished) -> None:
+        route = item.route
+        assert route is not None  # the mirror reports copies of routed requests only
+        key = (item.request_id, route.model)
+        if key not in self._primaries:  # its primary has not been traced yet: wait for it
+            self._early.setdefault(key, []).append(item)
+            if len(self._early) > _EARLY_SHADOWS:
+                self._early.popitem(last=False)
+            return
+        parent = self._primaries[key]
+        if parent is None:
+            return
+        start = item.timings.received_unix_ns
+        attributes: dict[str, AttributeValue] = {
+            "turnout.model": route.model, "turnout.version": route.version, "turnout.arm": "shadow",
+            "turnout.generation": route.generation, "turnout.request_id": item.request_id, "turnout.rows": item.rows,
+        }  # fmt: skip
+        span = self._tracer.start_span(
+            "shadow",
+            context=trace.set_span_in_context(trace.NonRecordingSpan(parent)),
+            attributes=attributes,
+            start_time=start,
+        )
+        if item.error is not None:
+            span.set_status(Status(StatusCode.ERROR, str(item.error)))
+        span.end(end_time=start + round(item.timings.latency_s * 1e9))
+
+
+def _method_of(item: Finished) -> str:
+    return "ModelStreamInfer" if item.request.via_stream else "ModelInfer"
+
+
+def _key_of(item: Finished) -> _Key:
+    assert item.route is not None
+    return (item.request_id, item.route.model)
