@@ -84,12 +84,13 @@ def _exporter(name: str, env: Mapping[str, str]) -> SpanExporter:
         protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "grpc"
         entry_name = "otlp_proto_http" if protocol.strip() == "http/protobuf" else "otlp_proto_grpc"
     found = entry_points(group=_EXPORTER_ENTRY_POINTS, name=entry_name)
-    if not found:
-        hint = f"install {_OTLP_EXTRAS[entry_name]}" if entry_name in _OTLP_EXTRAS else "is its package installed?"
+    hint = f"install {_OTLP_EXTRAS[entry_name]}" if entry_name in _OTLP_EXTRAS else "is its package installed?"
+    try:
+        exporter_class = next(iter(found)).load()
+    except (StopIteration, ImportError):  # not registered, or registered by a package only half there
         raise TracingSetupError(
             f"OTEL_TRACES_EXPORTER asks for {name!r}, but no such trace exporter is installed: {hint}"
-        )
-    exporter_class = next(iter(found)).load()
+        ) from None
     exporter: SpanExporter = exporter_class()
     return exporter
 

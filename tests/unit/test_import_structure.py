@@ -155,6 +155,16 @@ def test_capture_is_a_part_that_only_the_composition_root_and_the_cli_know() -> 
     assert violations(allowed=(), forbidden=outer, scope=("gateway.capture",)) == []
 
 
+def test_tracing_is_a_part_that_only_the_composition_root_knows() -> None:
+    # Traces are built from what serving's seam tells observers; the gRPC status of an error is handed
+    # in by the composition root, so the edge's mapping stays the only one.
+    assert "gateway.telemetry.tracing" in imports()["gateway.app"]
+    assert violations(allowed=("gateway.app", "gateway.telemetry"), forbidden=("gateway.telemetry.tracing",)) == []
+    outside = ("gateway.edge", "gateway.rollouts", "gateway.client", "gateway.app", "gateway.process",
+               "gateway.capture", "grpc")  # fmt: skip
+    assert violations(allowed=(), forbidden=outside, scope=("gateway.telemetry.tracing",)) == []
+
+
 def test_routing_is_pure() -> None:
     impure = {"threading", "time", "socket", "asyncio", "sqlite3", "logging", "os", "random"}
     for module, targets in imports().items():
