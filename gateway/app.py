@@ -94,7 +94,7 @@ def tracing_observer() -> TracingObserver | None:
     setup = tracing_from_environment(package_version())
     if setup is None:
         return None
-    return TracingObserver(setup.provider, numbered_status_of, setup.conventions, package_version())
+    return TracingObserver(setup, numbered_status_of, package_version())
 
 
 def drift_window(settings: Settings) -> DriftWindow | None:

@@ -2,8 +2,7 @@
 
 A request's spans are not opened and closed around the work as it happens: the request path would
 pay for every span, under every lock it holds. They are built once the request is finished, on a
-thread of their own, from the timings the observers' seam already measures, with explicit start and
-end times:
+thread of their own, from the timings the observers' seam already measures:
 
     inference.GRPCInferenceService/ModelInfer   SERVER, the whole request as the dataplane saw it
       ├── queue                                  waiting in the version's batch queue
@@ -12,8 +11,14 @@ end times:
 
 A caller's W3C ``traceparent`` (and ``tracestate``) header continues its trace; the edge already
 hands every text header to the request (``InferRequest.routing_metadata``), so nothing is read on the
-request path for tracing. The sampler is asked once per request; a request it does not sample
-builds no span at all.
+request path for tracing.
+
+Since every span is finished when it is built, it is built as what the SDK exports, a
+``ReadableSpan``, with the SDK's sampler, id generator, resource and span processors: the SDK's
+live ``Span`` (a lock, attribute checks and limits, a context to enter) would cost three times as
+much for nothing (``benchmarks/tracing_cost.py``). The sampler is asked once per request, for its
+server span; the children follow its decision, and a request it does not sample builds nothing. A
+span processor is given each span at its end (``on_end``) only: there is no live span to start.
 """
 
 from __future__ import annotations
@@ -27,14 +32,16 @@ from typing import Literal
 
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.sampling import Decision
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
 
 from gateway.errors import TurnoutError
 from gateway.serving.observers import Finished, Route
-from gateway.telemetry.tracing_setup import RpcConventions
+from gateway.telemetry.tracing_setup import RpcConventions, TracingSetup
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +51,8 @@ StatusOf = Callable[[TurnoutError], tuple[int, str]]
 
 SERVICE = "inference.GRPCInferenceService"
 _TRACEPARENT = "traceparent"
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_OK = Status(StatusCode.UNSET)
 # Primaries whose shadow copies may still answer, and shadow answers that came before their primary
 # was traced (the two reach this thread from different threads): bounded, oldest forgotten first.
 _REMEMBERED_PRIMARIES = 8192
@@ -52,6 +61,7 @@ _EARLY_SHADOWS = 1024
 # theirs; the seam gives every request without an id a fresh one.
 _Key = tuple[str, str]
 _Work = tuple[Literal["primaries", "shadows"], Sequence[Finished]]
+Attributes = dict[str, AttributeValue]
 
 
 class TracingObserver:
@@ -62,17 +72,16 @@ class TracingObserver:
     """
 
     def __init__(
-        self,
-        provider: TracerProvider,
-        status_of: StatusOf,
-        conventions: RpcConventions = RpcConventions.EXPERIMENTAL,
-        instrumentation_version: str = "",
-        max_backlog: int = 10_000,
+        self, setup: TracingSetup, status_of: StatusOf, instrumentation_version: str = "", max_backlog: int = 10_000
     ) -> None:
-        self._provider = provider
-        self._tracer = provider.get_tracer("turnout", instrumentation_version)
+        self._setup = setup
+        self._sampler = setup.provider.sampler
+        self._ids = setup.provider.id_generator
+        self._resource = setup.provider.resource
+        self._processor = setup.processor
+        self._scope = InstrumentationScope("turnout", instrumentation_version)
         self._status_of = status_of
-        self._conventions = conventions
+        self._conventions = setup.conventions
         self._propagator = TraceContextTextMapPropagator()
         self._max_backlog = max_backlog
         self.dropped = 0  # events not traced because the tracing thread was that far behind
@@ -103,7 +112,7 @@ class TracingObserver:
         """Trace what is waiting, then flush and stop the exporters."""
         self._work.put(None)
         self._thread.join(timeout_s)
-        self._provider.shutdown()
+        self._setup.provider.shutdown()
 
     def _work_forever(self) -> None:
         while (work := self._work.get()) is not None:
@@ -127,56 +136,83 @@ class TracingObserver:
             self._trace_request(item, batch_rows)
 
     def _trace_request(self, item: Finished, batch_rows: int) -> None:
-        timings = item.timings
-        start = timings.received_unix_ns
-        end = start + round(timings.latency_s * 1e9)
         route = item.route
+        key = (item.request_id, route.model) if route is not None and route.shadows else None
+        name = f"{SERVICE}/{_method_of(item)}"
         attributes = self._rpc_attributes(item)
-        span = self._tracer.start_span(
-            f"{SERVICE}/{_method_of(item)}",
-            context=self._parent_of(item),
-            kind=SpanKind.SERVER,
-            attributes=attributes,
-            start_time=start,
-        )
-        key = _key_of(item) if route is not None and route.shadows else None
-        if not span.is_recording():  # not sampled: no children, and no shadow spans either
+        parent_context = self._parent_of(item)
+        parent = trace.get_current_span(parent_context).get_span_context() if parent_context is not None else None
+        if parent is not None and not parent.is_valid:  # a malformed traceparent: a trace of its own
+            parent = None
+        trace_id = parent.trace_id if parent is not None else self._ids.generate_trace_id()
+        sampled = self._sampler.should_sample(parent_context, trace_id, name, SpanKind.SERVER, attributes)
+        if sampled.decision is not Decision.RECORD_AND_SAMPLE:  # no span, no children, no shadow spans either
             if key is not None:
                 self._remember(key, None)
             return
-        if item.error is not None:
-            span.set_status(Status(StatusCode.ERROR, str(item.error)))
+        if sampled.attributes:
+            attributes.update(sampled.attributes)
+        server = SpanContext(trace_id, self._ids.generate_span_id(), False, _SAMPLED, sampled.trace_state)
+        timings = item.timings
+        start = timings.received_unix_ns
+        end = start + round(timings.latency_s * 1e9)
         ran = timings.compute_s > 0
         if ran:
-            span.set_attribute("turnout.batch_size", batch_rows)
-        context = trace.set_span_in_context(span)
+            attributes["turnout.batch_size"] = batch_rows
         # Only the durations are measured, from the moment the dataplane took the request; placing
         # them from that moment puts the request's checks (microseconds) inside the queue's offset.
         if ran or timings.queue_s > 0:
             queued_end = min(start + round(timings.queue_s * 1e9), end)
-            self._child("queue", context, start, queued_end)
+            self._end(self._span("queue", server, start, queued_end, {}))
             if ran:
-                self._child("infer", context, queued_end, min(queued_end + round(timings.compute_s * 1e9), end),
-                            {"turnout.batch_size": batch_rows, "turnout.rows": item.rows})  # fmt: skip
-        span.end(end_time=end)
+                inferred_end = min(queued_end + round(timings.compute_s * 1e9), end)
+                sizes: Attributes = {"turnout.batch_size": batch_rows, "turnout.rows": item.rows}
+                self._end(self._span("infer", server, queued_end, inferred_end, sizes))
+        status = _OK if item.error is None else Status(StatusCode.ERROR, str(item.error))
+        self._end(self._span(name, server, start, end, attributes, parent, SpanKind.SERVER, status, own=True))
         if key is not None:
-            self._remember(key, span.get_span_context())
+            self._remember(key, server)
 
-    def _child(
-        self, name: str, context: Context, start: int, end: int, attributes: dict[str, AttributeValue] | None = None
-    ) -> None:
-        child = self._tracer.start_span(name, context=context, attributes=attributes, start_time=start)
-        child.end(end_time=end)
+    def _span(
+        self,
+        name: str,
+        parent: SpanContext,
+        start: int,
+        end: int,
+        attributes: Attributes,
+        grandparent: SpanContext | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        status: Status = _OK,
+        own: bool = False,
+    ) -> ReadableSpan:
+        """A finished span under ``parent``; with ``own``, the span is ``parent`` itself (under ``grandparent``)."""
+        context = parent if own else SpanContext(parent.trace_id, self._ids.generate_span_id(), False, _SAMPLED,
+                                                 parent.trace_state)  # fmt: skip
+        return ReadableSpan(
+            name,
+            context,
+            grandparent if own else parent,
+            self._resource,
+            attributes,
+            kind=kind,
+            status=status,
+            start_time=start,
+            end_time=end,
+            instrumentation_scope=self._scope,
+        )
+
+    def _end(self, span: ReadableSpan) -> None:
+        self._processor.on_end(span)
 
     def _parent_of(self, item: Finished) -> Context | None:
         """The caller's context when it sent a W3C ``traceparent``; None starts a trace here."""
         headers = item.request.routing_metadata
         return self._propagator.extract(headers) if _TRACEPARENT in headers else None
 
-    def _rpc_attributes(self, item: Finished) -> dict[str, AttributeValue]:
+    def _rpc_attributes(self, item: Finished) -> Attributes:
         method = _method_of(item)
         code, code_name = (0, "OK") if item.error is None else self._status_of(item.error)
-        attributes: dict[str, AttributeValue] = {}
+        attributes: Attributes = {}
         if self._conventions is not RpcConventions.STABLE:
             attributes |= {"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": method,
                            "rpc.grpc.status_code": code}  # fmt: skip
@@ -213,28 +249,17 @@ class TracingObserver:
                 self._early.popitem(last=False)
             return
         parent = self._primaries[key]
-        if parent is None:
+        if parent is None:  # its primary was not sampled
             return
         start = item.timings.received_unix_ns
-        attributes: dict[str, AttributeValue] = {
+        attributes: Attributes = {
             "turnout.model": route.model, "turnout.version": route.version, "turnout.arm": "shadow",
             "turnout.generation": route.generation, "turnout.request_id": item.request_id, "turnout.rows": item.rows,
         }  # fmt: skip
-        span = self._tracer.start_span(
-            "shadow",
-            context=trace.set_span_in_context(trace.NonRecordingSpan(parent)),
-            attributes=attributes,
-            start_time=start,
-        )
-        if item.error is not None:
-            span.set_status(Status(StatusCode.ERROR, str(item.error)))
-        span.end(end_time=start + round(item.timings.latency_s * 1e9))
+        end = start + round(item.timings.latency_s * 1e9)
+        status = _OK if item.error is None else Status(StatusCode.ERROR, str(item.error))
+        self._end(self._span("shadow", parent, start, end, attributes, status=status))
 
 
 def _method_of(item: Finished) -> str:
     return "ModelStreamInfer" if item.request.via_stream else "ModelInfer"
-
-
-def _key_of(item: Finished) -> _Key:
-    assert item.route is not None
-    return (item.request_id, item.route.model)

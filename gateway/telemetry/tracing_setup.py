@@ -14,14 +14,15 @@ and the OTLP exporter's endpoint, headers, TLS and timeout (``OTEL_EXPORTER_OTLP
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from importlib.metadata import entry_points
 
 from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor, SynchronousMultiSpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import Sampler
 
 _EXPORTER_ENTRY_POINTS = "opentelemetry_traces_exporter"
 _DEFAULT_SERVICE_NAME = "turnout"
@@ -49,10 +50,27 @@ class RpcConventions(Enum):
 
 @dataclass(frozen=True)
 class TracingSetup:
-    """The SDK's provider, with every exporter's batch processor added, and the conventions chosen."""
+    """The SDK's provider (its sampler, id generator and resource), the span processors that take the
+    finished spans (every exporter's, behind one), and the conventions chosen."""
 
     provider: TracerProvider
-    conventions: RpcConventions
+    processor: SynchronousMultiSpanProcessor
+    conventions: RpcConventions = RpcConventions.EXPERIMENTAL
+
+    @classmethod
+    def of(
+        cls,
+        processors: Sequence[SpanProcessor],
+        sampler: Sampler | None = None,
+        resource: Resource | None = None,
+        conventions: RpcConventions = RpcConventions.EXPERIMENTAL,
+    ) -> TracingSetup:
+        """A provider whose spans go to ``processors``; without a ``sampler``, the SDK reads the environment's."""
+        processor = SynchronousMultiSpanProcessor()  # type: ignore[no-untyped-call]
+        for each in processors:
+            processor.add_span_processor(each)
+        provider = TracerProvider(sampler, resource, shutdown_on_exit=False, active_span_processor=processor)
+        return cls(provider, processor, conventions)
 
 
 def tracing_from_environment(service_version: str, environ: Mapping[str, str] | None = None) -> TracingSetup | None:
@@ -66,11 +84,12 @@ def tracing_from_environment(service_version: str, environ: Mapping[str, str] | 
     if _is_true(env.get("OTEL_SDK_DISABLED", "")) or not names or names == ["none"]:
         return None
     exporters = [_exporter(name, env) for name in names if name != "none"]
-    provider = TracerProvider(resource=_resource(service_version), shutdown_on_exit=False)
-    for exporter in exporters:
-        # One export thread per exporter; spans are handed to it in batches, off every request's path.
-        provider.add_span_processor(BatchSpanProcessor(exporter))
-    return TracingSetup(provider, _conventions(env.get("OTEL_SEMCONV_STABILITY_OPT_IN", "")))
+    # One export thread per exporter; spans are handed to it in batches, off every request's path.
+    return TracingSetup.of(
+        [BatchSpanProcessor(exporter) for exporter in exporters],
+        resource=_resource(service_version),
+        conventions=_conventions(env.get("OTEL_SEMCONV_STABILITY_OPT_IN", "")),
+    )
 
 
 def _is_true(value: str) -> bool:

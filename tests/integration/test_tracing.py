@@ -21,7 +21,6 @@ import numpy.typing as npt
 import pytest
 import tritonclient.grpc as triton
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
-from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
@@ -34,6 +33,7 @@ from gateway.serving.model_manager import ModelManager
 from gateway.serving.observers import RequestObservers
 from gateway.serving.tensors import Tensor
 from gateway.telemetry.tracing import TracingObserver
+from gateway.telemetry.tracing_setup import TracingSetup
 from gateway.wire.turnout.v1 import rollouts_pb2 as pb
 from gateway.wire.turnout.v1 import rollouts_pb2_grpc as pb_grpc
 from runtimes.contract import ModelHost, RuntimeOptions
@@ -57,9 +57,7 @@ def test_concurrent_requests_through_the_dataplane_are_traced_as_one_batch(
 ) -> None:
     copy_digits(tmp_path, versions=(1,))
     exporter = InMemorySpanExporter()
-    provider = TracerProvider(shutdown_on_exit=False)
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracing = TracingObserver(provider, lambda error: (2, "UNKNOWN"))
+    tracing = TracingObserver(TracingSetup.of([SimpleSpanProcessor(exporter)]), lambda error: (2, "UNKNOWN"))
     observers = RequestObservers()
     observers.register(tracing)
     manager = ModelManager(

@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator, Sequence
 
 import pytest
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, Sampler
@@ -21,7 +21,7 @@ from gateway.routing.decide import Arm, Reason
 from gateway.serving.inference_types import InferRequest
 from gateway.serving.observers import Finished, Route, Timings
 from gateway.telemetry.tracing import TracingObserver
-from gateway.telemetry.tracing_setup import RpcConventions
+from gateway.telemetry.tracing_setup import RpcConventions, TracingSetup
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 CALLER_SPAN = "b7ad6b7169203331"
@@ -42,9 +42,8 @@ class Traced:
         max_backlog: int = 10_000,
     ) -> None:
         self.exporter = InMemorySpanExporter()
-        provider = TracerProvider(sampler=sampler, shutdown_on_exit=False)
-        provider.add_span_processor(SimpleSpanProcessor(self.exporter))
-        self.observer = TracingObserver(provider, status_of, conventions, max_backlog=max_backlog)
+        setup = TracingSetup.of([SimpleSpanProcessor(self.exporter)], sampler, conventions=conventions)
+        self.observer = TracingObserver(setup, status_of, max_backlog=max_backlog)
 
     def spans(self) -> dict[str, ReadableSpan]:
         self.observer.close()
