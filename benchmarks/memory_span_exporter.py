@@ -2,8 +2,9 @@
 
 Registered for the benchmark's gateway only (``tracing_cost.py`` writes an entry point for it), so
 ``OTEL_TRACES_EXPORTER=in_memory`` chooses it exactly as an installed exporter would be chosen. It
-keeps the latest spans (a bounded deque, so a long run does not grow without end), counts every span
-it was given, and on shutdown writes the count to the file named by ``TURNOUT_BENCH_SPANS_FILE``.
+keeps the latest spans (a ring, as a live view of traces would, so that a long run does not grow
+without end), counts every span it was given, and on shutdown writes the count to the file named by
+``TURNOUT_BENCH_SPANS_FILE``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-_KEPT = 100_000
+_KEPT = 2048  # as many as the SDK's batch processor holds by default
 
 
 class MemorySpanExporter(SpanExporter):

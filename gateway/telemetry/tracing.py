@@ -86,11 +86,14 @@ class TracingObserver:
         self._sampler = setup.provider.sampler
         self._ids = setup.provider.id_generator
         self._resource = setup.provider.resource
-        self._processor = setup.processor
+        # A span's end goes straight to the one processor there usually is (every exporter has one).
+        processors = setup.processors
+        self._on_end = processors[0].on_end if len(processors) == 1 else setup.processor.on_end
         self._scope = InstrumentationScope("turnout", instrumentation_version)
         self._status_of = status_of
         self._conventions = setup.conventions
         self._propagator = TraceContextTextMapPropagator()
+        self._rpc = {method: self._rpc_template(method) for method in _METHODS}
         self._max_backlog = max_backlog
         self.dropped = 0  # events not traced because the tracing thread was that far behind
         self._primaries: OrderedDict[_Key, SpanContext | None] = OrderedDict()  # None: not sampled
@@ -217,25 +220,32 @@ class TracingObserver:
         )
 
     def _end(self, span: ReadableSpan) -> None:
-        self._processor.on_end(span)
+        self._on_end(span)
 
     def _parent_of(self, item: Finished) -> Context | None:
         """The caller's context when it sent a W3C ``traceparent``; None starts a trace here."""
         headers = item.request.routing_metadata
         return self._propagator.extract(headers) if _TRACEPARENT in headers else None
 
-    def _rpc_attributes(self, item: Finished) -> Attributes:
-        method = _method_of(item)
-        code, code_name = (0, "OK") if item.error is None else self._status_of(item.error)
+    def _rpc_template(self, method: str) -> Attributes:
+        """The RPC attributes of a request to ``method`` that succeeded, in the conventions chosen."""
         attributes: Attributes = {}
         if self._conventions is not RpcConventions.STABLE:
             attributes |= {"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": method,
-                           "rpc.grpc.status_code": code}  # fmt: skip
+                           "rpc.grpc.status_code": 0}  # fmt: skip
         if self._conventions is not RpcConventions.EXPERIMENTAL:
             attributes |= {"rpc.system.name": "grpc", "rpc.method": f"{SERVICE}/{method}",
-                           "rpc.response.status_code": code_name}  # fmt: skip
-            if item.error is not None:
-                attributes["error.type"] = code_name
+                           "rpc.response.status_code": "OK"}  # fmt: skip
+        return attributes
+
+    def _rpc_attributes(self, item: Finished) -> Attributes:
+        attributes = dict(self._rpc[_method_of(item)])
+        if item.error is not None:
+            code, code_name = self._status_of(item.error)
+            if self._conventions is not RpcConventions.STABLE:
+                attributes["rpc.grpc.status_code"] = code
+            if self._conventions is not RpcConventions.EXPERIMENTAL:
+                attributes["rpc.response.status_code"] = attributes["error.type"] = code_name
         route = item.route
         attributes["turnout.model"] = route.model if route is not None else item.request.model_name
         attributes["turnout.request_id"] = item.request_id
@@ -274,6 +284,9 @@ class TracingObserver:
         end = start + round(item.timings.latency_s * 1e9)
         status = _OK if item.error is None else Status(StatusCode.ERROR, str(item.error))
         self._end(self._span("shadow", parent, start, end, attributes, status=status))
+
+
+_METHODS = ("ModelInfer", "ModelStreamInfer")
 
 
 def _method_of(item: Finished) -> str:

@@ -55,6 +55,7 @@ class TracingSetup:
 
     provider: TracerProvider
     processor: SynchronousMultiSpanProcessor
+    processors: tuple[SpanProcessor, ...]  # the ones behind ``processor``
     conventions: RpcConventions = RpcConventions.EXPERIMENTAL
 
     @classmethod
@@ -70,7 +71,7 @@ class TracingSetup:
         for each in processors:
             processor.add_span_processor(each)
         provider = TracerProvider(sampler, resource, shutdown_on_exit=False, active_span_processor=processor)
-        return cls(provider, processor, conventions)
+        return cls(provider, processor, tuple(processors), conventions)
 
 
 def tracing_from_environment(service_version: str, environ: Mapping[str, str] | None = None) -> TracingSetup | None:
