@@ -8,8 +8,10 @@ with tritonclient's without a clash (the gateway's own ``inference`` messages wo
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
@@ -45,6 +47,7 @@ from tests.support.model_repository import copy_digits
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN = "00f067aa0ba902b7"
 SERVER = "inference.GRPCInferenceService/ModelInfer"
+STREAMED = "inference.GRPCInferenceService/ModelStreamInfer"
 TIMEOUT_S = 20.0
 
 
@@ -112,10 +115,11 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
             self.arrived.notify_all()
         return trace_service_pb2.ExportTraceServiceResponse()
 
-    def wait_for(self, names: set[str], timeout_s: float = TIMEOUT_S) -> dict[str, Any]:
+    def wait_for(self, counts: dict[str, int], timeout_s: float = TIMEOUT_S) -> dict[str, Any]:
+        """The spans by name (the last of each) once at least ``counts`` of each name arrived, or time ran out."""
         deadline = time.monotonic() + timeout_s
         with self.arrived:
-            while not names <= {span.name for span in self.spans}:
+            while any(Counter(span.name for span in self.spans)[name] < n for name, n in counts.items()):
                 if not self.arrived.wait(max(deadline - time.monotonic(), 0)):
                     break
             return {span.name: span for span in self.spans}
@@ -153,9 +157,15 @@ def test_a_traced_request_reaches_an_otlp_receiver_under_the_callers_trace(
             pixels.set_data_from_numpy(digits_pixels[:1])
             headers = {"traceparent": f"00-{TRACE_ID}-{CALLER_SPAN}-01", "tracestate": "caller=kept"}
             client.infer("digits", [pixels], request_id="traced-1", headers=headers)
-        spans = collector.wait_for({SERVER, "queue", "infer", "shadow"})
+            # On a stream, the stream's headers are each request's parent.
+            answered: queue.SimpleQueue[Any] = queue.SimpleQueue()
+            client.start_stream(callback=lambda result, error: answered.put(error), headers=headers)
+            client.async_stream_infer("digits", [pixels], request_id="streamed-1")
+            assert answered.get(timeout=TIMEOUT_S) is None
+            client.stop_stream()
+        spans = collector.wait_for({SERVER: 1, STREAMED: 1, "queue": 2, "infer": 2, "shadow": 2})
         assert "Traceback" not in gateway.log()
-    assert {SERVER, "queue", "infer", "shadow"} <= set(spans), sorted(spans)
+    assert {SERVER, STREAMED, "queue", "infer", "shadow"} <= set(spans), sorted(spans)
     server = spans[SERVER]
     assert server.trace_id.hex() == TRACE_ID and server.parent_span_id.hex() == CALLER_SPAN
     assert server.trace_state == "caller=kept"
@@ -163,9 +173,13 @@ def test_a_traced_request_reaches_an_otlp_receiver_under_the_callers_trace(
     assert attributes["rpc.grpc.status_code"].int_value == 0
     assert attributes["turnout.request_id"].string_value == "traced-1"
     assert (attributes["turnout.version"].int_value, attributes["turnout.arm"].string_value) == (1, "stable")
-    for name in ("queue", "infer", "shadow"):
-        assert spans[name].trace_id.hex() == TRACE_ID and spans[name].parent_span_id == server.span_id, name
+    children = [span for span in collector.spans if span.parent_span_id == server.span_id]
+    assert sorted(span.name for span in children) == ["infer", "queue", "shadow"]
+    assert {span.trace_id.hex() for span in children} == {TRACE_ID}
     assert collector.resources[0]["service.name"] == "turnout-under-test"
+    streamed = spans[STREAMED]
+    assert streamed.trace_id.hex() == TRACE_ID and streamed.parent_span_id.hex() == CALLER_SPAN
+    assert {a.key: a.value.string_value for a in streamed.attributes}["rpc.method"] == "ModelStreamInfer"
 
 
 def test_a_gateway_asked_for_an_exporter_it_does_not_have_refuses_to_start(tmp_path: Path) -> None:
