@@ -156,7 +156,7 @@ class TracingObserver:
     def _trace_request(self, item: Finished, batch_rows: int) -> None:
         route = item.route
         key = (item.request_id, route.model) if route is not None and route.shadows else None
-        name = f"{SERVICE}/{_method_of(item)}"
+        name = _NAMES[item.request.via_stream]
         attributes = self._rpc_attributes(item)
         parent_context = self._parent_of(item)
         parent = trace.get_current_span(parent_context).get_span_context() if parent_context is not None else None
@@ -173,53 +173,43 @@ class TracingObserver:
         server = SpanContext(trace_id, self._ids.generate_span_id(), False, _SAMPLED, sampled.trace_state)
         timings = item.timings
         start = timings.received_unix_ns
-        end = start + round(timings.latency_s * 1e9)
+        end = start + int(timings.latency_s * 1e9)
         ran = timings.compute_s > 0
         if ran:
             attributes["turnout.batch_size"] = batch_rows
         # Only the durations are measured, from the moment the dataplane took the request; placing
         # them from that moment puts the request's checks (microseconds) inside the queue's offset.
         if ran or timings.queue_s > 0:
-            queued_end = min(start + round(timings.queue_s * 1e9), end)
-            self._end(self._span("queue", server, start, queued_end, {}))
+            queued_end = min(start + int(timings.queue_s * 1e9), end)
+            self._end("queue", self._child_of(server), server, None, start, queued_end)
             if ran:
-                inferred_end = min(queued_end + round(timings.compute_s * 1e9), end)
+                inferred_end = min(queued_end + int(timings.compute_s * 1e9), end)
                 sizes: Attributes = {"turnout.batch_size": batch_rows, "turnout.rows": item.rows}
-                self._end(self._span("infer", server, queued_end, inferred_end, sizes))
+                self._end("infer", self._child_of(server), server, sizes, queued_end, inferred_end)
         status = _OK if item.error is None else Status(StatusCode.ERROR, str(item.error))
-        self._end(self._span(name, server, start, end, attributes, parent, SpanKind.SERVER, status, own=True))
+        self._end(name, server, parent, attributes, start, end, SpanKind.SERVER, status)
         if key is not None:
             self._remember(key, server)
 
-    def _span(
+    def _child_of(self, parent: SpanContext) -> SpanContext:
+        return SpanContext(parent.trace_id, self._ids.generate_span_id(), False, _SAMPLED, parent.trace_state)
+
+    def _end(
         self,
         name: str,
-        parent: SpanContext,
+        context: SpanContext,
+        parent: SpanContext | None,
+        attributes: Attributes | None,
         start: int,
         end: int,
-        attributes: Attributes,
-        grandparent: SpanContext | None = None,
         kind: SpanKind = SpanKind.INTERNAL,
         status: Status = _OK,
-        own: bool = False,
-    ) -> ReadableSpan:
-        """A finished span under ``parent``; with ``own``, the span is ``parent`` itself (under ``grandparent``)."""
-        context = parent if own else SpanContext(parent.trace_id, self._ids.generate_span_id(), False, _SAMPLED,
-                                                 parent.trace_state)  # fmt: skip
-        return ReadableSpan(
-            name,
-            context,
-            grandparent if own else parent,
-            self._resource,
-            attributes,
-            kind=kind,
-            status=status,
-            start_time=start,
-            end_time=end,
-            instrumentation_scope=self._scope,
-        )
-
-    def _end(self, span: ReadableSpan) -> None:
+    ) -> None:
+        """Hand the span processors a finished span."""
+        span = ReadableSpan(
+            name, context, parent, self._resource, attributes, kind=kind, status=status, start_time=start,
+            end_time=end, instrumentation_scope=self._scope,
+        )  # fmt: skip
         self._on_end(span)
 
     def _parent_of(self, item: Finished) -> Context | None:
@@ -281,12 +271,13 @@ class TracingObserver:
             "turnout.model": route.model, "turnout.version": route.version, "turnout.arm": "shadow",
             "turnout.generation": route.generation, "turnout.request_id": item.request_id, "turnout.rows": item.rows,
         }  # fmt: skip
-        end = start + round(item.timings.latency_s * 1e9)
+        end = start + int(item.timings.latency_s * 1e9)
         status = _OK if item.error is None else Status(StatusCode.ERROR, str(item.error))
-        self._end(self._span("shadow", parent, start, end, attributes, status=status))
+        self._end("shadow", self._child_of(parent), parent, attributes, start, end, status=status)
 
 
 _METHODS = ("ModelInfer", "ModelStreamInfer")
+_NAMES = {False: f"{SERVICE}/ModelInfer", True: f"{SERVICE}/ModelStreamInfer"}  # by via_stream
 
 
 def _method_of(item: Finished) -> str:
