@@ -15,8 +15,8 @@ request path for tracing.
 
 Since every span is finished when it is built, it is built as what the SDK exports, a
 ``ReadableSpan``, with the SDK's sampler, id generator, resource and span processors: the SDK's
-live ``Span`` (a lock, attribute checks and limits, a context to enter) would cost three times as
-much for nothing (``benchmarks/tracing_cost.py``). The sampler is asked once per request, for its
+live ``Span`` (a lock, attribute checks and limits, a context to enter) would cost four times as
+much for nothing (``benchmarks/span_building.py``). The sampler is asked once per request, for its
 server span; the children follow its decision, and a request it does not sample builds nothing. A
 span processor is given each span at its end (``on_end``) only: there is no live span to start.
 """
