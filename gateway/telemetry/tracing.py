@@ -72,8 +72,9 @@ class TracingObserver:
     """A request observer that turns finished requests and shadow answers into spans.
 
     ``observe`` and ``observe_shadows`` only append their events for the tracing thread, which takes
-    them every ``drain_interval_s``; a backlog past ``max_backlog`` events is dropped and counted
-    (``dropped``) rather than held.
+    them every ``drain_interval_s``; past ``max_backlog`` waiting events (a batch's requests are one)
+    further requests are dropped, counted (``dropped``) and logged once, rather than held: an event
+    holds its request's tensors until it is traced.
     """
 
     def __init__(
@@ -81,7 +82,7 @@ class TracingObserver:
         setup: TracingSetup,
         status_of: StatusOf,
         instrumentation_version: str = "",
-        max_backlog: int = 10_000,
+        max_backlog: int = 1024,
         drain_interval_s: float = _DRAIN_INTERVAL_S,
     ) -> None:
         self._setup = setup
@@ -119,7 +120,10 @@ class TracingObserver:
 
     def _hand_over(self, work: _Work) -> None:
         if len(self._work) >= self._max_backlog:
-            self.dropped += len(work[1])  # only this observer's threads count; a lost count is harmless
+            if not self.dropped:
+                log.warning("tracing is %d batches behind; requests are not traced until it catches up",
+                            self._max_backlog)  # fmt: skip
+            self.dropped += len(work[1])  # a count two threads may race on; a lost increment is harmless
             return
         self._work.append(work)
 
@@ -128,6 +132,8 @@ class TracingObserver:
         self._closing.set()
         self._thread.join(timeout_s)
         self._setup.provider.shutdown()
+        if self.dropped:
+            log.warning("%d requests were not traced: the tracing thread was behind", self.dropped)
 
     def _work_forever(self) -> None:
         while not self._closing.wait(self._drain_interval_s):
