@@ -66,7 +66,10 @@ SCENARIOS = ("no_policy", "stable_only", "canary_10", "shadow_100", "slow_and_fa
 class Gateway:
     """A gateway process on a free port; ``tree`` is the checkout whose code it runs (this one by default)."""
 
-    def __init__(self, repository: Path, cpu: str | None, *flags: str, tree: Path = REPO_ROOT) -> None:
+    def __init__(
+        self, repository: Path, cpu: str | None, *flags: str, tree: Path = REPO_ROOT, env: dict[str, str] | None = None
+    ) -> None:
+        """``env``: the gateway's environment, when not this process's."""
         self.state = tempfile.mkdtemp(prefix="turnout-bench-state-")
         command = [
             sys.executable, "-m", "gateway", "serve", "--repository", str(repository), "--host", "127.0.0.1",
@@ -76,7 +79,9 @@ class Gateway:
             command = ["taskset", "-c", cpu, *command]
         # `python -m gateway` imports the package from its working directory, so `tree` decides the code.
         # A session of its own, as a service would have (run_serving.Server says why).
-        self.process = subprocess.Popen(command, cwd=tree, stdout=subprocess.PIPE, text=True, start_new_session=True)
+        self.process = subprocess.Popen(
+            command, cwd=tree, env=env, stdout=subprocess.PIPE, text=True, start_new_session=True
+        )
         assert self.process.stdout is not None
         for line in self.process.stdout:
             if match := _READY.search(line.strip()):

@@ -13,6 +13,7 @@ from gateway.capture.writer import CaptureConfig, CaptureLog
 from gateway.edge.inference_servicer import InferenceServicer
 from gateway.edge.rollouts_servicer import RolloutsServicer
 from gateway.edge.server import GatewayServer
+from gateway.edge.status import numbered_status_of
 from gateway.logs.access import AccessLog
 from gateway.logs.configure import configure_logging
 from gateway.process.cpu_affinity import pin_gateway_threads
@@ -33,6 +34,8 @@ from gateway.settings import Settings
 from gateway.state.sqlite_store import SqliteStateStore
 from gateway.state.store import StateUnavailable
 from gateway.telemetry.recent_traffic import RecentTraffic, TrafficView, traffic_view
+from gateway.telemetry.tracing import TracingObserver
+from gateway.telemetry.tracing_setup import TracingSetupError, tracing_from_environment
 from gateway.version import package_version
 from runtimes.contract import ModelHost, RuntimeOptions
 from runtimes.heap import freeze_startup_heap
@@ -90,6 +93,14 @@ def capture_log(settings: Settings) -> CaptureLog | None:
     return CaptureLog(config, repository_feature_names(settings.repository))
 
 
+def tracing_observer() -> TracingObserver | None:
+    """Spans of every request, when OpenTelemetry's standard environment turns tracing on; else None."""
+    setup = tracing_from_environment(package_version())
+    if setup is None:
+        return None
+    return TracingObserver(setup, numbered_status_of, package_version())
+
+
 def drift_window(settings: Settings, repository: ModelRepository) -> DriftWindow | None:
     """Running drift against each version's ``reference.parquet``, unless ``--drift-window-rows 0``."""
     if settings.drift_window_rows == 0:
@@ -135,10 +146,10 @@ class Gateway:
             lambda model, version: self.manager.acquire(model, str(version)),
             settings.shadow_queue_size,
             settings.shadow_timeout_s,
-            on_answered=capturing.observe_shadows if capturing is not None else None,
         )
         self.observers.register(self.shadows)
         if capturing is not None:
+            self.shadows.tell_answers_to(capturing.observe_shadows)
             self.observers.register(capturing, holds_answers=settings.capture_durability == "sync")
         self.drift = drift_window(settings, repository)
         if self.drift is not None:
@@ -149,6 +160,11 @@ class Gateway:
         self.access_log = AccessLog(settings.access_log_sample) if settings.access_log else None
         if self.access_log is not None:
             self.observers.register(self.access_log)
+        # Traces: only when OpenTelemetry's environment asks for them (OTEL_TRACES_EXPORTER).
+        self.tracing = tracing_observer()
+        if self.tracing is not None:
+            self.observers.register(self.tracing)
+            self.shadows.tell_answers_to(self.tracing.observe_shadows)
         propagation = Propagation(
             self.store, self.sync, apply_timeout_s=settings.apply_timeout_s, liveness_s=_LIVENESS_S
         )
@@ -199,6 +215,8 @@ class Gateway:
             self.capture.close()
         if self.access_log is not None:  # after the dispatchers too: the last lines are written
             self.access_log.close()
+        if self.tracing is not None:  # after the dispatchers and shadows: every span is built, then flushed
+            self.tracing.close()
         self.store.close()
 
 
@@ -214,6 +232,9 @@ def serve(settings: Settings) -> int:
         if settings.gateway_cpus and not pin_gateway_threads(settings.gateway_cpus):
             return 2
         return _run(settings, zygote)
+    except TracingSetupError as error:
+        log.error("%s", error)
+        return 2
     finally:
         if zygote is not None:
             zygote.close()

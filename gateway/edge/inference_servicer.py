@@ -169,6 +169,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
                     try:
                         decoded = self._decode(message)
                         decoded.routing_metadata = metadata
+                        decoded.via_stream = True
                         self._dataplane.submit(decoded, answer(message.id))
                     except TurnoutError as error:
                         answers.put(_stream_answer(message.id, None, error))

@@ -54,6 +54,12 @@ def status_of(error: TurnoutError) -> grpc.StatusCode:
     return grpc.StatusCode.UNKNOWN
 
 
+def numbered_status_of(error: TurnoutError) -> tuple[int, str]:
+    """The status an error becomes, as its number and name (``3, "INVALID_ARGUMENT"``), for telemetry."""
+    code = status_of(error)
+    return code.value[0], code.name
+
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 

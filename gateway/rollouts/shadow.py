@@ -4,9 +4,10 @@ A shadow never touches the caller: its copy is made once the primary has answere
 bounded lane of its own (a full lane drops the copy and counts it), and its errors, timeouts and
 slowness only ever change the figures. Sending and comparison run on a thread of their own.
 
-Whoever wants each shadow answer as well (capture keeps it as a record of its own) passes
-``on_answered``: it is told, on the shadow thread, about each finished copy, with the primary's
-request and request id and a route naming the shadow version.
+Whoever wants each shadow answer as well (capture keeps it as a record of its own, tracing a span)
+registers with :meth:`ShadowMirror.tell_answers_to`: each listener is told, on the shadow thread,
+about each finished copy, with the primary's request and request id and a route naming the shadow
+version.
 """
 
 from __future__ import annotations
@@ -240,10 +241,9 @@ class ShadowMirror:
         max_queued: int,
         timeout_s: float,
         batch_window_s: float = 0.02,
-        on_answered: ShadowAnswered | None = None,
     ) -> None:
         self._acquire = acquire
-        self._on_answered = on_answered
+        self._listeners: tuple[ShadowAnswered, ...] = ()
         self._batch_window_s = batch_window_s
         # Lanes waiting for their batching window, by due time; touched by the shadow thread only.
         self._delayed: list[tuple[float, int, _Lane]] = []
@@ -257,6 +257,11 @@ class ShadowMirror:
         self._tasks: queue.SimpleQueue[_Task | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._work_forever, name="shadow", daemon=True)
         self._thread.start()
+
+    def tell_answers_to(self, listener: ShadowAnswered) -> None:
+        """Tell ``listener`` about every finished shadow copy; registered in the composition root, before
+        the gateway serves."""
+        self._listeners = (*self._listeners, listener)
 
     def figures_of(self, model: str) -> list[ShadowFigures]:
         with self._figures_lock:
@@ -437,8 +442,8 @@ class ShadowMirror:
     def _report(
         self, lane: _Lane, batch: list[_Copy], outputs: RawTensors | None, error: TurnoutError | None, latency_s: float
     ) -> None:
-        """Tell ``on_answered`` about each copy of a finished shadow batch; its failure is only logged."""
-        if self._on_answered is None:
+        """Tell the listeners about each copy of a finished shadow batch; a listener's failure is only logged."""
+        if not self._listeners:
             return
         timings = Timings(time.time_ns() - int(latency_s * 1e9), latency_s, 0.0, latency_s)
         answers = _outputs_per_copy(batch, outputs) if outputs is not None else [None] * len(batch)
@@ -450,10 +455,11 @@ class ShadowMirror:
             finished.append(Finished(
                 source.request, route, item.inputs, item.rows, answer, error, timings, None, source.request_id
             ))  # fmt: skip
-        try:
-            self._on_answered(finished)
-        except Exception:  # whoever listens must not stop the shadows
-            log.exception("the shadow answers' listener failed")
+        for listener in self._listeners:
+            try:
+                listener(finished)
+            except Exception:  # whoever listens must not stop the shadows, nor the next listener
+                log.exception("a shadow answers' listener failed")
 
     @staticmethod
     def _count_failed_batch(lane: _Lane, label: str) -> None:

@@ -18,6 +18,7 @@ class InferRequest:
     parameters: dict[str, Any] = field(default_factory=dict)
     # Text request metadata (gRPC headers) that routing reads: the pin header and the sticky key.
     routing_metadata: dict[str, str] = field(default_factory=dict)
+    via_stream: bool = False  # came on a ModelStreamInfer stream, not as a unary ModelInfer
 
 
 @dataclass(slots=True)

@@ -168,6 +168,17 @@ def test_logs_are_a_part_that_only_the_entry_points_know() -> None:
     assert violations(allowed=(), forbidden=outer, scope=("gateway.logs",)) == []
 
 
+def test_tracing_is_a_part_that_only_the_composition_root_knows() -> None:
+    # Traces are built from what serving's seam tells observers; the gRPC status of an error is handed
+    # in by the composition root, so the edge's mapping stays the only one.
+    tracing = ("gateway.telemetry.tracing", "gateway.telemetry.tracing_setup")
+    assert set(tracing) <= imports()["gateway.app"]
+    assert violations(allowed=("gateway.app", "gateway.telemetry"), forbidden=tracing) == []
+    outside = ("gateway.edge", "gateway.rollouts", "gateway.client", "gateway.app", "gateway.process",
+               "gateway.capture", "grpc")  # fmt: skip
+    assert violations(allowed=(), forbidden=outside, scope=tracing) == []
+
+
 def test_routing_is_pure() -> None:
     impure = {"threading", "time", "socket", "asyncio", "sqlite3", "logging", "os", "random"}
     for module, targets in imports().items():

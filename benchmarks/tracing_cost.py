@@ -1,0 +1,127 @@
+"""What tracing costs the serving path: off, and every request traced to an in-memory exporter; prints JSON.
+
+Two gateways with worker processes serve the example digits model (no policy): one without tracing
+(``OTEL_TRACES_EXPORTER`` unset: no tracing observer at all), and one with every request sampled
+(``OTEL_TRACES_SAMPLER=always_on``) and its spans (server, queue, infer) handed by the SDK's batch
+processor to an exporter that keeps them in memory (``memory_span_exporter.py``, registered for this
+gateway alone through an entry point written to a temporary directory, so the gateway chooses it by
+name as it would choose ``otlp``). With ``--pin`` every gateway runs on CPU 0 and the load generator
+on CPU 1. Each round loads each gateway at each concurrency (batch 1, unary), the order rotating from
+round to round. Reported per concurrency: each mode's median throughput, p50/p99 latency and gateway
+CPU per request, and the median over rounds of traced/off with a bootstrap 95% interval; and the
+spans the traced gateway exported, read back from it when it stops.
+
+    python benchmarks/tracing_cost.py --pin --rounds 5 --concurrency 1 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rounds import Cells, commit_of, interleaved_cells
+from run_rollouts import REPO_ROOT, Gateway, median_interval, ratios_of, rounded
+from run_serving import CLIENT_CPU, SERVER_CPU, machine
+
+MODES = ("off", "traced")
+MEASURES = ("throughput_rps", "p50_ms", "p99_ms", "server_cpu_us_per_request")
+BENCHMARKS = Path(__file__).resolve().parent
+
+
+def register_memory_exporter(root: Path) -> Path:
+    """A directory that, on ``PYTHONPATH``, makes ``in_memory`` a trace exporter entry point."""
+    info = root / "turnout_benchmark_exporters-0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: turnout-benchmark-exporters\nVersion: 0\n")
+    (info / "entry_points.txt").write_text(
+        "[opentelemetry_traces_exporter]\nin_memory = memory_span_exporter:MemorySpanExporter\n"
+    )
+    return root
+
+
+def environment_of(mode: str, root: Path) -> dict[str, str]:
+    env = {name: value for name, value in os.environ.items() if not name.startswith("OTEL_")}
+    if mode == "off":
+        return env
+    path = os.pathsep.join([str(register_memory_exporter(root / "entry_points")), str(BENCHMARKS)])
+    return env | {
+        "PYTHONPATH": os.pathsep.join(filter(None, [path, env.get("PYTHONPATH")])),
+        "OTEL_TRACES_EXPORTER": "in_memory",
+        "OTEL_TRACES_SAMPLER": "always_on",
+        "TURNOUT_BENCH_SPANS_FILE": str(root / "spans_exported"),
+    }
+
+
+def value(run: dict[str, Any], measure: str) -> float:
+    if measure in ("p50_ms", "p99_ms"):
+        return float(run["latency_ms"][measure[:3]])
+    return float(run[measure])
+
+
+def summary(cells: Cells, concurrency: int) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for mode in MODES:
+        runs = cells[(mode, concurrency)]
+        result[mode] = {m: rounded(statistics.median(value(run, m) for run in runs)) for m in MEASURES}
+        result[mode]["requests"] = sum(int(run.get("requests", 0)) for run in runs)
+    pairs = list(zip(cells[("traced", concurrency)], cells[("off", concurrency)], strict=True))
+    for measure in ("throughput_rps", "server_cpu_us_per_request"):
+        ratios = ratios_of(pairs, measure)
+        low, high = median_interval(ratios)
+        result["traced"][f"{measure}_vs_off"] = {
+            "median_ratio": rounded(statistics.median(ratios)), "interval_95": [rounded(low), rounded(high)],
+        }  # fmt: skip
+    p99 = [value(traced, "p99_ms") / value(off, "p99_ms") for traced, off in pairs]
+    low, high = median_interval(p99)
+    result["traced"]["p99_ms_vs_off"] = {
+        "median_ratio": rounded(statistics.median(p99)), "interval_95": [rounded(low), rounded(high)],
+    }  # fmt: skip
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--duration-s", type=float, default=3.0, help="measured seconds per cell")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--pin", action="store_true", help="gateways on CPU 0, the load generator on CPU 1")
+    args = parser.parse_args(argv)
+    started = time.time()
+    work = Path(tempfile.mkdtemp(prefix="turnout-tracing-cost-"))
+    shutil.copytree(REPO_ROOT / "examples" / "models" / "digits", work / "models" / "digits")
+    server_cpu, client_cpu = (SERVER_CPU, CLIENT_CPU) if args.pin else (None, None)
+    gateways: dict[str, Gateway] = {}
+    try:
+        for mode in MODES:
+            gateways[mode] = Gateway(work / "models", server_cpu, env=environment_of(mode, work))
+        cells = interleaved_cells(gateways, args.rounds, args.concurrency, args.duration_s, client_cpu)
+    finally:
+        for gateway in gateways.values():
+            gateway.stop()  # the traced one flushes its spans and writes how many it exported
+    exported = work / "spans_exported"
+    spans = int(exported.read_text()) if exported.exists() else None
+    shutil.rmtree(work, ignore_errors=True)
+    document = {
+        "command": " ".join(["python benchmarks/tracing_cost.py", *(argv if argv is not None else sys.argv[1:])]),
+        "commit": commit_of(REPO_ROOT),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "wall_s": round(time.time() - started, 1),
+        "machine": machine(),
+        "per_concurrency": {f"{c}_in_flight": summary(cells, c) for c in args.concurrency},
+        "spans_exported": spans,
+    }
+    print(json.dumps(document, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
