@@ -247,7 +247,10 @@ def _traffic_text(traffic: Any) -> list[str]:
     processes = f", {traffic.processes} gateway processes" if traffic.processes > 1 else ""
     if not traffic.arms:
         return [f"  last {traffic.window_s} s{processes}: no requests"]
-    lines = [f"  last {traffic.window_s} s{processes}:    req/s   errors      p50      p99  requests"]
+    lines = [
+        f"  last {traffic.window_s} s{processes}:",
+        f"    {'arm':<7} {'version':<6}  {'req/s':>9}  {'errors':>7}  {'p50':>8}  {'p99':>8}  {'requests':>8}",
+    ]
     for arm in traffic.arms:
         lines.append(
             f"    {arm.arm:<7} v{arm.version:<5}  {arm.requests_per_s:>9.2f}  {100 * arm.error_rate:>6.2f}%"

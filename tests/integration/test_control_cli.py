@@ -290,7 +290,7 @@ def test_status_shows_each_arms_last_minute(gateway: GatewayProcess, digits_pixe
         assert arm["error_rate"] == pytest.approx(int(arm["errors"]) / int(arm["requests"]))
 
     text = ok("status", "traffic", server=address)
-    assert "last 60 s:" in text and "req/s" in text and "p99" in text
+    assert "last 60 s:" in text and "req/s" in text and "p99" in text and "errors" in text
     lines = {line.split()[0]: line for line in text.splitlines() if line.strip().startswith(("stable ", "canary "))}
     assert lines["canary"].split()[1] == "v2" and lines["stable"].split()[1] == "v1"
 
