@@ -67,6 +67,9 @@ class ModelManager:
         self._stopping = threading.Event()
         self._poller: threading.Thread | None = None
         self.initial_load_done = False
+        # Loads started and loads that ended other than READY, per model, for the metrics exporter.
+        self.loads: dict[str, int] = {}
+        self.load_failures: dict[str, int] = {}
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -145,6 +148,9 @@ class ModelManager:
                 version = ModelVersion(record.name, item, entry.settings, self._on_batch_finished)
                 record.versions[number] = version
                 version.load(self._make_host, self._runtime_options)
+                self.loads[record.name] = self.loads.get(record.name, 0) + 1
+                if version.state is not VersionState.READY:
+                    self.load_failures[record.name] = self.load_failures.get(record.name, 0) + 1
                 record.refresh_default()
         for number, item in entry.versions.items():
             if item.artifact is None and number not in record.versions:
