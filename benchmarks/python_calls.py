@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import signal
@@ -73,7 +74,8 @@ def count(tree: Path, repository: Path, concurrency: int, requests: int) -> dict
         "--host", "127.0.0.1", "--port", "0", "--poll-interval-s", "0", "--log-level", "WARNING",
         "--state-dir", state,
     ]
-    gateway = subprocess.Popen(command, cwd=tree, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    env = {**os.environ, "TURNOUT_METRICS_PORT": "0"}  # no metrics port; older trees ignore the variable
+    gateway = subprocess.Popen(command, cwd=tree, env=env, stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
         assert gateway.stdout is not None
         for line in gateway.stdout:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import re
 import shutil
 import signal
@@ -76,7 +77,12 @@ class Gateway:
             command = ["taskset", "-c", cpu, *command]
         # `python -m gateway` imports the package from its working directory, so `tree` decides the code.
         # A session of its own, as a service would have (run_serving.Server says why).
-        self.process = subprocess.Popen(command, cwd=tree, stdout=subprocess.PIPE, text=True, start_new_session=True)
+        # No metrics port unless a flag asks (the default, 8002, is one port for every gateway on the
+        # host); trees from before the metrics port ignore the variable.
+        env = {**os.environ, "TURNOUT_METRICS_PORT": "0"}
+        self.process = subprocess.Popen(
+            command, cwd=tree, env=env, stdout=subprocess.PIPE, text=True, start_new_session=True
+        )
         assert self.process.stdout is not None
         for line in self.process.stdout:
             if match := _READY.search(line.strip()):
