@@ -43,6 +43,7 @@ def merge(snapshots: Iterable[Snapshot]) -> Snapshot:
     total: Snapshot = {}
     for snapshot in snapshots:
         for family, values in snapshot.items():
+            total.setdefault(family, {})  # a family with no values yet is still known
             for labels, value in values.items():
                 add_into(total, family, labels, value)
     return total
