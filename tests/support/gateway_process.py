@@ -171,3 +171,19 @@ def worker_pids(gateway_pid: int) -> list[int]:
         return False
 
     return sorted(pid for pid in workers if descends(pid))
+
+
+def telemetry_dir_of(supervisor_pid: int) -> Path:
+    """The directory where a supervisor's gateway processes serve their metrics snapshots, read off
+    a child's command line (``--telemetry-dir``)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().decode().split("\0")
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == supervisor_pid and "--telemetry-dir" in cmdline:
+            return Path(cmdline[cmdline.index("--telemetry-dir") + 1])
+    raise AssertionError(f"no gateway process of {supervisor_pid} names a telemetry directory")

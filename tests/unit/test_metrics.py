@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 from prometheus_client import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
@@ -11,16 +12,21 @@ from prometheus_client.registry import CollectorRegistry
 
 from gateway.edge.status import STATUS_BY_ERROR
 from gateway.errors import DeadlineExceeded, Internal, InvalidArgument, NotFound, TurnoutError, Unavailable
+from gateway.registry.repository import ModelRepository
 from gateway.routing.decide import Arm, Reason
+from gateway.routing.table import RoutingTableHolder
 from gateway.serving.inference_types import InferRequest
+from gateway.serving.model_manager import ModelManager
 from gateway.serving.observers import Finished, Route, Timings
 from gateway.serving.statistics import VersionStatistics
 from gateway.telemetry.exposition import SnapshotCollector
 from gateway.telemetry.families import DURATION_BUCKETS_S, REQUESTS
+from gateway.telemetry.gateway_metrics import GatewayMetrics
 from gateway.telemetry.observer import MetricsObserver
 from gateway.telemetry.snapshot import Snapshot, merge
 from gateway.telemetry.statistics_families import add_statistics, statistics_of
 from gateway.telemetry.status_codes import CODE_BY_ERROR, code_of, reason_of
+from runtimes.contract import ModelHost, RuntimeOptions
 
 
 def finished(
@@ -168,3 +174,15 @@ def test_statistics_survive_the_snapshot_and_sum() -> None:
     assert total.batches[4].compute_infer.ns == 4 and total.last_inference_ms == stats.snapshot().last_inference_ms
     assert statistics_of(one, "m", "2") is None
     assert REQUESTS not in one
+
+
+def test_metrics_port_zero_builds_no_observer_and_serves_nothing(tmp_path: Path) -> None:
+    def no_hosts(kind: str, artifact: Path, options: RuntimeOptions, label: str) -> ModelHost:
+        raise AssertionError("nothing is loaded here")
+
+    manager = ModelManager(ModelRepository(tmp_path), no_hosts, RuntimeOptions(1, 1), poll_interval_s=0, drain_timeout_s=1)
+    off = GatewayMetrics(manager, RoutingTableHolder(), port=0, host="127.0.0.1", directory=None)
+    off.start()
+    assert off.observer is None and off.url is None, "the composition root registers no observer then"
+    off.close()
+    assert GatewayMetrics(manager, RoutingTableHolder(), port=8002, host="127.0.0.1", directory=None).observer
