@@ -180,7 +180,8 @@ def test_metrics_port_zero_builds_no_observer_and_serves_nothing(tmp_path: Path)
     def no_hosts(kind: str, artifact: Path, options: RuntimeOptions, label: str) -> ModelHost:
         raise AssertionError("nothing is loaded here")
 
-    manager = ModelManager(ModelRepository(tmp_path), no_hosts, RuntimeOptions(1, 1), poll_interval_s=0, drain_timeout_s=1)
+    options = RuntimeOptions(1, 1)
+    manager = ModelManager(ModelRepository(tmp_path), no_hosts, options, poll_interval_s=0, drain_timeout_s=1)
     off = GatewayMetrics(manager, RoutingTableHolder(), port=0, host="127.0.0.1", directory=None)
     off.start()
     assert off.observer is None and off.url is None, "the composition root registers no observer then"
