@@ -39,8 +39,9 @@ from gateway.telemetry.statistics_families import STATISTICS_FAMILIES, add_stati
 log = logging.getLogger(__name__)
 
 # Drift statistics over a full window take about half a second per version (mostly scipy's exact
-# KS p-value), so they are computed at most this often and served from the last computation between.
-DRIFT_REFRESH_S = 15.0
+# KS p-value), so they are computed at most once a minute (about 1% of a core per watched version
+# however often Prometheus scrapes) and served from the last computation in between.
+DRIFT_REFRESH_S = 60.0
 DRIFT_STATISTICS = ("psi", "js", "ks", "wasserstein")
 
 
