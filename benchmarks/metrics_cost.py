@@ -2,11 +2,12 @@
 
 Two gateways with worker processes serve the example digits model (no policy): one with metrics
 off (``--metrics-port 0``: no observer is registered, requests carry no observer ticket) and one
-with metrics on (its own free port, scraped every 5 s during the run, a busy Prometheus's pace;
-a scrape every 15 s to 1 min is usual). With ``--pin`` both gateways run on CPU 0 and the load generator on CPU 1. Each round
-loads each gateway at each concurrency (batch 1, unary), the order rotating from round to round.
-Reported per concurrency: each mode's median throughput, p50/p99 latency and gateway CPU per
-request, and the median over rounds of on/off with a bootstrap 95% interval. Goal: at most 3%.
+with metrics on (its own free port, scraped every 5 s during the run, a busy Prometheus's pace; a
+scrape every 15 s to 1 min is usual). With ``--pin`` both gateways run on CPU 0 and the load
+generator on CPU 1. Each round loads each gateway at each concurrency (batch 1, unary), the order
+rotating from round to round. Reported per concurrency: each mode's median throughput, p50/p99
+latency and gateway CPU per request, and the median over rounds of on/off with a bootstrap 95%
+interval. Goal: at most 3%.
 
     python benchmarks/metrics_cost.py --pin --rounds 5 --concurrency 1 64
 """
