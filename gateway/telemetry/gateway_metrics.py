@@ -66,6 +66,14 @@ class GatewayMetrics:
         if self._peers is not None:
             self._peers.close()
 
+    def every_process(self) -> Snapshot:
+        """This process's whole snapshot, with every peer process's added (as it is, when alone):
+        what a per-arm view of the whole gateway reads, as the supervisor's scrape does."""
+        own = self.snapshot.take()
+        if self._directory is None or self._peers is None:
+            return own
+        return merge([own, *gather(self._directory, EVERYTHING, skip=self._peers.path)])
+
     def process_wide(self, views: list[StatisticsView]) -> list[StatisticsView]:
         """ModelStatistics' views with every peer process's counters added (as they are, when alone)."""
         if self._directory is None or self._peers is None:

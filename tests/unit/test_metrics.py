@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from pathlib import Path
 
@@ -20,12 +21,13 @@ from gateway.serving.model_manager import ModelManager
 from gateway.serving.observers import Finished, Route, Timings
 from gateway.serving.statistics import VersionStatistics
 from gateway.telemetry.exposition import SnapshotCollector
-from gateway.telemetry.families import DURATION_BUCKETS_S, REQUESTS
+from gateway.telemetry.families import DURATION_BUCKETS_S, REQUEST_DURATION, REQUESTS
 from gateway.telemetry.gateway_metrics import GatewayMetrics
 from gateway.telemetry.observer import MetricsObserver
 from gateway.telemetry.snapshot import Snapshot, merge
 from gateway.telemetry.statistics_families import add_statistics, statistics_of
 from gateway.telemetry.status_codes import CODE_BY_ERROR, code_of, reason_of
+from gateway.telemetry.window import difference, histogram_quantile
 from runtimes.contract import ModelHost, RuntimeOptions
 
 
@@ -187,3 +189,21 @@ def test_metrics_port_zero_builds_no_observer_and_serves_nothing(tmp_path: Path)
     assert off.observer is None and off.url is None, "the composition root registers no observer then"
     off.close()
     assert GatewayMetrics(manager, RoutingTableHolder(), port=8002, host="127.0.0.1", directory=None).observer
+
+
+def test_a_windows_difference_gives_the_minutes_counts_and_quantiles() -> None:
+    observer = MetricsObserver()
+    observer.observe([finished(latency_s=0.0002, compute_s=0.0) for _ in range(10)])
+    earlier = observer.shards.totals()
+    observer.observe([finished(latency_s=0.03, compute_s=0.0) for _ in range(90)])
+    observer.observe([finished(error=Unavailable("full"), latency_s=0.03, compute_s=0.0) for _ in range(10)])
+    window = difference(observer.shards.totals(), earlier)
+    ok = window[REQUESTS][("digits", "1", "stable", "OK")]
+    assert ok == 90 and window[REQUESTS][("digits", "1", "stable", "UNAVAILABLE")] == 10
+    latencies = window[REQUEST_DURATION][("digits", "1", "stable")]
+    assert isinstance(latencies, list)
+    p50 = histogram_quantile(0.5, latencies, DURATION_BUCKETS_S)
+    assert 0.025 < p50 <= 0.05, "every request of the window took 30 ms: the (25 ms, 50 ms] bucket"
+    assert math.isnan(histogram_quantile(0.5, [0.0] * (len(DURATION_BUCKETS_S) + 2), DURATION_BUCKETS_S))
+    # A count that fell (a restarted process) counts from zero.
+    assert difference({REQUESTS: {("m",): 3.0}}, {REQUESTS: {("m",): 5.0}}) == {REQUESTS: {("m",): 3.0}}
