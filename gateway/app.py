@@ -93,8 +93,9 @@ def metrics_host(settings: Settings) -> str:
 
 
 def drift_window(settings: Settings) -> DriftWindow | None:
-    """Running drift against each version's ``reference.parquet``, unless ``--drift-window-rows 0``."""
-    if settings.drift_window_rows == 0:
+    """Running drift against each version's ``reference.parquet``, unless ``--drift-window-rows 0``
+    or ``--metrics-port 0`` (the metrics are what reads the window)."""
+    if settings.drift_window_rows == 0 or settings.metrics_port == 0:
         return None
     return DriftWindow(repository_profiles(settings.repository), settings.drift_window_rows)
 

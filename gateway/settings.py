@@ -143,8 +143,8 @@ class Settings(BaseSettings):
     drift_window_rows: int = Field(
         10_000,
         ge=0,
-        description="latest served input rows kept per model version with a reference.parquet, for running"
-        " drift; 0: off",
+        description="latest served input rows kept per model version with a reference.parquet, for the"
+        " metrics' running drift; 0: off (off with --metrics-port 0 too)",
     )
     # Metrics (gateway/telemetry): Prometheus's /metrics, Turnout's names and Triton's.
     metrics_port: int = Field(
