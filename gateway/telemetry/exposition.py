@@ -80,7 +80,7 @@ def turnout_metrics(s: Snapshot) -> Iterator[Metric]:
     yield counter(
         "turnout_requests",
         "Requests finished, by the gRPC status they were answered with; "
-        "version and arm are empty for a request that failed before routing",
+        "version and arm are empty for a request that failed before routing (model too when not found)",
         (*ARM, "code"),
         s,
         f.REQUESTS,

@@ -23,7 +23,7 @@ from gateway.telemetry.families import (
     REQUESTS,
 )
 from gateway.telemetry.shards import ThreadShards
-from gateway.telemetry.status_codes import OK, code_of
+from gateway.telemetry.status_codes import NOT_FOUND, OK, code_of
 
 COUNTED = (REQUESTS, REQUEST_DURATION, QUEUE_DURATION, COMPUTE_DURATION, BATCH_SIZE)
 
@@ -58,7 +58,10 @@ class MetricsObserver:
             error = item.error
             code = OK if error is None else code_of(error)
             if route is None:  # failed before routing: no version, no arm
-                key: tuple[Any, ...] = (item.request.model_name, "", "", code)
+                # A name the gateway does not know is the client's, so not a label: any number of
+                # made-up names would make as many series.
+                model = "" if code == NOT_FOUND else item.request.model_name
+                key: tuple[Any, ...] = (model, "", "", code)
                 requests[key] = requests.get(key, 0) + 1
                 continue
             key = (route.model, route.version, route.arm, code)

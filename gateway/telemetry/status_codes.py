@@ -18,6 +18,7 @@ from gateway.errors import (
 )
 
 OK = "OK"
+NOT_FOUND = "NOT_FOUND"
 CODE_BY_ERROR: dict[type[TurnoutError], str] = {
     NotFound: "NOT_FOUND",
     Unavailable: "UNAVAILABLE",

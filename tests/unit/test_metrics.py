@@ -97,8 +97,8 @@ def test_requests_are_counted_per_arm_and_status_across_threads() -> None:
     assert exposed[("turnout_requests_total", labels)] == 200
     canary_bad = (("arm", "canary"), ("code", "INVALID_ARGUMENT"), ("model", "digits"), ("version", "2"))
     assert exposed[("turnout_requests_total", canary_bad)] == 200
-    unrouted = (("arm", ""), ("code", "NOT_FOUND"), ("model", "digits"), ("version", ""))
-    assert exposed[("turnout_requests_total", unrouted)] == 1
+    unknown = (("arm", ""), ("code", "NOT_FOUND"), ("model", ""), ("version", ""))
+    assert exposed[("turnout_requests_total", unknown)] == 1, "a name the gateway does not know is no label"
     assert len(observer.shards._shards) == 5, "one shard per thread that recorded"
 
 
