@@ -1,7 +1,8 @@
 """Metrics through four gateway processes: one scrape of the supervisor's metrics port counts every
 request once, per arm and status, and ModelStatistics (asked of any process) counts the same; Triton's
 names agree, drift appears for the example model, OpenMetrics is served when asked, and every
-metric the Grafana dashboard queries is exposed.
+metric the Grafana dashboard queries is exposed. And a gateway alone serves the port itself, shadow
+divergence included.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
 
 def metrics_port(gateway: GatewayProcess) -> int:
     found = re.findall(r"turnout: metrics on http://[^:]+:(\d+)/metrics", "".join(gateway._lines))
-    assert found, "the supervisor prints where metrics are served"
+    assert found, "the serving process prints where metrics are served"
     return int(found[0])
 
 
@@ -210,3 +211,36 @@ def test_every_metric_the_dashboard_queries_is_exposed(gateway: GatewayProcess) 
 
 def test_the_dashboard_file_is_in_the_repository() -> None:
     assert Path(DASHBOARD).is_file()
+
+
+def test_a_gateway_alone_serves_its_own_metrics_with_shadow_divergence(tmp_path: Path) -> None:
+    copy_digits(tmp_path)
+    port = free_port()
+    with GatewayProcess(tmp_path, "--poll-interval-s", "0", "--metrics-port", str(port)) as alone:
+        assert metrics_port(alone) == port
+        with grpc.insecure_channel(alone.address) as channel:
+            policy = rollouts_pb2.Policy(stable=1, shadows=[rollouts_pb2.Shadow(version=2, fraction=1.0)])
+            rollouts_pb2_grpc.RolloutsStub(channel).SetPolicy(
+                rollouts_pb2.SetPolicyRequest(model="digits", policy=policy), metadata=((headers.ACTOR, "test"),)
+            )
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            pixels = np.random.default_rng(1).random((4, 64)) * 16
+            for _ in range(10):
+                stub.ModelInfer(infer_request(pixels), timeout=30)
+        deadline = time.monotonic() + 15
+        while True:  # shadow copies are answered after their primaries
+            found = samples_of(scrape(alone)[1])
+            if total(found, "turnout_shadow_compared_total") >= 10 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    shadow = {"model": "digits", "version": "1", "shadow_version": "2"}
+    assert total(found, "turnout_requests_total", arm="stable", code="OK") == 10
+    assert total(found, "turnout_batch_size_sum", version="1") == 40, "four rows a request"
+    assert total(found, "turnout_shadow_copies_total", outcome="sent", **shadow) == 10
+    assert total(found, "turnout_shadow_compared_total", **shadow) == 10
+    assert total(found, "turnout_shadow_top1_compared_rows_total", **shadow) == 40
+    agreement = total(found, "turnout_shadow_top1_agreement", **shadow)
+    assert 0 <= agreement <= 1
+    assert ("turnout_shadow_max_abs_diff", tuple(sorted({**shadow, "output": "probabilities"}.items()))) in found
+    assert total(found, "turnout_policy_generation", model="digits") >= 1
+    assert total(found, "turnout_worker_restarts_total", model="digits") == 0
