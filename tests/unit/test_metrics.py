@@ -21,12 +21,13 @@ from gateway.serving.model_manager import ModelManager
 from gateway.serving.observers import Finished, Route, Timings
 from gateway.serving.statistics import VersionStatistics
 from gateway.telemetry.exposition import SnapshotCollector
-from gateway.telemetry.families import DURATION_BUCKETS_S, REQUEST_DURATION, REQUESTS
+from gateway.telemetry.families import DURATION_BUCKETS_S, REQUEST_DURATION, REQUESTS, WORKER_RESTARTS
 from gateway.telemetry.gateway_metrics import GatewayMetrics
 from gateway.telemetry.observer import MetricsObserver
 from gateway.telemetry.snapshot import Snapshot, merge
 from gateway.telemetry.statistics_families import add_statistics, statistics_of
 from gateway.telemetry.status_codes import CODE_BY_ERROR, code_of, reason_of
+from gateway.telemetry.supervisor_metrics import SupervisorMetrics
 from gateway.telemetry.window import difference, histogram_quantile
 from runtimes.contract import ModelHost, RuntimeOptions
 
@@ -207,3 +208,9 @@ def test_a_windows_difference_gives_the_minutes_counts_and_quantiles() -> None:
     assert math.isnan(histogram_quantile(0.5, [0.0] * (len(DURATION_BUCKETS_S) + 2), DURATION_BUCKETS_S))
     # A count that fell (a restarted process) counts from zero.
     assert difference({REQUESTS: {("m",): 3.0}}, {REQUESTS: {("m",): 5.0}}) == {REQUESTS: {("m",): 3.0}}
+
+
+def test_the_supervisor_adds_the_shared_workers_restarts_by_model_and_version(tmp_path: Path) -> None:
+    restarts = [(str(tmp_path / "models" / "digits" / "2" / "model.onnx"), 3)]
+    snapshot = SupervisorMetrics(tmp_path, lambda: restarts).snapshot()  # no gateway process answers here
+    assert snapshot[WORKER_RESTARTS] == {("digits", "2"): 3.0}
