@@ -9,6 +9,9 @@ which adds a little per request; both checkouts pay it alike.
 
     git worktree add /tmp/baseline efed16c
     python benchmarks/python_calls.py --baseline /tmp/baseline --requests 3000
+
+``--metrics-on this`` gives this checkout's gateway a metrics port (the others run with
+``--metrics-port 0``): with ``--baseline .`` that counts what metrics add to a request.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -66,7 +70,13 @@ def loadgen(address: str, concurrency: int, amount: list[str]) -> dict[str, Any]
     return measured
 
 
-def count(tree: Path, repository: Path, concurrency: int, requests: int) -> dict[str, Any]:
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def count(tree: Path, repository: Path, concurrency: int, requests: int, metrics: bool = False) -> dict[str, Any]:
     counts_file = Path(tempfile.mkstemp(prefix="turnout-calls-", suffix=".json")[1])
     state = tempfile.mkdtemp(prefix="turnout-calls-state-")
     command = [
@@ -74,7 +84,8 @@ def count(tree: Path, repository: Path, concurrency: int, requests: int) -> dict
         "--host", "127.0.0.1", "--port", "0", "--poll-interval-s", "0", "--log-level", "WARNING",
         "--state-dir", state,
     ]
-    env = {**os.environ, "TURNOUT_METRICS_PORT": "0"}  # no metrics port; older trees ignore the variable
+    # No metrics port unless asked (older trees ignore the variable).
+    env = {**os.environ, "TURNOUT_METRICS_PORT": str(free_port()) if metrics else "0"}
     gateway = subprocess.Popen(command, cwd=tree, env=env, stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
         assert gateway.stdout is not None
@@ -112,6 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--baseline", type=Path, required=True, help="a checkout of the code to compare against")
     parser.add_argument("--requests", type=int, default=3000, help="requests counted per cell")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--metrics-on", choices=["none", "this"], default="none", help="whose gateway serves metrics")
     args = parser.parse_args(argv)
     repository = Path(tempfile.mkdtemp(prefix="turnout-calls-"))
     shutil.copytree(REPO_ROOT / "examples" / "models" / "digits", repository / "digits")
@@ -123,7 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for concurrency in args.concurrency:
             for name, tree in (("this", REPO_ROOT), ("baseline", args.baseline)):
-                result[f"{name}@{concurrency}"] = count(tree, repository, concurrency, args.requests)
+                metrics = name == "this" and args.metrics_on == "this"
+                result[f"{name}@{concurrency}"] = count(tree, repository, concurrency, args.requests, metrics)
     finally:
         shutil.rmtree(repository, ignore_errors=True)
     print(json.dumps(result, indent=2))
