@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
+import uuid
 from pathlib import Path
 
 from prometheus_client import generate_latest
@@ -18,7 +19,7 @@ from gateway.routing.decide import Arm, Reason
 from gateway.routing.table import RoutingTableHolder
 from gateway.serving.inference_types import InferRequest
 from gateway.serving.model_manager import ModelManager
-from gateway.serving.observers import Finished, Route, Timings
+from gateway.serving.observers import Finished, Route, Timings, uuid4_hex
 from gateway.serving.statistics import VersionStatistics
 from gateway.telemetry.exposition import SnapshotCollector
 from gateway.telemetry.families import DURATION_BUCKETS_S, REQUEST_DURATION, REQUESTS, WORKER_RESTARTS
@@ -214,3 +215,11 @@ def test_the_supervisor_adds_the_shared_workers_restarts_by_model_and_version(tm
     restarts = [(str(tmp_path / "models" / "digits" / "2" / "model.onnx"), 3)]
     snapshot = SupervisorMetrics(tmp_path, lambda: restarts).snapshot()  # no gateway process answers here
     assert snapshot[WORKER_RESTARTS] == {("digits", "2"): 3.0}
+
+
+def test_an_assigned_request_id_is_a_uuid4_hex() -> None:
+    ids = {uuid4_hex() for _ in range(1000)}
+    assert len(ids) == 1000
+    for text in list(ids)[:50]:
+        parsed = uuid.UUID(hex=text)
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and parsed.hex == text
