@@ -25,7 +25,6 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 from gateway.errors import TurnoutError
@@ -90,9 +89,9 @@ class Commit:
         callback(self.kept)
 
 
-@dataclass(frozen=True, slots=True)
-class Ticket:
-    """What the dataplane attaches to a queued request that an observer wants; batching never reads it."""
+class Ticket(NamedTuple):
+    """What the dataplane attaches to a queued request that an observer wants; batching never reads it.
+    A named tuple, for the reason :class:`Timings` is."""
 
     request: InferRequest
     route: Route
@@ -102,17 +101,18 @@ class Ticket:
     request_id: str = ""  # the client's, or one assigned for observers (see request_id_of)
 
 
-@dataclass(frozen=True, slots=True)
-class Timings:
+class Timings(NamedTuple):
+    """A named tuple, as :class:`Route`: one is built for every observed request (metrics observe
+    them all), and a frozen dataclass's ``__init__`` costs four times as much."""
+
     received_unix_ns: int
     latency_s: float  # from the dataplane taking the request to its answer or error
     queue_s: float  # waiting in the batch queue; 0 when it never got there
     compute_s: float  # its batch in the runtime; 0 when no batch ran
 
 
-@dataclass(frozen=True, slots=True)
-class Finished:
-    """One finished request, as observers see it."""
+class Finished(NamedTuple):
+    """One finished request, as observers see it (a named tuple, for the reason :class:`Timings` is)."""
 
     request: InferRequest
     route: Route | None  # None: it failed before a version was chosen (unknown model, say)
