@@ -12,16 +12,21 @@ which adds a little per request; both checkouts pay it alike.
 
 With ``--flags`` this checkout's gateway gets more ``turnout serve`` flags, so ``--baseline .`` counts
 what a setting costs: ``--baseline . --flags "--access-log on"``.
+
+``--metrics-on this`` gives this checkout's gateway a metrics port (the others run with
+``--metrics-port 0``): with ``--baseline .`` that counts what metrics add to a request.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -69,7 +74,15 @@ def loadgen(address: str, concurrency: int, amount: list[str]) -> dict[str, Any]
     return measured
 
 
-def count(tree: Path, repository: Path, concurrency: int, requests: int, flags: Sequence[str] = ()) -> dict[str, Any]:
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def count(
+    tree: Path, repository: Path, concurrency: int, requests: int, flags: Sequence[str] = (), metrics: bool = False
+) -> dict[str, Any]:
     counts_file = Path(tempfile.mkstemp(prefix="turnout-calls-", suffix=".json")[1])
     state = tempfile.mkdtemp(prefix="turnout-calls-state-")
     command = [
@@ -77,7 +90,9 @@ def count(tree: Path, repository: Path, concurrency: int, requests: int, flags: 
         "--host", "127.0.0.1", "--port", "0", "--poll-interval-s", "0", "--log-level", "WARNING",
         "--state-dir", state, *flags,
     ]
-    gateway = subprocess.Popen(command, cwd=tree, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    # No metrics port unless asked (older trees ignore the variable).
+    env = {**os.environ, "TURNOUT_METRICS_PORT": str(free_port()) if metrics else "0"}
+    gateway = subprocess.Popen(command, cwd=tree, env=env, stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
         assert gateway.stdout is not None
         for line in gateway.stdout:
@@ -115,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=3000, help="requests counted per cell")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--flags", default="", help="more `turnout serve` flags for this checkout's gateway only")
+    parser.add_argument("--metrics-on", choices=["none", "this"], default="none", help="whose gateway serves metrics")
     args = parser.parse_args(argv)
     repository = Path(tempfile.mkdtemp(prefix="turnout-calls-"))
     shutil.copytree(REPO_ROOT / "examples" / "models" / "digits", repository / "digits")
@@ -127,7 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for concurrency in args.concurrency:
             for name, tree in (("this", REPO_ROOT), ("baseline", args.baseline)):
                 flags = shlex.split(args.flags) if name == "this" else []
-                result[f"{name}@{concurrency}"] = count(tree, repository, concurrency, args.requests, flags)
+                metrics = name == "this" and args.metrics_on == "this"
+                result[f"{name}@{concurrency}"] = count(tree, repository, concurrency, args.requests, flags, metrics)
     finally:
         shutil.rmtree(repository, ignore_errors=True)
     print(json.dumps(result, indent=2))

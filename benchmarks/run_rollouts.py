@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import re
 import shutil
 import signal
@@ -79,6 +80,9 @@ class Gateway:
             command = ["taskset", "-c", cpu, *command]
         # `python -m gateway` imports the package from its working directory, so `tree` decides the code.
         # A session of its own, as a service would have (run_serving.Server says why).
+        # No metrics port unless a flag asks (the default, 8002, is one port for every gateway on the
+        # host); trees from before the metrics port ignore the variable.
+        env = {"TURNOUT_METRICS_PORT": "0", **(os.environ if env is None else env)}
         self.process = subprocess.Popen(
             command, cwd=tree, env=env, stdout=subprocess.PIPE, text=True, start_new_session=True
         )

@@ -143,6 +143,7 @@ class Server:
         self.process = subprocess.Popen(
             pinned(command, cpu),
             cwd=REPO_ROOT,
+            env={**os.environ, "TURNOUT_METRICS_PORT": "0"},  # no metrics port: 8002 is one per host
             stdout=subprocess.PIPE,
             stderr=self.log,
             text=True,

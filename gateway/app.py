@@ -33,6 +33,7 @@ from gateway.serving.observers import RequestObservers
 from gateway.settings import Settings
 from gateway.state.sqlite_store import SqliteStateStore
 from gateway.state.store import StateUnavailable
+from gateway.telemetry.gateway_metrics import GatewayMetrics
 from gateway.telemetry.recent_traffic import RecentTraffic, TrafficView, traffic_view
 from gateway.telemetry.tracing import TracingObserver
 from gateway.telemetry.tracing_setup import TracingSetupError, tracing_from_environment
@@ -101,9 +102,15 @@ def tracing_observer() -> TracingObserver | None:
     return TracingObserver(setup, numbered_status_of, package_version())
 
 
+def metrics_host(settings: Settings) -> str:
+    """Where the metrics port listens: --metrics-host, else the gRPC --host."""
+    return settings.metrics_host if settings.metrics_host is not None else settings.host
+
+
 def drift_window(settings: Settings, repository: ModelRepository) -> DriftWindow | None:
-    """Running drift against each version's ``reference.parquet``, unless ``--drift-window-rows 0``."""
-    if settings.drift_window_rows == 0:
+    """Running drift against each version's ``reference.parquet``, unless ``--drift-window-rows 0``
+    or ``--metrics-port 0`` (the metrics are what reads the window)."""
+    if settings.drift_window_rows == 0 or settings.metrics_port == 0:
         return None
     return DriftWindow(repository_profiles(repository), settings.drift_window_rows)
 
@@ -165,6 +172,18 @@ class Gateway:
         if self.tracing is not None:
             self.observers.register(self.tracing)
             self.shadows.tell_answers_to(self.tracing.observe_shadows)
+        self.metrics = GatewayMetrics(
+            self.manager,
+            self.routes,
+            port=settings.metrics_port,
+            host=metrics_host(settings),
+            directory=settings.telemetry_dir,
+            shadows=self.shadows,
+            capture=self.capture,
+            drift=self.drift,
+        )
+        if self.metrics.observer is not None:  # --metrics-port 0: requests carry nothing for metrics
+            self.observers.register(self.metrics.observer)
         propagation = Propagation(
             self.store, self.sync, apply_timeout_s=settings.apply_timeout_s, liveness_s=_LIVENESS_S
         )
@@ -175,7 +194,11 @@ class Gateway:
         self.server = GatewayServer(
             settings,
             InferenceServicer(
-                self.dataplane, ModelViews(self.manager), self.repository, self.is_ready, package_version()
+                self.dataplane,
+                ModelViews(self.manager, self.metrics.process_wide),
+                self.repository,
+                self.is_ready,
+                package_version(),
             ),
             RolloutsServicer(self.rollouts, self.traffic),
             is_ready=self.is_ready,
@@ -203,11 +226,13 @@ class Gateway:
         self.manager.start()
         self.sync.start()  # loads what the stored policies name before the port opens
         self.server.start()
+        self.metrics.start()
 
     def stop(self) -> None:
         """Graceful stop: NOT_SERVING, refuse new calls, finish in-flight ones, unload models."""
         self._stopping.set()
         self.server.stop(self.settings.grace_period_s)
+        self.metrics.close()
         self.sync.close()
         self.shadows.close()
         self.manager.close()
@@ -250,6 +275,8 @@ def _run(settings: Settings, zygote: Zygote | None) -> int:
     gateway.start()
     # Models, modules and the server are loaded: keep them out of the collector's way from now on.
     log.info("%d start-up objects frozen out of garbage collection", freeze_startup_heap())
+    if gateway.metrics.url is not None:
+        print(f"turnout: metrics on {gateway.metrics.url}", flush=True)
     # Tests and scripts read this line to find the port when started with --port 0.
     print(f"turnout: serving {settings.repository} on {settings.host}:{gateway.server.port}", flush=True)
     wait_for_stop(stop)

@@ -158,8 +158,17 @@ class Settings(BaseSettings):
     drift_window_rows: int = Field(
         10_000,
         ge=0,
-        description="latest served input rows kept per model version with a reference.parquet, for running"
-        " drift; 0: off",
+        description="latest served input rows kept per model version with a reference.parquet, for the"
+        " metrics' running drift; 0: off (off with --metrics-port 0 too)",
+    )
+    # Metrics (gateway/telemetry): Prometheus's /metrics, Turnout's names and Triton's.
+    metrics_port: int = Field(
+        8002, ge=0, le=65535, description="port serving Prometheus metrics at /metrics, Triton's; 0: off"
+    )
+    metrics_host: str | None = Field(None, description="address the metrics port listens on; default: --host's")
+    # Set by the supervisor for the gateway processes it starts; not for people.
+    telemetry_dir: Path | None = Field(
+        None, description="the supervisor's directory where gateway processes serve their metrics (internal)"
     )
 
     @property

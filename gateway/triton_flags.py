@@ -94,6 +94,17 @@ def _same_value(value: str, expected: str) -> bool:
         return False
 
 
+def _allow_metrics(name: str, value: str, into: _Translation) -> None:
+    """Metrics are on by default, as in Triton; false turns the metrics port off."""
+    try:
+        allowed = parse_bool(value)
+    except ValueError:
+        into.problems.append(f"Triton flag --{name}={value}: not a boolean")
+        return
+    if not allowed:
+        into.flags.append("--metrics-port=0")
+
+
 # Flags that only mean something together (control mode and poll interval, the log switches), or
 # that may repeat (repositories), are gathered first and settled once every flag has been seen.
 
@@ -133,9 +144,10 @@ TRITON_FLAGS: Mapping[str, _Handler] = {
     "allow-http": _only_when("false", "Turnout serves gRPC only"),
     "allow-sagemaker": _only_when("false", "Turnout serves gRPC only"),
     "allow-vertex-ai": _only_when("false", "Turnout serves gRPC only"),
-    "allow-metrics": _only_when("false", "Turnout has no metrics endpoint yet"),
-    "allow-gpu-metrics": _only_when("false", "Turnout has no metrics endpoint yet"),
-    "allow-cpu-metrics": _only_when("false", "Turnout has no metrics endpoint yet"),
+    "allow-metrics": _allow_metrics,
+    "metrics-address": _rename("--metrics-host"),
+    "allow-gpu-metrics": _only_when("false", "Turnout has no GPU or CPU metrics"),
+    "allow-cpu-metrics": _only_when("false", "Turnout has no GPU or CPU metrics"),
     # Turnout reads a model's signature from the ONNX file when model.yaml leaves it out, as
     # Triton's auto-completion does; it cannot insist on a complete configuration.
     "strict-model-config": _only_when("false", "Turnout completes a model's signature from its ONNX file"),
@@ -158,8 +170,8 @@ UNSUPPORTED_TRITON_FLAGS = frozenset(
         "grpc-server-key", "grpc-root-cert", "grpc-infer-response-compression-level",
         "grpc-http2-max-pings-without-data", "grpc-restricted-protocol", "grpc-max-connection-age",
         "grpc-max-connection-age-grace", "sagemaker-port", "sagemaker-safe-port-range", "sagemaker-thread-count",
-        "vertex-ai-port", "vertex-ai-thread-count", "vertex-ai-default-model", "metrics-address", "metrics-port",
-        "metrics-interval-ms", "metrics-config", "trace-file", "trace-level", "trace-rate", "trace-count",
+        "vertex-ai-port", "vertex-ai-thread-count", "vertex-ai-default-model", "metrics-interval-ms",
+        "metrics-config", "trace-file", "trace-level", "trace-rate", "trace-count",
         "trace-log-frequency", "trace-config", "rate-limit", "rate-limit-resource", "pinned-memory-pool-byte-size",
         "cuda-memory-pool-byte-size", "cuda-virtual-address-size", "response-cache-byte-size", "cache-config",
         "cache-directory", "min-supported-compute-capability", "backend-directory", "repoagent-directory",

@@ -53,6 +53,11 @@ class WorkerBroker:
         with self._lock:
             return sorted(pid for w in self._workers.values() if (pid := w.host.pid) is not None)
 
+    def restarts(self) -> list[tuple[str, int]]:
+        """(artifact path, restarts) for each running shared worker."""
+        with self._lock:
+            return [(key.artifact, w.host.restarts) for key, w in self._workers.items()]
+
     def _accept(self) -> None:
         while not self._closed:
             try:

@@ -170,8 +170,9 @@ class DriftWindow:
     def watched_versions(self) -> list[tuple[str, int]]:
         return sorted(key for key, watched in self._watched.items() if watched is not None)
 
-    def statistics(self, model: str, version: int) -> list[FeatureDrift] | None:
-        """Each feature's drift over the window against the reference; None with no rows or no reference."""
+    def statistics(self, model: str, version: int, *, ks_pvalue: bool = True) -> list[FeatureDrift] | None:
+        """Each feature's drift over the window against the reference; None with no rows or no reference.
+        ``ks_pvalue=False``: without the KS p-value (see :func:`compare`)."""
         watched = self._watched.get((model, version))
         if watched is None:
             return None
@@ -179,7 +180,8 @@ class DriftWindow:
             if watched.ring.filled == 0:
                 return None
             columns = [watched.ring.column(index) for index in range(len(watched.reference.features))]
-        return [compare(feature, values) for feature, values in zip(watched.reference.features, columns, strict=True)]
+        pairs = zip(watched.reference.features, columns, strict=True)
+        return [compare(feature, values, ks_pvalue=ks_pvalue) for feature, values in pairs]
 
     def _watched_for(self, model: str, version: int) -> _Watched | None:
         key = (model, version)

@@ -100,6 +100,10 @@ class CaptureLog:
             if self.config.durability == "sync" or len(self._buffer) * 2 >= self.config.buffer_records:
                 self._ready.notify()
 
+    def queued(self) -> int:
+        """Records handed over and not yet written: the writer's lag, in records."""
+        return len(self._buffer)
+
     # -- life cycle ------------------------------------------------------------------------------
 
     def recover(self) -> None:

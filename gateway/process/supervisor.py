@@ -26,6 +26,7 @@ from gateway.logs.configure import configure_logging
 from gateway.process.stop_signals import stop_on_signals, wait_for_stop
 from gateway.settings import Settings
 from gateway.state.sqlite_store import SqliteStateStore
+from gateway.telemetry.supervisor_metrics import SupervisorMetrics
 from runtimes.broker import WorkerBroker
 from runtimes.zygote import Zygote, start_zygote
 
@@ -86,6 +87,10 @@ class Supervisor:
         self._socket_dir = Path(tempfile.mkdtemp(prefix="turnout-"))
         self._placeholder, self.port = reserve_port(settings.host, settings.port)
         self.broker = WorkerBroker(self._socket_dir, zygote=zygote)
+        # Each gateway process serves its metrics snapshot here; the supervisor sums them.
+        self._telemetry_dir = self._socket_dir / "telemetry"
+        self._telemetry_dir.mkdir()
+        self.metrics = SupervisorMetrics(self._telemetry_dir, self.broker.restarts)
         self._command = self._child_command()
         self._children: list[_GatewayChild] = []
         self._stopping = threading.Event()
@@ -95,12 +100,14 @@ class Supervisor:
     def _child_command(self) -> list[str]:
         config = self._socket_dir / "gateway.yaml"
         inherited = self.settings.model_dump(
-            mode="json", exclude={"processes", "port", "worker_broker", "reuse_port", "gateway_cpus"}
+            mode="json",
+            exclude={"processes", "port", "worker_broker", "reuse_port", "gateway_cpus", "telemetry_dir"},
         )
         config.write_text(yaml.safe_dump(inherited))
         return [
             sys.executable, "-m", "gateway", "serve", "--config", str(config), "--processes", "1",
             "--port", str(self.port), "--reuse-port", "--worker-broker", str(self.broker.path),
+            "--telemetry-dir", str(self._telemetry_dir),
         ]
 
     def _command_for(self, index: int) -> list[str]:
@@ -122,6 +129,9 @@ class Supervisor:
             while not child.serving.wait(0.1):
                 if child.process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"gateway process {child.index} did not start (exit {child.process.poll()})")
+        if self.settings.metrics_port != 0:
+            host = self.settings.metrics_host if self.settings.metrics_host is not None else self.settings.host
+            self.metrics.serve(host, self.settings.metrics_port)
 
     def watch(self) -> None:
         """Start again any gateway process that exits while we are not stopping."""
@@ -142,6 +152,7 @@ class Supervisor:
     def stop(self) -> None:
         with self._life_lock:
             self._stopping.set()
+        self.metrics.close()
         for child in self._children:
             if child.process.poll() is None:
                 child.process.send_signal(signal.SIGTERM)
@@ -177,6 +188,8 @@ def supervise(settings: Settings) -> int:
     try:
         supervisor.start()
         threading.Thread(target=supervisor.watch, name="supervisor-watch", daemon=True).start()
+        if supervisor.metrics.url is not None:
+            print(f"turnout: metrics on {supervisor.metrics.url}", flush=True)
         print(
             f"turnout: serving {settings.repository} with {settings.processes} processes "
             f"on {settings.host}:{supervisor.port}",

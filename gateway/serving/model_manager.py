@@ -77,6 +77,9 @@ class ModelManager:
         self._loaders = (
             ThreadPoolExecutor(max_workers=load_threads, thread_name_prefix="model-load") if load_threads > 1 else None
         )
+        # Loads started and loads that ended other than READY, per model, for the metrics exporter.
+        self.loads: dict[str, int] = {}
+        self.load_failures: dict[str, int] = {}
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -183,6 +186,9 @@ class ModelManager:
                 )
                 record.versions[number] = version
                 version.load(self._make_host, self._runtime_options)
+                self.loads[record.name] = self.loads.get(record.name, 0) + 1
+                if version.state is not VersionState.READY:
+                    self.load_failures[record.name] = self.load_failures.get(record.name, 0) + 1
                 record.refresh_default()
         for number, item in entry.versions.items():
             if item.artifact is None and number not in record.versions:

@@ -272,6 +272,10 @@ class ModelVersion:
     def queued(self) -> int:
         return len(self._queue) if self._queue is not None else 0
 
+    def in_flight(self) -> int:
+        """Requests acquired and not yet released (queued, in a batch, or being answered)."""
+        return self._requests.count
+
     def _dispatch(self, host: ModelHost) -> None:
         queue = self._queue
         assert queue is not None and self.plan is not None

@@ -7,6 +7,7 @@ view is a snapshot taken when it is asked for.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -82,8 +83,12 @@ class StatisticsView:
 class ModelViews:
     """The read side of the served models, as frozen views."""
 
-    def __init__(self, manager: ModelManager) -> None:
+    def __init__(
+        self, manager: ModelManager, process_wide: Callable[[list[StatisticsView]], list[StatisticsView]] | None = None
+    ) -> None:
+        """``process_wide``: adds the other gateway processes' counters to statistics (several processes)."""
         self._manager = manager
+        self._process_wide = process_wide
 
     def is_ready(self, name: str, version: str) -> bool:
         try:
@@ -113,7 +118,8 @@ class ModelViews:
             versions = [v for _, v in sorted(record.versions.items()) if v.plan is not None]
         else:
             versions = [self._manager.version(name, version)]
-        return [StatisticsView(v.model, str(v.version), v.statistics.snapshot()) for v in versions]
+        views = [StatisticsView(v.model, str(v.version), v.statistics.snapshot()) for v in versions]
+        return views if self._process_wide is None else self._process_wide(views)
 
     def index(self, ready_only: bool) -> list[IndexEntry]:
         entries = []

@@ -23,8 +23,10 @@ import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from gateway.telemetry.families import STAT_EXECUTIONS
+from gateway.telemetry.peers import STATISTICS, ask
 from gateway.wire.turnout.v1 import rollouts_pb2, rollouts_pb2_grpc
-from tests.support.gateway_process import GatewayProcess, worker_pids
+from tests.support.gateway_process import GatewayProcess, telemetry_dir_of, worker_pids
 from tests.support.model_repository import copy_digits
 
 CLIENTS = 8
@@ -133,14 +135,21 @@ def test_canary_share_over_ten_thousand_requests(gateway: GatewayProcess, contro
 
 
 def test_connections_spread_over_both_processes(gateway: GatewayProcess) -> None:
-    # Each process keeps its own statistics, so distinct answers prove distinct processes answered.
-    answers = set()
+    # ModelStatistics sums every process, so each process's own counters are read where it serves
+    # them to its peers: more than one of them must have answered requests.
+    request = infer_request(np.zeros((1, 64)))
     for _ in range(16):
         with own_channel(gateway.address) as channel:
-            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
-            stats = stub.ModelStatistics(service_pb2.ModelStatisticsRequest(name="digits", version="1"))
-            answers.add(stats.model_stats[0].inference_count)
-    assert len(answers) >= 2
+            service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
+    assert gateway.process is not None
+    sockets = sorted(telemetry_dir_of(gateway.process.pid).glob("*.sock"))
+    assert len(sockets) == 2
+    served = []
+    for path in sockets:
+        snapshot = ask(path, STATISTICS)
+        assert snapshot is not None
+        served.append(sum(v for v in snapshot[STAT_EXECUTIONS].values() if isinstance(v, float)))
+    assert all(count > 0 for count in served), served
 
 
 def versions_by_key(address: str, keys: list[str]) -> dict[str, set[str]]:

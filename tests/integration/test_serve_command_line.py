@@ -107,8 +107,8 @@ def test_strict_readiness_waits_for_every_model(tmp_path: Path) -> None:
 
 
 def test_unknown_triton_flags_stop_the_start_naming_them(tmp_path: Path) -> None:
-    gateway = GatewayProcess(tmp_path, "--grpc-infer-allocation-pool-size=8", "--metrics-port", "8002")
+    gateway = GatewayProcess(tmp_path, "--grpc-infer-allocation-pool-size=8", "--http-port", "8000")
     with pytest.raises(GatewayFailedToStart, match="has no Turnout equivalent") as failed:
         gateway.start(timeout_s=30)
-    assert "--grpc-infer-allocation-pool-size" in str(failed.value) and "--metrics-port" in str(failed.value)
+    assert "--grpc-infer-allocation-pool-size" in str(failed.value) and "--http-port" in str(failed.value)
     assert "exit 2" in str(failed.value)

@@ -62,7 +62,10 @@ class GatewayProcess:
             self._own_state = tempfile.mkdtemp(prefix="turnout-state-")
         state = ["--state-dir", self._own_state] if self._own_state else []
         place = ["--repository", str(self.repository), "--host", "127.0.0.1", "--port", "0"] if self.own_flags else []
-        command = [sys.executable, "-m", "gateway", "serve", *place, *state, *self.flags]
+        # Many gateways run at once in tests: no metrics port unless the test asks for one.
+        asks_metrics = any(flag.startswith(("--metrics-port", "--allow-metrics")) for flag in self.flags)
+        metrics = [] if asks_metrics else ["--metrics-port", "0"]
+        command = [sys.executable, "-m", "gateway", "serve", *place, *state, *metrics, *self.flags]
         # The gateway is started as the `turnout` command would be from another directory, so it must
         # find its own package there.
         env = {**self.env, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), self.env.get("PYTHONPATH")]))}
@@ -168,3 +171,19 @@ def worker_pids(gateway_pid: int) -> list[int]:
         return False
 
     return sorted(pid for pid in workers if descends(pid))
+
+
+def telemetry_dir_of(supervisor_pid: int) -> Path:
+    """The directory where a supervisor's gateway processes serve their metrics snapshots, read off
+    a child's command line (``--telemetry-dir``)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().decode().split("\0")
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == supervisor_pid and "--telemetry-dir" in cmdline:
+            return Path(cmdline[cmdline.index("--telemetry-dir") + 1])
+    raise AssertionError(f"no gateway process of {supervisor_pid} names a telemetry directory")

@@ -4,11 +4,15 @@ layers point, and no import cycles.
 Every ``import`` in ``gateway/`` and ``runtimes/`` counts, the ones inside functions too (a lazy
 import is still a dependency). The layers, outside in::
 
-    edge, client, process, app, cli -> capture, logs -> serving, rollouts -> routing, registry, state -> runtimes
+    edge, client, process, app, cli  ->  capture, logs, telemetry  ->  serving, rollouts  ->  routing, registry,
+        state  ->  runtimes
 
 Capture is an observer of serving's seam: it imports serving's observer types and the registry (for
 feature names); nothing below it imports capture, and it imports nothing of the edge or rollouts.
 The logs' access log is another such observer; only the entry points configure logging.
+Telemetry (metrics, traces, the last minute per arm) is another observer: it reads serving and
+routing, and sees shadows, capture and drift through protocols of its own, so it imports neither
+rollouts nor capture.
 """
 
 from __future__ import annotations
@@ -177,6 +181,24 @@ def test_tracing_is_a_part_that_only_the_composition_root_knows() -> None:
     outside = ("gateway.edge", "gateway.rollouts", "gateway.client", "gateway.app", "gateway.process",
                "gateway.capture", "grpc")  # fmt: skip
     assert violations(allowed=(), forbidden=outside, scope=tracing) == []
+
+
+def test_telemetry_is_a_part_the_serving_path_does_not_depend_on() -> None:
+    # Metrics read what serving finished (the observers' seam) and what the parts already count;
+    # nothing they watch imports them back, and they see shadows, capture and drift through protocols.
+    assert "gateway.telemetry.observer" in imports()
+    watched = ("gateway.serving", "gateway.rollouts", "gateway.capture", "gateway.routing", "gateway.registry")
+    assert violations(allowed=(), forbidden=("gateway.telemetry",), scope=watched) == []
+    outside = ("gateway.edge", "gateway.client", "gateway.app", "gateway.cli", "gateway.rollouts", "gateway.capture",
+               "gateway.wire", "grpc")
+    assert violations(allowed=(), forbidden=outside, scope=("gateway.telemetry",)) == []
+
+
+def test_telemetry_is_known_to_the_composition_root_and_the_supervisor_only() -> None:
+    assert "gateway.telemetry.gateway_metrics" in imports()["gateway.app"]
+    assert "gateway.telemetry.supervisor_metrics" in imports()["gateway.process.supervisor"]
+    known = ("gateway.app", "gateway.process.supervisor", "gateway.telemetry")
+    assert violations(allowed=known, forbidden=("gateway.telemetry",)) == []
 
 
 def test_routing_is_pure() -> None:

@@ -99,7 +99,7 @@ def test_malformed_log_values_are_refused() -> None:
         ["--allow-grpc", "ON"],
         ["--allow-http=false"],
         ["--allow-http", "0"],
-        ["--allow-metrics=false", "--allow-gpu-metrics=off", "--allow-cpu-metrics", "false"],
+        ["--allow-metrics=true", "--allow-gpu-metrics=off", "--allow-cpu-metrics", "false"],
         ["--strict-model-config=false"],
         ["--exit-on-error=false"],
         ["--reuse-grpc-port=false"],
@@ -117,7 +117,7 @@ def test_flags_whose_value_is_what_turnout_does_are_accepted_as_no_ops(accepted:
     [
         ("--allow-grpc=false", "serves gRPC only"),
         ("--allow-http=true", "serves gRPC only"),
-        ("--allow-metrics=true", "no metrics endpoint"),
+        ("--allow-gpu-metrics=true", "no GPU or CPU metrics"),
         ("--strict-model-config=true", "ONNX file"),
         ("--grpc-http2-max-ping-strikes=2", "never closes"),
     ],
@@ -135,8 +135,6 @@ def test_every_flag_without_an_equivalent_is_named_in_one_go() -> None:
         "--http-port",
         "8000",
         "--grpc-port=8001",
-        "--metrics-port",
-        "8002",
         "--grpc-use-ssl=true",
         "--backend-config=onnxruntime,default-max-batch-size=4",
         "--pinned-memory-pool-byte-size",
@@ -150,7 +148,6 @@ def test_every_flag_without_an_equivalent_is_named_in_one_go() -> None:
         for name in (
             "grpc-infer-allocation-pool-size",
             "http-port",
-            "metrics-port",
             "grpc-use-ssl",
             "backend-config",
             "pinned-memory-pool-byte-size",
@@ -190,3 +187,11 @@ def test_booleans_read_as_triton_reads_them(text: str, value: bool) -> None:
 def test_other_words_are_not_booleans() -> None:
     with pytest.raises(ValueError, match="not a boolean"):
         parse_bool("maybe")
+
+
+def test_metrics_flags_become_turnouts_and_allow_metrics_false_turns_the_port_off() -> None:
+    assert translate("--allow-metrics=false") == ["--metrics-port=0"]
+    assert translate("--allow-metrics", "off") == ["--metrics-port=0"]
+    assert translate("--metrics-address", "127.0.0.1") == ["--metrics-host=127.0.0.1"]
+    # Turnout's own --metrics-port (Triton's spelling too) passes through as it is.
+    assert translate_triton_flags(["--metrics-port", "9102"], {*NATIVE, "--metrics-port"}) == ["--metrics-port", "9102"]
