@@ -28,13 +28,12 @@ from gateway.routing.table import RoutingTableHolder
 from gateway.serving.dataplane import Dataplane
 from gateway.serving.model_manager import ModelManager
 from gateway.serving.model_version import HostFactory
-from gateway.serving.model_views import ModelViews
+from gateway.serving.model_views import ModelViews, TrafficView
 from gateway.serving.observers import RequestObservers
 from gateway.settings import Settings
 from gateway.state.sqlite_store import SqliteStateStore
 from gateway.state.store import StateUnavailable
 from gateway.telemetry.gateway_metrics import GatewayMetrics
-from gateway.telemetry.recent_traffic import RecentTraffic, TrafficView, traffic_view
 from gateway.telemetry.tracing import TracingObserver
 from gateway.telemetry.tracing_setup import TracingSetupError, tracing_from_environment
 from gateway.version import package_version
@@ -161,8 +160,6 @@ class Gateway:
         self.drift = drift_window(settings, repository)
         if self.drift is not None:
             self.observers.register(self.drift)
-        self.recent = RecentTraffic()  # each arm's last minute, for turnout status
-        self.observers.register(self.recent)
         # --access-log: a line per request (or a sample), written by the access log's own thread.
         self.access_log = AccessLog(settings.access_log_sample) if settings.access_log else None
         if self.access_log is not None:
@@ -184,6 +181,8 @@ class Gateway:
         )
         if self.metrics.observer is not None:  # --metrics-port 0: requests carry nothing for metrics
             self.observers.register(self.metrics.observer)
+        if self.metrics.recent is not None:  # each arm's last minute, for turnout status
+            self.observers.register(self.metrics.recent)
         propagation = Propagation(
             self.store, self.sync, apply_timeout_s=settings.apply_timeout_s, liveness_s=_LIVENESS_S
         )
@@ -207,7 +206,7 @@ class Gateway:
 
     def traffic(self, model: str) -> TrafficView:
         """A model's last minute per arm, as ``turnout status`` shows it."""
-        return traffic_view(model, self.recent.window(model))
+        return self.metrics.traffic(model)
 
     def is_ready(self) -> bool:
         up = self.manager.initial_load_done and not self._stopping.is_set()

@@ -244,6 +244,8 @@ def _status_json(policy: Any, versions: Any, figures: Any, traffic: Any) -> dict
 
 
 def _traffic_text(traffic: Any) -> list[str]:
+    if not traffic.kept:
+        return ["  traffic: not kept (the gateway runs with --metrics-port 0)"]
     processes = f", {traffic.processes} gateway processes" if traffic.processes > 1 else ""
     if not traffic.arms:
         return [f"  last {traffic.window_s} s{processes}: no requests"]

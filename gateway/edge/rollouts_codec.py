@@ -5,8 +5,8 @@ from __future__ import annotations
 from gateway.rollouts.control import PolicyView, VersionView
 from gateway.rollouts.shadow import ShadowFigures
 from gateway.routing.policy import Canary, Policy, Shadow
+from gateway.serving.model_views import TrafficView
 from gateway.state.store import PolicyChange
-from gateway.telemetry.recent_traffic import TrafficView
 from gateway.wire.turnout.v1 import rollouts_pb2 as pb
 
 
@@ -108,6 +108,7 @@ def traffic_to_proto(view: TrafficView) -> pb.TrafficResponse:
         model=view.model,
         window_s=view.window_s,
         processes=view.processes,
+        kept=view.kept,
         arms=[
             pb.ArmTraffic(
                 version=arm.version,

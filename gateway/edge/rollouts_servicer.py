@@ -18,7 +18,7 @@ from gateway.edge.rollouts_codec import (
 from gateway.edge.status import maps_errors
 from gateway.errors import InvalidArgument
 from gateway.rollouts.control import Rollouts
-from gateway.telemetry.recent_traffic import TrafficView
+from gateway.serving.model_views import TrafficView
 from gateway.wire.turnout.v1 import rollouts_pb2 as pb
 from gateway.wire.turnout.v1 import rollouts_pb2_grpc as pb_grpc
 

@@ -19,6 +19,29 @@ from runtimes.contract import TensorSpec
 
 
 @dataclass(frozen=True, slots=True)
+class ArmView:
+    """One arm's last minute as ``turnout status`` shows it (kept by :mod:`gateway.telemetry.recent_traffic`)."""
+
+    version: int
+    arm: str
+    requests: int
+    errors: int
+    requests_per_s: float
+    error_rate: float  # errors / requests
+    p50_s: float | None  # None with no requests
+    p99_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficView:
+    model: str
+    window_s: int
+    processes: int  # gateway processes whose figures are summed
+    arms: tuple[ArmView, ...]
+    kept: bool = True  # False with --metrics-port 0: no per-request telemetry is kept at all
+
+
+@dataclass(frozen=True, slots=True)
 class IndexEntry:
     """One row of the repository index: a model's version and its state (version "" when none loaded)."""
 

@@ -12,11 +12,12 @@ from pathlib import Path
 
 from gateway.routing.table import RoutingTableHolder
 from gateway.serving.model_manager import ModelManager
-from gateway.serving.model_views import StatisticsView
+from gateway.serving.model_views import StatisticsView, TrafficView
 from gateway.telemetry.http_server import MetricsServer
 from gateway.telemetry.observer import COUNTED, MetricsObserver
-from gateway.telemetry.peers import EVERYTHING, STATISTICS, SnapshotServer, gather
+from gateway.telemetry.peers import EVERYTHING, RECENT, STATISTICS, SnapshotServer, gather
 from gateway.telemetry.process_snapshot import CaptureSource, DriftSource, ProcessSnapshot, ShadowSource
+from gateway.telemetry.recent_traffic import RecentTraffic, from_snapshot, to_snapshot, traffic_view
 from gateway.telemetry.shards import ThreadShards
 from gateway.telemetry.snapshot import Snapshot, merge
 from gateway.telemetry.statistics_families import add_statistics, statistics_of
@@ -41,6 +42,8 @@ class GatewayMetrics:
         supervisor's telemetry directory, when this is one of its processes."""
         shards = ThreadShards(COUNTED)
         self.observer = MetricsObserver(shards) if port != 0 else None
+        # Each arm's last minute for turnout status: per-request telemetry too, so off with the port.
+        self.recent = RecentTraffic() if port != 0 else None
         self.snapshot = ProcessSnapshot(shards, manager, routes, shadows=shadows, capture=capture, drift=drift)
         self._port = port
         self._host = host
@@ -55,7 +58,7 @@ class GatewayMetrics:
 
     def start(self) -> None:
         if self._directory is not None:
-            self._peers = SnapshotServer(self._directory, self.snapshot.take, self.snapshot.statistics)
+            self._peers = SnapshotServer(self._directory, self.snapshot.take, self.snapshot.statistics, self._recent)
         elif self._port != 0:
             self._server = MetricsServer(self._host, self._port, self.snapshot.take)
             log.info("metrics on %s", self.url)
@@ -73,6 +76,19 @@ class GatewayMetrics:
         if self._directory is None or self._peers is None:
             return own
         return merge([own, *gather(self._directory, EVERYTHING, skip=self._peers.path)])
+
+    def _recent(self) -> Snapshot:
+        return to_snapshot(self.recent.window()) if self.recent is not None else {}
+
+    def traffic(self, model: str) -> TrafficView:
+        """A model's last minute per arm, summed over every gateway process (``turnout status``)."""
+        if self.recent is None:
+            return TrafficView(model, 0, 0, (), kept=False)
+        own = self._recent()
+        if self._directory is None or self._peers is None:
+            return traffic_view(model, from_snapshot(own))
+        peers = gather(self._directory, RECENT, skip=self._peers.path)
+        return traffic_view(model, from_snapshot(merge([own, *peers])), processes=1 + len(peers))
 
     def process_wide(self, views: list[StatisticsView]) -> list[StatisticsView]:
         """ModelStatistics' views with every peer process's counters added (as they are, when alone)."""

@@ -2,9 +2,9 @@
 
 With ``--processes N`` the supervisor names a directory; each gateway process serves its snapshot on
 ``<pid>.sock`` there. A client connects, sends one byte (``A``: everything, ``S``: the statistics
-alone), and reads a JSON snapshot until the process closes the connection. A process that is gone
-(its socket refuses) or does not answer within the timeout is skipped: a scrape is never held up
-by one dead child.
+alone, ``R``: each arm's last minute), and reads a JSON snapshot until the process closes the
+connection. A process that is gone (its socket refuses) or does not answer within the timeout is
+skipped: a scrape is never held up by one dead child.
 """
 
 from __future__ import annotations
@@ -23,15 +23,24 @@ log = logging.getLogger(__name__)
 
 EVERYTHING = b"A"
 STATISTICS = b"S"
+RECENT = b"R"  # each arm's last minute (turnout status)
 GATHER_TIMEOUT_S = 5.0  # drift statistics may take a second of a busy process's CPU
 
 
 class SnapshotServer:
     """Serves this process's snapshot on ``<directory>/<pid>.sock`` until closed."""
 
-    def __init__(self, directory: Path, everything: Callable[[], Snapshot], statistics: Callable[[], Snapshot]) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        everything: Callable[[], Snapshot],
+        statistics: Callable[[], Snapshot],
+        recent: Callable[[], Snapshot] | None = None,
+    ) -> None:
         self.path = directory / f"{os.getpid()}.sock"
         self._answers = {EVERYTHING: everything, STATISTICS: statistics}
+        if recent is not None:
+            self._answers[RECENT] = recent
         self.path.unlink(missing_ok=True)
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._listener.bind(str(self.path))

@@ -20,7 +20,9 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from gateway.serving.model_views import ArmView, TrafficView
 from gateway.serving.observers import Finished, Route
+from gateway.telemetry.snapshot import Snapshot
 
 WINDOW_S = 60
 # Latency buckets: upper bounds 50 µs x 1.25^i, i = 0..63 (up to about 80 s), then one for the rest.
@@ -98,6 +100,29 @@ def percentile_s(buckets: Sequence[int], fraction: float) -> float | None:
             upper = BUCKET_BOUNDS_S[index]
             return upper / math.sqrt(_GROWTH) if index else upper / 2
     return BUCKET_BOUNDS_S[-1]  # not reached: seen ends at total
+
+
+RECENT = "recent_requests"  # the snapshot family: (model, version, arm) -> [requests, errors, *buckets]
+
+
+def to_snapshot(arms: Iterable[ArmTraffic]) -> Snapshot:
+    """Arms as a snapshot family, so the peers' sockets carry them and :func:`gateway.telemetry.snapshot.merge`
+    sums them across processes (element by element, like a histogram)."""
+    return {
+        RECENT: {
+            (arm.model, str(arm.version), arm.arm): [float(arm.requests), float(arm.errors), *map(float, arm.buckets)]
+            for arm in arms
+        }
+    }
+
+
+def from_snapshot(snapshot: Snapshot) -> list[ArmTraffic]:
+    arms = []
+    for (model, version, arm), value in snapshot.get(RECENT, {}).items():
+        assert isinstance(value, list)
+        requests, errors, *buckets = (int(number) for number in value)
+        arms.append(ArmTraffic(model, int(version), arm, requests, errors, (buckets + [0] * BUCKETS)[:BUCKETS]))
+    return sorted(arms, key=lambda arm: arm.key)
 
 
 def merge(parts: Iterable[Iterable[ArmTraffic]]) -> list[ArmTraffic]:
@@ -183,28 +208,6 @@ class RecentTraffic:
     def _add_arm(self, key: ArmKey) -> _SecondSlots:
         with self._adding:
             return self._arms.setdefault(key, _SecondSlots())
-
-
-@dataclass(frozen=True)
-class ArmView:
-    """One arm's last minute as ``turnout status`` shows it."""
-
-    version: int
-    arm: str
-    requests: int
-    errors: int
-    requests_per_s: float
-    error_rate: float  # errors / requests
-    p50_s: float | None  # None with no requests
-    p99_s: float | None
-
-
-@dataclass(frozen=True)
-class TrafficView:
-    model: str
-    window_s: int
-    processes: int  # gateway processes whose figures are summed
-    arms: tuple[ArmView, ...]
 
 
 def traffic_view(model: str, arms: Iterable[ArmTraffic], processes: int = 1) -> TrafficView:

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -48,7 +49,11 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
     add_digits(repository, "plain", {1: 1, 2: 2})
     add_digits(repository, "mirror", {1: 1, 2: 2})
     add_digits(repository, "traffic", {1: 1, 2: 2})
-    with GatewayProcess(repository, "--worker-mode", "inprocess", "--poll-interval-s", "0") as running:
+    with socket.socket() as probe:  # a metrics port of its own: turnout status shows what metrics keep
+        probe.bind(("127.0.0.1", 0))
+        metrics_port = str(probe.getsockname()[1])
+    flags = ("--worker-mode", "inprocess", "--poll-interval-s", "0", "--metrics-port", metrics_port)
+    with GatewayProcess(repository, *flags) as running:
         yield running
 
 
@@ -97,7 +102,7 @@ def test_status_before_any_policy(gateway: GatewayProcess) -> None:
                 {"version": str(n), "state": "READY", "reason": "", "artifact_sha256": sha, "role": role}
                 for n, sha, role in zip((1, 2), artifact_hashes(gateway, "plain"), ("", "stable"), strict=True)
             ],
-            "traffic": {"model": "plain", "window_s": 60, "processes": 1, "arms": []},
+            "traffic": {"model": "plain", "window_s": 60, "processes": 1, "arms": [], "kept": True},
             "shadow_comparison": [],
         }
     ]
@@ -304,3 +309,10 @@ def test_status_watch_shows_the_report_again_until_interrupted(gateway: GatewayP
     assert (watch.returncode, err) == (0, "")
     screens = out.split("\x1b[H\x1b[2J")
     assert len([screen for screen in screens if screen.startswith("plain  generation")]) >= 2, out
+
+
+def test_status_says_traffic_is_not_kept_without_metrics(tmp_path: Path) -> None:
+    add_digits(tmp_path, "plain", {1: 1})
+    with GatewayProcess(tmp_path, "--worker-mode", "inprocess", "--poll-interval-s", "0") as quiet:  # port 0
+        text = ok("status", "plain", server=quiet.address)
+    assert "traffic: not kept (the gateway runs with --metrics-port 0)" in text

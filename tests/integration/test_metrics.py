@@ -244,3 +244,21 @@ def test_a_gateway_alone_serves_its_own_metrics_with_shadow_divergence(tmp_path:
     assert ("turnout_shadow_max_abs_diff", tuple(sorted({**shadow, "output": "probabilities"}.items()))) in found
     assert total(found, "turnout_policy_generation", model="digits") >= 1
     assert total(found, "turnout_worker_restarts_total", model="digits") == 0
+
+
+def test_each_arms_last_minute_sums_every_process(
+    gateway: GatewayProcess, traffic: tuple[Counter[str], Samples]
+) -> None:
+    # turnout status's figures (GetTraffic), asked of whichever process a connection lands on.
+    arms, _ = traffic
+    for _ in range(3):
+        own_connection = [("grpc.use_local_subchannel_pool", 1)]
+        with grpc.insecure_channel(gateway.address, options=own_connection) as channel:
+            view = rollouts_pb2_grpc.RolloutsStub(channel).GetTraffic(rollouts_pb2.TrafficRequest(model="digits"))
+        assert (view.kept, view.processes, view.window_s) == (True, PROCESSES, 60)
+        by_arm = {arm.arm: arm for arm in view.arms}
+        assert set(by_arm) == {"stable", "canary"}
+        for arm, count in arms.items():
+            assert by_arm[arm].requests - by_arm[arm].errors == count, arm
+        assert sum(arm.errors for arm in view.arms) == CLIENTS * BAD_EACH
+        assert all(0 < arm.p50_ms <= arm.p99_ms for arm in view.arms)

@@ -17,9 +17,12 @@ from gateway.telemetry.recent_traffic import (
     ArmTraffic,
     RecentTraffic,
     bucket_of,
+    from_snapshot,
     merge,
     percentile_s,
+    to_snapshot,
 )
+from gateway.telemetry.snapshot import merge as snapshot_merge
 
 
 class Clock:
@@ -127,3 +130,9 @@ def test_an_arm_travels_as_json_and_back() -> None:
     arm = ArmTraffic("m", 2, "canary", 7, 1, [0] * BUCKETS)
     arm.buckets[5] = 7
     assert ArmTraffic.from_json(arm.to_json()) == arm
+
+
+@given(st.lists(st.lists(arm_traffic, max_size=4, unique_by=lambda arm: arm.key), max_size=4))
+def test_the_peers_snapshots_carry_arms_and_sum_them_as_merge_does(parts: list[list[ArmTraffic]]) -> None:
+    summed = snapshot_merge([to_snapshot(part) for part in parts])
+    assert from_snapshot(summed) == merge(parts)

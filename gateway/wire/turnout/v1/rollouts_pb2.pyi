@@ -253,13 +253,15 @@ class ArmTraffic(_message.Message):
     def __init__(self, version: _Optional[int] = ..., arm: _Optional[str] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., requests_per_s: _Optional[float] = ..., error_rate: _Optional[float] = ..., p50_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ...) -> None: ...
 
 class TrafficResponse(_message.Message):
-    __slots__ = ("model", "window_s", "processes", "arms")
+    __slots__ = ("model", "window_s", "processes", "arms", "kept")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     WINDOW_S_FIELD_NUMBER: _ClassVar[int]
     PROCESSES_FIELD_NUMBER: _ClassVar[int]
     ARMS_FIELD_NUMBER: _ClassVar[int]
+    KEPT_FIELD_NUMBER: _ClassVar[int]
     model: str
     window_s: int
     processes: int
     arms: _containers.RepeatedCompositeFieldContainer[ArmTraffic]
-    def __init__(self, model: _Optional[str] = ..., window_s: _Optional[int] = ..., processes: _Optional[int] = ..., arms: _Optional[_Iterable[_Union[ArmTraffic, _Mapping]]] = ...) -> None: ...
+    kept: bool
+    def __init__(self, model: _Optional[str] = ..., window_s: _Optional[int] = ..., processes: _Optional[int] = ..., arms: _Optional[_Iterable[_Union[ArmTraffic, _Mapping]]] = ..., kept: _Optional[bool] = ...) -> None: ...
