@@ -17,43 +17,18 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from rounds import Cells, commit_of, interleaved_cells
-from run_rollouts import REPO_ROOT, Gateway, median_interval, ratios_of, rounded
+from rounds import against_off, commit_of, interleaved_cells
+from run_rollouts import REPO_ROOT, Gateway
 from run_serving import CLIENT_CPU, SERVER_CPU, machine
 
 MODES = ("off", "text", "json")
-MEASURES = ("throughput_rps", "p50_ms", "p99_ms", "server_cpu_us_per_request")
 FLAGS = {"off": [], "text": ["--access-log", "on"], "json": ["--log-format", "json", "--access-log", "on"]}
-
-
-def value(run: dict[str, Any], measure: str) -> float:
-    if measure in ("p50_ms", "p99_ms"):
-        return float(run["latency_ms"][measure[:3]])
-    return float(run[measure])
-
-
-def summary(cells: Cells, concurrency: int) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for mode in MODES:
-        runs = cells[(mode, concurrency)]
-        result[mode] = {m: rounded(statistics.median(value(run, m) for run in runs)) for m in MEASURES}
-    for mode in MODES[1:]:
-        pairs = list(zip(cells[(mode, concurrency)], cells[("off", concurrency)], strict=True))
-        for measure in ("throughput_rps", "server_cpu_us_per_request"):
-            ratios = ratios_of(pairs, measure)
-            low, high = median_interval(ratios)
-            result[mode][f"{measure}_vs_off"] = {
-                "median_ratio": rounded(statistics.median(ratios)), "interval_95": [rounded(low), rounded(high)],
-            }  # fmt: skip
-    return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -82,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "wall_s": round(time.time() - started, 1),
         "machine": machine(),
-        "per_concurrency": {f"{c}_in_flight": summary(cells, c) for c in args.concurrency},
+        "per_concurrency": {f"{c}_in_flight": against_off(cells, c, MODES) for c in args.concurrency},
     }
     print(json.dumps(document, indent=2))
     return 0

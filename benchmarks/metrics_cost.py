@@ -26,14 +26,12 @@ import time
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from rounds import Cells, interleaved_cells
-from run_rollouts import REPO_ROOT, Gateway, median_interval, ratios_of, rounded
+from rounds import against_off, interleaved_cells
+from run_rollouts import REPO_ROOT, Gateway, rounded
 from run_serving import CLIENT_CPU, SERVER_CPU, machine
 
 MODES = ("off", "on")
-MEASURES = ("throughput_rps", "p50_ms", "p99_ms", "server_cpu_us_per_request")
 SCRAPE_EVERY_S = 5.0
 
 
@@ -41,27 +39,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-def value(run: dict[str, Any], measure: str) -> float:
-    if measure in ("p50_ms", "p99_ms"):
-        return float(run["latency_ms"][measure[:3]])
-    return float(run[measure])
-
-
-def summary(cells: Cells, concurrency: int) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for mode in MODES:
-        runs = cells[(mode, concurrency)]
-        result[mode] = {m: rounded(statistics.median(value(run, m) for run in runs)) for m in MEASURES}
-    pairs = list(zip(cells[("on", concurrency)], cells[("off", concurrency)], strict=True))
-    for measure in ("throughput_rps", "server_cpu_us_per_request"):
-        ratios = ratios_of(pairs, measure)
-        low, high = median_interval(ratios)
-        result["on"][f"{measure}_vs_off"] = {
-            "median_ratio": rounded(statistics.median(ratios)), "interval_95": [rounded(low), rounded(high)],
-        }  # fmt: skip
-    return result
 
 
 def scrape_forever(port: int, stop: threading.Event, scrapes: list[float]) -> None:
@@ -105,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "wall_s": round(time.time() - started, 1),
         "machine": machine(),
-        "per_concurrency": {f"{c}_in_flight": summary(cells, c) for c in args.concurrency},
+        "per_concurrency": {f"{c}_in_flight": against_off(cells, c, MODES) for c in args.concurrency},
         "scrapes": {"count": len(scrapes), "median_ms": rounded(statistics.median(scrapes) * 1e3) if scrapes else None},
     }
     print(json.dumps(document, indent=2))

@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -28,12 +27,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rounds import Cells, commit_of, interleaved_cells
-from run_rollouts import REPO_ROOT, Gateway, median_interval, ratios_of, rounded
+from rounds import Cells, against_off, commit_of, interleaved_cells
+from run_rollouts import REPO_ROOT, Gateway
 from run_serving import CLIENT_CPU, SERVER_CPU, machine
 
 MODES = ("off", "traced")
-MEASURES = ("throughput_rps", "p50_ms", "p99_ms", "server_cpu_us_per_request")
 BENCHMARKS = Path(__file__).resolve().parent
 
 
@@ -61,30 +59,10 @@ def environment_of(mode: str, root: Path) -> dict[str, str]:
     }
 
 
-def value(run: dict[str, Any], measure: str) -> float:
-    if measure in ("p50_ms", "p99_ms"):
-        return float(run["latency_ms"][measure[:3]])
-    return float(run[measure])
-
-
 def summary(cells: Cells, concurrency: int) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for mode in MODES:
-        runs = cells[(mode, concurrency)]
-        result[mode] = {m: rounded(statistics.median(value(run, m) for run in runs)) for m in MEASURES}
-        result[mode]["requests"] = sum(int(run.get("requests", 0)) for run in runs)
-    pairs = list(zip(cells[("traced", concurrency)], cells[("off", concurrency)], strict=True))
-    for measure in ("throughput_rps", "server_cpu_us_per_request"):
-        ratios = ratios_of(pairs, measure)
-        low, high = median_interval(ratios)
-        result["traced"][f"{measure}_vs_off"] = {
-            "median_ratio": rounded(statistics.median(ratios)), "interval_95": [rounded(low), rounded(high)],
-        }  # fmt: skip
-    p99 = [value(traced, "p99_ms") / value(off, "p99_ms") for traced, off in pairs]
-    low, high = median_interval(p99)
-    result["traced"]["p99_ms_vs_off"] = {
-        "median_ratio": rounded(statistics.median(p99)), "interval_95": [rounded(low), rounded(high)],
-    }  # fmt: skip
+    result = against_off(cells, concurrency, MODES, ("throughput_rps", "server_cpu_us_per_request", "p99_ms"))
+    for mode in MODES:  # requests served, to compare with the spans exported
+        result[mode]["requests"] = sum(int(run.get("requests", 0)) for run in cells[(mode, concurrency)])
     return result
 
 
