@@ -4,8 +4,8 @@ An operator judging a canary wants the canary's error rate and latency beside th
 now, without Prometheus. :class:`RecentTraffic` is a request observer that keeps, for every (model,
 version, arm), one slot per wall-clock second of the last :data:`WINDOW_S` seconds: requests, failed
 requests and a latency histogram on fixed geometric buckets. Fixed buckets make the figures of
-several gateway processes add up exactly (:func:`merge`), and a percentile read off them is within one
-bucket's width (25%) of the true value (:func:`percentile_s`).
+several gateway processes add up exactly (carried as a snapshot family, :func:`to_snapshot`), and a
+percentile read off them is within one bucket's width (25%) of the true value (:func:`percentile_s`).
 
 Each (model, version, arm) has its own lock: the dispatcher thread of that version takes it once per
 batch, a request that failed on its own thread takes it once; no lock is shared by every thread.
@@ -49,34 +49,6 @@ class ArmTraffic:
     def key(self) -> ArmKey:
         return (self.model, self.version, self.arm)
 
-    def to_json(self) -> dict[str, object]:
-        # Sparse buckets: a window's latencies fill a handful of the 65.
-        filled = {str(i): n for i, n in enumerate(self.buckets) if n}
-        return {
-            "model": self.model,
-            "version": self.version,
-            "arm": self.arm,
-            "requests": self.requests,
-            "errors": self.errors,
-            "buckets": filled,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, object]) -> ArmTraffic:
-        buckets = [0] * BUCKETS
-        sparse = data["buckets"]
-        assert isinstance(sparse, dict)
-        for index, count in sparse.items():
-            buckets[int(index)] = int(count)
-        return cls(
-            str(data["model"]),
-            int(str(data["version"])),
-            str(data["arm"]),
-            int(str(data["requests"])),
-            int(str(data["errors"])),
-            buckets,
-        )
-
 
 def bucket_of(latency_s: float) -> int:
     return bisect.bisect_left(BUCKET_BOUNDS_S, latency_s)
@@ -106,8 +78,8 @@ RECENT = "recent_requests"  # the snapshot family: (model, version, arm) -> [req
 
 
 def to_snapshot(arms: Iterable[ArmTraffic]) -> Snapshot:
-    """Arms as a snapshot family, so the peers' sockets carry them and :func:`gateway.telemetry.snapshot.merge`
-    sums them across processes (element by element, like a histogram)."""
+    """One process's arms (each key once) as a snapshot family: the peers' sockets carry it, and
+    :func:`gateway.telemetry.snapshot.merge` sums processes element by element, like a histogram."""
     return {
         RECENT: {
             (arm.model, str(arm.version), arm.arm): [float(arm.requests), float(arm.errors), *map(float, arm.buckets)]
@@ -123,18 +95,6 @@ def from_snapshot(snapshot: Snapshot) -> list[ArmTraffic]:
         requests, errors, *buckets = (int(number) for number in value)
         arms.append(ArmTraffic(model, int(version), arm, requests, errors, (buckets + [0] * BUCKETS)[:BUCKETS]))
     return sorted(arms, key=lambda arm: arm.key)
-
-
-def merge(parts: Iterable[Iterable[ArmTraffic]]) -> list[ArmTraffic]:
-    """Sum several processes' windows arm by arm; the order of the parts does not matter."""
-    merged: dict[ArmKey, ArmTraffic] = {}
-    for part in parts:
-        for arm in part:
-            into = merged.setdefault(arm.key, ArmTraffic(arm.model, arm.version, arm.arm))
-            into.requests += arm.requests
-            into.errors += arm.errors
-            into.buckets = [a + b for a, b in zip(into.buckets, arm.buckets, strict=True)]
-    return sorted(merged.values(), key=lambda arm: arm.key)
 
 
 class _SecondSlots:
