@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection
 
 from gateway.edge.inference_servicer import InferenceServicer
 from gateway.edge.lenient_handlers import add_leniently
+from gateway.edge.listening_socket import stop_accepting
 from gateway.edge.rollouts_servicer import RolloutsServicer
 from gateway.settings import Settings
 from gateway.wire import inference_pb2 as pb
@@ -30,6 +31,9 @@ INFERENCE_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_
 ROLLOUTS_SERVICE = rollouts_pb2.DESCRIPTOR.services_by_name["Rollouts"].full_name
 # After the inference calls drain, what is left (health Watch streams, metadata calls) gets this long.
 _FINAL_GRACE_S = 0.5
+# After the listener closes, how long calls on connections it accepted just before may still arrive and be
+# served: the time to read a call off a new connection and start its handler, with room for a busy machine.
+_SETTLE_S = 0.2
 # How long after that the stop waits for the server's threads to return before it goes on without them.
 _STOP_WAIT_S = 5.0
 # How often the health service's status is brought in line with readiness.
@@ -115,15 +119,37 @@ class GatewayServer:
                 self._set_health(controlling, (ROLLOUTS_SERVICE,))
 
     def stop(self, grace_s: float) -> None:
-        """Report NOT_SERVING, refuse new calls, give in-flight calls ``grace_s`` to finish.
+        """Report NOT_SERVING, stop accepting connections, refuse new calls, give in-flight calls ``grace_s``.
 
-        Health Checks keep answering NOT_SERVING while inference calls drain; open Watch streams get
-        NOT_SERVING and are ended once the drain is over instead of holding the stop for ``grace_s``.
+        The order keeps the callers of a load balancer in front whole:
+
+        1. health says NOT_SERVING: balancers that check it, Kubernetes and Watch streams move away;
+        2. the listening socket stops accepting. A refused connection is one a proxy knows it never
+           sent a call on, so it sends the call to another instance (nginx's ``grpc_next_upstream
+           error``) and marks this one down. A call refused any later, by an UNAVAILABLE status or
+           during gRPC's own stop (GOAWAY), nginx has already sent and hands to its caller as a failure:
+           behind nginx under steady load, a status refusal failed 3 calls per SIGTERM and gRPC's stop
+           alone one call in every third; closing the listener first, none
+           (tests/integration/test_load_balancer.py);
+        3. for ``_SETTLE_S`` the connections accepted just before still deliver their calls, and they
+           are served;
+        4. then new calls are refused (UNAVAILABLE, for clients that ignore the health status), the
+           ones in flight finish, and gRPC's stop ends what is left: open health Watch streams, which
+           heard NOT_SERVING, are ended then instead of holding the stop for ``grace_s``.
         """
         deadline = time.monotonic() + grace_s
         self._health.enter_graceful_shutdown()
         self._stopped.set()
-        self._servicer.calls.close_and_wait(grace_s)
+        if closed := stop_accepting(self.port):
+            log.info(
+                "stopped accepting connections on port %d (%d listening sockets; gRPC reports it as 'Failed accept4')",
+                self.port,
+                closed,
+            )
+            time.sleep(min(_SETTLE_S, grace_s))
+        left_s = max(deadline - time.monotonic(), 0.0)
+        log.info("refusing new inference calls; up to %.1f s for %d in flight", left_s, self._servicer.calls.count)
+        self._servicer.calls.close_and_wait(left_s)
         remaining = max(deadline - time.monotonic(), 0.0)
         final_grace_s = min(remaining, _FINAL_GRACE_S)
         # grpc cancels what is left after the grace, but the event waits for every handler thread to

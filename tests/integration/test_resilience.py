@@ -329,6 +329,9 @@ def test_sigterm_reports_not_serving_drains_and_exits_zero(
         except AssertionError as late:
             raise AssertionError(f"{late}; the gateway's log:\n{slow_gateway.log()}") from None
         assert check(health, INFERENCE_SERVICE) == NOT_SERVING
+        # Calls on connections the gateway accepted before its listener closed are served for a
+        # moment (gateway/edge/server.py, stop); after that a new call is refused.
+        slow_gateway.wait_for_log("refusing new inference calls", timeout_s=5.0)
         refused = send_slow(client, 1, rounds=0)
         status = slow_gateway.stop(timeout_s=GRACE_S + 5)
         exited = time.monotonic()
