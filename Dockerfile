@@ -15,9 +15,13 @@ COPY runtimes ./runtimes
 RUN pip install .
 
 COPY examples/models /models
-RUN useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin turnout \
-    && mkdir -p /var/lib/turnout && chown turnout /var/lib/turnout
-USER turnout
+# A fixed numeric user and group (deploy/kubernetes/deployment.yaml runs as 10001:10001): Kubernetes
+# can check runAsNonRoot only against a numeric USER. The gateway writes only to the state directory
+# (and /tmp with --processes N, and --capture-dir when given), so the root filesystem can be read-only.
+RUN groupadd --system --gid 10001 turnout \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin turnout \
+    && mkdir -p /var/lib/turnout && chown 10001:10001 /var/lib/turnout
+USER 10001:10001
 
 # Routing policies and their history; mount a volume here to keep them across containers.
 VOLUME /var/lib/turnout
@@ -25,7 +29,8 @@ ENV TURNOUT_REPOSITORY=/models \
     TURNOUT_STATE_DIR=/var/lib/turnout \
     TURNOUT_HOST=0.0.0.0 \
     TURNOUT_PORT=8001
-EXPOSE 8001
+# gRPC inference, Prometheus metrics, the control plane (--control-address; loopback unless set).
+EXPOSE 8001 8002 8003
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=10s --timeout=4s --start-period=20s --retries=3 \
     CMD ["turnout", "health", "--server", "127.0.0.1:8001", "--timeout-s", "3"]
