@@ -18,11 +18,13 @@ _OWN_DESCRIPTORS = "/proc/self/fd"
 
 
 def stop_accepting(port: int) -> int:
-    """Shut down reading on every listening TCP socket of this process bound to ``port``; how many.
+    """Close every listening TCP socket of this process bound to ``port``; how many.
 
-    ``shutdown(SHUT_RD)`` on a listening socket makes the kernel refuse new connections to it (the
-    ones already accepted carry on); gRPC's acceptor sees its next accept fail and retires, logging
-    "Failed accept4: Invalid argument" once.
+    Once a listening socket is closed the kernel refuses new connections to its port (the ones
+    already accepted carry on). gRPC's descriptor number is kept pointing at an inert socket rather
+    than closed: gRPC closes that number itself at its stop, and it must not be a file opened since.
+    Shutting the socket down in place would refuse connections too, but gRPC's acceptor then fails
+    its next accept and writes an error line to stderr, outside the gateway's (JSON) log.
     """
     try:
         descriptors = [int(name) for name in os.listdir(_OWN_DESCRIPTORS)]
@@ -46,7 +48,10 @@ def _shut_if_listening(descriptor: int, port: int) -> bool:
                 return False
             if not probe.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) or probe.getsockname()[1] != port:
                 return False
-            probe.shutdown(socket.SHUT_RD)
+            # Put an inert socket in its place under the same descriptor number, so gRPC's later
+            # close closes that one; the listening socket itself closes with our duplicate below.
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as inert:
+                os.dup2(inert.fileno(), descriptor)
         except OSError:
             return False
     return True

@@ -141,11 +141,7 @@ class GatewayServer:
         self._health.enter_graceful_shutdown()
         self._stopped.set()
         if closed := stop_accepting(self.port):
-            log.info(
-                "stopped accepting connections on port %d (%d listening sockets; gRPC reports it as 'Failed accept4')",
-                self.port,
-                closed,
-            )
+            log.info("stopped accepting connections on port %d (%d listening sockets)", self.port, closed)
             time.sleep(min(_SETTLE_S, grace_s))
         left_s = max(deadline - time.monotonic(), 0.0)
         log.info("refusing new inference calls; up to %.1f s for %d in flight", left_s, self._servicer.calls.count)
