@@ -14,9 +14,11 @@ from gateway.edge.inference_servicer import InferenceServicer
 from gateway.edge.rollouts_servicer import RolloutsServicer
 from gateway.edge.server import GatewayServer
 from gateway.edge.status import numbered_status_of
+from gateway.edge.tls import TlsFileError, server_tls
 from gateway.logs.access import AccessLog
 from gateway.logs.configure import configure_logging
 from gateway.process.cpu_affinity import pin_gateway_threads
+from gateway.process.reload_signal import reload_on_hangup
 from gateway.process.stop_signals import stop_on_signals, wait_for_stop
 from gateway.registry.repository import ModelRepository
 from gateway.rollouts.control import Rollouts
@@ -119,6 +121,8 @@ class Gateway:
 
     def __init__(self, settings: Settings, zygote: Zygote | None = None) -> None:
         self.settings = settings
+        # First: a certificate file that is wrong stops the start before anything else is opened.
+        self.tls = server_tls(settings)
         # The one seam for whatever watches finished requests; every observer is registered below.
         self.observers = RequestObservers()
         # One repository object for every reader, so what it logs about a model is said once.
@@ -202,6 +206,7 @@ class Gateway:
             RolloutsServicer(self.rollouts, self.traffic),
             is_ready=self.is_ready,
             control_ready=lambda: self.sync.state_problem is None,
+            tls=self.tls,
         )
 
     def traffic(self, model: str) -> TrafficView:
@@ -211,6 +216,11 @@ class Gateway:
     def is_ready(self) -> bool:
         up = self.manager.initial_load_done and not self._stopping.is_set()
         return up and (not self.settings.strict_readiness or self.manager.every_model_ready())
+
+    def reload(self) -> None:
+        """SIGHUP: re-read what can change while serving (TLS certificates), each part on its own."""
+        if self.tls is not None:
+            self.tls.reload()
 
     def start(self) -> None:
         if self.settings.worker_broker is None:
@@ -267,10 +277,11 @@ def serve(settings: Settings) -> int:
 def _run(settings: Settings, zygote: Zygote | None) -> int:
     try:
         gateway = Gateway(settings, zygote)
-    except StateUnavailable as error:  # a corrupt state file: say which, and do not start on it
+    except (StateUnavailable, TlsFileError) as error:  # a corrupt state or certificate file: say which
         log.error("%s", error)
         return 2
     stop = stop_on_signals("stopping", log)
+    reload_on_hangup(gateway.reload, log)
     gateway.start()
     # Models, modules and the server are loaded: keep them out of the collector's way from now on.
     log.info("%d start-up objects frozen out of garbage collection", freeze_startup_heap())

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "TURNOUT_"
@@ -171,11 +171,33 @@ class Settings(BaseSettings):
         None, description="the supervisor's directory where gateway processes serve their metrics (internal)"
     )
 
+    # Transport security (gateway/edge/tls.py): TLS on the inference port when a certificate is given.
+    tls_cert_file: Path | None = Field(
+        None, description="PEM certificate chain the gRPC port serves TLS with (re-read on SIGHUP); none: plaintext"
+    )
+    tls_key_file: Path | None = Field(None, description="PEM private key of --tls-cert-file (re-read on SIGHUP)")
+    tls_client_ca_file: Path | None = Field(
+        None,
+        description="PEM CA certificates; clients without a certificate from them are refused (mutual TLS;"
+        " re-read on SIGHUP)",
+    )
+
     @property
     def forks_workers(self) -> bool:
         """Whether this process forks its own workers from a zygote: not in-process, not spawned, and
         not a gateway whose workers a supervisor's broker starts."""
         return self.worker_mode == "process" and self.worker_start == "fork" and self.worker_broker is None
+
+    @model_validator(mode="after")
+    def _tls_files_come_together(self) -> Settings:
+        """A certificate needs its key and the other way round; client certificates need a server one."""
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            flags = ("--tls-cert-file", "--tls-key-file")
+            given, missing = flags if self.tls_key_file is None else flags[::-1]
+            raise ValueError(f"{given} needs {missing} too: TLS takes a certificate and its private key")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("--tls-client-ca-file needs --tls-cert-file and --tls-key-file: mutual TLS is TLS first")
+        return self
 
     @field_validator("gateway_cpus", mode="before")
     @classmethod

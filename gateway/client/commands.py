@@ -19,6 +19,7 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 
 from gateway import headers
+from gateway.client.channel import ClientTlsError, add_tls_flags, open_channel
 from gateway.wire.turnout.v1 import rollouts_pb2 as pb
 from gateway.wire.turnout.v1 import rollouts_pb2_grpc as pb_grpc
 
@@ -81,6 +82,7 @@ def add_commands(commands: Any) -> None:
     """Register ``health`` and the control commands on the ``turnout`` argument parser's subcommands."""
     health = commands.add_parser("health", help="ask a gateway's grpc.health.v1 service; exit 0 when SERVING")
     _server_flag(health)
+    add_tls_flags(health)
     _timeout_flag(health, DEFAULT_HEALTH_TIMEOUT_S)
 
     def command(name: str, text: str, model_optional: bool = False) -> argparse.ArgumentParser:
@@ -90,6 +92,7 @@ def add_commands(commands: Any) -> None:
         else:
             parser.add_argument("model", help="model name (required)")
         _server_flag(parser)
+        add_tls_flags(parser)
         parser.add_argument("--json", action="store_true", help="print JSON for scripts (default: text for people)")
         _timeout_flag(parser, DEFAULT_TIMEOUT_S)
         return parser
@@ -143,7 +146,12 @@ def add_commands(commands: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run one control command; exit status 0 on success, 1 when the gateway refused."""
     metadata = ((headers.ACTOR, getpass.getuser()),)
-    with grpc.insecure_channel(args.server) as channel:
+    try:
+        channel = open_channel(args)
+    except ClientTlsError as error:
+        print(f"turnout {args.command}: {error}", file=sys.stderr)
+        return 2
+    with channel:
         stub = pb_grpc.RolloutsStub(channel)
         try:
             if args.command == "status":

@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 from gateway.edge.inference_servicer import InferenceServicer
 from gateway.edge.lenient_handlers import add_leniently
 from gateway.edge.rollouts_servicer import RolloutsServicer
+from gateway.edge.tls import ServerTls, inference_credentials
 from gateway.settings import Settings
 from gateway.wire import inference_pb2 as pb
 from gateway.wire.turnout.v1 import rollouts_pb2
@@ -64,10 +65,12 @@ class GatewayServer:
         rollouts: RolloutsServicer,
         is_ready: Callable[[], bool] | None = None,
         control_ready: Callable[[], bool] | None = None,
+        tls: ServerTls | None = None,
     ) -> None:
         """``is_ready``: what ServerReady answers; the health status follows it (None: SERVING while up).
         ``control_ready``: whether policy changes can be made (the routing state is usable); the health
-        of the ``turnout.v1.Rollouts`` service follows it, the server's and inference's do not."""
+        of the ``turnout.v1.Rollouts`` service follows it, the server's and inference's do not.
+        ``tls``: the port serves TLS with it (None: plaintext)."""
         self._is_ready = is_ready or _always
         self._control_ready = control_ready or _always
         self._stopped = threading.Event()
@@ -86,7 +89,7 @@ class GatewayServer:
         reflection.enable_server_reflection(
             (INFERENCE_SERVICE, ROLLOUTS_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
         )
-        self.port = self._server.add_insecure_port(f"{settings.host}:{settings.port}")
+        self.port = listen(self._server, f"{settings.host}:{settings.port}", settings, tls)
         if self.port == 0:
             raise OSError(f"cannot listen on {settings.host}:{settings.port}")
 
@@ -130,6 +133,15 @@ class GatewayServer:
         # return, and one stuck writing to a client that stopped reading may never do so: bound it.
         if not self._server.stop(final_grace_s).wait(final_grace_s + _STOP_WAIT_S):
             log.warning("the gRPC server had not stopped %.0f s after its grace period; stopping anyway", _STOP_WAIT_S)
+
+
+def listen(server: grpc.Server, address: str, settings: Settings, tls: ServerTls | None) -> int:
+    """Bind the inference port, with TLS when there is a certificate; the port bound (0: failed)."""
+    if tls is None:
+        port: int = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, inference_credentials(settings, tls))
+    return port
 
 
 def _always() -> bool:

@@ -4,7 +4,8 @@ The supervisor reserves the port, runs the worker broker (one worker per model i
 whole host, see :mod:`runtimes.broker`), and starts N ordinary gateway processes that bind the port
 with SO_REUSEPORT, so the kernel spreads connections across them. They share the routing state
 through the SQLite store under the state directory. A gateway process that dies is started again;
-SIGTERM or SIGINT is passed on to every one, and the supervisor exits once they have drained.
+SIGTERM or SIGINT is passed on to every one, and the supervisor exits once they have drained;
+SIGHUP (reload certificates) is passed on to every one that is serving.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from pathlib import Path
 
 import yaml
 
+from gateway.edge.tls import TlsFileError, server_tls
 from gateway.logs.configure import configure_logging
+from gateway.process.reload_signal import reload_on_hangup
 from gateway.process.stop_signals import stop_on_signals, wait_for_stop
 from gateway.settings import Settings
 from gateway.state.sqlite_store import SqliteStateStore
@@ -149,6 +152,17 @@ class Supervisor:
                         return
                     self._children[position] = _GatewayChild(self._command_for(child.index), child.index)
 
+    def reload(self) -> None:
+        """SIGHUP to every gateway process that is serving: each re-reads its own files.
+
+        One still starting has not installed its SIGHUP handler yet, and SIGHUP's default would end
+        it; it reads the files as they are now anyway.
+        """
+        with self._life_lock:
+            for child in self._children:
+                if child.serving.is_set() and child.process.poll() is None:
+                    child.process.send_signal(signal.SIGHUP)
+
     def stop(self) -> None:
         with self._life_lock:
             self._stopping.set()
@@ -175,6 +189,11 @@ def supervise(settings: Settings) -> int:
     if not settings.repository.is_dir():
         log.error("model repository %s is not a directory", settings.repository)
         return 2
+    try:  # checked here once, so that a wrong file is named once rather than by every process
+        server_tls(settings)
+    except TlsFileError as error:
+        log.error("%s", error)
+        return 2
     stop = stop_on_signals(f"stopping {settings.processes} gateway processes", log)
     # Forked first, while this process has one thread: the broker forks the shared workers from it.
     zygote = start_zygote() if settings.forks_workers else None
@@ -185,6 +204,7 @@ def supervise(settings: Settings) -> int:
         if zygote is not None:
             zygote.close()
         return 2
+    reload_on_hangup(supervisor.reload, log)  # before the start: SIGHUP's default would end the supervisor
     try:
         supervisor.start()
         threading.Thread(target=supervisor.watch, name="supervisor-watch", daemon=True).start()
