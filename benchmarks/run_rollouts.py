@@ -68,9 +68,17 @@ class Gateway:
     """A gateway process on a free port; ``tree`` is the checkout whose code it runs (this one by default)."""
 
     def __init__(
-        self, repository: Path, cpu: str | None, *flags: str, tree: Path = REPO_ROOT, env: dict[str, str] | None = None
+        self,
+        repository: Path,
+        cpu: str | None,
+        *flags: str,
+        tree: Path = REPO_ROOT,
+        env: dict[str, str] | None = None,
+        client_flags: Sequence[str] = (),
     ) -> None:
-        """``env``: the gateway's environment, when not this process's."""
+        """``env``: the gateway's environment, when not this process's. ``client_flags``: what the
+        load generator needs to talk to it (``--tls-ca-file CA`` for a TLS gateway)."""
+        self.client_flags = list(client_flags)
         self.state = tempfile.mkdtemp(prefix="turnout-bench-state-")
         command = [
             sys.executable, "-m", "gateway", "serve", "--repository", str(repository), "--host", "127.0.0.1",
@@ -132,6 +140,7 @@ def load(gateway: Gateway, concurrency: int, duration_s: float, cpu: str | None)
     command = [
         sys.executable, str(REPO_ROOT / "benchmarks" / "loadgen.py"), "--target", gateway.address, "--batch", "1",
         "--concurrency", str(concurrency), "--duration-s", str(duration_s), "--warmup-s", str(WARMUP_S),
+        *gateway.client_flags,
     ]
     if cpu is not None:
         command = ["taskset", "-c", cpu, *command]
