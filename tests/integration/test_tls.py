@@ -248,6 +248,26 @@ def test_sighup_takes_new_certificates_for_new_connections_and_keeps_open_ones(
         assert gateway.process.poll() is None, "SIGHUP does not stop the gateway"
 
 
+def test_sighup_rereads_the_client_ca(
+    repository: Path, tmp_path: Path, certificates: Certificates, serving_files: KeyPair
+) -> None:
+    client_ca = tmp_path / "clients.pem"
+    shutil.copyfile(certificates.ca.certificate, client_ca)
+    flags = (*BASE_FLAGS, *tls_flags(serving_files), "--tls-client-ca-file", str(client_ca))
+    server_ca = certificates.ca.certificate
+    with GatewayProcess(repository, *flags) as gateway:
+        with channel_to(gateway.address, server_ca, certificates.client) as channel:
+            assert live(channel)
+        assert refused_code(gateway.address, server_ca, certificates.stranger) is grpc.StatusCode.UNAVAILABLE
+        shutil.copyfile(certificates.other_ca.certificate, client_ca)
+        assert gateway.process is not None
+        gateway.process.send_signal(signal.SIGHUP)
+        gateway.wait_for_log("TLS certificates reloaded")
+        with channel_to(gateway.address, server_ca, certificates.stranger) as channel:
+            assert live(channel), "a client of the new CA gets in"
+        assert refused_code(gateway.address, server_ca, certificates.client) is grpc.StatusCode.UNAVAILABLE
+
+
 def test_sighup_to_the_supervisor_reaches_every_gateway_process(
     repository: Path, tmp_path: Path, serving_files: KeyPair
 ) -> None:
