@@ -7,35 +7,42 @@ request beyond it is refused at once with RESOURCE_EXHAUSTED, before any routing
 
 from __future__ import annotations
 
-import sys
-import threading
+import functools
+import queue
+from collections.abc import Callable
 
 from gateway.errors import ResourceExhausted
 
 
 class InFlightLimit:
-    """Counts requests in and out of the dataplane; refuses one that would exceed ``limit`` (0: no limit)."""
+    """Tokens for requests in flight: a request takes one with :attr:`try_enter` and returns it with
+    :attr:`leave`. Both are C-level methods of a ``SimpleQueue``, so the request path runs no Python
+    frame for the bound (the lock-and-counter version cost two calls per request)."""
 
     def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("an in-flight limit is at least 1")
         self.limit = limit
-        self._capacity = limit if limit > 0 else sys.maxsize
-        self._room = self._capacity
-        self._lock = threading.Lock()
+        tokens: queue.SimpleQueue[None] = queue.SimpleQueue()
+        for _ in range(limit):
+            tokens.put(None)
+        self._tokens = tokens
+        # Raises queue.Empty when every token is taken: the caller answers with refusal().
+        self.try_enter: Callable[[], None] = tokens.get_nowait
+        self.leave: Callable[[], None] = functools.partial(tokens.put, None)
 
     @property
     def count(self) -> int:
-        return self._capacity - self._room
+        return self.limit - self._tokens.qsize()
+
+    def refusal(self) -> ResourceExhausted:
+        return ResourceExhausted(
+            f"{self.limit} requests are in flight in this gateway process, its limit (--max-in-flight); retry later"
+        )
 
     def enter(self) -> None:
-        """Count one request in; raises ResourceExhausted when the limit is reached."""
-        with self._lock:
-            if self._room == 0:
-                raise ResourceExhausted(
-                    f"{self.limit} requests are in flight in this gateway process, its limit (--max-in-flight);"
-                    " retry later"
-                )
-            self._room -= 1
-
-    def leave(self) -> None:
-        with self._lock:
-            self._room += 1
+        """Take a token; raises ResourceExhausted when none is left."""
+        try:
+            self.try_enter()
+        except queue.Empty:
+            raise self.refusal() from None

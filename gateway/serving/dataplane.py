@@ -12,6 +12,7 @@ element-by-element work of typed and BYTES inputs done only after the model's ch
 
 from __future__ import annotations
 
+import queue
 import random
 import time
 from collections.abc import Callable
@@ -49,7 +50,7 @@ class Dataplane:
         self._routes = routes
         self._observers = observers
         self._random = random.Random()
-        self.in_flight = InFlightLimit(max_in_flight)
+        self.in_flight = InFlightLimit(max_in_flight) if max_in_flight > 0 else None
 
     def require_model(self, name: str) -> None:
         """NOT_FOUND unless the model is known; lets the edge say so before it examines a request's inputs."""
@@ -57,33 +58,36 @@ class Dataplane:
 
     def infer(self, request: InferRequest, timeout_s: float | None = None) -> InferResponse:
         """Serve one request, blocking the calling thread until its batch has run (or ``timeout_s`` passes)."""
-        self.in_flight.enter()
-        try:
-            return self._infer(request, timeout_s)
-        finally:
-            self.in_flight.leave()
-
-    def _infer(self, request: InferRequest, timeout_s: float | None) -> InferResponse:
-        started = time.monotonic_ns()
-        version, route = self._route(request, started)
-        ok = False
-        try:
-            pending = self._queue(version, route, request, None, started, timeout_s)
+        in_flight = self.in_flight
+        if in_flight is not None:
             try:
-                outputs = pending.wait(timeout_s)
-            except DeadlineExceeded as error:  # the dispatcher never answers an abandoned request
-                self._observers.failed_early(request, route, error, started, pending)
-                raise
-            response = self._response(version, route, request, outputs)
-            commit = commit_of(pending)
-            # Synchronous capture: answered once recorded, and within the caller's deadline.
-            if commit is not None and not commit.wait(timeout_s):
-                raise _not_kept()
-            ok = True
-            return response
+                in_flight.try_enter()
+            except queue.Empty:
+                raise in_flight.refusal() from None
+        try:
+            started = time.monotonic_ns()
+            version, route = self._route(request, started)
+            ok = False
+            try:
+                pending = self._queue(version, route, request, None, started, timeout_s)
+                try:
+                    outputs = pending.wait(timeout_s)
+                except DeadlineExceeded as error:  # the dispatcher never answers an abandoned request
+                    self._observers.failed_early(request, route, error, started, pending)
+                    raise
+                response = self._response(version, route, request, outputs)
+                commit = commit_of(pending)
+                # Synchronous capture: answered once recorded, and within the caller's deadline.
+                if commit is not None and not commit.wait(timeout_s):
+                    raise _not_kept()
+                ok = True
+                return response
+            finally:
+                version.release()
+                version.statistics.record_request(ok, time.monotonic_ns() - started)
         finally:
-            version.release()
-            version.statistics.record_request(ok, time.monotonic_ns() - started)
+            if in_flight is not None:
+                in_flight.leave()
 
     def submit(self, request: InferRequest, done: Done, timeout_s: float | None = None) -> None:
         """Queue one request; ``done`` runs on a dispatcher thread with the answer or the error.
@@ -91,19 +95,26 @@ class Dataplane:
         Errors found before queueing (too many in flight, unknown model, bad input) are raised here
         instead. A request still queued ``timeout_s`` from now is answered DEADLINE_EXCEEDED unrun.
         """
-        self.in_flight.enter()
-        try:
+        in_flight = self.in_flight
+        if in_flight is None:
             self._submit(request, done, timeout_s)
+            return
+        in_flight.enter()
+        try:
+            self._submit(request, done, timeout_s, in_flight.leave)
         except BaseException:
-            self.in_flight.leave()
+            in_flight.leave()
             raise
 
-    def _submit(self, request: InferRequest, done: Done, timeout_s: float | None) -> None:
+    def _submit(
+        self, request: InferRequest, done: Done, timeout_s: float | None, leave: Callable[[], None] | None = None
+    ) -> None:
         started = time.monotonic_ns()
         version, route = self._route(request, started)
 
         def finish(pending: Pending) -> None:
-            self.in_flight.leave()
+            if leave is not None:
+                leave()
             response, error = None, pending.error
             if error is None:
                 try:

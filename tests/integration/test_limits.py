@@ -223,6 +223,39 @@ def test_requests_beyond_the_in_flight_limit_are_refused_and_the_rest_served(
     assert_serves(gateway.address, digits_pixels)
 
 
+def test_unary_calls_beyond_the_in_flight_limit_are_resource_exhausted(
+    gateway: GatewayProcess, digits_pixels: Pixels
+) -> None:
+    # One call per server thread: more than the limit, so some find it reached.
+    outcomes: list[grpc.StatusCode] = []
+    messages: list[str] = []
+    lock = threading.Lock()
+
+    def call(channel: grpc.Channel) -> None:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        try:
+            stub.ModelInfer(slow_request(SLOW, 1.0), timeout=TIMEOUT_S)
+            code, message = grpc.StatusCode.OK, ""
+        except grpc.RpcError as error:
+            code, message = error.code(), str(error.details())
+        with lock:
+            outcomes.append(code)
+            messages.append(message)
+
+    with own_connection(gateway.address) as channel:
+        threads = [threading.Thread(target=call, args=(channel,)) for _ in range(GRPC_THREADS)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(TIMEOUT_S)
+    assert set(outcomes) == {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, messages
+    assert outcomes.count(grpc.StatusCode.OK) <= MAX_IN_FLIGHT
+    for code, message in zip(outcomes, messages, strict=True):
+        if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+            assert "--max-in-flight" in message, message
+    assert_serves(gateway.address, digits_pixels)
+
+
 # --- elements per tensor, and checks before the per-element work -----------------------------------
 
 

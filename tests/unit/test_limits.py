@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from gateway.edge.stream_slots import StreamSlots
 from gateway.errors import InvalidArgument, ResourceExhausted
@@ -17,6 +18,7 @@ from gateway.serving.admission import InFlightLimit
 from gateway.serving.inference_types import InferRequest
 from gateway.serving.request_checks import checked_inputs
 from gateway.serving.tensors import finished_inputs, tensor_from_raw, tensor_from_values
+from gateway.settings import Settings
 from runtimes.contract import Signature, TensorSpec
 
 NO_CAP = 1 << 40
@@ -83,19 +85,37 @@ def test_requests_beyond_the_in_flight_limit_are_refused_until_one_leaves() -> N
     assert limit.count == 3
 
 
-def test_no_limit_counts_without_refusing() -> None:
-    limit = InFlightLimit(0)
+def test_threads_entering_and_leaving_never_hold_more_than_the_limit() -> None:
+    limit = InFlightLimit(4)
+    held, most, refused = [0], [0], [0]
+    lock = threading.Lock()
 
-    def enter_many() -> None:
-        for _ in range(1000):
-            limit.enter()
+    def churn() -> None:
+        for _ in range(2000):
+            try:
+                limit.enter()
+            except ResourceExhausted:
+                with lock:
+                    refused[0] += 1
+                continue
+            with lock:
+                held[0] += 1
+                most[0] = max(most[0], held[0])
+            with lock:
+                held[0] -= 1
+            limit.leave()
 
-    threads = [threading.Thread(target=enter_many) for _ in range(4)]
+    threads = [threading.Thread(target=churn) for _ in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert limit.count == 4000
+    assert most[0] <= 4 and limit.count == 0
+
+
+def test_an_in_flight_limit_is_at_least_one_as_0_means_none_to_the_dataplane() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        InFlightLimit(0)
 
 
 # --- elements per tensor, and the per-element work after the checks -------------------------------
@@ -166,3 +186,17 @@ def test_raw_bytes_are_walked_only_once_the_shape_fits() -> None:
     good = request_of(tensor_from_raw("s", "BYTES", (1, 2), length_prefixed(b"ab", b""), NO_CAP))
     inputs, _ = checked_inputs(good, TEXT, 8)
     assert bytes(finished_inputs(good.inputs, inputs)["s"].data) == length_prefixed(b"ab", b"")
+
+
+# --- settings --------------------------------------------------------------------------------------
+
+
+def test_streams_default_to_half_the_server_threads() -> None:
+    assert Settings().stream_limit == 64
+    assert Settings(grpc_threads=10).stream_limit == 5
+    assert Settings(grpc_threads=10, max_streams=9).stream_limit == 9
+
+
+def test_streams_may_not_take_every_server_thread() -> None:
+    with pytest.raises(ValidationError, match=r"max_streams \(16\) must be below grpc_threads \(16\)"):
+        Settings(grpc_threads=16, max_streams=16)
