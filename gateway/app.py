@@ -14,6 +14,7 @@ from gateway.edge.inference_servicer import InferenceServicer
 from gateway.edge.rollouts_servicer import RolloutsServicer
 from gateway.edge.server import GatewayServer
 from gateway.edge.status import numbered_status_of
+from gateway.edge.stream_slots import StreamSlots
 from gateway.edge.tls import TlsFileError, server_tls
 from gateway.logs.access import AccessLog
 from gateway.logs.configure import configure_logging
@@ -192,7 +193,7 @@ class Gateway:
         )
         self.rollouts = Rollouts(self.store, self.routes, self.manager, self.shadows, propagation)
         self.repository = RepositoryControl(self.manager, self.store, self.sync, propagation)
-        self.dataplane = Dataplane(self.manager, self.routes, self.observers)
+        self.dataplane = Dataplane(self.manager, self.routes, self.observers, settings.max_in_flight)
         self._stopping = threading.Event()
         self.server = GatewayServer(
             settings,
@@ -202,6 +203,8 @@ class Gateway:
                 self.repository,
                 self.is_ready,
                 package_version(),
+                StreamSlots(settings.stream_limit, settings.max_streams_per_connection),
+                settings.max_tensor_elements,
             ),
             RolloutsServicer(self.rollouts, self.traffic),
             is_ready=self.is_ready,

@@ -182,6 +182,44 @@ class Settings(BaseSettings):
         " re-read on SIGHUP)",
     )
 
+    # Limits (docs/architecture.md, "Limits"): each refusal names its flag, and the server goes on serving.
+    # An open stream holds one of the --grpc-threads threads for its whole life (gateway/edge/stream_slots.py),
+    # so streams get fewer threads than the pool: the rest stay for unary calls and health checks.
+    max_streams: int = Field(
+        0,
+        ge=0,
+        description="ModelStreamInfer streams open at once per gateway process, fewer than --grpc-threads;"
+        " more are refused RESOURCE_EXHAUSTED; 0: half of --grpc-threads",
+    )
+    max_streams_per_connection: int = Field(
+        16, ge=1, description="streams one client connection may have open at once; more are refused RESOURCE_EXHAUSTED"
+    )
+    max_in_flight: int = Field(
+        1024,
+        ge=0,
+        description="inference requests served at once per gateway process, unary and streamed; more are"
+        " refused RESOURCE_EXHAUSTED; 0: no limit",
+    )
+    # 2**28 FP32 elements fill the default 1 GiB message; the bound matters for the encodings whose
+    # cost grows with the elements rather than the bytes (typed contents, BYTES).
+    max_tensor_elements: int = Field(
+        1 << 28, ge=1, description="elements one input tensor may have; more are refused RESOURCE_EXHAUSTED"
+    )
+
+    @property
+    def stream_limit(self) -> int:
+        """How many streams may be open at once: --max-streams, or half the server's threads."""
+        return self.max_streams or self.grpc_threads // 2
+
+    @model_validator(mode="after")
+    def _streams_leave_threads_for_unary_calls(self) -> Settings:
+        if self.max_streams >= self.grpc_threads:
+            raise ValueError(
+                f"max_streams ({self.max_streams}) must be below grpc_threads ({self.grpc_threads}): each open"
+                " stream holds a server thread, and unary calls and health checks need some left"
+            )
+        return self
+
     @property
     def forks_workers(self) -> bool:
         """Whether this process forks its own workers from a zygote: not in-process, not spawned, and
