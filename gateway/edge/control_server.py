@@ -30,7 +30,10 @@ CONTROL_THREADS = 8
 
 def bind(server: grpc.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:
     """Listen on ``address``, in TLS when ``credentials`` are given; returns the port bound."""
-    port: int = server.add_insecure_port(address) if credentials is None else server.add_secure_port(address, credentials)
+    if credentials is None:
+        port: int = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(f"cannot listen on {address}")
     return port
