@@ -195,3 +195,14 @@ def test_metrics_flags_become_turnouts_and_allow_metrics_false_turns_the_port_of
     assert translate("--metrics-address", "127.0.0.1") == ["--metrics-host=127.0.0.1"]
     # Turnout's own --metrics-port (Triton's spelling too) passes through as it is.
     assert translate_triton_flags(["--metrics-port", "9102"], {*NATIVE, "--metrics-port"}) == ["--metrics-port", "9102"]
+
+
+def test_a_restricted_model_repository_protocol_becomes_the_header_loads_need() -> None:
+    assert translate("--grpc-restricted-protocol=model-repository:x-admin-key=s3cret") == [
+        "--model-repository-header=x-admin-key=s3cret"
+    ]
+    assert translate("--grpc-restricted-protocol", "model-repository:k=v") == ["--model-repository-header=k=v"]
+    (other,) = problems("--grpc-restricted-protocol=model-repository,inference:k=v")
+    assert "restricts only model-repository, not inference" in other
+    (malformed,) = problems("--grpc-restricted-protocol=model-repository")
+    assert "PROTOCOLS:KEY=VALUE" in malformed
