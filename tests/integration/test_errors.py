@@ -232,7 +232,7 @@ def test_a_pin_header_of_digits_that_is_no_number_is_invalid_under_a_policy(
 ) -> None:
     # The pin header is read by routing, which applies it under a policy: set one (the version that
     # serves anyway), so the header takes that path.
-    with grpc.insecure_channel(gateway.address) as channel:
+    with grpc.insecure_channel(gateway.control_address) as channel:
         rollouts = pb_grpc.RolloutsStub(channel)
         rollouts.SetPolicy(pb.SetPolicyRequest(model=MODEL, policy=pb.Policy(stable=2)), timeout=TIMEOUT_S)
     request = raw_request(MODEL, inputs=[raw_input("input", [1, 64])], raw_input_contents=[

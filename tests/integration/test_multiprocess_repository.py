@@ -24,7 +24,10 @@ from tests.support.gateway_process import GatewayProcess
 from tests.support.model_repository import copy_digits, identity_model, save_version
 
 CONNECTIONS = 16
-ACTOR = (("turnout-actor", "test-repository"),)
+# Loads and unloads on the inference port need the control plane's credentials: a token, whose name
+# is the actor every process logs.
+TOKEN = "repository-token-0123456789"
+ACTOR = (("authorization", f"Bearer {TOKEN}"),)
 FOLLOWED_UNLOAD = "unloaded model 'digits' as test-repository asked through another process"
 
 
@@ -33,7 +36,10 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
     repository = tmp_path_factory.mktemp("repository")
     copy_digits(repository, versions=(1,))
     save_version(repository, "identity", 1, identity_model("FP32"))
-    with GatewayProcess(repository, "--processes", "2", "--poll-interval-s", "0") as running:
+    tokens = tmp_path_factory.mktemp("control") / "tokens"
+    tokens.write_text(f"test-repository {TOKEN}\n")
+    flags = ("--processes", "2", "--poll-interval-s", "0", "--control-tokens-file", str(tokens))
+    with GatewayProcess(repository, *flags) as running:
         yield running
 
 
@@ -133,3 +139,25 @@ def test_loading_a_model_the_repository_lacks_is_refused_and_recorded_nowhere(ga
     assert refused.value.code() is grpc.StatusCode.NOT_FOUND
     assert "absent" in (refused.value.details() or "")
     assert "model 'absent' as test-repository" not in gateway.log()
+
+
+def listening_sockets(port: int) -> int:
+    """How many sockets listen on ``port``, read from /proc/net (state 0A is LISTEN); grpc listens on
+    IPv6 sockets with v4-mapped addresses, so both tables count."""
+    rows = [row for table in ("tcp", "tcp6") for row in Path(f"/proc/net/{table}").read_text().splitlines()[1:]]
+    return sum(1 for row in rows if row.split()[1].endswith(f":{port:04X}") and row.split()[3] == "0A")
+
+
+def test_both_processes_serve_the_control_listener_on_one_port(gateway: GatewayProcess) -> None:
+    port = int(gateway.control_address.rsplit(":", 1)[1])
+    assert port not in (0, gateway.port)
+    assert listening_sockets(port) == 2, "each gateway process listens on the control port (SO_REUSEPORT)"
+    # Any connection, whichever process takes it, needs the token, and is served with it.
+    for _ in range(4):
+        channel, stub = stub_on_own_connection(gateway.control_address)
+        with channel:
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.RepositoryModelLoad(service_pb2.RepositoryModelLoadRequest(model_name="digits"), timeout=10)
+            assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+            index = stub.RepositoryIndex(service_pb2.RepositoryIndexRequest(), timeout=10)
+            assert {model.name for model in index.models} == {"digits", "identity"}

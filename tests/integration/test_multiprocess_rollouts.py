@@ -57,7 +57,7 @@ class Control:
     def __init__(self, address: str) -> None:
         self.channel = grpc.insecure_channel(address)
         self.stub = rollouts_pb2_grpc.RolloutsStub(self.channel)
-        self.metadata = (("turnout-actor", "test-multiprocess"),)
+        self.metadata = ()
 
     def set_stable(self, version: int) -> rollouts_pb2.PolicyState:
         policy = rollouts_pb2.Policy(stable=version)
@@ -79,7 +79,7 @@ class Control:
 
 @pytest.fixture
 def control(gateway: GatewayProcess) -> Iterator[Control]:
-    opened = Control(gateway.address)
+    opened = Control(gateway.control_address)
     opened.set_stable(1)
     yield opened
     opened.close()
