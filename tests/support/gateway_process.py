@@ -23,6 +23,12 @@ _READY_LINE = re.compile(r"^turnout: serving .* on (?P<host>[^\s]+):(?P<port>\d+
 _CONTROL_LINE = re.compile(r"^turnout: control plane on (?P<address>[^\s]+:\d+)$")
 
 
+# Loads and unloads on the inference port need the control plane's credentials; tests that make them
+# start the gateway with Triton's restricted model-repository protocol and send its header.
+REPOSITORY_KEY = {"x-repository-key": "repository-key-for-tests"}
+REPOSITORY_KEY_FLAG = "--grpc-restricted-protocol=model-repository:x-repository-key=repository-key-for-tests"
+
+
 class GatewayFailedToStart(RuntimeError):
     """The child exited or stayed silent before printing its serving line."""
 
