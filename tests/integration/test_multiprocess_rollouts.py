@@ -204,7 +204,7 @@ def test_rollback_mid_load_drops_nothing_and_takes_effect_when_it_returns(
 
     history = control.stub.History(rollouts_pb2.HistoryRequest(model="digits", limit=3)).changes
     assert [change.action for change in history[:2]] == ["rollback", "set-canary"]
-    assert history[0].actor == "test-multiprocess" and history[0].generation == state.generation
+    assert history[0].actor == "local:127.0.0.1" and history[0].generation == state.generation
     assert history[0].before.canary.weight_bp == 5_000
 
 
