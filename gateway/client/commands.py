@@ -339,7 +339,9 @@ def _one_line(policy: Any) -> str:
 
 
 def describe_history(history: Any) -> str:
-    lines = [f"{history.model}: {len(history.changes)} change(s), newest first"]
+    refused = sum(not change.HasField("after") for change in history.changes)
+    also = f" and {refused} refused call(s)" if refused else ""
+    lines = [f"{history.model}: {len(history.changes) - refused} change(s){also}, newest first"]
     for change in history.changes:
         at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(change.at_unix_ms / 1000))
         if not change.HasField("after"):  # a call refused for its credentials: it changed nothing
