@@ -9,8 +9,9 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -68,11 +69,10 @@ def rollouts(gateway: GatewayProcess) -> Iterator[pb_grpc.RolloutsStub]:
         yield pb_grpc.RolloutsStub(channel)
 
 
-def code_of(call: object) -> tuple[grpc.StatusCode, str]:
-    assert callable(call)
+def code_of(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
     with pytest.raises(grpc.RpcError) as refused:
         call()
-    error: grpc.Call = refused.value  # type: ignore[assignment]
+    error: Any = refused.value
     return error.code(), error.details() or ""
 
 
@@ -101,7 +101,9 @@ def test_no_token_is_unauthenticated_a_wrong_one_denied_and_both_are_in_history_
     rollouts: pb_grpc.RolloutsStub, metrics_port: int
 ) -> None:
     request = pb.SetCanaryRequest(model="digits", version=1, weight_percent=25, reason="sneaky")
-    counted = lambda: tuple(refused_total(metrics_port, "SetCanary", why) for why in ("no_credentials", "wrong_token"))  # noqa: E731
+    def counted() -> tuple[float, ...]:
+        return tuple(refused_total(metrics_port, "SetCanary", why) for why in ("no_credentials", "wrong_token"))
+
     before = counted()
     code, message = code_of(lambda: rollouts.SetCanary(request, timeout=TIMEOUT_S))
     assert code is grpc.StatusCode.UNAUTHENTICATED and "Bearer" in message
