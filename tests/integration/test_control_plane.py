@@ -101,6 +101,7 @@ def test_no_token_is_unauthenticated_a_wrong_one_denied_and_both_are_in_history_
     rollouts: pb_grpc.RolloutsStub, metrics_port: int
 ) -> None:
     request = pb.SetCanaryRequest(model="digits", version=1, weight_percent=25, reason="sneaky")
+
     def counted() -> tuple[float, ...]:
         return tuple(refused_total(metrics_port, "SetCanary", why) for why in ("no_credentials", "wrong_token"))
 
