@@ -303,6 +303,9 @@ def _run(settings: Settings, zygote: Zygote | None) -> int:
     except (StateUnavailable, TokensFileInvalid) as error:  # a corrupt state or tokens file: say which, do not start
         log.error("%s", error)
         return 2
+    except OSError as error:  # a port taken (the inference port's or the control listener's)
+        log.error("cannot start: %s", error)
+        return 2
     stop = stop_on_signals("stopping", log)
     reload_on_sighup(gateway.reload, log)
     gateway.start()

@@ -30,12 +30,15 @@ CONTROL_THREADS = 8
 
 def bind(server: grpc.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:
     """Listen on ``address``, in TLS when ``credentials`` are given; returns the port bound."""
-    if credentials is None:
-        port: int = server.add_insecure_port(address)
-    else:
-        port = server.add_secure_port(address, credentials)
+    try:
+        if credentials is None:
+            port: int = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
+    except RuntimeError:  # newer grpc raises where older returned 0
+        port = 0
     if port == 0:
-        raise OSError(f"cannot listen on {address}")
+        raise OSError(f"cannot listen on {address} (in use, or not an address of this host)")
     return port
 
 

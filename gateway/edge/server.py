@@ -132,17 +132,20 @@ class GatewayServer:
         self._health.enter_graceful_shutdown()
         self._stopped.set()
         # New control calls are refused from now on; one in flight (a change waiting for every
-        # process) has the whole grace period.
-        control_stopped = self._control.stop(grace_s)
+        # process) goes on while inference calls drain.
+        self._control.stop(grace_s)
         self._servicer.calls.close_and_wait(grace_s)
         remaining = max(deadline - time.monotonic(), 0.0)
         final_grace_s = min(remaining, _FINAL_GRACE_S)
+        # A second stop with a shorter grace wins: health Watch streams on the control listener end
+        # with the inference port's instead of holding the stop for the whole grace period.
+        control_stopped = self._control.stop(final_grace_s)
         # grpc cancels what is left after the grace, but the event waits for every handler thread to
         # return, and one stuck writing to a client that stopped reading may never do so: bound it.
         if not self._server.stop(final_grace_s).wait(final_grace_s + _STOP_WAIT_S):
             log.warning("the gRPC server had not stopped %.0f s after its grace period; stopping anyway", _STOP_WAIT_S)
-        if not control_stopped.wait(max(deadline - time.monotonic(), 0.0) + _STOP_WAIT_S):
-            log.warning("the control listener had not stopped after the grace period; stopping anyway")
+        if not control_stopped.wait(_STOP_WAIT_S):
+            log.warning("the control listener had not stopped %.0f s after its grace; stopping anyway", _STOP_WAIT_S)
 
 
 def control_credentials(settings: Settings) -> grpc.ServerCredentials | None:

@@ -195,6 +195,12 @@ def test_a_control_address_off_loopback_without_credentials_refuses_to_start(tmp
     done = serve_briefly(tmp_path, "--control-address", "0.0.0.0:0", "--state-dir", str(tmp_path / "state"))
     assert done.returncode == 2 and done.stdout == ""
     assert "the control address 0.0.0.0:0 is not loopback" in done.stderr and "--control-tokens-file" in done.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = f"127.0.0.1:{taken.getsockname()[1]}"
+        done = serve_briefly(tmp_path, "--control-address", busy, "--state-dir", str(tmp_path / "state"))
+    assert done.returncode == 2 and f"cannot listen on {busy}" in done.stderr and "Traceback" not in done.stderr
     bad_tokens = tmp_path / "tokens"
     bad_tokens.write_text("alice short\n")
     flags = ("--control-tokens-file", str(bad_tokens), "--state-dir", str(tmp_path / "state"))
