@@ -184,14 +184,12 @@ class ControlAccess:
         if header_ok is False:
             raise Refused(Refusal(WRONG_HEADER, f"the {self.header_key} header's value is wrong", True))
         if not self._configured(repository):
-            raise Refused(
-                Refusal(
-                    NOT_CONFIGURED,
-                    "no control credentials are configured that could allow this here "
-                    "(--control-tokens-file, or --grpc-restricted-protocol=model-repository:KEY=VALUE)",
-                    False,
-                )
+            elsewhere = "; the control address, open to local callers, serves it" if self.open_locally else ""
+            message = (
+                "no control credentials are configured that could allow this here (--control-tokens-file, or"
+                f" --grpc-restricted-protocol=model-repository:KEY=VALUE){elsewhere}"
             )
+            raise Refused(Refusal(NOT_CONFIGURED, message, False))
         raise Refused(Refusal(NO_CREDENTIALS, self._what_is_needed(repository, control_listener), False))
 
     def _header_matches(self, presented: Presented) -> bool | None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.edge.control_gate import peer_host
 from gateway.errors import PermissionDenied, Unauthenticated
 from gateway.rollouts.control_access import (
     NO_CREDENTIALS,
@@ -111,6 +112,15 @@ def test_a_loopback_control_plane_without_credentials_admits_local_callers_by_ho
     # The inference port may face a network (or a proxy on this host): loads there need real credentials.
     refused = refusal(access, Presented(peer_host="127.0.0.1"), repository=True, control=False)
     assert refused.refusal.reason == NOT_CONFIGURED and isinstance(refused.refusal.error(), Unauthenticated)
+    assert "the control address, open to local callers, serves it" in refused.refusal.message
+
+
+@pytest.mark.parametrize(
+    ("peer", "host"),
+    [("ipv4:127.0.0.1:50312", "127.0.0.1"), ("ipv6:[::1]:50312", "::1"), ("unix:/tmp/socket", "unix"), ("", "unknown")],
+)
+def test_the_peer_host_is_the_address_without_its_port(peer: str, host: str) -> None:
+    assert peer_host(peer) == host
 
 
 def test_the_restricted_protocol_header_admits_model_repository_calls_only(tmp_path: Path) -> None:
