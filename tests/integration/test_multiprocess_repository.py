@@ -28,16 +28,22 @@ CONNECTIONS = 16
 # is the actor every process logs.
 TOKEN = "repository-token-0123456789"
 ACTOR = (("authorization", f"Bearer {TOKEN}"),)
+REVOKED = "revoked-token-0123456789"  # revoked by the last test
 FOLLOWED_UNLOAD = "unloaded model 'digits' as test-repository asked through another process"
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+def tokens(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("control") / "tokens"
+    path.write_text(f"test-repository {TOKEN}\nsoon-revoked {REVOKED}\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory, tokens: Path) -> Iterator[GatewayProcess]:
     repository = tmp_path_factory.mktemp("repository")
     copy_digits(repository, versions=(1,))
     save_version(repository, "identity", 1, identity_model("FP32"))
-    tokens = tmp_path_factory.mktemp("control") / "tokens"
-    tokens.write_text(f"test-repository {TOKEN}\n")
     flags = ("--processes", "2", "--poll-interval-s", "0", "--control-tokens-file", str(tokens))
     with GatewayProcess(repository, *flags) as running:
         yield running
@@ -161,3 +167,25 @@ def test_both_processes_serve_the_control_listener_on_one_port(gateway: GatewayP
             assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
             index = stub.RepositoryIndex(service_pb2.RepositoryIndexRequest(), timeout=10)
             assert {model.name for model in index.models} == {"digits", "identity"}
+
+
+def test_sighup_to_the_supervisor_rereads_the_tokens_in_every_process(gateway: GatewayProcess, tokens: Path) -> None:
+    assert gateway.process is not None
+    load_identity = service_pb2.RepositoryModelLoadRequest(model_name="identity")
+    revoked = (("authorization", f"Bearer {REVOKED}"),)
+    channel, stub = stub_on_own_connection(gateway.control_address)
+    with channel:
+        stub.RepositoryModelLoad(load_identity, metadata=revoked, timeout=60)
+    tokens.write_text(f"test-repository {TOKEN}\n")
+    gateway.process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 30
+    while gateway.log().count("control tokens re-read") < 2:  # one line from each gateway process
+        assert time.monotonic() < deadline, gateway.log()
+        time.sleep(0.1)
+    for _ in range(CONNECTIONS):  # whichever process a connection lands on
+        channel, stub = stub_on_own_connection(gateway.control_address)
+        with channel:
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.RepositoryModelLoad(load_identity, metadata=revoked, timeout=60)
+            assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
+            stub.RepositoryModelLoad(load_identity, metadata=ACTOR, timeout=60)
