@@ -8,6 +8,7 @@ config file (``--config``), then the defaults below. Each field's description is
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -220,6 +221,53 @@ class Settings(BaseSettings):
             )
         return self
 
+    # The control plane (turnout.v1.Rollouts, and model loads and unloads): its own listener, and who may use it.
+    control_address: str = Field(
+        "127.0.0.1:8003",
+        description="HOST:PORT of the control plane's listener (turnout.v1.Rollouts); port 0 picks a free one",
+    )
+    control_tokens_file: Path | None = Field(
+        None,
+        description="file of 'name token' lines; a control call needs 'authorization: Bearer <token>' of one,"
+        " and the name is the audit history's actor; re-read on SIGHUP",
+    )
+    control_client_ca_file: Path | None = Field(
+        None,
+        description="CA of the client certificates that may use the control plane (needs TLS); the"
+        " certificate's subject is the actor",
+    )
+    # Triton's --grpc-restricted-protocol=model-repository:KEY=VALUE, translated to this.
+    model_repository_header: str | None = Field(
+        None,
+        description="KEY=VALUE: RepositoryModelLoad/Unload are also allowed with this header, as Triton's"
+        " restricted model-repository protocol",
+    )
+
+    @property
+    def control_is_loopback(self) -> bool:
+        return is_loopback_address(self.control_address)
+
+    @property
+    def tls_configured(self) -> bool:
+        """Whether the listeners serve TLS (the inference port and the control address, one certificate)."""
+        return self.tls_cert_file is not None
+
+    @model_validator(mode="after")
+    def _control_plane_is_guarded(self) -> Settings:
+        split_address(self.control_address)
+        if self.control_client_ca_file is not None and not self.tls_configured:
+            raise ValueError("--control-client-ca-file needs TLS: client certificates are only seen over TLS")
+        if self.model_repository_header is not None and "=" not in self.model_repository_header:
+            raise ValueError(f"--model-repository-header {self.model_repository_header!r} is not KEY=VALUE")
+        guarded = self.control_tokens_file is not None or self.control_client_ca_file is not None
+        if not guarded and not self.control_is_loopback:
+            raise ValueError(
+                f"the control address {self.control_address} is not loopback, and nothing says who may change"
+                " routing there: give --control-tokens-file or --control-client-ca-file, or keep the control"
+                " address on 127.0.0.1"
+            )
+        return self
+
     @property
     def forks_workers(self) -> bool:
         """Whether this process forks its own workers from a zygote: not in-process, not spawned, and
@@ -241,6 +289,26 @@ class Settings(BaseSettings):
     @classmethod
     def _cpu_list(cls, value: Any) -> Any:
         return parse_cpu_list(value) if isinstance(value, str) else value
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``host:port`` (``[::1]:8003`` for IPv6) -> (host, port); raises ValueError when it is not one."""
+    host, colon, port = address.rpartition(":")
+    if not colon or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{address!r} is not HOST:PORT")
+    return host, int(port)
+
+
+def is_loopback_address(address: str) -> bool:
+    """Whether ``host:port`` listens on loopback only (``localhost``, 127.0.0.0/8, ``[::1]``); a name
+    other than localhost may resolve anywhere, so it is not."""
+    host = split_address(address)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def parse_cpu_list(text: str) -> tuple[int, ...]:

@@ -97,6 +97,23 @@ def _same_value(value: str, expected: str) -> bool:
         return False
 
 
+def _restrict_protocol(name: str, value: str, into: _Translation) -> None:
+    """``model-repository:KEY=VALUE``: loads and unloads may be made with that header (as with a control
+    token). Turnout guards no other protocol group, so naming one would promise what it does not do."""
+    groups, colon, header = value.partition(":")
+    named = {group.strip() for group in groups.split(",")}
+    if not colon or "=" not in header:
+        into.problems.append(f"Triton flag --{name}={value}: expected PROTOCOLS:KEY=VALUE")
+    elif named != {"model-repository"}:
+        others = ", ".join(sorted(named - {"model-repository"}))
+        into.problems.append(
+            f"Triton flag --{name}={value}: Turnout restricts only model-repository, not {others}"
+            " (the control plane has its own address and credentials)"
+        )
+    else:
+        into.flags.append(f"--model-repository-header={header}")
+
+
 def _allow_metrics(name: str, value: str, into: _Translation) -> None:
     """Metrics are on by default, as in Triton; false turns the metrics port off."""
     try:
@@ -170,6 +187,7 @@ TRITON_FLAGS: Mapping[str, _Handler] = {
     "allow-vertex-ai": _only_when("false", "Turnout serves gRPC only"),
     "allow-metrics": _allow_metrics,
     "metrics-address": _rename("--metrics-host"),
+    "grpc-restricted-protocol": _restrict_protocol,
     "allow-gpu-metrics": _only_when("false", "Turnout has no GPU or CPU metrics"),
     "allow-cpu-metrics": _only_when("false", "Turnout has no GPU or CPU metrics"),
     # Turnout reads a model's signature from the ONNX file when model.yaml leaves it out, as
@@ -196,7 +214,7 @@ UNSUPPORTED_TRITON_FLAGS = frozenset(
         "http-address", "http-port", "reuse-http-port", "http-header-forward-pattern", "http-thread-count",
         "http-restricted-api", "grpc-header-forward-pattern", "grpc-infer-allocation-pool-size",
         "grpc-max-response-pool-size", "grpc-infer-response-compression-level",
-        "grpc-http2-max-pings-without-data", "grpc-restricted-protocol", "grpc-max-connection-age",
+        "grpc-http2-max-pings-without-data", "grpc-max-connection-age",
         "grpc-max-connection-age-grace", "sagemaker-port", "sagemaker-safe-port-range", "sagemaker-thread-count",
         "vertex-ai-port", "vertex-ai-thread-count", "vertex-ai-default-model", "metrics-interval-ms",
         "metrics-config", "trace-file", "trace-level", "trace-rate", "trace-count",

@@ -147,14 +147,6 @@ def routing_trailers(response: InferResponse) -> tuple[tuple[str, str], ...]:
     )
 
 
-def actor_of(metadata: Any) -> str:
-    """The ``turnout-actor`` header of a control call, or "unknown"."""
-    for key, value in metadata or ():
-        if key == headers.ACTOR and isinstance(value, str):
-            return value
-    return "unknown"
-
-
 def text_metadata(metadata: Any) -> dict[str, str]:
     """The request's text headers (binary ``-bin`` ones are left out), for routing to read."""
     return {key: value for key, value in metadata or () if isinstance(value, str)}

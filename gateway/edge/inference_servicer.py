@@ -14,8 +14,6 @@ from typing import Any
 import grpc
 
 from gateway.edge.codec import (
-    actor_of,
-    index_to_proto,
     infer_request_from_proto,
     infer_response_to_proto,
     model_config_to_proto,
@@ -25,10 +23,10 @@ from gateway.edge.codec import (
     text_metadata,
 )
 from gateway.edge.lenient_handlers import Undecodable
+from gateway.edge.repository_servicer import RepositoryServicer
 from gateway.edge.status import maps_errors, message_of, status_of
 from gateway.edge.stream_slots import StreamSlots
 from gateway.errors import Internal, InvalidArgument, ResourceExhausted, TurnoutError, Unavailable
-from gateway.rollouts.repository_control import RepositoryControl
 from gateway.serving.dataplane import Dataplane
 from gateway.serving.in_flight import InFlight
 from gateway.serving.inference_types import InferRequest, InferResponse
@@ -51,7 +49,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         self,
         dataplane: Dataplane,
         models: ModelViews,
-        repository: RepositoryControl,
+        repository: RepositoryServicer,
         is_ready: Callable[[], bool],
         server_version: str,
         streams: StreamSlots,
@@ -102,25 +100,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
 
     # --- repository ------------------------------------------------------------------------
 
-    @maps_errors
+    # Served by the same servicer as on the control address; a load or unload needs the control
+    # plane's credentials here too (a bearer token, or the --grpc-restricted-protocol header).
+
     def RepositoryIndex(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return index_to_proto(self._models.index(ready_only=request.ready))
+        return self._repository.RepositoryIndex(request, context)
 
-    @maps_errors
     def RepositoryModelLoad(self, request: Any, context: grpc.ServicerContext) -> Any:
-        overrides = [key for key in request.parameters if key == "config" or key.startswith("file:")]
-        if overrides:
-            raise InvalidArgument(
-                f"load parameters {overrides} are not supported: Turnout loads what the repository holds; "
-                "change model.yaml or the version directories instead"
-            )
-        self._repository.load(request.model_name, actor_of(context.invocation_metadata()))
-        return pb.RepositoryModelLoadResponse()
+        return self._repository.RepositoryModelLoad(request, context)
 
-    @maps_errors
     def RepositoryModelUnload(self, request: Any, context: grpc.ServicerContext) -> Any:
-        self._repository.unload(request.model_name, actor_of(context.invocation_metadata()))
-        return pb.RepositoryModelUnloadResponse()
+        return self._repository.RepositoryModelUnload(request, context)
 
     # --- inference -------------------------------------------------------------------------
 

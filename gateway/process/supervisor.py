@@ -1,11 +1,12 @@
 """``turnout serve --processes N``: N gateway processes on one port, sharing workers and routing state.
 
-The supervisor reserves the port, runs the worker broker (one worker per model instance for the
-whole host, see :mod:`runtimes.broker`), and starts N ordinary gateway processes that bind the port
-with SO_REUSEPORT, so the kernel spreads connections across them. They share the routing state
-through the SQLite store under the state directory. A gateway process that dies is started again;
-SIGTERM or SIGINT is passed on to every one, and the supervisor exits once they have drained;
-SIGHUP (reload certificates) is passed on to every one that is serving.
+The supervisor reserves the port and the control listener's, runs the worker broker (one worker per
+model instance for the whole host, see :mod:`runtimes.broker`), and starts N ordinary gateway
+processes that bind both ports with SO_REUSEPORT, so the kernel spreads connections across them.
+They share the routing state through the SQLite store under the state directory. A gateway process
+that dies is started again; SIGTERM or SIGINT is passed on to every one, and the supervisor exits
+once they have drained; SIGHUP (re-read certificates and control tokens) is passed on to every one
+that is serving.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from gateway.edge.tls import TlsFileError, server_tls
 from gateway.logs.configure import configure_logging
 from gateway.process.reload_signal import reload_on_hangup
 from gateway.process.stop_signals import stop_on_signals, wait_for_stop
-from gateway.settings import Settings
+from gateway.settings import Settings, split_address
 from gateway.state.sqlite_store import SqliteStateStore
 from gateway.telemetry.supervisor_metrics import SupervisorMetrics
 from runtimes.broker import WorkerBroker
@@ -79,7 +80,7 @@ class _GatewayChild:
         for line in self.process.stdout:
             if line.startswith("turnout: serving"):
                 self.serving.set()
-            else:
+            elif not line.startswith("turnout: control plane on"):  # the supervisor says it once
                 sys.stdout.write(line)
 
 
@@ -89,6 +90,13 @@ class Supervisor:
         # Unix socket paths must stay short (108 bytes), so they live in a fresh /tmp directory.
         self._socket_dir = Path(tempfile.mkdtemp(prefix="turnout-"))
         self._placeholder, self.port = reserve_port(settings.host, settings.port)
+        control_host, control_port = split_address(settings.control_address)
+        try:
+            self._control_placeholder, control_port = reserve_port(control_host.strip("[]"), control_port)
+        except PortTaken:
+            self._placeholder.close()
+            raise
+        self.control_address = f"{control_host}:{control_port}"
         self.broker = WorkerBroker(self._socket_dir, zygote=zygote)
         # Each gateway process serves its metrics snapshot here; the supervisor sums them.
         self._telemetry_dir = self._socket_dir / "telemetry"
@@ -104,12 +112,15 @@ class Supervisor:
         config = self._socket_dir / "gateway.yaml"
         inherited = self.settings.model_dump(
             mode="json",
-            exclude={"processes", "port", "worker_broker", "reuse_port", "gateway_cpus", "telemetry_dir"},
+            exclude={
+                "processes", "port", "control_address", "worker_broker", "reuse_port", "gateway_cpus", "telemetry_dir"
+            },
         )
         config.write_text(yaml.safe_dump(inherited))
         return [
             sys.executable, "-m", "gateway", "serve", "--config", str(config), "--processes", "1",
-            "--port", str(self.port), "--reuse-port", "--worker-broker", str(self.broker.path),
+            "--port", str(self.port), "--control-address", self.control_address, "--reuse-port",
+            "--worker-broker", str(self.broker.path),
             "--telemetry-dir", str(self._telemetry_dir),
         ]
 
@@ -153,7 +164,7 @@ class Supervisor:
                     self._children[position] = _GatewayChild(self._command_for(child.index), child.index)
 
     def reload(self) -> None:
-        """SIGHUP to every gateway process that is serving: each re-reads its own files.
+        """SIGHUP to every gateway process that is serving: each re-reads its certificates and tokens.
 
         One still starting has not installed its SIGHUP handler yet, and SIGHUP's default would end
         it; it reads the files as they are now anyway.
@@ -180,6 +191,7 @@ class Supervisor:
                 child.process.wait()
         self.broker.close()
         self._placeholder.close()
+        self._control_placeholder.close()
         shutil.rmtree(self._socket_dir, ignore_errors=True)
 
 
@@ -215,6 +227,13 @@ def supervise(settings: Settings) -> int:
             f"on {settings.host}:{supervisor.port}",
             flush=True,
         )
+        print(f"turnout: control plane on {supervisor.control_address}", flush=True)
+        if settings.control_tokens_file is None and settings.control_client_ca_file is None:
+            log.warning(
+                "the control plane on %s has no tokens and no client CA: every local caller may change routing"
+                " (--control-tokens-file to require a token)",
+                supervisor.control_address,
+            )
         wait_for_stop(stop)
     finally:
         supervisor.stop()

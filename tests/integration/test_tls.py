@@ -146,17 +146,19 @@ def test_a_plaintext_client_or_one_trusting_another_ca_gets_nothing(
 
 
 def test_turnout_commands_talk_tls_with_the_ca_file(gateway: GatewayProcess, certificates: Certificates) -> None:
-    server, ca = ("--server", gateway.address), ("--tls-ca-file", str(certificates.ca.certificate))
+    # The control commands talk to the control address, which serves TLS with the same certificate.
+    server, ca = ("--server", gateway.control_address), ("--tls-ca-file", str(certificates.ca.certificate))
     done = turnout("policy", "digits", "--stable", "1", "--reason", "over TLS", *server, *ca)
     assert (done.returncode, done.stderr) == (0, ""), done.stderr
     assert "stable  v1" in done.stdout
     history = turnout("history", "digits", *server, *ca)
     assert history.returncode == 0 and "over TLS" in history.stdout
     assert turnout("status", "digits", *server, *ca).returncode == 0
-    assert turnout("health", *server, *ca).stdout.strip() == "SERVING"
+    inference = ("--server", gateway.address)
+    assert turnout("health", *inference, *ca).stdout.strip() == "SERVING"
     plaintext = turnout("status", "digits", *server)
     assert plaintext.returncode == 1 and "UNAVAILABLE" in plaintext.stderr
-    assert turnout("health", *server).stdout.startswith("UNREACHABLE")
+    assert turnout("health", *inference).stdout.startswith("UNREACHABLE")
     half = turnout("status", *server, *ca, "--tls-cert-file", str(certificates.client.certificate))
     assert half.returncode == 2 and "--tls-cert-file and --tls-key-file go together" in half.stderr
 
@@ -164,7 +166,7 @@ def test_turnout_commands_talk_tls_with_the_ca_file(gateway: GatewayProcess, cer
 def test_the_ca_file_also_comes_from_the_environment(gateway: GatewayProcess, certificates: Certificates) -> None:
     environment = {**os.environ, "TURNOUT_TLS_CA_FILE": str(certificates.ca.certificate)}
     done = subprocess.run(
-        [sys.executable, "-m", "gateway", "status", "digits", "--server", gateway.address],
+        [sys.executable, "-m", "gateway", "status", "digits", "--server", gateway.control_address],
         cwd=REPO_ROOT, env=environment, capture_output=True, text=True, timeout=60,
     )
     assert (done.returncode, done.stderr) == (0, "")
@@ -193,14 +195,42 @@ def test_mutual_tls_with_tritonclient_and_the_turnout_commands(
         certificate_chain=str(client.certificate),
     ) as connected:
         assert infer_digits(connected, digits_pixels).shape == (3, 10)
-    ca = ("--server", mutual_gateway.address, "--tls-ca-file", str(certificates.ca.certificate))
+    ca = ("--tls-ca-file", str(certificates.ca.certificate))
     mine = ("--tls-cert-file", str(client.certificate), "--tls-key-file", str(client.key))
-    done = turnout("status", "digits", *ca, *mine)
-    assert (done.returncode, done.stderr) == (0, ""), done.stderr
-    assert turnout("status", "digits", *ca).returncode == 1, "no client certificate"
+    inference = ("--server", mutual_gateway.address)
+    assert turnout("health", *inference, *ca, *mine).stdout.strip() == "SERVING"
+    assert turnout("health", *inference, *ca).stdout.startswith("UNREACHABLE"), "no client certificate"
     other = certificates.stranger
     stranger = ("--tls-cert-file", str(other.certificate), "--tls-key-file", str(other.key))
-    assert turnout("status", "digits", *ca, *stranger).returncode == 1
+    assert turnout("health", *inference, *ca, *stranger).stdout.startswith("UNREACHABLE")
+    # The inference port's client CA is not the control plane's: that one is --control-client-ca-file.
+    done = turnout("status", "digits", "--server", mutual_gateway.control_address, *ca, *mine)
+    assert (done.returncode, done.stderr) == (0, ""), done.stderr
+
+
+def test_a_client_certificate_from_the_control_ca_is_the_control_credential_and_its_subject_the_actor(
+    repository: Path, certificates: Certificates
+) -> None:
+    flags = (*tls_flags(certificates.server), "--control-client-ca-file", str(certificates.ca.certificate))
+    with GatewayProcess(repository, *BASE_FLAGS, *flags) as gateway:
+        control = ("--server", gateway.control_address, "--tls-ca-file", str(certificates.ca.certificate))
+        client = certificates.client
+        mine = ("--tls-cert-file", str(client.certificate), "--tls-key-file", str(client.key))
+        done = turnout("policy", "digits", "--stable", "1", "--reason", "by certificate", *control, *mine)
+        assert (done.returncode, done.stderr) == (0, ""), done.stderr
+        history = turnout("history", "digits", *control, *mine)
+        assert history.returncode == 0 and "CN=operator" in history.stdout, history.stdout
+        # Without a certificate, or with one from another CA, the handshake itself is refused.
+        bare = turnout("policy", "digits", "--stable", "1", "--reason", "no certificate", *control)
+        assert bare.returncode == 1 and "UNAVAILABLE" in bare.stderr, bare.stderr
+        other = certificates.stranger
+        stranger = ("--tls-cert-file", str(other.certificate), "--tls-key-file", str(other.key))
+        assert turnout("status", "digits", *control, *stranger).returncode == 1
+        # The inference port does not ask for a certificate: only the control listener does.
+        with triton.InferenceServerClient(
+            gateway.address, ssl=True, root_certificates=str(certificates.ca.certificate)
+        ) as connected:
+            assert connected.is_server_ready()
 
 
 def replace_files(source: KeyPair, target: KeyPair) -> None:

@@ -245,3 +245,12 @@ def test_tls_without_its_files_is_refused_naming_the_missing_flags() -> None:
         "Triton flag --grpc-use-ssl-mutual needs --grpc-root-cert",
     )
     assert problems("--grpc-use-ssl=maybe") == ("Triton flag --grpc-use-ssl=maybe: not a boolean",)
+def test_a_restricted_model_repository_protocol_becomes_the_header_loads_need() -> None:
+    assert translate("--grpc-restricted-protocol=model-repository:x-admin-key=s3cret") == [
+        "--model-repository-header=x-admin-key=s3cret"
+    ]
+    assert translate("--grpc-restricted-protocol", "model-repository:k=v") == ["--model-repository-header=k=v"]
+    (other,) = problems("--grpc-restricted-protocol=model-repository,inference:k=v")
+    assert "restricts only model-repository, not inference" in other
+    (malformed,) = problems("--grpc-restricted-protocol=model-repository")
+    assert "PROTOCOLS:KEY=VALUE" in malformed
