@@ -184,3 +184,17 @@ def test_a_control_address_off_loopback_needs_credentials(tmp_path: Path) -> Non
         load_settings(None, {"control_address": "8003"})
     with pytest.raises(ValueError, match="needs TLS"):
         load_settings(None, {"control_client_ca_file": tmp_path / "ca.pem"})
+
+
+def test_a_flood_of_refused_calls_is_counted_whole_but_kept_at_a_bounded_rate(tmp_path: Path) -> None:
+    store = SqliteStateStore(tmp_path)
+    try:
+        refused = RefusedCalls(store, per_s=5.0)
+        nothing = refusal(ControlAccess(tokens_file(tmp_path, f"alice {ALICE}\n")), Presented()).refusal
+        for _ in range(1_000):  # far faster than five a second
+            refused.record("digits", "Rollback", "Rollback {}", nothing)
+        assert refused.counts() == {("Rollback", NO_CREDENTIALS): 1_000}
+        kept = len(store.refused("digits", 10_000))
+        assert 5 <= kept <= 7, "a burst of the rate, and what refilled while the loop ran"
+    finally:
+        store.close()
