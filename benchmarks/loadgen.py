@@ -25,6 +25,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -61,6 +62,7 @@ class Plan:
     features: int
     output_row_bytes: dict[str, int]
     seed: int
+    tls_ca: bytes | None = None  # PEM CA certificates: a TLS channel trusting them; None: plaintext
 
 
 @dataclass
@@ -250,10 +252,17 @@ async def run_stream(channel: grpc.aio.Channel, plan: Plan, window: Window) -> N
     await asyncio.gather(*(stream_worker(channel, plan, window, share, f"s{i}") for i, share in enumerate(shares)))
 
 
+def open_channel(plan: Plan) -> grpc.aio.Channel:
+    if plan.tls_ca is None:
+        return grpc.aio.insecure_channel(plan.target, options=CHANNEL_OPTIONS)
+    credentials = grpc.ssl_channel_credentials(root_certificates=plan.tls_ca)
+    return grpc.aio.secure_channel(plan.target, credentials, options=CHANNEL_OPTIONS)
+
+
 async def drive(plan: Plan, ready: Any = None) -> Tally:
     """Run one process's share of the load and return what it measured."""
     tally = Tally()
-    async with grpc.aio.insecure_channel(plan.target, options=CHANNEL_OPTIONS) as channel:
+    async with open_channel(plan) as channel:
         await asyncio.wait_for(channel.channel_ready(), timeout=30)
         if ready is not None:
             ready.wait()  # every process starts its warm-up together
@@ -368,6 +377,9 @@ def arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         "--timeout-s", type=float, default=10.0, help="deadline of each unary call; longest silence on a stream"
     )
     parser.add_argument("--sample-every", type=int, default=100, help="decode and check every Nth response")
+    parser.add_argument(
+        "--tls-ca-file", type=Path, default=None, help="PEM CA of the server's certificate: TLS (default: plaintext)"
+    )
     parser.add_argument("--input-name", default="input")
     parser.add_argument("--features", type=int, default=64, help="FP32 values per row")
     parser.add_argument(
@@ -402,6 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         features=args.features,
         output_row_bytes=parse_row_bytes(args.output_row_bytes),
         seed=0,
+        tls_ca=args.tls_ca_file.read_bytes() if args.tls_ca_file is not None else None,
     )
     processes = max(1, min(args.processes, args.concurrency))
     print(json.dumps(summary(plan, processes, run(plan, processes)), indent=2))

@@ -90,8 +90,9 @@ def count(
         "--host", "127.0.0.1", "--port", "0", "--poll-interval-s", "0", "--log-level", "WARNING",
         "--state-dir", state, *flags,
     ]
-    # No metrics port unless asked (older trees ignore the variable).
+    # No metrics port unless asked, a free control port (older trees ignore the variables).
     env = {**os.environ, "TURNOUT_METRICS_PORT": str(free_port()) if metrics else "0"}
+    env["TURNOUT_CONTROL_ADDRESS"] = "127.0.0.1:0"
     gateway = subprocess.Popen(command, cwd=tree, env=env, stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
         assert gateway.stdout is not None

@@ -54,6 +54,7 @@ from process_usage import per_request, sample_measured_window  # noqa: E402
 from gateway.wire.turnout.v1 import rollouts_pb2, rollouts_pb2_grpc  # noqa: E402
 
 _READY = re.compile(r"turnout: serving .* on (?P<host>[^\s]+):(?P<port>\d+)$")
+_CONTROL = re.compile(r"turnout: control plane on (?P<address>[^\s]+:\d+)$")
 PROBES = 8
 WARMUP_S = 0.5
 PARTS = ("overhead", "goal", "rollback")
@@ -68,9 +69,17 @@ class Gateway:
     """A gateway process on a free port; ``tree`` is the checkout whose code it runs (this one by default)."""
 
     def __init__(
-        self, repository: Path, cpu: str | None, *flags: str, tree: Path = REPO_ROOT, env: dict[str, str] | None = None
+        self,
+        repository: Path,
+        cpu: str | None,
+        *flags: str,
+        tree: Path = REPO_ROOT,
+        env: dict[str, str] | None = None,
+        client_flags: Sequence[str] = (),
     ) -> None:
-        """``env``: the gateway's environment, when not this process's."""
+        """``env``: the gateway's environment, when not this process's. ``client_flags``: what the
+        load generator needs to talk to it (``--tls-ca-file CA`` for a TLS gateway)."""
+        self.client_flags = list(client_flags)
         self.state = tempfile.mkdtemp(prefix="turnout-bench-state-")
         command = [
             sys.executable, "-m", "gateway", "serve", "--repository", str(repository), "--host", "127.0.0.1",
@@ -82,7 +91,10 @@ class Gateway:
         # A session of its own, as a service would have (run_serving.Server says why).
         # No metrics port unless a flag asks (the default, 8002, is one port for every gateway on the
         # host); trees from before the metrics port ignore the variable.
-        env = {"TURNOUT_METRICS_PORT": "0", **(os.environ if env is None else env)}
+        # A free control port too (trees from before the control listener ignore it, and serve
+        # Rollouts on the inference port).
+        quiet = {"TURNOUT_METRICS_PORT": "0", "TURNOUT_CONTROL_ADDRESS": "127.0.0.1:0"}
+        env = {**quiet, **(os.environ if env is None else env)}
         self.process = subprocess.Popen(
             command, cwd=tree, env=env, stdout=subprocess.PIPE, text=True, start_new_session=True
         )
@@ -93,7 +105,13 @@ class Gateway:
                 break
         else:
             raise RuntimeError("gateway exited before serving")
-        self.channel = grpc.insecure_channel(self.address)
+        self.control_address = self.address
+        if (tree / "gateway" / "edge" / "control_server.py").exists():  # it prints its control line next
+            control = _CONTROL.search(self.process.stdout.readline().strip())
+            if control is None:
+                raise RuntimeError("gateway did not say where its control plane listens")
+            self.control_address = control["address"]
+        self.channel = grpc.insecure_channel(self.control_address)
         self.control = rollouts_pb2_grpc.RolloutsStub(self.channel)
 
     def set_policy(self, policy: rollouts_pb2.Policy) -> None:
@@ -132,6 +150,7 @@ def load(gateway: Gateway, concurrency: int, duration_s: float, cpu: str | None)
     command = [
         sys.executable, str(REPO_ROOT / "benchmarks" / "loadgen.py"), "--target", gateway.address, "--batch", "1",
         "--concurrency", str(concurrency), "--duration-s", str(duration_s), "--warmup-s", str(WARMUP_S),
+        *gateway.client_flags,
     ]
     if cpu is not None:
         command = ["taskset", "-c", cpu, *command]

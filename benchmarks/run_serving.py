@@ -143,7 +143,8 @@ class Server:
         self.process = subprocess.Popen(
             pinned(command, cpu),
             cwd=REPO_ROOT,
-            env={**os.environ, "TURNOUT_METRICS_PORT": "0"},  # no metrics port: 8002 is one per host
+            # No metrics port, a free control port: 8002 and 8003 are one per host.
+            env={**os.environ, "TURNOUT_METRICS_PORT": "0", "TURNOUT_CONTROL_ADDRESS": "127.0.0.1:0"},
             stdout=subprocess.PIPE,
             stderr=self.log,
             text=True,

@@ -10,16 +10,23 @@ from gateway.capture.drift_window import DriftWindow, repository_profiles
 from gateway.capture.observer import CaptureObserver
 from gateway.capture.parquet import repository_feature_names
 from gateway.capture.writer import CaptureConfig, CaptureLog
+from gateway.edge.control_gate import ControlGate
 from gateway.edge.inference_servicer import InferenceServicer
+from gateway.edge.repository_servicer import RepositoryServicer
 from gateway.edge.rollouts_servicer import RolloutsServicer
 from gateway.edge.server import GatewayServer
 from gateway.edge.status import numbered_status_of
+from gateway.edge.stream_slots import StreamSlots
+from gateway.edge.tls import TlsFileError, server_tls
 from gateway.logs.access import AccessLog
 from gateway.logs.configure import configure_logging
 from gateway.process.cpu_affinity import pin_gateway_threads
+from gateway.process.reload_signal import reload_on_hangup
 from gateway.process.stop_signals import stop_on_signals, wait_for_stop
 from gateway.registry.repository import ModelRepository
 from gateway.rollouts.control import Rollouts
+from gateway.rollouts.control_access import ControlAccess, ControlTokens, TokensFileInvalid, parse_restricted_header
+from gateway.rollouts.control_refusals import RefusedCalls
 from gateway.rollouts.policy_sync import PolicySync
 from gateway.rollouts.propagation import Propagation
 from gateway.rollouts.repository_control import RepositoryControl
@@ -114,11 +121,22 @@ def drift_window(settings: Settings, repository: ModelRepository) -> DriftWindow
     return DriftWindow(repository_profiles(repository), settings.drift_window_rows)
 
 
+def control_access(settings: Settings) -> ControlAccess:
+    """Who may use the control plane, from the settings; raises TokensFileInvalid for a bad tokens file."""
+    tokens = ControlTokens(settings.control_tokens_file) if settings.control_tokens_file is not None else None
+    header = parse_restricted_header(settings.model_repository_header) if settings.model_repository_header else None
+    certificates = settings.control_client_ca_file is not None
+    open_locally = tokens is None and not certificates and settings.control_is_loopback
+    return ControlAccess(tokens, certificates=certificates, restricted_header=header, open_locally=open_locally)
+
+
 class Gateway:
     """Every part of one gateway process, wired together."""
 
     def __init__(self, settings: Settings, zygote: Zygote | None = None) -> None:
         self.settings = settings
+        # First: a certificate file that is wrong stops the start before anything else is opened.
+        self.tls = server_tls(settings)
         # The one seam for whatever watches finished requests; every observer is registered below.
         self.observers = RequestObservers()
         # One repository object for every reader, so what it logs about a model is said once.
@@ -169,6 +187,8 @@ class Gateway:
         if self.tracing is not None:
             self.observers.register(self.tracing)
             self.shadows.tell_answers_to(self.tracing.observe_shadows)
+        self.access = control_access(settings)
+        self.refused = RefusedCalls(self.store)
         self.metrics = GatewayMetrics(
             self.manager,
             self.routes,
@@ -178,6 +198,7 @@ class Gateway:
             shadows=self.shadows,
             capture=self.capture,
             drift=self.drift,
+            refused=self.refused,
         )
         if self.metrics.observer is not None:  # --metrics-port 0: requests carry nothing for metrics
             self.observers.register(self.metrics.observer)
@@ -188,20 +209,27 @@ class Gateway:
         )
         self.rollouts = Rollouts(self.store, self.routes, self.manager, self.shadows, propagation)
         self.repository = RepositoryControl(self.manager, self.store, self.sync, propagation)
-        self.dataplane = Dataplane(self.manager, self.routes, self.observers)
+        self.dataplane = Dataplane(self.manager, self.routes, self.observers, settings.max_in_flight)
         self._stopping = threading.Event()
+        views = ModelViews(self.manager, self.metrics.process_wide)
+        inference_gate = ControlGate(self.access, self.refused, control_listener=False)
+        control_gate = ControlGate(self.access, self.refused, control_listener=True)
         self.server = GatewayServer(
             settings,
             InferenceServicer(
                 self.dataplane,
-                ModelViews(self.manager, self.metrics.process_wide),
-                self.repository,
+                views,
+                RepositoryServicer(views, self.repository, inference_gate),
                 self.is_ready,
                 package_version(),
+                StreamSlots(settings.stream_limit, settings.max_streams_per_connection),
+                settings.max_tensor_elements,
             ),
-            RolloutsServicer(self.rollouts, self.traffic),
+            RolloutsServicer(self.rollouts, self.traffic, control_gate),
+            RepositoryServicer(views, self.repository, control_gate),
             is_ready=self.is_ready,
             control_ready=lambda: self.sync.state_problem is None,
+            tls=self.tls,
         )
 
     def traffic(self, model: str) -> TrafficView:
@@ -211,6 +239,23 @@ class Gateway:
     def is_ready(self) -> bool:
         up = self.manager.initial_load_done and not self._stopping.is_set()
         return up and (not self.settings.strict_readiness or self.manager.every_model_ready())
+
+    def reload(self) -> None:
+        """SIGHUP: re-read what can change while serving (TLS certificates, control tokens), each on its own."""
+        if self.tls is not None:
+            self.tls.reload()
+        self._reload_tokens()
+
+    def _reload_tokens(self) -> None:
+        tokens = self.access.tokens
+        if tokens is None:
+            return
+        try:
+            count = tokens.reload()
+        except TokensFileInvalid as error:
+            log.error("%s; no control token is accepted until the file is fixed and SIGHUP sent again", error)
+            return
+        log.info("control tokens re-read from %s: %d token(s)", tokens.path, count)
 
     def start(self) -> None:
         if self.settings.worker_broker is None:
@@ -267,17 +312,28 @@ def serve(settings: Settings) -> int:
 def _run(settings: Settings, zygote: Zygote | None) -> int:
     try:
         gateway = Gateway(settings, zygote)
-    except StateUnavailable as error:  # a corrupt state file: say which, and do not start on it
+    except (StateUnavailable, TlsFileError, TokensFileInvalid) as error:  # a corrupt state, certificate or tokens file
         log.error("%s", error)
         return 2
+    except OSError as error:  # a port taken (the inference port's or the control listener's)
+        log.error("cannot start: %s", error)
+        return 2
     stop = stop_on_signals("stopping", log)
+    reload_on_hangup(gateway.reload, log)
     gateway.start()
+    if gateway.access.open_locally and settings.worker_broker is None:  # said once, not by each process
+        log.warning(
+            "the control plane on %s has no tokens and no client CA: every local caller may change routing"
+            " (--control-tokens-file to require a token)",
+            gateway.server.control_address,
+        )
     # Models, modules and the server are loaded: keep them out of the collector's way from now on.
     log.info("%d start-up objects frozen out of garbage collection", freeze_startup_heap())
     if gateway.metrics.url is not None:
         print(f"turnout: metrics on {gateway.metrics.url}", flush=True)
     # Tests and scripts read this line to find the port when started with --port 0.
     print(f"turnout: serving {settings.repository} on {settings.host}:{gateway.server.port}", flush=True)
+    print(f"turnout: control plane on {gateway.server.control_address}", flush=True)
     wait_for_stop(stop)
     gateway.stop()
     log.info("stopped")

@@ -147,9 +147,14 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _health(args: argparse.Namespace) -> int:
+    from gateway.client.channel import ClientTlsError
     from gateway.client.health import probe
 
-    status = probe(args.server, args.timeout_s)
+    try:
+        status = probe(args)
+    except ClientTlsError as error:
+        print(f"turnout health: {error}", file=sys.stderr)
+        return 2
     print(status)
     return 0 if status == "SERVING" else 1
 

@@ -10,7 +10,10 @@
     ├── ResourceExhausted   request larger than a configured limit
     ├── FailedPrecondition  an operation the current state does not allow (e.g. loading a broken artifact)
     ├── DeadlineExceeded    the caller's deadline passed before the answer was ready
-    └── Internal            the runtime failed on a valid request
+    ├── Internal            the runtime failed on a valid request
+    ├── Unauthenticated     a control call that carries no credentials
+    └── PermissionDenied    a control call whose credentials are wrong or revoked, or one made on the
+                            inference port that only the control address serves
 """
 
 from __future__ import annotations
@@ -59,6 +62,14 @@ class Internal(TurnoutError):
     pass
 
 
+class Unauthenticated(TurnoutError):
+    pass
+
+
+class PermissionDenied(TurnoutError):
+    pass
+
+
 # The gRPC status code name of each domain error. The edge owns the real mapping (gateway/edge/status.py);
 # the parts that name a request's outcome (capture, the access log) may not import grpc, so they read
 # these names, and a unit test holds the two tables equal.
@@ -70,6 +81,8 @@ STATUS_NAME_BY_ERROR: dict[type[TurnoutError], str] = {
     FailedPrecondition: "FAILED_PRECONDITION",
     DeadlineExceeded: "DEADLINE_EXCEEDED",
     Internal: "INTERNAL",
+    Unauthenticated: "UNAUTHENTICATED",
+    PermissionDenied: "PERMISSION_DENIED",
 }
 
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 # Sent by a caller: pin this request to a version (as ``model_version`` does).
 PIN = "turnout-pin"
-# Sent by an operator's command: who made a change, for the audit history.
-ACTOR = "turnout-actor"
 # Trailing metadata of every unary answer (response parameters on streams): how it was routed.
 VERSION = "turnout-version"
 ARM = "turnout-arm"

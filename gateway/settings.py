@@ -8,13 +8,14 @@ config file (``--config``), then the defaults below. Each field's description is
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "TURNOUT_"
@@ -171,16 +172,143 @@ class Settings(BaseSettings):
         None, description="the supervisor's directory where gateway processes serve their metrics (internal)"
     )
 
+    # Transport security (gateway/edge/tls.py): TLS on the inference port when a certificate is given.
+    tls_cert_file: Path | None = Field(
+        None, description="PEM certificate chain the gRPC port serves TLS with (re-read on SIGHUP); none: plaintext"
+    )
+    tls_key_file: Path | None = Field(None, description="PEM private key of --tls-cert-file (re-read on SIGHUP)")
+    tls_client_ca_file: Path | None = Field(
+        None,
+        description="PEM CA certificates; clients without a certificate from them are refused (mutual TLS;"
+        " re-read on SIGHUP)",
+    )
+
+    # Limits (docs/architecture.md, "Limits"): each refusal names its flag, and the server goes on serving.
+    # An open stream holds one of the --grpc-threads threads for its whole life (gateway/edge/stream_slots.py),
+    # so streams get fewer threads than the pool: the rest stay for unary calls and health checks.
+    max_streams: int = Field(
+        0,
+        ge=0,
+        description="ModelStreamInfer streams open at once per gateway process, fewer than --grpc-threads;"
+        " more are refused RESOURCE_EXHAUSTED; 0: half of --grpc-threads",
+    )
+    max_streams_per_connection: int = Field(
+        16, ge=1, description="streams one client connection may have open at once; more are refused RESOURCE_EXHAUSTED"
+    )
+    max_in_flight: int = Field(
+        1024,
+        ge=0,
+        description="inference requests served at once per gateway process, unary and streamed; more are"
+        " refused RESOURCE_EXHAUSTED; 0: no limit",
+    )
+    # 2**28 FP32 elements fill the default 1 GiB message; the bound matters for the encodings whose
+    # cost grows with the elements rather than the bytes (typed contents, BYTES).
+    max_tensor_elements: int = Field(
+        1 << 28, ge=1, description="elements one input tensor may have; more are refused RESOURCE_EXHAUSTED"
+    )
+
+    @property
+    def stream_limit(self) -> int:
+        """How many streams may be open at once: --max-streams, or half the server's threads."""
+        return self.max_streams or self.grpc_threads // 2
+
+    @model_validator(mode="after")
+    def _streams_leave_threads_for_unary_calls(self) -> Settings:
+        if self.max_streams >= self.grpc_threads:
+            raise ValueError(
+                f"max_streams ({self.max_streams}) must be below grpc_threads ({self.grpc_threads}): each open"
+                " stream holds a server thread, and unary calls and health checks need some left"
+            )
+        return self
+
+    # The control plane (turnout.v1.Rollouts, and model loads and unloads): its own listener, and who may use it.
+    control_address: str = Field(
+        "127.0.0.1:8003",
+        description="HOST:PORT of the control plane's listener (turnout.v1.Rollouts); port 0 picks a free one",
+    )
+    control_tokens_file: Path | None = Field(
+        None,
+        description="file of 'name token' lines; a control call needs 'authorization: Bearer <token>' of one,"
+        " and the name is the audit history's actor; re-read on SIGHUP",
+    )
+    control_client_ca_file: Path | None = Field(
+        None,
+        description="CA of the client certificates that may use the control plane (needs TLS); the"
+        " certificate's subject is the actor",
+    )
+    # Triton's --grpc-restricted-protocol=model-repository:KEY=VALUE, translated to this.
+    model_repository_header: str | None = Field(
+        None,
+        description="KEY=VALUE: RepositoryModelLoad/Unload are also allowed with this header, as Triton's"
+        " restricted model-repository protocol",
+    )
+
+    @property
+    def control_is_loopback(self) -> bool:
+        return is_loopback_address(self.control_address)
+
+    @property
+    def tls_configured(self) -> bool:
+        """Whether the listeners serve TLS (the inference port and the control address, one certificate)."""
+        return self.tls_cert_file is not None
+
+    @model_validator(mode="after")
+    def _control_plane_is_guarded(self) -> Settings:
+        split_address(self.control_address)
+        if self.control_client_ca_file is not None and not self.tls_configured:
+            raise ValueError("--control-client-ca-file needs TLS: client certificates are only seen over TLS")
+        if self.model_repository_header is not None and "=" not in self.model_repository_header:
+            raise ValueError(f"--model-repository-header {self.model_repository_header!r} is not KEY=VALUE")
+        guarded = self.control_tokens_file is not None or self.control_client_ca_file is not None
+        if not guarded and not self.control_is_loopback:
+            raise ValueError(
+                f"the control address {self.control_address} is not loopback, and nothing says who may change"
+                " routing there: give --control-tokens-file or --control-client-ca-file, or keep the control"
+                " address on 127.0.0.1"
+            )
+        return self
+
     @property
     def forks_workers(self) -> bool:
         """Whether this process forks its own workers from a zygote: not in-process, not spawned, and
         not a gateway whose workers a supervisor's broker starts."""
         return self.worker_mode == "process" and self.worker_start == "fork" and self.worker_broker is None
 
+    @model_validator(mode="after")
+    def _tls_files_come_together(self) -> Settings:
+        """A certificate needs its key and the other way round; client certificates need a server one."""
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            flags = ("--tls-cert-file", "--tls-key-file")
+            given, missing = flags if self.tls_key_file is None else flags[::-1]
+            raise ValueError(f"{given} needs {missing} too: TLS takes a certificate and its private key")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("--tls-client-ca-file needs --tls-cert-file and --tls-key-file: mutual TLS is TLS first")
+        return self
+
     @field_validator("gateway_cpus", mode="before")
     @classmethod
     def _cpu_list(cls, value: Any) -> Any:
         return parse_cpu_list(value) if isinstance(value, str) else value
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``host:port`` (``[::1]:8003`` for IPv6) -> (host, port); raises ValueError when it is not one."""
+    host, colon, port = address.rpartition(":")
+    if not colon or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{address!r} is not HOST:PORT")
+    return host, int(port)
+
+
+def is_loopback_address(address: str) -> bool:
+    """Whether ``host:port`` listens on loopback only (``localhost``, 127.0.0.0/8, ``[::1]``); a name
+    other than localhost may resolve anywhere, so it is not."""
+    host = split_address(address)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def parse_cpu_list(text: str) -> tuple[int, ...]:

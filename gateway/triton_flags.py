@@ -46,6 +46,9 @@ class _Translation:
     control_mode: str | None = None
     poll_secs: str | None = None
     log: dict[str, str] = field(default_factory=dict)
+    use_ssl: bool = False
+    mutual_tls: bool = False
+    ssl_files: dict[str, str] = field(default_factory=dict)  # server-cert, server-key, root-cert
 
 
 # A handler gets the Triton flag's name (without dashes), its value, and the translation to add to.
@@ -94,6 +97,23 @@ def _same_value(value: str, expected: str) -> bool:
         return False
 
 
+def _restrict_protocol(name: str, value: str, into: _Translation) -> None:
+    """``model-repository:KEY=VALUE``: loads and unloads may be made with that header (as with a control
+    token). Turnout guards no other protocol group, so naming one would promise what it does not do."""
+    groups, colon, header = value.partition(":")
+    named = {group.strip() for group in groups.split(",")}
+    if not colon or "=" not in header:
+        into.problems.append(f"Triton flag --{name}={value}: expected PROTOCOLS:KEY=VALUE")
+    elif named != {"model-repository"}:
+        others = ", ".join(sorted(named - {"model-repository"}))
+        into.problems.append(
+            f"Triton flag --{name}={value}: Turnout restricts only model-repository, not {others}"
+            " (the control plane has its own address and credentials)"
+        )
+    else:
+        into.flags.append(f"--model-repository-header={header}")
+
+
 def _allow_metrics(name: str, value: str, into: _Translation) -> None:
     """Metrics are on by default, as in Triton; false turns the metrics port off."""
     try:
@@ -125,6 +145,27 @@ def _set_log_switch(name: str, value: str, into: _Translation) -> None:
     into.log[name] = value
 
 
+def _set_use_ssl(name: str, value: str, into: _Translation) -> None:
+    try:
+        into.use_ssl = parse_bool(value)
+    except ValueError:
+        into.problems.append(f"Triton flag --{name}={value}: not a boolean")
+
+
+def _set_use_ssl_mutual(name: str, value: str, into: _Translation) -> None:
+    """As in Triton, the flag turns TLS on whatever its value; its value says whether clients need certificates."""
+    try:
+        into.mutual_tls = parse_bool(value)
+    except ValueError:
+        into.problems.append(f"Triton flag --{name}={value}: not a boolean")
+        return
+    into.use_ssl = True
+
+
+def _set_ssl_file(name: str, value: str, into: _Translation) -> None:
+    into.ssl_files[name.removeprefix("grpc-")] = value
+
+
 TRITON_FLAGS: Mapping[str, _Handler] = {
     "model-repository": _add_repository,
     "model-store": _add_repository,
@@ -146,6 +187,7 @@ TRITON_FLAGS: Mapping[str, _Handler] = {
     "allow-vertex-ai": _only_when("false", "Turnout serves gRPC only"),
     "allow-metrics": _allow_metrics,
     "metrics-address": _rename("--metrics-host"),
+    "grpc-restricted-protocol": _restrict_protocol,
     "allow-gpu-metrics": _only_when("false", "Turnout has no GPU or CPU metrics"),
     "allow-cpu-metrics": _only_when("false", "Turnout has no GPU or CPU metrics"),
     # Turnout reads a model's signature from the ONNX file when model.yaml leaves it out, as
@@ -157,6 +199,11 @@ TRITON_FLAGS: Mapping[str, _Handler] = {
     "grpc-keepalive-permit-without-calls": _only_when("true", "Turnout always permits pings without calls"),
     "grpc-http2-max-ping-strikes": _only_when("0", "Turnout never closes a connection for its pings"),
     "grpc-http2-min-recv-ping-interval-without-data": _only_when("10000", "Turnout accepts pings 10 s apart"),
+    "grpc-use-ssl": _set_use_ssl,
+    "grpc-use-ssl-mutual": _set_use_ssl_mutual,
+    "grpc-server-cert": _set_ssl_file,
+    "grpc-server-key": _set_ssl_file,
+    "grpc-root-cert": _set_ssl_file,
 }
 
 # Every other flag of tritonserver (r24.x), refused by name so that none is silently dropped.
@@ -166,9 +213,8 @@ UNSUPPORTED_TRITON_FLAGS = frozenset(
         "model-load-retry-count", "model-namespacing",
         "http-address", "http-port", "reuse-http-port", "http-header-forward-pattern", "http-thread-count",
         "http-restricted-api", "grpc-header-forward-pattern", "grpc-infer-allocation-pool-size",
-        "grpc-max-response-pool-size", "grpc-use-ssl", "grpc-use-ssl-mutual", "grpc-server-cert",
-        "grpc-server-key", "grpc-root-cert", "grpc-infer-response-compression-level",
-        "grpc-http2-max-pings-without-data", "grpc-restricted-protocol", "grpc-max-connection-age",
+        "grpc-max-response-pool-size", "grpc-infer-response-compression-level",
+        "grpc-http2-max-pings-without-data", "grpc-max-connection-age",
         "grpc-max-connection-age-grace", "sagemaker-port", "sagemaker-safe-port-range", "sagemaker-thread-count",
         "vertex-ai-port", "vertex-ai-thread-count", "vertex-ai-default-model", "metrics-interval-ms",
         "metrics-config", "trace-file", "trace-level", "trace-rate", "trace-count",
@@ -228,6 +274,7 @@ def translate_triton_flags(arguments: Sequence[str], native: Collection[str]) ->
     _finish_repository(into)
     _finish_control_mode(into)
     _finish_log_level(into)
+    _finish_tls(into)
     if into.problems:
         raise TritonFlagError(into.problems)
     return kept + into.flags
@@ -283,3 +330,21 @@ def _finish_log_level(into: _Translation) -> None:
     else:
         level = "ERROR"  # Turnout always logs errors, even with --log-error=false
     into.flags.append(f"--log-level={level}")
+
+
+def _finish_tls(into: _Translation) -> None:
+    """Triton's TLS flags as Turnout's: without --grpc-use-ssl (or -mutual) the files are unused, as in
+    Triton; the root certificate is the client CA, and Triton reads it only for mutual TLS."""
+    if not into.use_ssl:
+        return
+    files = into.ssl_files
+    missing = [f"--grpc-{name}" for name in ("server-cert", "server-key") if name not in files]
+    if into.mutual_tls and "root-cert" not in files:
+        missing.append("--grpc-root-cert")
+    if missing:
+        flag = "--grpc-use-ssl-mutual" if into.mutual_tls else "--grpc-use-ssl"
+        into.problems.append(f"Triton flag {flag} needs {' and '.join(missing)}")
+        return
+    into.flags.extend([f"--tls-cert-file={files['server-cert']}", f"--tls-key-file={files['server-key']}"])
+    if into.mutual_tls:
+        into.flags.append(f"--tls-client-ca-file={files['root-cert']}")

@@ -1,30 +1,34 @@
 """The operator's commands (status, policy, canary, shadow, promote, rollback, history) over Rollouts gRPC.
 
-Each command makes one call to a running gateway and prints the result for a person, or as JSON
-with ``--json`` for scripts. The actor recorded in the audit history is the local user name.
+Each command talks to a running gateway's control address (``--server``, ``TURNOUT_SERVER``, default
+``localhost:8003``) and prints the result for a person, or as JSON with ``--json`` for scripts. The
+token from ``--token-file`` or ``TURNOUT_TOKEN`` travels as ``authorization: Bearer <token>``; the
+gateway records the token's name as the actor. A refusal prints its status name and message.
 """
 
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import grpc
 from google.protobuf.json_format import MessageToDict
 
-from gateway import headers
+from gateway.client.channel import ClientTlsError, add_tls_flags, open_channel
 from gateway.wire.turnout.v1 import rollouts_pb2 as pb
 from gateway.wire.turnout.v1 import rollouts_pb2_grpc as pb_grpc
 
 # The operator commands' defaults, in one place; --help shows each of them.
-DEFAULT_SERVER = "localhost:8001"  # Triton's gRPC port on this host
+DEFAULT_SERVER = "localhost:8003"  # the control address of a gateway on this host
 SERVER_ENV = "TURNOUT_SERVER"
+TOKEN_ENV = "TURNOUT_TOKEN"
+DEFAULT_HEALTH_SERVER = "localhost:8001"  # turnout health asks the inference port, Triton's
 DEFAULT_TIMEOUT_S = 30.0  # a policy change waits for every gateway process (--apply-timeout-s 10)
 DEFAULT_HEALTH_TIMEOUT_S = 3.0  # under Docker's 4 s health check timeout
 DEFAULT_HISTORY_LIMIT = 20
@@ -39,8 +43,26 @@ def _server_flag(parser: argparse.ArgumentParser) -> None:
         "--server",
         default=os.environ.get(SERVER_ENV) or DEFAULT_SERVER,
         metavar="HOST:PORT",
-        help=f"the gateway to talk to (default: {DEFAULT_SERVER}; env {SERVER_ENV})",
+        help=f"the gateway's control address (default: {DEFAULT_SERVER}; env {SERVER_ENV})",
     )
+    parser.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help=f"file holding the control token, sent as a bearer token (default: none; env {TOKEN_ENV} holds the"
+        " token itself)",
+    )
+
+
+def control_metadata(token_file: str | None, environ: Mapping[str, str] = os.environ) -> tuple[tuple[str, str], ...]:
+    """The call metadata that carries the token: from ``--token-file``, else ``TURNOUT_TOKEN``, else none."""
+    if token_file is not None:
+        try:
+            token = Path(token_file).read_text().strip()
+        except OSError as error:
+            raise SystemExit(f"turnout: cannot read the token file {token_file}: {error.strerror}") from None
+    else:
+        token = environ.get(TOKEN_ENV, "").strip()
+    return (("authorization", f"Bearer {token}"),) if token else ()
 
 
 def _timeout_flag(parser: argparse.ArgumentParser, default: float) -> None:
@@ -80,7 +102,13 @@ def _positive_int(text: str) -> int:
 def add_commands(commands: Any) -> None:
     """Register ``health`` and the control commands on the ``turnout`` argument parser's subcommands."""
     health = commands.add_parser("health", help="ask a gateway's grpc.health.v1 service; exit 0 when SERVING")
-    _server_flag(health)
+    health.add_argument(
+        "--server",
+        default=DEFAULT_HEALTH_SERVER,
+        metavar="HOST:PORT",
+        help=f"the gateway's inference port (default: {DEFAULT_HEALTH_SERVER})",
+    )
+    add_tls_flags(health)
     _timeout_flag(health, DEFAULT_HEALTH_TIMEOUT_S)
 
     def command(name: str, text: str, model_optional: bool = False) -> argparse.ArgumentParser:
@@ -90,6 +118,7 @@ def add_commands(commands: Any) -> None:
         else:
             parser.add_argument("model", help="model name (required)")
         _server_flag(parser)
+        add_tls_flags(parser)
         parser.add_argument("--json", action="store_true", help="print JSON for scripts (default: text for people)")
         _timeout_flag(parser, DEFAULT_TIMEOUT_S)
         return parser
@@ -142,8 +171,13 @@ def add_commands(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run one control command; exit status 0 on success, 1 when the gateway refused."""
-    metadata = ((headers.ACTOR, getpass.getuser()),)
-    with grpc.insecure_channel(args.server) as channel:
+    metadata = control_metadata(args.token_file)
+    try:
+        channel = open_channel(args)
+    except ClientTlsError as error:
+        print(f"turnout {args.command}: {error}", file=sys.stderr)
+        return 2
+    with channel:
         stub = pb_grpc.RolloutsStub(channel)
         try:
             if args.command == "status":
@@ -206,7 +240,7 @@ def _status_report(channel: grpc.Channel, stub: Any, args: argparse.Namespace, m
         from gateway.wire import inference_pb2, inference_pb2_grpc
 
         index = inference_pb2_grpc.GRPCInferenceServiceStub(channel).RepositoryIndex(
-            inference_pb2.RepositoryIndexRequest(), timeout=args.timeout_s
+            inference_pb2.RepositoryIndexRequest(), timeout=args.timeout_s, metadata=metadata
         )
         models = sorted({entry.name for entry in index.models})
     reports = []
@@ -218,8 +252,10 @@ def _status_report(channel: grpc.Channel, stub: Any, args: argparse.Namespace, m
             if error.code() is not grpc.StatusCode.UNAVAILABLE:
                 raise
             policy = None
-        figures = stub.GetShadowComparison(pb.ShadowComparisonRequest(model=model), timeout=args.timeout_s)
-        traffic = stub.GetTraffic(pb.TrafficRequest(model=model), timeout=args.timeout_s)
+        figures = stub.GetShadowComparison(
+            pb.ShadowComparisonRequest(model=model), timeout=args.timeout_s, metadata=metadata
+        )
+        traffic = stub.GetTraffic(pb.TrafficRequest(model=model), timeout=args.timeout_s, metadata=metadata)
         reports.append((policy, versions, figures, traffic))
     if args.json:
         return json.dumps([_status_json(*report) for report in reports], indent=2)
@@ -311,9 +347,14 @@ def _one_line(policy: Any) -> str:
 
 
 def describe_history(history: Any) -> str:
-    lines = [f"{history.model}: {len(history.changes)} change(s), newest first"]
+    refused = sum(not change.HasField("after") for change in history.changes)
+    also = f" and {refused} refused call(s)" if refused else ""
+    lines = [f"{history.model}: {len(history.changes) - refused} change(s){also}, newest first"]
     for change in history.changes:
         at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(change.at_unix_ms / 1000))
+        if not change.HasField("after"):  # a call refused for its credentials: it changed nothing
+            lines.append(f"  #-    {at}  {change.action} by {change.actor}: {change.reason}")
+            continue
         before = _one_line(change.before) if change.HasField("before") else "(none)"
         reason = f"  \"{change.reason}\"" if change.reason else ""
         lines.append(f"  #{change.generation:<4} {at}  {change.action:<12} by {change.actor}{reason}")

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
+
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from gateway.client.channel import open_channel
 
-def probe(server: str, timeout_s: float) -> str:
-    """The server's overall health status name, or ``UNREACHABLE: <why>``."""
-    with grpc.insecure_channel(server) as channel:
+
+def probe(args: argparse.Namespace) -> str:
+    """The health status name of the gateway ``args`` names (``--server``, TLS flags), or ``UNREACHABLE: <why>``."""
+    with open_channel(args) as channel:
         try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=args.timeout_s)
         except grpc.RpcError as error:
             return f"UNREACHABLE: {error.code().name}"
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))

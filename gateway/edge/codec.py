@@ -60,8 +60,13 @@ def _parameter_value(parameter: Any) -> Any:
     return getattr(parameter, choice) if choice else None
 
 
-def infer_request_from_proto(message: Any) -> InferRequest:
-    """Decode a ModelInferRequest; raw contents are kept as they are, checked against their shapes."""
+def infer_request_from_proto(message: Any, max_elements: int) -> InferRequest:
+    """Decode a ModelInferRequest; raw contents are kept as they are, checked against their shapes.
+
+    Typed contents and raw BYTES are left unfinished (:mod:`gateway.serving.tensors`): their
+    element-by-element work waits until the model's checks have passed. ``max_elements``: the most
+    elements one tensor may have.
+    """
     raw = message.raw_input_contents
     inputs = message.inputs
     if raw:
@@ -76,11 +81,11 @@ def infer_request_from_proto(message: Any) -> InferRequest:
                     "use one or the other for every input"
                 )
         decoded = [
-            tensor_from_raw(tensor.name, tensor.datatype, tuple(tensor.shape), data)
+            tensor_from_raw(tensor.name, tensor.datatype, tuple(tensor.shape), data, max_elements)
             for tensor, data in zip(inputs, raw, strict=True)
         ]
     else:
-        decoded = [_typed_tensor(tensor) for tensor in inputs]
+        decoded = [_typed_tensor(tensor, max_elements) for tensor in inputs]
     outputs = []
     for requested in message.outputs:
         if "classification" in requested.parameters:
@@ -89,10 +94,15 @@ def infer_request_from_proto(message: Any) -> InferRequest:
     parameters: dict[str, Any] = {}
     if message.parameters:  # usually empty: skip building an iterator over the map
         parameters = {key: _parameter_value(value) for key, value in message.parameters.items()}
-    return InferRequest(message.model_name, message.model_version, message.id, decoded, outputs, parameters)
+    request = InferRequest(message.model_name, message.model_version, message.id, decoded, outputs, parameters)
+    for tensor in decoded:
+        if tensor.finish is not None:
+            request.unfinished = True
+            break
+    return request
 
 
-def _typed_tensor(tensor: Any) -> Tensor:
+def _typed_tensor(tensor: Any, max_elements: int) -> Tensor:
     field = _TYPED_FIELD.get(tensor.datatype)
     if field is None:
         if tensor.datatype == "FP16":
@@ -100,14 +110,12 @@ def _typed_tensor(tensor: Any) -> Tensor:
                 f"input {echoed(tensor.name)}: FP16 has no typed contents; send it in raw_input_contents"
             )
         # Let the tensor decoder name the unknown datatype.
-        return tensor_from_values(tensor.name, tensor.datatype, tensor.shape, [])
+        return tensor_from_values(tensor.name, tensor.datatype, tensor.shape, [], max_elements)
     values = getattr(tensor.contents, field)
     try:
-        return tensor_from_values(tensor.name, tensor.datatype, tensor.shape, values)
+        return tensor_from_values(tensor.name, tensor.datatype, tensor.shape, values, max_elements)
     except InvalidArgument as error:
         raise InvalidArgument(f"{error} (typed values of {tensor.datatype} go in contents.{field})") from None
-    except (OverflowError, ValueError) as error:
-        raise InvalidArgument(f"input {echoed(tensor.name)}: values do not fit {tensor.datatype}: {error}") from None
 
 
 def infer_response_to_proto(response: InferResponse, routing_parameters: bool = False) -> Any:
@@ -137,14 +145,6 @@ def routing_trailers(response: InferResponse) -> tuple[tuple[str, str], ...]:
         (headers.ARM, response.arm),
         (headers.GENERATION, str(response.generation)),
     )
-
-
-def actor_of(metadata: Any) -> str:
-    """The ``turnout-actor`` header of a control call, or "unknown"."""
-    for key, value in metadata or ():
-        if key == headers.ACTOR and isinstance(value, str):
-            return value
-    return "unknown"
 
 
 def text_metadata(metadata: Any) -> dict[str, str]:

@@ -14,8 +14,6 @@ from typing import Any
 import grpc
 
 from gateway.edge.codec import (
-    actor_of,
-    index_to_proto,
     infer_request_from_proto,
     infer_response_to_proto,
     model_config_to_proto,
@@ -25,9 +23,10 @@ from gateway.edge.codec import (
     text_metadata,
 )
 from gateway.edge.lenient_handlers import Undecodable
-from gateway.edge.status import maps_errors, message_of
-from gateway.errors import Internal, InvalidArgument, TurnoutError, Unavailable
-from gateway.rollouts.repository_control import RepositoryControl
+from gateway.edge.repository_servicer import RepositoryServicer
+from gateway.edge.status import maps_errors, message_of, status_of
+from gateway.edge.stream_slots import StreamSlots
+from gateway.errors import Internal, InvalidArgument, ResourceExhausted, TurnoutError, Unavailable
 from gateway.serving.dataplane import Dataplane
 from gateway.serving.in_flight import InFlight
 from gateway.serving.inference_types import InferRequest, InferResponse
@@ -50,11 +49,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         self,
         dataplane: Dataplane,
         models: ModelViews,
-        repository: RepositoryControl,
+        repository: RepositoryServicer,
         is_ready: Callable[[], bool],
         server_version: str,
+        streams: StreamSlots,
+        max_tensor_elements: int,
     ) -> None:
+        """``streams``: the bounds on open ModelStreamInfer streams; ``max_tensor_elements``: the most
+        elements one input tensor may have."""
         self._server_version = server_version
+        self._streams = streams
+        self._max_tensor_elements = max_tensor_elements
         self._dataplane = dataplane
         self._models = models
         self._repository = repository
@@ -95,25 +100,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
 
     # --- repository ------------------------------------------------------------------------
 
-    @maps_errors
+    # Served by the same servicer as on the control address; a load or unload needs the control
+    # plane's credentials here too (a bearer token, or the --grpc-restricted-protocol header).
+
     def RepositoryIndex(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return index_to_proto(self._models.index(ready_only=request.ready))
+        return self._repository.RepositoryIndex(request, context)
 
-    @maps_errors
     def RepositoryModelLoad(self, request: Any, context: grpc.ServicerContext) -> Any:
-        overrides = [key for key in request.parameters if key == "config" or key.startswith("file:")]
-        if overrides:
-            raise InvalidArgument(
-                f"load parameters {overrides} are not supported: Turnout loads what the repository holds; "
-                "change model.yaml or the version directories instead"
-            )
-        self._repository.load(request.model_name, actor_of(context.invocation_metadata()))
-        return pb.RepositoryModelLoadResponse()
+        return self._repository.RepositoryModelLoad(request, context)
 
-    @maps_errors
     def RepositoryModelUnload(self, request: Any, context: grpc.ServicerContext) -> Any:
-        self._repository.unload(request.model_name, actor_of(context.invocation_metadata()))
-        return pb.RepositoryModelUnloadResponse()
+        return self._repository.RepositoryModelUnload(request, context)
 
     # --- inference -------------------------------------------------------------------------
 
@@ -133,8 +130,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
     def _decode(self, message: Any) -> InferRequest:
         """The request in domain form; an unknown model is NOT_FOUND before its inputs are examined, as in Triton."""
         try:
-            return infer_request_from_proto(message)
-        except InvalidArgument:
+            return infer_request_from_proto(message, self._max_tensor_elements)
+        except (InvalidArgument, ResourceExhausted):
             self._dataplane.require_model(message.model_name)  # raises NotFound when unknown
             raise
 
@@ -143,7 +140,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         if not self.calls.enter():
             context.abort(grpc.StatusCode.UNAVAILABLE, _SHUTTING_DOWN)
         try:
-            yield from self._answer_stream(request_iterator, context)
+            # The peer address names the connection: each has its own client port.
+            peer = context.peer()
+            try:
+                self._streams.take(peer)
+            except ResourceExhausted as error:
+                context.abort(status_of(error), message_of(error))
+            try:
+                yield from self._answer_stream(request_iterator, context)
+            finally:
+                self._streams.give_back(peer)
         finally:
             self.calls.leave()
 
@@ -170,7 +176,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
                         decoded = self._decode(message)
                         decoded.routing_metadata = metadata
                         decoded.via_stream = True
-                        self._dataplane.submit(decoded, answer(message.id))
+                        # The stream's deadline, if it has one, is every request's on it.
+                        self._dataplane.submit(decoded, answer(message.id), _timeout_s(context))
                     except TurnoutError as error:
                         answers.put(_stream_answer(message.id, None, error))
                     except Exception:  # a bug costs this request its answer, never the stream its reader

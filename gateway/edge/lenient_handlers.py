@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,11 +97,15 @@ def _handler(method: MethodDescriptor, servicer: Any, said: _RateLimitedLog) -> 
     return grpc.unary_unary_rpc_method_handler(refusing, request_deserializer=decode, response_serializer=encode)
 
 
-def add_leniently(servicer: Any, service: ServiceDescriptor, server: grpc.Server) -> None:
-    """Serve every method of ``service`` from ``servicer`` (named as in the .proto), leniently decoded.
+def add_leniently(
+    servicer: Any, service: ServiceDescriptor, server: grpc.Server, only: Collection[str] | None = None
+) -> None:
+    """Serve every method of ``service`` (or those named in ``only``; the rest are UNIMPLEMENTED) from
+    ``servicer`` (named as in the .proto), leniently decoded.
 
     A streaming method's request iterator may yield :class:`Undecodable`; it must answer those itself.
     """
     said = _RateLimitedLog()
-    handlers = {method.name: _handler(method, servicer, said) for method in service.methods}
+    methods = [method for method in service.methods if only is None or method.name in only]
+    handlers = {method.name: _handler(method, servicer, said) for method in methods}
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))

@@ -6,7 +6,7 @@ from gateway.rollouts.control import PolicyView, VersionView
 from gateway.rollouts.shadow import ShadowFigures
 from gateway.routing.policy import Canary, Policy, Shadow
 from gateway.serving.model_views import TrafficView
-from gateway.state.store import PolicyChange
+from gateway.state.store import PolicyChange, RefusedCall
 from gateway.wire.turnout.v1 import rollouts_pb2 as pb
 
 
@@ -42,9 +42,19 @@ def policy_state_to_proto(view: PolicyView) -> pb.PolicyState:
     )
 
 
-def history_to_proto(model: str, changes: list[PolicyChange]) -> pb.HistoryResponse:
+def history_to_proto(model: str, changes: list[PolicyChange | RefusedCall]) -> pb.HistoryResponse:
     entries = []
     for change in changes:
+        if isinstance(change, RefusedCall):  # no generation, no policies: the call changed nothing
+            entries.append(
+                pb.PolicyChange(
+                    at_unix_ms=round(change.at * 1000),
+                    actor=change.actor,
+                    action=f"refused {change.action}",
+                    reason=change.detail,
+                )
+            )
+            continue
         entry = pb.PolicyChange(
             generation=change.generation,
             at_unix_ms=round(change.at * 1000),

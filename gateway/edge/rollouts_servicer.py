@@ -1,4 +1,8 @@
-"""``turnout.v1.Rollouts``: the control plane's gRPC face, one use case of :mod:`gateway.rollouts.control` a call."""
+"""``turnout.v1.Rollouts``: the control plane's gRPC face, one use case of :mod:`gateway.rollouts.control` a call.
+
+Every call, reading or changing, passes the control gate first; the actor it names (a token's name, a
+certificate's subject) is what the audit history records.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ from collections.abc import Callable
 
 import grpc
 
-from gateway.edge.codec import actor_of
+from gateway.edge.control_gate import ControlGate
 from gateway.edge.rollouts_codec import (
     history_to_proto,
     policy_from_proto,
@@ -23,37 +27,37 @@ from gateway.wire.turnout.v1 import rollouts_pb2 as pb
 from gateway.wire.turnout.v1 import rollouts_pb2_grpc as pb_grpc
 
 
-def _actor(context: grpc.ServicerContext) -> str:
-    return actor_of(context.invocation_metadata())
-
-
-def _model(name: str) -> str:
+def _model(name: str) -> str:  # checked after the gate: an unauthenticated caller learns nothing
     if not name:
         raise InvalidArgument("model is required")
     return name
 
 
 class RolloutsServicer(pb_grpc.RolloutsServicer):  # type: ignore[misc]
-    def __init__(self, rollouts: Rollouts, traffic: Callable[[str], TrafficView]) -> None:
+    def __init__(self, rollouts: Rollouts, traffic: Callable[[str], TrafficView], gate: ControlGate) -> None:
         self._rollouts = rollouts
+        self._gate = gate
         self._traffic = traffic  # a model's last minute per arm, over every gateway process
 
     @maps_errors
     def GetPolicy(self, request: pb.GetPolicyRequest, context: grpc.ServicerContext) -> pb.PolicyState:
+        self._gate.admit(context, "GetPolicy", request.model, request)
         return policy_state_to_proto(self._rollouts.policy(_model(request.model)))
 
     @maps_errors
     def SetPolicy(self, request: pb.SetPolicyRequest, context: grpc.ServicerContext) -> pb.PolicyState:
+        actor = self._gate.admit(context, "SetPolicy", request.model, request)
         if not request.HasField("policy"):
             raise InvalidArgument("policy is required")
         view = self._rollouts.set_policy(
-            _model(request.model), policy_from_proto(request.policy), _actor(context), request.reason
+            _model(request.model), policy_from_proto(request.policy), actor, request.reason
         )
         return policy_state_to_proto(view)
 
     @maps_errors
     def SetCanary(self, request: pb.SetCanaryRequest, context: grpc.ServicerContext) -> pb.PolicyState:
-        model, actor = _model(request.model), _actor(context)
+        actor = self._gate.admit(context, "SetCanary", request.model, request)
+        model = _model(request.model)
         if request.clear:
             return policy_state_to_proto(self._rollouts.clear_canary(model, actor, request.reason))
         view = self._rollouts.set_canary(
@@ -63,26 +67,31 @@ class RolloutsServicer(pb_grpc.RolloutsServicer):  # type: ignore[misc]
 
     @maps_errors
     def SetShadow(self, request: pb.SetShadowRequest, context: grpc.ServicerContext) -> pb.PolicyState:
+        actor = self._gate.admit(context, "SetShadow", request.model, request)
         view = self._rollouts.set_shadow(
-            _model(request.model), request.version, request.fraction, _actor(context), request.reason
+            _model(request.model), request.version, request.fraction, actor, request.reason
         )
         return policy_state_to_proto(view)
 
     @maps_errors
     def Promote(self, request: pb.PromoteRequest, context: grpc.ServicerContext) -> pb.PolicyState:
-        return policy_state_to_proto(self._rollouts.promote(_model(request.model), _actor(context), request.reason))
+        actor = self._gate.admit(context, "Promote", request.model, request)
+        return policy_state_to_proto(self._rollouts.promote(_model(request.model), actor, request.reason))
 
     @maps_errors
     def Rollback(self, request: pb.RollbackRequest, context: grpc.ServicerContext) -> pb.PolicyState:
-        return policy_state_to_proto(self._rollouts.rollback(_model(request.model), _actor(context), request.reason))
+        actor = self._gate.admit(context, "Rollback", request.model, request)
+        return policy_state_to_proto(self._rollouts.rollback(_model(request.model), actor, request.reason))
 
     @maps_errors
     def History(self, request: pb.HistoryRequest, context: grpc.ServicerContext) -> pb.HistoryResponse:
+        self._gate.admit(context, "History", request.model, request)
         model = _model(request.model)
         return history_to_proto(model, self._rollouts.history(model, request.limit))
 
     @maps_errors
     def ListVersions(self, request: pb.ListVersionsRequest, context: grpc.ServicerContext) -> pb.ListVersionsResponse:
+        self._gate.admit(context, "ListVersions", request.model, request)
         model = _model(request.model)
         view, versions = self._rollouts.versions(model)
         return versions_to_proto(model, view, versions)
@@ -91,9 +100,11 @@ class RolloutsServicer(pb_grpc.RolloutsServicer):  # type: ignore[misc]
     def GetShadowComparison(
         self, request: pb.ShadowComparisonRequest, context: grpc.ServicerContext
     ) -> pb.ShadowComparisonResponse:
+        self._gate.admit(context, "GetShadowComparison", request.model, request)
         model = _model(request.model)
         return shadow_figures_to_proto(model, self._rollouts.shadow_figures(model))
 
     @maps_errors
     def GetTraffic(self, request: pb.TrafficRequest, context: grpc.ServicerContext) -> pb.TrafficResponse:
+        self._gate.admit(context, "GetTraffic", request.model, request)
         return traffic_to_proto(self._traffic(_model(request.model)))

@@ -1,4 +1,5 @@
-"""Builds the gRPC server: inference service, health (Check and Watch), reflection, limits.
+"""Builds the gRPC servers: the inference port (inference service, health, reflection, limits) and the
+control listener (:mod:`gateway.edge.control_server`), which share one health service.
 
 The health service says SERVING exactly while ServerReady says ready (Triton's health Check does the
 same), so a Kubernetes gRPC readiness probe follows ``--strict-readiness``: a thread looks at
@@ -19,11 +20,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from gateway.edge.control_server import RolloutsElsewhere, bind, control_server
 from gateway.edge.inference_servicer import InferenceServicer
 from gateway.edge.lenient_handlers import add_leniently
 from gateway.edge.listening_socket import stop_accepting
+from gateway.edge.repository_servicer import RepositoryServicer
 from gateway.edge.rollouts_servicer import RolloutsServicer
-from gateway.settings import Settings
+from gateway.edge.tls import ServerTls, inference_credentials
+from gateway.settings import Settings, split_address
 from gateway.wire import inference_pb2 as pb
 from gateway.wire.turnout.v1 import rollouts_pb2
 
@@ -59,23 +63,32 @@ def server_options(settings: Settings) -> list[tuple[str, Any]]:
 
 
 class GatewayServer:
-    """The running gRPC server and its health status."""
+    """The running gRPC servers (inference port, control listener) and their health status."""
 
     def __init__(
         self,
         settings: Settings,
         servicer: InferenceServicer,
         rollouts: RolloutsServicer,
+        control_repository: RepositoryServicer,
         is_ready: Callable[[], bool] | None = None,
         control_ready: Callable[[], bool] | None = None,
+        tls: ServerTls | None = None,
     ) -> None:
         """``is_ready``: what ServerReady answers; the health status follows it (None: SERVING while up).
         ``control_ready``: whether policy changes can be made (the routing state is usable); the health
-        of the ``turnout.v1.Rollouts`` service follows it, the server's and inference's do not."""
+        of the ``turnout.v1.Rollouts`` service follows it, the server's and inference's do not.
+        ``tls``: the port serves TLS with it (None: plaintext)."""
         self._is_ready = is_ready or _always
         self._control_ready = control_ready or _always
         self._stopped = threading.Event()
         self._readiness: threading.Thread | None = None
+        self._health = health.HealthServicer()
+        # The control listener first: the inference port's refusals name where it really is.
+        self._control = control_server(server_options(settings), rollouts, control_repository, self._health)
+        control_host = split_address(settings.control_address)[0]
+        self.control_port = bind(self._control, settings.control_address, control_credentials(settings, tls))
+        self.control_address = f"{control_host}:{self.control_port}"
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.grpc_threads, thread_name_prefix="grpc"),
             options=server_options(settings),
@@ -84,17 +97,16 @@ class GatewayServer:
         self._servicer = servicer
         # Not the generated add_*_to_server: a body that does not decode is INVALID_ARGUMENT, not INTERNAL.
         add_leniently(servicer, pb.DESCRIPTOR.services_by_name["GRPCInferenceService"], self._server)
-        add_leniently(rollouts, rollouts_pb2.DESCRIPTOR.services_by_name["Rollouts"], self._server)
-        self._health = health.HealthServicer()
+        self._server.add_generic_rpc_handlers((RolloutsElsewhere(self.control_address),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
-            (INFERENCE_SERVICE, ROLLOUTS_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
+            (INFERENCE_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
         )
-        self.port = self._server.add_insecure_port(f"{settings.host}:{settings.port}")
-        if self.port == 0:
-            raise OSError(f"cannot listen on {settings.host}:{settings.port}")
+        inference_tls = None if tls is None else inference_credentials(settings, tls)
+        self.port = bind(self._server, f"{settings.host}:{settings.port}", inference_tls)
 
     def start(self) -> None:
+        self._control.start()
         self._server.start()
         serving, controlling = self._is_ready(), self._control_ready()
         self._set_health(serving, ("", INFERENCE_SERVICE))
@@ -124,6 +136,7 @@ class GatewayServer:
         The order keeps the callers of a load balancer in front whole:
 
         1. health says NOT_SERVING: balancers that check it, Kubernetes and Watch streams move away;
+           the control listener takes no new calls (operators reach it directly, no balancer);
         2. the listening socket stops accepting. A refused connection is one a proxy knows it never
            sent a call on, so it sends the call to another instance (nginx's ``grpc_next_upstream
            error``) and marks this one down. A call refused any later, by an UNAVAILABLE status or
@@ -140,6 +153,9 @@ class GatewayServer:
         deadline = time.monotonic() + grace_s
         self._health.enter_graceful_shutdown()
         self._stopped.set()
+        # New control calls are refused from now on; one in flight (a change waiting for every
+        # process) goes on while inference calls drain.
+        self._control.stop(grace_s)
         if closed := stop_accepting(self.port):
             log.info("stopped accepting connections on port %d (%d listening sockets)", self.port, closed)
             time.sleep(min(_SETTLE_S, grace_s))
@@ -148,10 +164,28 @@ class GatewayServer:
         self._servicer.calls.close_and_wait(left_s)
         remaining = max(deadline - time.monotonic(), 0.0)
         final_grace_s = min(remaining, _FINAL_GRACE_S)
+        # A second stop with a shorter grace wins: health Watch streams on the control listener end
+        # with the inference port's instead of holding the stop for the whole grace period.
+        control_stopped = self._control.stop(final_grace_s)
         # grpc cancels what is left after the grace, but the event waits for every handler thread to
         # return, and one stuck writing to a client that stopped reading may never do so: bound it.
         if not self._server.stop(final_grace_s).wait(final_grace_s + _STOP_WAIT_S):
             log.warning("the gRPC server had not stopped %.0f s after its grace period; stopping anyway", _STOP_WAIT_S)
+        if not control_stopped.wait(_STOP_WAIT_S):
+            log.warning("the control listener had not stopped %.0f s after its grace; stopping anyway", _STOP_WAIT_S)
+
+
+def control_credentials(settings: Settings, tls: ServerTls | None) -> grpc.ServerCredentials | None:
+    """The control listener's TLS: the inference port's certificate, plaintext without one.
+
+    With ``--control-client-ca-file`` the handshake asks for a certificate from that CA and refuses
+    a client without one (grpc's server credentials either require and verify a client certificate
+    or never ask for one), so a certificate is then needed even by a caller that also has a token.
+    """
+    if tls is None:
+        return None
+    client_ca = settings.control_client_ca_file
+    return tls.credentials(client_ca, require_client_auth=client_ca is not None)
 
 
 def _always() -> bool:

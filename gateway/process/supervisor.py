@@ -1,10 +1,12 @@
 """``turnout serve --processes N``: N gateway processes on one port, sharing workers and routing state.
 
-The supervisor reserves the port, runs the worker broker (one worker per model instance for the
-whole host, see :mod:`runtimes.broker`), and starts N ordinary gateway processes that bind the port
-with SO_REUSEPORT, so the kernel spreads connections across them. They share the routing state
-through the SQLite store under the state directory. A gateway process that dies is started again;
-SIGTERM or SIGINT is passed on to every one, and the supervisor exits once they have drained.
+The supervisor reserves the port and the control listener's, runs the worker broker (one worker per
+model instance for the whole host, see :mod:`runtimes.broker`), and starts N ordinary gateway
+processes that bind both ports with SO_REUSEPORT, so the kernel spreads connections across them.
+They share the routing state through the SQLite store under the state directory. A gateway process
+that dies is started again; SIGTERM or SIGINT is passed on to every one, and the supervisor exits
+once they have drained; SIGHUP (re-read certificates and control tokens) is passed on to every one
+that is serving.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from pathlib import Path
 
 import yaml
 
+from gateway.edge.tls import TlsFileError, server_tls
 from gateway.logs.configure import configure_logging
+from gateway.process.reload_signal import reload_on_hangup
 from gateway.process.stop_signals import stop_on_signals, wait_for_stop
-from gateway.settings import Settings
+from gateway.settings import Settings, split_address
 from gateway.state.sqlite_store import SqliteStateStore
 from gateway.telemetry.supervisor_metrics import SupervisorMetrics
 from runtimes.broker import WorkerBroker
@@ -76,7 +80,7 @@ class _GatewayChild:
         for line in self.process.stdout:
             if line.startswith("turnout: serving"):
                 self.serving.set()
-            else:
+            elif not line.startswith("turnout: control plane on"):  # the supervisor says it once
                 sys.stdout.write(line)
 
 
@@ -86,6 +90,13 @@ class Supervisor:
         # Unix socket paths must stay short (108 bytes), so they live in a fresh /tmp directory.
         self._socket_dir = Path(tempfile.mkdtemp(prefix="turnout-"))
         self._placeholder, self.port = reserve_port(settings.host, settings.port)
+        control_host, control_port = split_address(settings.control_address)
+        try:
+            self._control_placeholder, control_port = reserve_port(control_host.strip("[]"), control_port)
+        except PortTaken:
+            self._placeholder.close()
+            raise
+        self.control_address = f"{control_host}:{control_port}"
         self.broker = WorkerBroker(self._socket_dir, zygote=zygote)
         # Each gateway process serves its metrics snapshot here; the supervisor sums them.
         self._telemetry_dir = self._socket_dir / "telemetry"
@@ -101,12 +112,15 @@ class Supervisor:
         config = self._socket_dir / "gateway.yaml"
         inherited = self.settings.model_dump(
             mode="json",
-            exclude={"processes", "port", "worker_broker", "reuse_port", "gateway_cpus", "telemetry_dir"},
+            exclude={
+                "processes", "port", "control_address", "worker_broker", "reuse_port", "gateway_cpus", "telemetry_dir"
+            },
         )
         config.write_text(yaml.safe_dump(inherited))
         return [
             sys.executable, "-m", "gateway", "serve", "--config", str(config), "--processes", "1",
-            "--port", str(self.port), "--reuse-port", "--worker-broker", str(self.broker.path),
+            "--port", str(self.port), "--control-address", self.control_address, "--reuse-port",
+            "--worker-broker", str(self.broker.path),
             "--telemetry-dir", str(self._telemetry_dir),
         ]
 
@@ -149,6 +163,17 @@ class Supervisor:
                         return
                     self._children[position] = _GatewayChild(self._command_for(child.index), child.index)
 
+    def reload(self) -> None:
+        """SIGHUP to every gateway process that is serving: each re-reads its certificates and tokens.
+
+        One still starting has not installed its SIGHUP handler yet, and SIGHUP's default would end
+        it; it reads the files as they are now anyway.
+        """
+        with self._life_lock:
+            for child in self._children:
+                if child.serving.is_set() and child.process.poll() is None:
+                    child.process.send_signal(signal.SIGHUP)
+
     def stop(self) -> None:
         with self._life_lock:
             self._stopping.set()
@@ -166,6 +191,7 @@ class Supervisor:
                 child.process.wait()
         self.broker.close()
         self._placeholder.close()
+        self._control_placeholder.close()
         shutil.rmtree(self._socket_dir, ignore_errors=True)
 
 
@@ -174,6 +200,11 @@ def supervise(settings: Settings) -> int:
     configure_logging(settings)
     if not settings.repository.is_dir():
         log.error("model repository %s is not a directory", settings.repository)
+        return 2
+    try:  # checked here once, so that a wrong file is named once rather than by every process
+        server_tls(settings)
+    except TlsFileError as error:
+        log.error("%s", error)
         return 2
     stop = stop_on_signals(f"stopping {settings.processes} gateway processes", log)
     # Forked first, while this process has one thread: the broker forks the shared workers from it.
@@ -185,6 +216,7 @@ def supervise(settings: Settings) -> int:
         if zygote is not None:
             zygote.close()
         return 2
+    reload_on_hangup(supervisor.reload, log)  # before the start: SIGHUP's default would end the supervisor
     try:
         supervisor.start()
         threading.Thread(target=supervisor.watch, name="supervisor-watch", daemon=True).start()
@@ -195,6 +227,13 @@ def supervise(settings: Settings) -> int:
             f"on {settings.host}:{supervisor.port}",
             flush=True,
         )
+        print(f"turnout: control plane on {supervisor.control_address}", flush=True)
+        if settings.control_tokens_file is None and settings.control_client_ca_file is None:
+            log.warning(
+                "the control plane on %s has no tokens and no client CA: every local caller may change routing"
+                " (--control-tokens-file to require a token)",
+                supervisor.control_address,
+            )
         wait_for_stop(stop)
     finally:
         supervisor.stop()

@@ -21,7 +21,7 @@ from gateway.routing.policy import Canary, Policy, PolicyInvalid, Shadow, checke
 from gateway.routing.table import RoutingTableHolder
 from gateway.serving.model_manager import ModelManager
 from gateway.serving.model_version import VersionState
-from gateway.state.store import GenerationConflict, PolicyChange, StateStore
+from gateway.state.store import GenerationConflict, PolicyChange, RefusedCall, StateStore
 
 _Compute = Callable[[Policy], Policy]  # a change, as a function of the policy it applies to
 
@@ -77,13 +77,17 @@ class Rollouts:
             raise Unavailable(f"model {model!r} has no READY version and no policy")
         return PolicyView(model, Policy(stable=record.default.version), 0, False)
 
-    def history(self, model: str, limit: int) -> list[PolicyChange]:
-        """The newest ``limit`` changes (0: the default page); a negative or huge limit is refused."""
+    def history(self, model: str, limit: int) -> list[PolicyChange | RefusedCall]:
+        """The newest ``limit`` entries (0: the default page): changes, and calls refused for their
+        credentials, newest first. A negative or huge limit is refused."""
         if not 0 <= limit <= MAX_HISTORY_LIMIT:
             raise InvalidArgument(
                 f"history limit {limit} is out of range: 1 to {MAX_HISTORY_LIMIT}, or 0 for {_DEFAULT_HISTORY}"
             )
-        return self._store.history(model, limit or _DEFAULT_HISTORY)
+        limit = limit or _DEFAULT_HISTORY
+        entries: list[PolicyChange | RefusedCall] = [*self._store.history(model, limit)]
+        entries.extend(self._store.refused(model, limit))
+        return sorted(entries, key=lambda entry: entry.at, reverse=True)[:limit]
 
     def versions(self, model: str) -> tuple[PolicyView | None, list[VersionView]]:
         record = self._manager.record(model)

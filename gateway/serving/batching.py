@@ -12,6 +12,9 @@ model's answer is the thread the kernel favours, so without this it took whateve
 threads had queued by then, while the threads holding the other requests waited for a CPU: at 64
 in flight on one CPU, batches of 3 rows. Gathering is not a delay: with nothing else ready to run
 a yield returns at once, so a lone request pays two system calls.
+
+A request's deadline travels in its queue entry: one whose deadline passes while it waits is answered
+DEADLINE_EXCEEDED and never reaches a worker, and a batch whose requests have all expired is not run.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ log = logging.getLogger(__name__)
 # CPU per request at 64 in flight instead of 3% (docs/architecture.md).
 GATHER_YIELDS = 32
 GATHER_IDLE_YIELDS = 2
+# The deadline of a request that has none (time.monotonic() seconds).
+NO_DEADLINE = float("inf")
 
 
 class Pending:
@@ -50,6 +55,7 @@ class Pending:
     __slots__ = (
         "_done",
         "abandoned",
+        "deadline",
         "dispatched_at",
         "enqueued_at",
         "error",
@@ -70,7 +76,10 @@ class Pending:
         output_names: Sequence[str],
         on_done: Callable[[Pending], None] | None = None,
         ticket: object = None,
+        deadline: float = NO_DEADLINE,
     ) -> None:
+        """``deadline``: the caller's, in time.monotonic() seconds; still queued then, the request is
+        answered DEADLINE_EXCEEDED instead of run."""
         self.inputs = inputs
         self.rows = rows
         self.output_names = output_names
@@ -80,7 +89,8 @@ class Pending:
         self.error: TurnoutError | None = None
         self.enqueued_at = 0.0
         self.dispatched_at = 0.0
-        self.expires_at = float("inf")
+        self.deadline = deadline
+        self.expires_at = deadline  # the earlier of the deadline and the queue's timeout, once queued
         self.abandoned = False
         self.ticket = ticket
         self._done = threading.Lock()
@@ -148,7 +158,7 @@ class BatchQueue:
         now = time.monotonic()
         item.enqueued_at = now
         if self._settings.queue_timeout_s is not None:
-            item.expires_at = now + self._settings.queue_timeout_s
+            item.expires_at = min(item.deadline, now + self._settings.queue_timeout_s)
         with self._lock:
             if self._closed:
                 raise Unavailable(f"{self._label} is unloading and accepts no new requests")
@@ -190,9 +200,17 @@ class BatchQueue:
                     return []
             batch, expired = self._pop_batch()
         for item in expired:
-            waited_us = (time.monotonic() - item.enqueued_at) * 1e6
-            item.resolve(None, Unavailable(f"{self._label}: request timed out in the queue after {waited_us:.0f}us"))
+            item.resolve(None, self._expiry(item))
         return batch
+
+    def _expiry(self, item: Pending) -> TurnoutError:
+        """Why a request left the queue unrun: its caller's deadline, or the queue's own timeout."""
+        waited_us = (time.monotonic() - item.enqueued_at) * 1e6
+        if item.deadline <= item.expires_at:
+            return DeadlineExceeded(
+                f"{self._label}: the request's deadline passed after {waited_us:.0f}us in the queue; it was not run"
+            )
+        return Unavailable(f"{self._label}: request timed out in the queue after {waited_us:.0f}us")
 
     def _wait(self, timeout_s: float | None) -> None:
         """Sleep, the lock released, until put() or close() rings this dispatcher's bell or ``timeout_s`` passes.

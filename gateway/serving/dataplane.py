@@ -4,10 +4,15 @@ Both transports of the edge use it: unary calls block in :meth:`Dataplane.infer`
 callback to :meth:`Dataplane.submit` and keep reading while earlier requests are in flight. The
 routing decision is made once per request from the routing table snapshot it started with. Once a
 request is finished, the request observers that want it are told (:mod:`gateway.serving.observers`).
+
+Limits: requests in flight in the process (:mod:`gateway.serving.admission`), the request's deadline
+carried into its queue entry so that the batcher never runs a request nobody waits for, and the
+element-by-element work of typed and BYTES inputs done only after the model's checks.
 """
 
 from __future__ import annotations
 
+import queue
 import random
 import time
 from collections.abc import Callable
@@ -17,13 +22,14 @@ from gateway.errors import DeadlineExceeded, Internal, InvalidArgument, TurnoutE
 from gateway.registry.repository import version_number
 from gateway.routing.decide import Arm, Reason, decide
 from gateway.routing.table import RoutingTableHolder
-from gateway.serving.batching import Pending
+from gateway.serving.admission import InFlightLimit
+from gateway.serving.batching import NO_DEADLINE, Pending
 from gateway.serving.inference_types import InferRequest, InferResponse
 from gateway.serving.model_manager import ModelManager
 from gateway.serving.model_version import ModelVersion
 from gateway.serving.observers import RequestObservers, Route, commit_of
 from gateway.serving.request_checks import checked_inputs, checked_outputs
-from gateway.serving.tensors import Tensor
+from gateway.serving.tensors import Tensor, finished_inputs
 from runtimes.raw_tensors import RawTensors
 
 Done = Callable[[InferResponse | None, TurnoutError | None], None]
@@ -36,48 +42,79 @@ def _not_kept() -> Unavailable:
 class Dataplane:
     """Answers inference requests with whichever version routing picks."""
 
-    def __init__(self, manager: ModelManager, routes: RoutingTableHolder, observers: RequestObservers) -> None:
+    def __init__(
+        self, manager: ModelManager, routes: RoutingTableHolder, observers: RequestObservers, max_in_flight: int = 0
+    ) -> None:
+        """``max_in_flight``: requests this process serves at once, unary and streamed (0: no limit)."""
         self._manager = manager
         self._routes = routes
         self._observers = observers
         self._random = random.Random()
+        self.in_flight = InFlightLimit(max_in_flight) if max_in_flight > 0 else None
 
     def require_model(self, name: str) -> None:
         """NOT_FOUND unless the model is known; lets the edge say so before it examines a request's inputs."""
         self._manager.record(name)
 
     def infer(self, request: InferRequest, timeout_s: float | None = None) -> InferResponse:
-        """Serve one request, blocking the calling thread until its batch has run."""
-        started = time.monotonic_ns()
-        version, route = self._route(request, started)
-        ok = False
-        try:
-            pending = self._queue(version, route, request, None, started)
+        """Serve one request, blocking the calling thread until its batch has run (or ``timeout_s`` passes)."""
+        in_flight = self.in_flight
+        if in_flight is not None:
             try:
-                outputs = pending.wait(timeout_s)
-            except DeadlineExceeded as error:  # the dispatcher never answers an abandoned request
-                self._observers.failed_early(request, route, error, started, pending)
-                raise
-            response = self._response(version, route, request, outputs)
-            commit = commit_of(pending)
-            # Synchronous capture: answered once recorded, and within the caller's deadline.
-            if commit is not None and not commit.wait(timeout_s):
-                raise _not_kept()
-            ok = True
-            return response
+                in_flight.try_enter()
+            except queue.Empty:
+                raise in_flight.refusal() from None
+        try:
+            started = time.monotonic_ns()
+            version, route = self._route(request, started)
+            ok = False
+            try:
+                pending = self._queue(version, route, request, None, started, timeout_s)
+                try:
+                    outputs = pending.wait(timeout_s)
+                except DeadlineExceeded as error:  # the dispatcher never answers an abandoned request
+                    self._observers.failed_early(request, route, error, started, pending)
+                    raise
+                response = self._response(version, route, request, outputs)
+                commit = commit_of(pending)
+                # Synchronous capture: answered once recorded, and within the caller's deadline.
+                if commit is not None and not commit.wait(timeout_s):
+                    raise _not_kept()
+                ok = True
+                return response
+            finally:
+                version.release()
+                version.statistics.record_request(ok, time.monotonic_ns() - started)
         finally:
-            version.release()
-            version.statistics.record_request(ok, time.monotonic_ns() - started)
+            if in_flight is not None:
+                in_flight.leave()
 
-    def submit(self, request: InferRequest, done: Done) -> None:
+    def submit(self, request: InferRequest, done: Done, timeout_s: float | None = None) -> None:
         """Queue one request; ``done`` runs on a dispatcher thread with the answer or the error.
 
-        Errors found before queueing (unknown model, bad input) are raised here instead.
+        Errors found before queueing (too many in flight, unknown model, bad input) are raised here
+        instead. A request still queued ``timeout_s`` from now is answered DEADLINE_EXCEEDED unrun.
         """
+        in_flight = self.in_flight
+        if in_flight is None:
+            self._submit(request, done, timeout_s)
+            return
+        in_flight.enter()
+        try:
+            self._submit(request, done, timeout_s, in_flight.leave)
+        except BaseException:
+            in_flight.leave()
+            raise
+
+    def _submit(
+        self, request: InferRequest, done: Done, timeout_s: float | None, leave: Callable[[], None] | None = None
+    ) -> None:
         started = time.monotonic_ns()
         version, route = self._route(request, started)
 
         def finish(pending: Pending) -> None:
+            if leave is not None:
+                leave()
             response, error = None, pending.error
             if error is None:
                 try:
@@ -94,7 +131,7 @@ class Dataplane:
                 commit.then(lambda kept: done(response, error) if kept else done(None, error or _not_kept()))
 
         try:
-            self._queue(version, route, request, finish, started)
+            self._queue(version, route, request, finish, started, timeout_s)
         except BaseException:
             version.release()
             version.statistics.record_request(False, time.monotonic_ns() - started)
@@ -134,6 +171,7 @@ class Dataplane:
         request: InferRequest,
         on_done: Callable[[Pending], None] | None,
         started: int,
+        timeout_s: float | None,
     ) -> Pending:
         """Check the request against the version's signature and queue it; failures here are observed here."""
         pending = None
@@ -143,9 +181,13 @@ class Dataplane:
                 raise Internal(f"{version.label} is READY without a serving plan")
             inputs, rows = checked_inputs(request, plan.signature, plan.max_batch_size)
             outputs = checked_outputs(request, plan.signature)
+            if request.unfinished:  # typed or BYTES inputs: their per-element work, now that they fit
+                inputs = finished_inputs(request.inputs, inputs)
+                request.unfinished = False
             observers = self._observers
             ticket = observers.ticket(request, route, started) if observers.wants(route) else None
-            pending = Pending(inputs, rows, outputs, on_done, ticket)
+            deadline = NO_DEADLINE if timeout_s is None else started / 1e9 + timeout_s
+            pending = Pending(inputs, rows, outputs, on_done, ticket, deadline)
             version.submit(pending)
             return pending
         except TurnoutError as error:

@@ -19,6 +19,9 @@ class InferRequest:
     # Text request metadata (gRPC headers) that routing reads: the pin header and the sticky key.
     routing_metadata: dict[str, str] = field(default_factory=dict)
     via_stream: bool = False  # came on a ModelStreamInfer stream, not as a unary ModelInfer
+    # Some input still has its element-by-element work to do (gateway.serving.tensors): done once the
+    # model's checks pass, so that a request the model refuses costs no conversion.
+    unfinished: bool = False
 
 
 @dataclass(slots=True)

@@ -22,6 +22,7 @@ from gateway.state.store import (
     GenerationConflict,
     PolicyChange,
     ProcessReport,
+    RefusedCall,
     RepositoryRequest,
     StateUnavailable,
     StoredPolicy,
@@ -54,6 +55,15 @@ CREATE TABLE IF NOT EXISTS repository_requests (
     at REAL NOT NULL,
     actor TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS refused_calls (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    model TEXT NOT NULL,
+    at REAL NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS refused_calls_by_model ON refused_calls (model, id);
 CREATE TABLE IF NOT EXISTS processes (
     process_id TEXT PRIMARY KEY,
     pid INTEGER NOT NULL,
@@ -63,6 +73,9 @@ CREATE TABLE IF NOT EXISTS processes (
 """
 
 STATE_FILE = "turnout-state.sqlite3"
+# Refused control calls kept, all models together: enough to see who knocked, and a caller that
+# knocks without end cannot grow the file without end.
+REFUSED_CALLS_KEPT = 10_000
 
 
 def _encode(policy: Policy | None) -> str | None:
@@ -205,6 +218,31 @@ class SqliteStateStore:
             (model, since, limit),
         ).fetchall()
         return {_require(_decode(before)).stable for (before,) in rows}
+
+    @_reports_broken_files
+    def record_refused(self, refused: RefusedCall) -> None:
+        # Written without an fsync, as the process reports: a caller knocking with bad credentials
+        # must not make every other writer wait on the disk, and losing the last few to a power cut is fine.
+        connection = self._connection()
+        connection.execute("PRAGMA synchronous=NORMAL")
+        try:
+            with self._write() as writing:
+                cursor = writing.execute(
+                    "INSERT INTO refused_calls (model, at, actor, action, detail) VALUES (?, ?, ?, ?, ?)",
+                    (refused.model, refused.at, refused.actor, refused.action, refused.detail),
+                )
+                oldest_kept = (cursor.lastrowid or 0) - REFUSED_CALLS_KEPT
+                writing.execute("DELETE FROM refused_calls WHERE id <= ?", (oldest_kept,))
+        finally:
+            connection.execute("PRAGMA synchronous=FULL")
+
+    @_reports_broken_files
+    def refused(self, model: str, limit: int) -> list[RefusedCall]:
+        rows = self._connection().execute(
+            "SELECT model, at, actor, action, detail FROM refused_calls WHERE model = ? ORDER BY id DESC LIMIT ?",
+            (model, limit),
+        ).fetchall()
+        return [RefusedCall(*row) for row in rows]
 
     @_reports_broken_files
     def request_repository_action(self, model: str, action: str, actor: str) -> RepositoryRequest:

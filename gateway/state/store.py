@@ -34,6 +34,18 @@ class PolicyChange:
 
 
 @dataclass(frozen=True, slots=True)
+class RefusedCall:
+    """A control call refused for its credentials: when, what it tried (``action``: the method, and
+    ``detail``: its request, cut short), and why. Never the credential itself."""
+
+    model: str
+    at: float  # seconds since the epoch
+    actor: str
+    action: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
 class ProcessReport:
     """What one gateway process last said: the generation it serves, and when it said so."""
 
@@ -89,6 +101,12 @@ class StateStore(Protocol):
     def replaced_stables(self, model: str, since: float, limit: int) -> set[int]:
         """The stable versions that the model's newest ``limit`` changes at or after ``since`` (unix
         time) replaced: what a rollback may return to. Reads no reasons, so it stays cheap to poll."""
+
+    def record_refused(self, refused: RefusedCall) -> None:
+        """Keep a refused control call for the model's history; only the newest few thousand are kept."""
+
+    def refused(self, model: str, limit: int) -> list[RefusedCall]:
+        """The model's refused control calls, newest first."""
 
     def request_repository_action(self, model: str, action: str, actor: str) -> RepositoryRequest:
         """Record that ``model`` was explicitly loaded or unloaded; it takes a new generation, so every

@@ -129,6 +129,14 @@ def turnout_metrics(s: Snapshot) -> Iterator[Metric]:
         "turnout_policy_generation", "Generation of the routing policy in effect", ("model",), s, f.POLICY_GENERATION
     )
     yield counter(
+        "turnout_control_refused",
+        "Control calls refused for their credentials, by method and reason (no_credentials, wrong_token,"
+        " wrong_header, malformed_authorization, no_credentials_configured)",
+        ("method", "reason"),
+        s,
+        f.CONTROL_REFUSED,
+    )
+    yield counter(
         "turnout_shadow_copies",
         "Shadow copies by outcome: sent, dropped (lane full), failed, paused (not sent while the shadow was paused)",
         (*SHADOW, "outcome"),

@@ -37,6 +37,7 @@ WORKER_RESTARTS = "worker_restarts"  # model, version -> restarts
 MODEL_LOADS = "model_loads"  # model -> loads attempted
 MODEL_LOAD_FAILURES = "model_load_failures"  # model -> loads that failed
 POLICY_GENERATION = "policy_generation"  # model -> generation
+CONTROL_REFUSED = "control_refused"  # method, reason -> control calls refused for their credentials
 SHADOW_COPIES = "shadow_copies"  # model, version, shadow_version, outcome -> copies
 SHADOW_COMPARED = "shadow_compared"  # model, version, shadow_version -> copies compared
 SHADOW_TOP1 = "shadow_top1"  # model, version, shadow_version -> [agreed rows, compared rows]
@@ -62,7 +63,7 @@ MERGE: dict[str, Merge] = {
     for name in (
         REQUESTS, REQUEST_DURATION, QUEUE_DURATION, COMPUTE_DURATION, BATCH_SIZE, QUEUE_DEPTH, INFLIGHT,
         WORKER_RESTARTS, MODEL_LOADS, MODEL_LOAD_FAILURES, SHADOW_COPIES, SHADOW_COMPARED, SHADOW_TOP1,
-        CAPTURE_RECORDS, CAPTURE_QUEUED, DRIFT, DRIFT_ROWS, STAT_SUCCESS, STAT_FAIL, STAT_QUEUE,
+        CAPTURE_RECORDS, CAPTURE_QUEUED, CONTROL_REFUSED, DRIFT, DRIFT_ROWS, STAT_SUCCESS, STAT_FAIL, STAT_QUEUE,
         STAT_COMPUTE_INPUT, STAT_COMPUTE_INFER, STAT_COMPUTE_OUTPUT, STAT_INFERENCES, STAT_EXECUTIONS, STAT_BATCH,
     )
 } | {name: Merge.MAX for name in (POLICY_GENERATION, SHADOW_MAX_ABS_DIFF, STAT_LAST_INFERENCE_MS)}  # fmt: skip

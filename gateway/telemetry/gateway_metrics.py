@@ -16,7 +16,13 @@ from gateway.serving.model_views import StatisticsView, TrafficView
 from gateway.telemetry.http_server import MetricsServer
 from gateway.telemetry.observer import COUNTED, MetricsObserver
 from gateway.telemetry.peers import EVERYTHING, RECENT, STATISTICS, SnapshotServer, gather
-from gateway.telemetry.process_snapshot import CaptureSource, DriftSource, ProcessSnapshot, ShadowSource
+from gateway.telemetry.process_snapshot import (
+    CaptureSource,
+    DriftSource,
+    ProcessSnapshot,
+    RefusalSource,
+    ShadowSource,
+)
 from gateway.telemetry.recent_traffic import RecentTraffic, from_snapshot, to_snapshot, traffic_view
 from gateway.telemetry.shards import ThreadShards
 from gateway.telemetry.snapshot import Snapshot, merge
@@ -37,6 +43,7 @@ class GatewayMetrics:
         shadows: ShadowSource | None = None,
         capture: CaptureSource | None = None,
         drift: DriftSource | None = None,
+        refused: RefusalSource | None = None,
     ) -> None:
         """``port`` 0: nothing is counted (the observer is not even built); ``directory``: the
         supervisor's telemetry directory, when this is one of its processes."""
@@ -44,7 +51,9 @@ class GatewayMetrics:
         self.observer = MetricsObserver(shards) if port != 0 else None
         # Each arm's last minute for turnout status: per-request telemetry too, so off with the port.
         self.recent = RecentTraffic() if port != 0 else None
-        self.snapshot = ProcessSnapshot(shards, manager, routes, shadows=shadows, capture=capture, drift=drift)
+        self.snapshot = ProcessSnapshot(
+            shards, manager, routes, shadows=shadows, capture=capture, drift=drift, refused=refused
+        )
         self._port = port
         self._host = host
         self._directory = directory

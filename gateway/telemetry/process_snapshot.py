@@ -19,6 +19,7 @@ from gateway.serving.model_manager import ModelManager
 from gateway.telemetry.families import (
     CAPTURE_QUEUED,
     CAPTURE_RECORDS,
+    CONTROL_REFUSED,
     DRIFT,
     DRIFT_ROWS,
     INFLIGHT,
@@ -104,6 +105,10 @@ class DriftSource(Protocol):
     def statistics(self, model: str, version: int, *, ks_pvalue: bool = True) -> Sequence[FeatureDriftLike] | None: ...
 
 
+class RefusalSource(Protocol):
+    def counts(self) -> dict[tuple[str, str], int]: ...
+
+
 # Capture's counters as the records' outcomes: what was kept, lost, or left out on purpose.
 CAPTURE_OUTCOMES = {
     "written": ("written",),
@@ -126,8 +131,10 @@ class ProcessSnapshot:
         shadows: ShadowSource | None = None,
         capture: CaptureSource | None = None,
         drift: DriftSource | None = None,
+        refused: RefusalSource | None = None,
     ) -> None:
         self._shards = shards
+        self._refused = refused
         self._manager = manager
         self._routes = routes
         self._shadows = shadows
@@ -150,6 +157,10 @@ class ProcessSnapshot:
         snapshot.update(self.statistics())
         self._add_serving(snapshot)
         self._add_routing(snapshot)
+        if self._refused is not None:
+            refused = snapshot.setdefault(CONTROL_REFUSED, {})
+            for key, count in self._refused.counts().items():
+                refused[key] = float(count)
         if self._shadows is not None:
             self._add_shadows(snapshot, self._shadows)
         if self._capture is not None:

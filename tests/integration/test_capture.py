@@ -234,7 +234,7 @@ def test_each_of_several_gateway_processes_writes_its_own_segments_and_nothing_i
 def test_a_canarys_records_carry_the_arms_and_versions_callers_were_told(repository: Path, tmp_path: Path) -> None:
     root = tmp_path / "capture"
     with GatewayProcess(repository, "--capture-dir", str(root)) as gateway:
-        with grpc.insecure_channel(gateway.address) as channel:
+        with grpc.insecure_channel(gateway.control_address) as channel:
             rollouts = pb_grpc.RolloutsStub(channel)
             rollouts.SetPolicy(pb.SetPolicyRequest(model="digits", policy=pb.Policy(stable=1)),
                                timeout=TIMEOUT_S)  # fmt: skip
@@ -256,7 +256,7 @@ def test_a_canarys_records_carry_the_arms_and_versions_callers_were_told(reposit
 def test_a_shadows_answers_are_records_of_their_own_under_the_primarys_id(repository: Path, tmp_path: Path) -> None:
     root = tmp_path / "capture"
     with GatewayProcess(repository, "--capture-dir", str(root)) as gateway:
-        with grpc.insecure_channel(gateway.address) as channel:
+        with grpc.insecure_channel(gateway.control_address) as channel:
             rollouts = pb_grpc.RolloutsStub(channel)
             rollouts.SetPolicy(pb.SetPolicyRequest(model="digits", policy=pb.Policy(stable=1)), timeout=TIMEOUT_S)
             rollouts.SetShadow(pb.SetShadowRequest(model="digits", version=2, fraction=1.0), timeout=TIMEOUT_S)

@@ -32,7 +32,9 @@ from gateway.wire.turnout.v1 import rollouts_pb2_grpc as pb_grpc
 from tests.support.gateway_process import REPO_ROOT, GatewayProcess
 from tests.support.model_repository import EXAMPLES
 
-OPERATOR = "operator-ann"  # the CLI records the local user name as the actor
+OPERATOR = "operator-ann"  # the name of the operator's token: the actor the history records
+TOKEN = "ann-token-0123456789abcdef"
+BEARER = (("authorization", f"Bearer {TOKEN}"),)
 
 
 def add_digits(repository: Path, name: str, versions: dict[int, int]) -> None:
@@ -52,15 +54,17 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
     with socket.socket() as probe:  # a metrics port of its own: turnout status shows what metrics keep
         probe.bind(("127.0.0.1", 0))
         metrics_port = str(probe.getsockname()[1])
+    tokens = tmp_path_factory.mktemp("control") / "tokens"
+    tokens.write_text(f"# who may change routing\n{OPERATOR} {TOKEN}\nother-operator other-token-0123456789\n")
     flags = ("--worker-mode", "inprocess", "--poll-interval-s", "0", "--metrics-port", metrics_port)
-    with GatewayProcess(repository, *flags) as running:
+    with GatewayProcess(repository, *flags, "--control-tokens-file", str(tokens)) as running:
         yield running
 
 
 def turnout(*args: str, server: str | None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run ``python -m gateway ARGS`` (the ``turnout`` entry point) as the operator would."""
     command = [sys.executable, "-m", "gateway", *args, *(["--server", server] if server else [])]
-    environment = {**os.environ, "LOGNAME": OPERATOR}
+    environment = {**os.environ, "LOGNAME": "someone-else", "TURNOUT_TOKEN": TOKEN}
     environment.pop("TURNOUT_SERVER", None)  # only the test says where the commands go
     environment.update(env or {})
     return subprocess.run(command, cwd=REPO_ROOT, env=environment, capture_output=True, text=True, timeout=60)
@@ -85,9 +89,9 @@ def refused(*args: str, server: str) -> str:
 
 
 def test_status_before_any_policy(gateway: GatewayProcess) -> None:
-    everything = ok_json("status", server=gateway.address)
+    everything = ok_json("status", server=gateway.control_address)
     assert [report["model"] for report in everything] == ["digits", "mirror", "plain", "traffic"]
-    plain = ok_json("status", "plain", server=gateway.address)
+    plain = ok_json("status", "plain", server=gateway.control_address)
     assert plain == [
         {
             "model": "plain",
@@ -106,7 +110,7 @@ def test_status_before_any_policy(gateway: GatewayProcess) -> None:
             "shadow_comparison": [],
         }
     ]
-    text = ok("status", "plain", server=gateway.address)
+    text = ok("status", "plain", server=gateway.control_address)
     assert "plain  generation 0  (no policy set; highest READY version serves)" in text
     assert "stable  v2" in text and "READY" in text
 
@@ -117,7 +121,7 @@ def artifact_hashes(gateway: GatewayProcess, model: str) -> list[str]:
 
 
 def test_refusals_exit_1_with_the_reason_on_stderr(gateway: GatewayProcess) -> None:
-    address = gateway.address
+    address = gateway.control_address
     commands = {
         "missing version": (("canary", "plain", "9", "--weight", "10"), address),
         "weight 150%": (("canary", "plain", "1", "--weight", "150"), address),
@@ -147,24 +151,41 @@ def test_refusals_exit_1_with_the_reason_on_stderr(gateway: GatewayProcess) -> N
 
 def test_a_history_limit_below_one_is_a_usage_error_not_a_traceback(gateway: GatewayProcess) -> None:
     for limit in ("-1", "0", "ten"):
-        done = turnout("history", "plain", "--limit", limit, server=gateway.address)
+        done = turnout("history", "plain", "--limit", limit, server=gateway.control_address)
         assert done.returncode == 2 and done.stdout == "", done.stderr
         assert "argument --limit" in done.stderr and "Traceback" not in done.stderr
-    with grpc.insecure_channel(gateway.address) as channel:  # and a gateway asked directly bounds it too
+    with grpc.insecure_channel(gateway.control_address) as channel:  # and a gateway asked directly bounds it too
         history = pb_grpc.RolloutsStub(channel).History
         with pytest.raises(grpc.RpcError) as refused_call:
-            history(pb.HistoryRequest(model="plain", limit=4_000_000_000), timeout=20)
+            history(pb.HistoryRequest(model="plain", limit=4_000_000_000), timeout=20, metadata=BEARER)
     assert refused_call.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert "1 to 1000" in refused_call.value.details()
 
 
+def test_the_commands_send_the_token_and_print_a_refusal(gateway: GatewayProcess, tmp_path: Path) -> None:
+    address = gateway.control_address
+    # Refused calls are kept in their model's history: these name one no other test reads.
+    none = turnout("history", "refused-here", server=address, env={"TURNOUT_TOKEN": ""})
+    assert none.returncode == 1 and none.stderr.startswith("turnout history: UNAUTHENTICATED: "), none.stderr
+    wrong = turnout("rollback", "refused-here", server=address, env={"TURNOUT_TOKEN": "not-a-token-0123456789"})
+    assert wrong.returncode == 1 and wrong.stderr.startswith("turnout rollback: PERMISSION_DENIED: "), wrong.stderr
+    token_file = tmp_path / "token"
+    token_file.write_text("other-token-0123456789\n")
+    by_file = turnout("history", "plain", "--token-file", str(token_file), server=address, env={"TURNOUT_TOKEN": ""})
+    assert by_file.returncode == 0, by_file.stderr
+    # The inference port serves no Rollouts: the refusal says where to go.
+    elsewhere = turnout("history", "plain", server=gateway.address)
+    assert elsewhere.returncode == 1 and elsewhere.stderr.startswith("turnout history: PERMISSION_DENIED: ")
+    assert f"control address {address}" in elsewhere.stderr
+
+
 def test_server_comes_from_turnout_server_by_default(gateway: GatewayProcess) -> None:
-    done = turnout("status", "plain", "--json", server=None, env={"TURNOUT_SERVER": gateway.address})
+    done = turnout("status", "plain", "--json", server=None, env={"TURNOUT_SERVER": gateway.control_address})
     assert done.returncode == 0 and json.loads(done.stdout)[0]["model"] == "plain"
 
 
 def test_a_rollout_from_the_command_line(gateway: GatewayProcess) -> None:
-    address = gateway.address
+    address = gateway.control_address
     baseline = ok_json("policy", "digits", "--stable", "1", "--reason", "baseline", server=address)
     assert (baseline["policy"]["stable"], baseline["explicit"]) == ("1", True)
     assert len(baseline["applied_by"]) == 1
@@ -213,11 +234,11 @@ def test_a_rollout_from_the_command_line(gateway: GatewayProcess) -> None:
 
 
 def test_status_shows_shadow_figures(gateway: GatewayProcess, digits_pixels: npt.NDArray[np.float32]) -> None:
-    address = gateway.address
+    address = gateway.control_address
     ok("policy", "mirror", "--stable", "1", server=address)
     ok("shadow", "mirror", "2", "--fraction", "1", server=address)
     requests = 20
-    with grpc.insecure_channel(address) as channel:
+    with grpc.insecure_channel(gateway.address) as channel, grpc.insecure_channel(address) as control:
         inference = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         for row in range(requests):
             pixels = digits_pixels[row : row + 1]
@@ -226,7 +247,7 @@ def test_status_shows_shadow_figures(gateway: GatewayProcess, digits_pixels: npt
                 model_name="mirror", inputs=[tensor], raw_input_contents=[pixels.tobytes()]
             )
             assert inference.ModelInfer(request, timeout=20).model_version == "1"
-        compared_all(pb_grpc.RolloutsStub(channel), requests)
+        compared_all(pb_grpc.RolloutsStub(control), requests)
 
     report = ok_json("status", "mirror", server=address)[0]
     assert [(v["version"], v["role"]) for v in report["versions"]] == [("1", "stable"), ("2", "shadow")]
@@ -245,7 +266,8 @@ def test_status_shows_shadow_figures(gateway: GatewayProcess, digits_pixels: npt
 def compared_all(rollouts: Any, requests: int) -> None:
     deadline = time.monotonic() + 15
     while True:
-        found = rollouts.GetShadowComparison(pb.ShadowComparisonRequest(model="mirror"), timeout=20).figures
+        request = pb.ShadowComparisonRequest(model="mirror")
+        found = rollouts.GetShadowComparison(request, timeout=20, metadata=BEARER).figures
         if found and found[0].compared == requests:
             return
         assert time.monotonic() < deadline, f"shadow copies never all compared: {found}"
@@ -259,12 +281,12 @@ def infer_digits(inference: Any, model: str, pixels: npt.NDArray[np.float32]) ->
 
 
 def test_status_shows_each_arms_last_minute(gateway: GatewayProcess, digits_pixels: npt.NDArray[np.float32]) -> None:
-    address = gateway.address
+    address = gateway.control_address
     ok("policy", "traffic", "--stable", "1", server=address)
     ok("canary", "traffic", "2", "--weight", "30", server=address)
     answered, bad = 120, 6
     served: dict[str, int] = {"1": 0, "2": 0}
-    with grpc.insecure_channel(address) as channel:
+    with grpc.insecure_channel(gateway.address) as channel, grpc.insecure_channel(address) as control:
         inference = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         for row in range(answered):
             served[infer_digits(inference, "traffic", digits_pixels[row : row + 1]).model_version] += 1
@@ -272,10 +294,10 @@ def test_status_shows_each_arms_last_minute(gateway: GatewayProcess, digits_pixe
             with pytest.raises(grpc.RpcError) as refused_call:
                 infer_digits(inference, "traffic", digits_pixels[:1, :63].copy())
             assert refused_call.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-        rollouts = pb_grpc.RolloutsStub(channel)
+        rollouts = pb_grpc.RolloutsStub(control)
         deadline = time.monotonic() + 10  # figures land just after each answer
         traffic_request = pb.TrafficRequest(model="traffic")
-        while sum(arm.requests for arm in rollouts.GetTraffic(traffic_request).arms) < answered + bad:
+        while sum(arm.requests for arm in rollouts.GetTraffic(traffic_request, metadata=BEARER).arms) < answered + bad:
             assert time.monotonic() < deadline, "the traffic figures never added up"
             time.sleep(0.05)
 
@@ -301,8 +323,12 @@ def test_status_shows_each_arms_last_minute(gateway: GatewayProcess, digits_pixe
 
 
 def test_status_watch_shows_the_report_again_until_interrupted(gateway: GatewayProcess) -> None:
-    command = [sys.executable, "-m", "gateway", "status", "plain", "--watch", "0.2", "--server", gateway.address]
-    with subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as watch:
+    server = gateway.control_address
+    command = [sys.executable, "-m", "gateway", "status", "plain", "--watch", "0.2", "--server", server]
+    environment = {**os.environ, "TURNOUT_TOKEN": TOKEN}
+    with subprocess.Popen(
+        command, cwd=REPO_ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as watch:
         time.sleep(3)
         watch.send_signal(signal.SIGINT)
         out, err = watch.communicate(timeout=20)
@@ -314,5 +340,5 @@ def test_status_watch_shows_the_report_again_until_interrupted(gateway: GatewayP
 def test_status_says_traffic_is_not_kept_without_metrics(tmp_path: Path) -> None:
     add_digits(tmp_path, "plain", {1: 1})
     with GatewayProcess(tmp_path, "--worker-mode", "inprocess", "--poll-interval-s", "0") as quiet:  # port 0
-        text = ok("status", "plain", server=quiet.address)
+        text = ok("status", "plain", server=quiet.control_address)
     assert "traffic: not kept (the gateway runs with --metrics-port 0)" in text

@@ -26,7 +26,7 @@ from gateway.headers import PIN
 from gateway.wire.turnout.v1 import rollouts_pb2 as pb
 from gateway.wire.turnout.v1 import rollouts_pb2_grpc as pb_grpc
 from tests.integration.conftest import WORKER_MODES
-from tests.support.gateway_process import GatewayProcess
+from tests.support.gateway_process import REPOSITORY_KEY, REPOSITORY_KEY_FLAG, GatewayProcess
 from tests.support.model_repository import (
     EXAMPLES,
     copy_digits,
@@ -92,7 +92,8 @@ def _build_repository(root: Path) -> Path:
 @pytest.fixture(scope="module", params=WORKER_MODES)
 def gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     repository = _build_repository(tmp_path_factory.mktemp(f"errors-{request.param}"))
-    with GatewayProcess(repository, "--worker-mode", request.param, "--poll-interval-s", "0") as running:
+    flags = ("--worker-mode", request.param, "--poll-interval-s", "0", REPOSITORY_KEY_FLAG)
+    with GatewayProcess(repository, *flags) as running:
         yield running
 
 
@@ -232,7 +233,7 @@ def test_a_pin_header_of_digits_that_is_no_number_is_invalid_under_a_policy(
 ) -> None:
     # The pin header is read by routing, which applies it under a policy: set one (the version that
     # serves anyway), so the header takes that path.
-    with grpc.insecure_channel(gateway.address) as channel:
+    with grpc.insecure_channel(gateway.control_address) as channel:
         rollouts = pb_grpc.RolloutsStub(channel)
         rollouts.SetPolicy(pb.SetPolicyRequest(model=MODEL, policy=pb.Policy(stable=2)), timeout=TIMEOUT_S)
     request = raw_request(MODEL, inputs=[raw_input("input", [1, 64])], raw_input_contents=[
@@ -266,7 +267,7 @@ def test_failed_version_is_unavailable_with_its_reason(
 
 
 def test_unloaded_version_is_unavailable(client: triton.InferenceServerClient, digits_pixels: Pixels) -> None:
-    client.unload_model(SPARE)
+    client.unload_model(SPARE, headers=REPOSITORY_KEY)
     try:
         assert not client.is_model_ready(SPARE, "1")
         expect_error(
@@ -282,7 +283,7 @@ def test_unloaded_version_is_unavailable(client: triton.InferenceServerClient, d
         )
         assert_serves(client, digits_pixels)
     finally:
-        client.load_model(SPARE)
+        client.load_model(SPARE, headers=REPOSITORY_KEY)
     assert_serves(client, digits_pixels, model=SPARE)
 
 
@@ -426,7 +427,7 @@ def test_corrupted_artifact_fails_its_version_with_a_reason(
     assert not client.is_model_ready(CORRUPT)
     expect_error(
         grpc.StatusCode.FAILED_PRECONDITION,
-        lambda: client.load_model(CORRUPT),
+        lambda: client.load_model(CORRUPT, headers=REPOSITORY_KEY),
         f"'{CORRUPT}'",
         "version 1",
         "not a loadable ONNX model",
@@ -442,7 +443,7 @@ def test_artifact_that_contradicts_model_yaml_fails_with_a_reason(
     assert "model.yaml declares inputs ['input'] but the artifact has ['x']" in entry.reason
     expect_error(
         grpc.StatusCode.FAILED_PRECONDITION,
-        lambda: client.load_model(MISMATCH),
+        lambda: client.load_model(MISMATCH, headers=REPOSITORY_KEY),
         "model.yaml declares inputs ['input']",
     )
     assert_serves(client, digits_pixels)
@@ -468,7 +469,8 @@ def test_malformed_model_yaml_fails_with_a_reason(
         f"'{model}'",
         *fragments,
     )
-    expect_error(grpc.StatusCode.FAILED_PRECONDITION, lambda: client.load_model(model), f"'{model}'", *fragments)
+    load = lambda: client.load_model(model, headers=REPOSITORY_KEY)  # noqa: E731
+    expect_error(grpc.StatusCode.FAILED_PRECONDITION, load, f"'{model}'", *fragments)
     assert_serves(client, digits_pixels)
 
 

@@ -17,7 +17,7 @@ import tritonclient.grpc as triton
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from tests.support.gateway_process import GatewayProcess
+from tests.support.gateway_process import REPOSITORY_KEY, REPOSITORY_KEY_FLAG, GatewayProcess
 from tests.support.model_repository import add_broken_model, copy_digits
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -48,7 +48,8 @@ def test_json_lines_access_lines_and_readiness(tmp_path: Path, digits_pixels: np
     repository = tmp_path / "models"
     copy_digits(repository, versions=(1,))
     add_broken_model(repository)
-    with GatewayProcess(repository, "--log-format", "json", "--access-log", "on", "--poll-interval-s", "0") as gateway:
+    flags = ("--log-format", "json", "--access-log", "on", "--poll-interval-s", "0", REPOSITORY_KEY_FLAG)
+    with GatewayProcess(repository, *flags) as gateway:
         with triton.InferenceServerClient(gateway.address) as client:
             # --strict-readiness (the default): the broken model keeps ServerReady and health down.
             assert not client.is_server_ready() and health(gateway.address) == NOT_SERVING
@@ -60,7 +61,8 @@ def test_json_lines_access_lines_and_readiness(tmp_path: Path, digits_pixels: np
             tensor.set_data_from_numpy(digits_pixels[:1])
             with pytest.raises(InferenceServerException, match="unknown model"):
                 client.infer("nonesuch", [tensor], request_id="unknown-1")
-            client.unload_model("broken")  # no longer expected to serve: ready, and health follows
+            # No longer expected to serve: ready, and health follows.
+            client.unload_model("broken", headers=REPOSITORY_KEY)
             assert client.is_server_ready()
             eventually_health(gateway.address, SERVING)
         gateway.wait_for_log('"request_id": "unknown-1"')

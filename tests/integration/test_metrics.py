@@ -118,12 +118,12 @@ def send_traffic(address: str) -> Counter[str]:
 def traffic(gateway: GatewayProcess) -> tuple[Counter[str], Samples]:
     """The canary split's traffic, and a scrape once every request is counted (counts land just
     after the caller has its answer, so the scrape is repeated briefly until they are all there)."""
-    with grpc.insecure_channel(gateway.address) as channel:
-        control, actor = rollouts_pb2_grpc.RolloutsStub(channel), ((headers.ACTOR, "test"),)
+    with grpc.insecure_channel(gateway.control_address) as channel:
+        control = rollouts_pb2_grpc.RolloutsStub(channel)
         stable = rollouts_pb2.SetPolicyRequest(model="digits", policy=rollouts_pb2.Policy(stable=1))
-        control.SetPolicy(stable, metadata=actor)
+        control.SetPolicy(stable)
         canary = rollouts_pb2.SetCanaryRequest(model="digits", version=2, weight_percent=30, reason="metrics test")
-        control.SetCanary(canary, metadata=actor)
+        control.SetCanary(canary)
     arms = send_traffic(gateway.address)
     expected = CLIENTS * (GOOD_EACH + BAD_EACH)
     deadline = time.monotonic() + 15
@@ -218,11 +218,11 @@ def test_a_gateway_alone_serves_its_own_metrics_with_shadow_divergence(tmp_path:
     port = free_port()
     with GatewayProcess(tmp_path, "--poll-interval-s", "0", "--metrics-port", str(port)) as alone:
         assert metrics_port(alone) == port
-        with grpc.insecure_channel(alone.address) as channel:
+        with grpc.insecure_channel(alone.control_address) as control:
             policy = rollouts_pb2.Policy(stable=1, shadows=[rollouts_pb2.Shadow(version=2, fraction=1.0)])
-            rollouts_pb2_grpc.RolloutsStub(channel).SetPolicy(
-                rollouts_pb2.SetPolicyRequest(model="digits", policy=policy), metadata=((headers.ACTOR, "test"),)
-            )
+            request = rollouts_pb2.SetPolicyRequest(model="digits", policy=policy)
+            rollouts_pb2_grpc.RolloutsStub(control).SetPolicy(request)
+        with grpc.insecure_channel(alone.address) as channel:
             stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
             pixels = np.random.default_rng(1).random((4, 64)) * 16
             for _ in range(10):
@@ -253,7 +253,7 @@ def test_each_arms_last_minute_sums_every_process(
     arms, _ = traffic
     for _ in range(3):
         own_connection = [("grpc.use_local_subchannel_pool", 1)]
-        with grpc.insecure_channel(gateway.address, options=own_connection) as channel:
+        with grpc.insecure_channel(gateway.control_address, options=own_connection) as channel:
             view = rollouts_pb2_grpc.RolloutsStub(channel).GetTraffic(rollouts_pb2.TrafficRequest(model="digits"))
         assert (view.kept, view.processes, view.window_s) == (True, PROCESSES, 60)
         by_arm = {arm.arm: arm for arm in view.arms}

@@ -24,16 +24,28 @@ from tests.support.gateway_process import GatewayProcess
 from tests.support.model_repository import copy_digits, identity_model, save_version
 
 CONNECTIONS = 16
-ACTOR = (("turnout-actor", "test-repository"),)
+# Loads and unloads on the inference port need the control plane's credentials: a token, whose name
+# is the actor every process logs.
+TOKEN = "repository-token-0123456789"
+ACTOR = (("authorization", f"Bearer {TOKEN}"),)
+REVOKED = "revoked-token-0123456789"  # revoked by the last test
 FOLLOWED_UNLOAD = "unloaded model 'digits' as test-repository asked through another process"
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+def tokens(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("control") / "tokens"
+    path.write_text(f"test-repository {TOKEN}\nsoon-revoked {REVOKED}\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory, tokens: Path) -> Iterator[GatewayProcess]:
     repository = tmp_path_factory.mktemp("repository")
     copy_digits(repository, versions=(1,))
     save_version(repository, "identity", 1, identity_model("FP32"))
-    with GatewayProcess(repository, "--processes", "2", "--poll-interval-s", "0") as running:
+    flags = ("--processes", "2", "--poll-interval-s", "0", "--control-tokens-file", str(tokens))
+    with GatewayProcess(repository, *flags) as running:
         yield running
 
 
@@ -133,3 +145,47 @@ def test_loading_a_model_the_repository_lacks_is_refused_and_recorded_nowhere(ga
     assert refused.value.code() is grpc.StatusCode.NOT_FOUND
     assert "absent" in (refused.value.details() or "")
     assert "model 'absent' as test-repository" not in gateway.log()
+
+
+def listening_sockets(port: int) -> int:
+    """How many sockets listen on ``port``, read from /proc/net (state 0A is LISTEN); grpc listens on
+    IPv6 sockets with v4-mapped addresses, so both tables count."""
+    rows = [row for table in ("tcp", "tcp6") for row in Path(f"/proc/net/{table}").read_text().splitlines()[1:]]
+    return sum(1 for row in rows if row.split()[1].endswith(f":{port:04X}") and row.split()[3] == "0A")
+
+
+def test_both_processes_serve_the_control_listener_on_one_port(gateway: GatewayProcess) -> None:
+    port = int(gateway.control_address.rsplit(":", 1)[1])
+    assert port not in (0, gateway.port)
+    assert listening_sockets(port) == 2, "each gateway process listens on the control port (SO_REUSEPORT)"
+    # Any connection, whichever process takes it, needs the token, and is served with it.
+    for _ in range(4):
+        channel, stub = stub_on_own_connection(gateway.control_address)
+        with channel:
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.RepositoryModelLoad(service_pb2.RepositoryModelLoadRequest(model_name="digits"), timeout=10)
+            assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+            index = stub.RepositoryIndex(service_pb2.RepositoryIndexRequest(), timeout=10)
+            assert {model.name for model in index.models} == {"digits", "identity"}
+
+
+def test_sighup_to_the_supervisor_rereads_the_tokens_in_every_process(gateway: GatewayProcess, tokens: Path) -> None:
+    assert gateway.process is not None
+    load_identity = service_pb2.RepositoryModelLoadRequest(model_name="identity")
+    revoked = (("authorization", f"Bearer {REVOKED}"),)
+    channel, stub = stub_on_own_connection(gateway.control_address)
+    with channel:
+        stub.RepositoryModelLoad(load_identity, metadata=revoked, timeout=60)
+    tokens.write_text(f"test-repository {TOKEN}\n")
+    gateway.process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 30
+    while gateway.log().count("control tokens re-read") < 2:  # one line from each gateway process
+        assert time.monotonic() < deadline, gateway.log()
+        time.sleep(0.1)
+    for _ in range(CONNECTIONS):  # whichever process a connection lands on
+        channel, stub = stub_on_own_connection(gateway.control_address)
+        with channel:
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.RepositoryModelLoad(load_identity, metadata=revoked, timeout=60)
+            assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
+            stub.RepositoryModelLoad(load_identity, metadata=ACTOR, timeout=60)

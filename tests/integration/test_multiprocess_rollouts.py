@@ -57,7 +57,7 @@ class Control:
     def __init__(self, address: str) -> None:
         self.channel = grpc.insecure_channel(address)
         self.stub = rollouts_pb2_grpc.RolloutsStub(self.channel)
-        self.metadata = (("turnout-actor", "test-multiprocess"),)
+        self.metadata = ()
 
     def set_stable(self, version: int) -> rollouts_pb2.PolicyState:
         policy = rollouts_pb2.Policy(stable=version)
@@ -79,7 +79,7 @@ class Control:
 
 @pytest.fixture
 def control(gateway: GatewayProcess) -> Iterator[Control]:
-    opened = Control(gateway.address)
+    opened = Control(gateway.control_address)
     opened.set_stable(1)
     yield opened
     opened.close()
@@ -204,7 +204,7 @@ def test_rollback_mid_load_drops_nothing_and_takes_effect_when_it_returns(
 
     history = control.stub.History(rollouts_pb2.HistoryRequest(model="digits", limit=3)).changes
     assert [change.action for change in history[:2]] == ["rollback", "set-canary"]
-    assert history[0].actor == "test-multiprocess" and history[0].generation == state.generation
+    assert history[0].actor == "local:127.0.0.1" and history[0].generation == state.generation
     assert history[0].before.canary.weight_bp == 5_000
 
 

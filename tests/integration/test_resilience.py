@@ -27,7 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from tritonclient.utils import InferenceServerException
 
-from tests.support.gateway_process import GatewayProcess, worker_pids
+from tests.support.gateway_process import REPOSITORY_KEY, REPOSITORY_KEY_FLAG, GatewayProcess, worker_pids
 from tests.support.model_repository import copy_digits, save_version, slow_model, slow_rounds_for
 
 Pixels = npt.NDArray[np.float32]
@@ -181,7 +181,8 @@ def digits_gateway(
 
 @pytest.fixture
 def slow_gateway(tmp_path: Path) -> Iterator[GatewayProcess]:
-    with GatewayProcess(slow_repository(tmp_path), "--poll-interval-s", "0", "--grace-period-s", str(GRACE_S)) as gw:
+    flags = ("--poll-interval-s", "0", "--grace-period-s", str(GRACE_S), REPOSITORY_KEY_FLAG)
+    with GatewayProcess(slow_repository(tmp_path), *flags) as gw:
         yield gw
 
 
@@ -289,14 +290,14 @@ def test_unload_waits_for_accepted_requests_and_refuses_later_ones(slow_gateway:
         prober_thread = threading.Thread(target=keep_calling, args=(prober,))
         unload_started = time.monotonic()
         prober_thread.start()
-        client.unload_model(SLOW)
+        client.unload_model(SLOW, headers=REPOSITORY_KEY)
         unload_done = time.monotonic()
         time.sleep(0.2)
         stop.set()
         prober_thread.join(TIMEOUT_S)
         assert_all_served(accepted)
         assert not client.is_model_ready(SLOW, "1")
-        client.load_model(SLOW)
+        client.load_model(SLOW, headers=REPOSITORY_KEY)
         assert client.is_model_ready(SLOW, "1")
     assert all(call.finished > unload_started for call in accepted), "done before the unload: raise SLOW_S"
     # unload_model returned only once every accepted request had its answer.

@@ -37,7 +37,8 @@ from tests.support.model_repository import EXAMPLES
 Pixels = npt.NDArray[np.float32]
 Metadata = Sequence[tuple[str, str]]
 
-ACTOR = "test-rollouts"
+# With no tokens on a loopback control address, every local caller may act, recorded by its host.
+ACTOR = "local:127.0.0.1"
 STICKY = "x-user-id"
 TIMEOUT_S = 20.0
 Z_999 = 3.2905  # two-sided 99.9% normal quantile
@@ -100,16 +101,18 @@ def infer_request(model: str, pixels: Pixels, version: str = "") -> service_pb2.
 
 
 class Client:
-    """One channel to a gateway: inference through the raw stub, control through Rollouts."""
+    """Two channels to a gateway: inference through the raw stub, control through Rollouts on the control address."""
 
-    def __init__(self, address: str, actor: str = ACTOR) -> None:
+    def __init__(self, address: str, control_address: str, metadata: Metadata = ()) -> None:
         self.channel = grpc.insecure_channel(address)
+        self.control_channel = grpc.insecure_channel(control_address)
         self.inference = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
-        self.rollouts = pb_grpc.RolloutsStub(self.channel)
-        self.metadata = (("turnout-actor", actor),)
+        self.rollouts = pb_grpc.RolloutsStub(self.control_channel)
+        self.metadata = tuple(metadata)
 
     def close(self) -> None:
         self.channel.close()
+        self.control_channel.close()
 
     # inference
 
@@ -221,7 +224,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
 
 @pytest.fixture(scope="module")
 def client(gateway: GatewayProcess) -> Iterator[Client]:
-    opened = Client(gateway.address)
+    opened = Client(gateway.address, gateway.control_address)
     yield opened
     opened.close()
 
@@ -487,18 +490,20 @@ def test_promote_or_rollback_with_nothing_to_act_on_is_refused(client: Client) -
     assert client.history("audit")[0].generation == generation
 
 
-def test_actor_defaults_to_unknown(gateway: GatewayProcess) -> None:
-    anonymous = Client(gateway.address)
+def test_the_actor_is_never_a_header_the_caller_chose(gateway: GatewayProcess) -> None:
+    claiming = Client(gateway.address, gateway.control_address, metadata=(("turnout-actor", "someone-else"),))
     try:
-        state = anonymous.rollouts.SetPolicy(
-            pb.SetPolicyRequest(model="audit", policy=stable_only(1), reason="no actor"), timeout=TIMEOUT_S
+        state = claiming.rollouts.SetPolicy(
+            pb.SetPolicyRequest(model="audit", policy=stable_only(1), reason="no actor"),
+            metadata=claiming.metadata,
+            timeout=TIMEOUT_S,
         )
-        limited = anonymous.rollouts.History(pb.HistoryRequest(model="audit", limit=1), timeout=TIMEOUT_S).changes
+        limited = claiming.rollouts.History(pb.HistoryRequest(model="audit", limit=1), timeout=TIMEOUT_S).changes
         assert len(limited) == 1
         newest = limited[0]
-        assert (newest.generation, newest.actor, newest.reason) == (state.generation, "unknown", "no actor")
+        assert (newest.generation, newest.actor, newest.reason) == (state.generation, ACTOR, "no actor")
     finally:
-        anonymous.close()
+        claiming.close()
 
 
 # --- shadows -------------------------------------------------------------------------------------
@@ -531,7 +536,7 @@ def answer_all(client: Client, batches: list[Pixels], version: str = "") -> list
 def test_a_shadow_that_keeps_failing_is_paused_then_probed_again(
     shadow_gateway: GatewayProcess, digits_pixels: Pixels
 ) -> None:
-    client = Client(shadow_gateway.address)
+    client = Client(shadow_gateway.address, shadow_gateway.control_address)
     try:
         client.set_policy(PAUSED, stable_only(1), reason="digits v1 serves")
         expected = client.infer(PAUSED, digits_pixels[:1]).outputs
@@ -560,7 +565,7 @@ def test_a_shadow_that_keeps_failing_is_paused_then_probed_again(
 
 
 def test_shadows_never_change_the_callers_answers(shadow_gateway: GatewayProcess, digits_pixels: Pixels) -> None:
-    client = Client(shadow_gateway.address)
+    client = Client(shadow_gateway.address, shadow_gateway.control_address)
     try:
         check_shadows(client, [digits_pixels[i : i + 1 + i % 3] for i in range(40)])
     finally:
@@ -622,7 +627,7 @@ def test_requests_on_a_stream_are_mirrored_a_batch_at_a_time(
     shadow_gateway: GatewayProcess, digits_pixels: Pixels
 ) -> None:
     """A stream keeps many requests in flight, so primary batches hold several of them: each is copied."""
-    client = Client(shadow_gateway.address)
+    client = Client(shadow_gateway.address, shadow_gateway.control_address)
     try:
         client.set_policy(STREAMED, pb.Policy(stable=1, shadows=[pb.Shadow(version=2, fraction=1.0)]), reason="try")
         rows = [digits_pixels[i : i + 1] for i in range(60)]
@@ -671,7 +676,7 @@ def test_policy_and_history_survive_a_restart(tmp_path: Path, one_row: Pixels) -
     keys = [f"user-{index}" for index in range(30)]
 
     with GatewayProcess(repository, *flags) as first:
-        client = Client(first.address)
+        client = Client(first.address, first.control_address)
         try:
             client.set_policy("digits", stable_only(1), reason="baseline")
             before = client.canary("digits", 2, 40, sticky_key=STICKY, reason="40% of users")
@@ -681,7 +686,7 @@ def test_policy_and_history_survive_a_restart(tmp_path: Path, one_row: Pixels) -
         assert first.stop(signal.SIGTERM) == 0
 
     with GatewayProcess(repository, *flags) as second:
-        client = Client(second.address)
+        client = Client(second.address, second.control_address)
         try:
             after = client.policy("digits")
             assert (after.policy, after.generation, after.explicit) == (before.policy, before.generation, True)
@@ -709,7 +714,7 @@ def test_a_change_that_reaches_a_process_late_waits_for_it_and_names_it_in_the_l
         store = SqliteStateStore(state)  # what a second gateway process would write, written here
         laggard = "other-host:4242:late"
         store.report_applied(laggard, 4242, store.generation())
-        client = Client(running.address)
+        client = Client(running.address, running.control_address)
         next_generation = store.generation() + 1
 
         def catch_up() -> None:
@@ -752,7 +757,7 @@ def test_a_change_a_process_never_applies_fails_with_deadline_exceeded_naming_it
 
         heartbeat = threading.Thread(target=stay_alive_and_behind)
         heartbeat.start()
-        client = Client(running.address)
+        client = Client(running.address, running.control_address)
         try:
             with pytest.raises(grpc.RpcError) as refused:
                 client.set_policy("stuck", stable_only(2), reason="one process is stuck")
@@ -774,7 +779,7 @@ def test_the_old_stable_is_unloaded_once_the_rollback_window_has_passed(tmp_path
     add_digits(repository, "windowed", {1: 1, 2: 2}, model_yaml=LATEST_ONE_YAML)
     flags = ("--worker-mode", "inprocess", "--poll-interval-s", "0.1", "--rollback-window-s", "1")
     with GatewayProcess(repository, *flags) as running:
-        client = Client(running.address)
+        client = Client(running.address, running.control_address)
         try:
             client.set_policy("windowed", stable_only(1), reason="baseline")
             client.canary("windowed", 2, 50, reason="try v2")

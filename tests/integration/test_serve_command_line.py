@@ -16,7 +16,7 @@ import tritonclient.grpc as triton
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.settings import default_state_dir
-from tests.support.gateway_process import GatewayFailedToStart, GatewayProcess
+from tests.support.gateway_process import REPOSITORY_KEY, REPOSITORY_KEY_FLAG, GatewayFailedToStart, GatewayProcess
 from tests.support.model_repository import add_broken_model, copy_digits
 
 BROKEN = "broken"  # a model whose only version is not ONNX: never READY
@@ -97,12 +97,13 @@ def test_strict_readiness_waits_for_every_model(tmp_path: Path) -> None:
     """Turnout's default, as Triton's: not ready while a model of the repository has no READY version."""
     repository = repository_with_a_broken_model(tmp_path)
     with (
-        GatewayProcess(repository, "--worker-mode", "inprocess", "--poll-interval-s", "0") as gateway,
-        triton.InferenceServerClient(gateway.address) as client,
+        GatewayProcess(repository, "--worker-mode", "inprocess", "--poll-interval-s", "0", REPOSITORY_KEY_FLAG) as gw,
+        triton.InferenceServerClient(gw.address) as client,
     ):
         assert client.is_server_live() and client.is_model_ready("digits")
         assert not client.is_server_ready()
-        client.unload_model(BROKEN)  # an operator's unload: the model is no longer expected to serve
+        # An operator's unload: the model is no longer expected to serve.
+        client.unload_model(BROKEN, headers=REPOSITORY_KEY)
         assert client.is_server_ready()
 
 

@@ -38,7 +38,7 @@ def test_a_deleted_state_file_refuses_changes_and_serves_on(
     repository = copy_digits(tmp_path / "repository").parent
     state = tmp_path / "state"
     with GatewayProcess(repository, "--worker-mode", "inprocess", "--state-dir", str(state)) as gateway:
-        with grpc.insecure_channel(gateway.address) as channel:
+        with grpc.insecure_channel(gateway.control_address) as channel:
             rollouts = pb_grpc.RolloutsStub(channel)
             rollouts.SetPolicy(pb.SetPolicyRequest(model="digits", policy=pb.Policy(stable=1)), timeout=TIMEOUT_S)
             for suffix in ("", "-wal", "-shm"):

@@ -149,7 +149,7 @@ def test_a_traced_request_reaches_an_otlp_receiver_under_the_callers_trace(
         "OTEL_SERVICE_NAME": "turnout-under-test",
     }
     with GatewayProcess(tmp_path, "--poll-interval-s", "0", env=env) as gateway:
-        with grpc.insecure_channel(gateway.address) as channel:
+        with grpc.insecure_channel(gateway.control_address) as channel:
             policy = pb.Policy(stable=1, shadows=[pb.Shadow(version=2, fraction=1.0)])
             pb_grpc.RolloutsStub(channel).SetPolicy(pb.SetPolicyRequest(model="digits", policy=policy), timeout=10)
         with triton.InferenceServerClient(gateway.address) as client:

@@ -23,7 +23,7 @@ from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
 from tests.integration.conftest import WORKER_MODES
-from tests.support.gateway_process import GatewayProcess
+from tests.support.gateway_process import REPOSITORY_KEY, REPOSITORY_KEY_FLAG, GatewayProcess
 from tests.support.model_repository import EXAMPLES, SETTINGS_FORMATS, copy_digits, use_settings_format
 
 Pixels = npt.NDArray[np.float32]
@@ -51,7 +51,8 @@ def gateway(
     copy_digits(repository)
     shutil.copytree(EXAMPLES / "digits", repository / SPARE, ignore=shutil.ignore_patterns("2", "README.md"))
     use_settings_format(repository, settings_format)
-    with GatewayProcess(repository, "--worker-mode", request.param, "--poll-interval-s", "0") as running:
+    flags = ("--worker-mode", request.param, "--poll-interval-s", "0", REPOSITORY_KEY_FLAG)
+    with GatewayProcess(repository, *flags) as running:
         yield running
 
 
@@ -281,7 +282,7 @@ def test_unload_then_load_model(
 ) -> None:
     pixels = digits_pixels[:2]
     assert client.is_model_ready(SPARE)
-    client.unload_model(SPARE)
+    client.unload_model(SPARE, headers=REPOSITORY_KEY)
 
     assert not client.is_model_ready(SPARE)
     assert not client.is_model_ready(SPARE, "1")
@@ -294,7 +295,7 @@ def test_unload_then_load_model(
     assert index[(MODEL, "2")] == "READY"
     assert client.is_model_ready(MODEL)  # the other model never noticed
 
-    client.load_model(SPARE)
+    client.load_model(SPARE, headers=REPOSITORY_KEY)
     assert client.is_model_ready(SPARE)
     assert client.is_model_ready(SPARE, "1")
     result = client.infer(SPARE, digits_inputs(pixels), client_timeout=TIMEOUT_S)
@@ -304,7 +305,7 @@ def test_unload_then_load_model(
 
 def test_load_of_a_model_not_in_the_repository_fails(client: triton.InferenceServerClient) -> None:
     with pytest.raises(InferenceServerException) as caught:
-        client.load_model("no-such-model")
+        client.load_model("no-such-model", headers=REPOSITORY_KEY)
     assert status_of(caught.value) == "StatusCode.NOT_FOUND", caught.value.message()
 
 

@@ -47,15 +47,18 @@ def good_request(pixels: npt.NDArray[np.float32], request_id: str = "") -> servi
 
 
 @pytest.mark.parametrize(
-    "method",
+    ("method", "on_control_listener"),
     [
-        "/inference.GRPCInferenceService/ModelInfer",
-        "/inference.GRPCInferenceService/ModelMetadata",
-        "/turnout.v1.Rollouts/Rollback",
+        ("/inference.GRPCInferenceService/ModelInfer", False),
+        ("/inference.GRPCInferenceService/ModelMetadata", False),
+        ("/turnout.v1.Rollouts/Rollback", True),
+        ("/inference.GRPCInferenceService/RepositoryModelLoad", True),
     ],
 )
-def test_a_body_that_is_no_message_is_invalid_argument(gateway: GatewayProcess, method: str) -> None:
-    with grpc.insecure_channel(gateway.address) as channel:
+def test_a_body_that_is_no_message_is_invalid_argument(
+    gateway: GatewayProcess, method: str, on_control_listener: bool
+) -> None:
+    with grpc.insecure_channel(gateway.control_address if on_control_listener else gateway.address) as channel:
         call = channel.unary_unary(method, request_serializer=identity, response_deserializer=identity)
         for body in NOT_MESSAGES:
             with pytest.raises(grpc.RpcError) as refused:

@@ -20,6 +20,13 @@ from types import TracebackType
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _READY_LINE = re.compile(r"^turnout: serving .* on (?P<host>[^\s]+):(?P<port>\d+)$")
+_CONTROL_LINE = re.compile(r"^turnout: control plane on (?P<address>[^\s]+:\d+)$")
+
+
+# Loads and unloads on the inference port need the control plane's credentials; tests that make them
+# start the gateway with Triton's restricted model-repository protocol and send its header.
+REPOSITORY_KEY = {"x-repository-key": "repository-key-for-tests"}
+REPOSITORY_KEY_FLAG = "--grpc-restricted-protocol=model-repository:x-repository-key=repository-key-for-tests"
 
 
 class GatewayFailedToStart(RuntimeError):
@@ -46,6 +53,7 @@ class GatewayProcess:
         self.own_flags = own_flags
         self.process: subprocess.Popen[str] | None = None
         self.port = 0
+        self.control_address = ""  # HOST:PORT of the control listener, from its start line
         # Closed in stop()/kill(); its name outlives it so the log can be read after the process ends.
         self._log = tempfile.NamedTemporaryFile("w+", prefix="turnout-", suffix=".log", delete=False)  # noqa: SIM115
         self._lines: list[str] = []
@@ -62,10 +70,14 @@ class GatewayProcess:
             self._own_state = tempfile.mkdtemp(prefix="turnout-state-")
         state = ["--state-dir", self._own_state] if self._own_state else []
         place = ["--repository", str(self.repository), "--host", "127.0.0.1", "--port", "0"] if self.own_flags else []
-        # Many gateways run at once in tests: no metrics port unless the test asks for one.
+        # Many gateways run at once in tests: no metrics port unless the test asks for one, and a free
+        # control port unless the test names one.
         asks_metrics = any(flag.startswith(("--metrics-port", "--allow-metrics")) for flag in self.flags)
         metrics = [] if asks_metrics else ["--metrics-port", "0"]
-        command = [sys.executable, "-m", "gateway", "serve", *place, *state, *metrics, *self.flags]
+        names_control = any(flag.startswith("--control-address") for flag in self.flags)
+        names_control = names_control or "TURNOUT_CONTROL_ADDRESS" in self.env
+        control = [] if names_control else ["--control-address", "127.0.0.1:0"]
+        command = [sys.executable, "-m", "gateway", "serve", *place, *state, *metrics, *control, *self.flags]
         # The gateway is started as the `turnout` command would be from another directory, so it must
         # find its own package there.
         env = {**self.env, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), self.env.get("PYTHONPATH")]))}
@@ -88,9 +100,12 @@ class GatewayProcess:
         assert self.process is not None and self.process.stdout is not None
         for line in self.process.stdout:
             self._lines.append(line)
+            if control := _CONTROL_LINE.match(line.strip()):
+                self.control_address = control["address"]
             match = _READY_LINE.match(line.strip())
             if match and not ready.is_set():
                 self.port = int(match["port"])
+            if self.port and self.control_address and not ready.is_set():  # the control line comes second
                 ready.set()
 
     def log(self) -> str:

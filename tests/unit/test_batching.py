@@ -240,6 +240,53 @@ def test_requests_past_the_queue_timeout_fail_with_unavailable() -> None:
         late.wait(0)
 
 
+def with_deadline(deadline: float) -> Pending:
+    return Pending({"x": raw_of(np.zeros((1, 3), np.float32))}, 1, [], deadline=deadline)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.booleans(), min_size=1, max_size=40), st.sampled_from([None, 60.0]))
+def test_requests_whose_deadline_passed_in_the_queue_are_answered_deadline_exceeded_and_never_batched(
+    expired: list[bool], queue_timeout_s: float | None
+) -> None:
+    queue = queue_of(max_batch_size=64, timeout_s=queue_timeout_s)
+    now = time.monotonic()
+    # Past deadlines are in the past already; the others are far off, as is the queue's own timeout.
+    items = [with_deadline(now - 1.0 if gone else now + 3600.0) for gone in expired]
+    for item in items:
+        queue.put(item)
+    batch = queue.take()
+    assert batch == [item for item, gone in zip(items, expired, strict=True) if not gone]
+    for item, gone in zip(items, expired, strict=True):
+        if gone:
+            with pytest.raises(DeadlineExceeded, match=r"deadline passed .* in the queue; it was not run"):
+                item.wait(0)
+
+
+def test_a_batch_whose_requests_have_all_expired_is_not_run() -> None:
+    queue = queue_of()
+    late = [with_deadline(time.monotonic() + 0.01) for _ in range(3)]
+    for item in late:
+        queue.put(item)
+    time.sleep(0.03)  # they expire while queued, as behind a busy worker
+    assert queue.take() == [], "an empty batch: the dispatcher runs nothing"
+    assert len(queue) == 0
+    for item in late:
+        with pytest.raises(DeadlineExceeded):
+            item.wait(0)
+
+
+def test_a_queue_timeout_shorter_than_the_deadline_is_still_unavailable() -> None:
+    queue = queue_of(timeout_s=0.01)
+    item = with_deadline(time.monotonic() + 60.0)
+    queue.put(item)
+    time.sleep(0.03)
+    queue.put(fresh := pending(1))
+    assert queue.take() == [fresh]
+    with pytest.raises(Unavailable, match="timed out in the queue"):
+        item.wait(0)
+
+
 def test_abandoned_requests_are_skipped() -> None:
     queue = queue_of()
     gone, kept = pending(1), pending(1)

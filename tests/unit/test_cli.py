@@ -146,10 +146,24 @@ def test_log_flags_parse_and_triton_s_load_thread_count_becomes_ours() -> None:
 
 
 def test_operator_commands_take_their_server_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert build_parser().parse_args(["status"]).server == commands.DEFAULT_SERVER
+    monkeypatch.delenv("TURNOUT_SERVER", raising=False)
+    assert build_parser().parse_args(["status"]).server == commands.DEFAULT_SERVER == "localhost:8003"
     monkeypatch.setenv("TURNOUT_SERVER", "gateway.internal:9001")
-    for command in ("status", "health", "history digits"):
+    for command in ("status", "history digits", "rollback digits"):
         assert build_parser().parse_args(command.split()).server == "gateway.internal:9001", command
+    # TURNOUT_SERVER names the control address; health asks the inference port.
+    assert build_parser().parse_args(["health"]).server == commands.DEFAULT_HEALTH_SERVER == "localhost:8001"
+
+
+def test_the_control_token_comes_from_a_file_or_the_environment(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("file-token-0123456789\n")
+    bearer = (("authorization", "Bearer file-token-0123456789"),)
+    assert commands.control_metadata(str(token_file), {"TURNOUT_TOKEN": "env-token"}) == bearer, "the file wins"
+    assert commands.control_metadata(None, {"TURNOUT_TOKEN": "env-token"}) == (("authorization", "Bearer env-token"),)
+    assert commands.control_metadata(None, {}) == ()
+    with pytest.raises(SystemExit, match="cannot read the token file"):
+        commands.control_metadata(str(tmp_path / "absent"), {})
 
 
 def test_operator_defaults_come_from_one_place() -> None:

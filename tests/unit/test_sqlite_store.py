@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from gateway.routing.policy import Canary, Policy, Shadow
+from gateway.state import sqlite_store
 from gateway.state.sqlite_store import STATE_FILE, SqliteStateStore
-from gateway.state.store import GenerationConflict, StateUnavailable
+from gateway.state.store import GenerationConflict, RefusedCall, StateUnavailable
 
 
 @pytest.fixture
@@ -193,3 +194,15 @@ def _catch(call: Callable[[], object], into: list[BaseException]) -> None:
         call()
     except BaseException as error:
         into.append(error)
+
+
+def test_refused_calls_are_kept_newest_first_and_bounded(
+    store: SqliteStateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_store, "REFUSED_CALLS_KEPT", 3)
+    for index in range(5):
+        store.record_refused(RefusedCall("digits", 1000.0 + index, "unknown", "Rollback", f"attempt {index}"))
+    store.record_refused(RefusedCall("other", 2000.0, "unknown", "SetPolicy", "elsewhere"))
+    assert [row.detail for row in store.refused("digits", 10)] == ["attempt 4", "attempt 3"]
+    assert [row.detail for row in store.refused("other", 10)] == ["elsewhere"]
+    assert store.history("digits", 10) == [], "a refusal is no policy change"

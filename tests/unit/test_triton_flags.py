@@ -135,7 +135,7 @@ def test_every_flag_without_an_equivalent_is_named_in_one_go() -> None:
         "--http-port",
         "8000",
         "--grpc-port=8001",
-        "--grpc-use-ssl=true",
+        "--grpc-max-connection-age=1000",
         "--backend-config=onnxruntime,default-max-batch-size=4",
         "--pinned-memory-pool-byte-size",
         "268435456",
@@ -148,7 +148,7 @@ def test_every_flag_without_an_equivalent_is_named_in_one_go() -> None:
         for name in (
             "grpc-infer-allocation-pool-size",
             "http-port",
-            "grpc-use-ssl",
+            "grpc-max-connection-age",
             "backend-config",
             "pinned-memory-pool-byte-size",
             "cuda-memory-pool-byte-size",
@@ -195,3 +195,62 @@ def test_metrics_flags_become_turnouts_and_allow_metrics_false_turns_the_port_of
     assert translate("--metrics-address", "127.0.0.1") == ["--metrics-host=127.0.0.1"]
     # Turnout's own --metrics-port (Triton's spelling too) passes through as it is.
     assert translate_triton_flags(["--metrics-port", "9102"], {*NATIVE, "--metrics-port"}) == ["--metrics-port", "9102"]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [
+        (
+            ["--grpc-use-ssl=true", "--grpc-server-cert", "/c.pem", "--grpc-server-key=/k.pem"],
+            ["--tls-cert-file=/c.pem", "--tls-key-file=/k.pem"],
+        ),
+        (
+            ["--grpc-use-ssl", "1", "--grpc-server-cert=/c", "--grpc-server-key=/k"],
+            ["--tls-cert-file=/c", "--tls-key-file=/k"],
+        ),
+        # Triton reads the root certificate only for mutual TLS.
+        (
+            ["--grpc-use-ssl", "--grpc-server-cert=/c", "--grpc-server-key=/k", "--grpc-root-cert=/ca"],
+            ["--tls-cert-file=/c", "--tls-key-file=/k"],
+        ),
+        (
+            ["--grpc-use-ssl-mutual=true", "--grpc-server-cert=/c", "--grpc-server-key=/k", "--grpc-root-cert=/ca"],
+            ["--tls-cert-file=/c", "--tls-key-file=/k", "--tls-client-ca-file=/ca"],
+        ),
+        (
+            ["--grpc-use-ssl=true", "--grpc-use-ssl-mutual", "0", "--grpc-server-cert=/c", "--grpc-server-key=/k"],
+            ["--tls-cert-file=/c", "--tls-key-file=/k"],
+        ),
+        # Without --grpc-use-ssl the files are unused, as in Triton.
+        (["--grpc-use-ssl=false", "--grpc-server-cert=/c", "--grpc-server-key=/k"], []),
+        (["--grpc-server-cert=/c", "--grpc-root-cert=/ca"], []),
+    ],
+)
+def test_tls_flags_become_turnouts(arguments: list[str], expected: list[str]) -> None:
+    assert translate(*arguments) == expected
+
+
+def test_grpc_use_ssl_mutual_turns_tls_on_whatever_its_value_as_triton_does() -> None:
+    assert translate("--grpc-use-ssl-mutual=false", "--grpc-server-cert=/c", "--grpc-server-key=/k") == [
+        "--tls-cert-file=/c",
+        "--tls-key-file=/k",
+    ]
+
+
+def test_tls_without_its_files_is_refused_naming_the_missing_flags() -> None:
+    assert problems("--grpc-use-ssl=true", "--grpc-server-key=/k") == (
+        "Triton flag --grpc-use-ssl needs --grpc-server-cert",
+    )
+    assert problems("--grpc-use-ssl-mutual", "--grpc-server-cert=/c", "--grpc-server-key=/k") == (
+        "Triton flag --grpc-use-ssl-mutual needs --grpc-root-cert",
+    )
+    assert problems("--grpc-use-ssl=maybe") == ("Triton flag --grpc-use-ssl=maybe: not a boolean",)
+def test_a_restricted_model_repository_protocol_becomes_the_header_loads_need() -> None:
+    assert translate("--grpc-restricted-protocol=model-repository:x-admin-key=s3cret") == [
+        "--model-repository-header=x-admin-key=s3cret"
+    ]
+    assert translate("--grpc-restricted-protocol", "model-repository:k=v") == ["--model-repository-header=k=v"]
+    (other,) = problems("--grpc-restricted-protocol=model-repository,inference:k=v")
+    assert "restricts only model-repository, not inference" in other
+    (malformed,) = problems("--grpc-restricted-protocol=model-repository")
+    assert "PROTOCOLS:KEY=VALUE" in malformed
