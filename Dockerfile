@@ -32,6 +32,9 @@ ENV TURNOUT_REPOSITORY=/models \
 # gRPC inference, Prometheus metrics, the control plane (--control-address; loopback unless set).
 EXPOSE 8001 8002 8003
 STOPSIGNAL SIGTERM
+# With TLS on (TURNOUT_TLS_CERT_FILE, TURNOUT_TLS_KEY_FILE), also set TURNOUT_TLS_CA_FILE to the CA that
+# signed the certificate: `turnout health` reads it and speaks TLS. Under mutual TLS the check needs a
+# client certificate: override it (--tls-cert-file, --tls-key-file) or rely on the orchestrator's probe.
 HEALTHCHECK --interval=10s --timeout=4s --start-period=20s --retries=3 \
     CMD ["turnout", "health", "--server", "127.0.0.1:8001", "--timeout-s", "3"]
 ENTRYPOINT ["turnout", "serve"]
