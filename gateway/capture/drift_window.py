@@ -138,6 +138,8 @@ class _Watched:
 class DriftWindow:
     """A request observer keeping a sliding window of served inputs per model version."""
 
+    needs_request_id = False
+
     def __init__(self, profiles: ProfileSource, size: int = DEFAULT_WINDOW_ROWS) -> None:
         self._profiles = profiles
         self._size = size

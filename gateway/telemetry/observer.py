@@ -28,17 +28,11 @@ from gateway.telemetry.status_codes import NOT_FOUND, OK, code_of
 COUNTED = (REQUESTS, REQUEST_DURATION, QUEUE_DURATION, COMPUTE_DURATION, BATCH_SIZE)
 
 
-def observe_histogram(histogram: dict[Any, list[float]], key: Any, value: float, bounds: tuple[float, ...]) -> None:
-    """One observation: the count of its bucket (the last one is +Inf), then the sum, both in place."""
-    counts = histogram.get(key)
-    if counts is None:
-        counts = histogram[key] = [0.0] * (len(bounds) + 2)
-    counts[bisect_left(bounds, value)] += 1  # bisect_left: a value equal to a bound belongs to it (le)
-    counts[-1] += value
-
-
 class MetricsObserver:
     """A request observer that wants every request and counts it in per-thread shards."""
+
+    wants_every_request = True  # the seam builds every request's ticket without asking
+    needs_request_id = False  # counts carry no id: none is made up for metrics
 
     def __init__(self, shards: ThreadShards | None = None) -> None:
         self.shards = shards if shards is not None else ThreadShards(COUNTED)
@@ -47,9 +41,12 @@ class MetricsObserver:
         return True
 
     def observe(self, finished: Sequence[Finished]) -> None:
-        # Histogram updates are written out here rather than calling observe_histogram: a Python
-        # call per observation is a good share of this method's cost.
-        shard = self.shards.mine()
+        # Histogram updates are written out here rather than in a helper: a Python call per
+        # observation is a good share of this method's cost. Called once per batch.
+        try:
+            shard = self.shards.local.shard
+        except AttributeError:  # this thread's first batch
+            shard = self.shards.mine()
         requests = shard[REQUESTS]
         latencies = shard[REQUEST_DURATION]
         queueing = shard[QUEUE_DURATION]
@@ -91,5 +88,14 @@ class MetricsObserver:
             route = finished[0].route
             assert route is not None
             version_key = (route.model, route.version)
-            observe_histogram(shard[COMPUTE_DURATION], version_key, finished[0].timings.compute_s, bounds)
-            observe_histogram(shard[BATCH_SIZE], version_key, float(rows), BATCH_SIZE_BUCKETS)
+            counts = shard[COMPUTE_DURATION].get(version_key)
+            if counts is None:
+                counts = shard[COMPUTE_DURATION][version_key] = [0.0] * empty
+            compute = finished[0].timings.compute_s
+            counts[bisect_left(bounds, compute)] += 1
+            counts[-1] += compute
+            counts = shard[BATCH_SIZE].get(version_key)
+            if counts is None:
+                counts = shard[BATCH_SIZE][version_key] = [0.0] * (len(BATCH_SIZE_BUCKETS) + 2)
+            counts[bisect_left(BATCH_SIZE_BUCKETS, rows)] += 1
+            counts[-1] += rows
