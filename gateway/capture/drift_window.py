@@ -110,6 +110,7 @@ class FeatureRing:
         self._rows = np.zeros((size, features))
         self._next = 0  # where the next row goes
         self._filled = 0
+        self.full = False  # every row written at least once (a field: the observer reads it per batch)
 
     @property
     def filled(self) -> int:
@@ -130,6 +131,7 @@ class FeatureRing:
         self._rows[: count - first] = block[first:]
         self._next = (self._next + count) % size
         self._filled = min(size, self._filled + count)
+        self.full = self._filled == size
 
     def column(self, index: int) -> npt.NDArray[np.float64]:
         """A copy of one feature's values in the window (oldest-first order is not kept: the statistics
@@ -145,7 +147,6 @@ class _Watched:
         self.reference = reference
         self.ring = FeatureRing(size, len(reference.features))
         self.lock = threading.Lock()
-        self.full = False  # the ring holds ``size`` rows (a plain field: FeatureRing.filled is a call)
         # Batches seen since the ring filled; only its dispatcher thread adds (a lost count under a
         # race between threads would only shift which batch is sampled).
         self.batches = 0
@@ -190,7 +191,7 @@ class DriftWindow:
             if key != decided:
                 decided = key
                 taken = True
-                if watched.full:  # keep every sample_every-th batch
+                if watched.ring.full:  # keep every sample_every-th batch
                     watched.batches += 1
                     taken = watched.batches % self._sample_every == 0
             if not taken:
@@ -202,8 +203,6 @@ class DriftWindow:
             rows = array_of(tensor).reshape(-1, features)  # [rows, features], the batch axis first
             with watched.lock:
                 watched.ring.append(rows)
-                if not watched.full:
-                    watched.full = watched.ring.filled == self._size
 
     def rows(self, model: str, version: int) -> int:
         watched = self._watched.get((model, version))

@@ -225,8 +225,13 @@ class RequestObservers:
                                             compute_s))  # fmt: skip
             finished.append(_new_tuple(Finished, (request, route, item.inputs, item.rows, item.outputs, item.error,
                                                   timings, commit, request_id)))  # fmt: skip
-        if finished:
-            self._notify(finished)
+        if not finished:
+            return
+        for observer in self._observers:  # _notify's loop, written out: once per batch
+            try:
+                observer.observe(finished)
+            except Exception:
+                self._observer_failed(observer, finished)
 
     def failed_early(
         self, request: InferRequest, route: Route | None, error: TurnoutError, started_ns: int, pending: Pending | None
@@ -254,12 +259,16 @@ class RequestObservers:
         for observer in self._observers:
             try:
                 observer.observe(finished)
-            except Exception:  # an observer's failure is its own; the request has its answer already
-                log.exception("request observer %s failed", type(observer).__name__)
-                if observer is self._holder:  # its callers must not wait for commits it will never settle
-                    for item in finished:
-                        if item.commit is not None:
-                            item.commit.settle(False)
+            except Exception:
+                self._observer_failed(observer, finished)
+
+    def _observer_failed(self, observer: RequestObserver, finished: list[Finished]) -> None:
+        """An observer's failure is its own: logged; the requests have their answers already."""
+        log.exception("request observer %s failed", type(observer).__name__)
+        if observer is self._holder:  # its callers must not wait for commits it will never settle
+            for item in finished:
+                if item.commit is not None:
+                    item.commit.settle(False)
 
 
 def request_id_of(request: InferRequest) -> str:
