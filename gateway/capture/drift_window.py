@@ -38,14 +38,12 @@ from gateway.capture.drift import FeatureDrift, FeatureProfile, compare, profile
 from gateway.capture.drift_thresholds import DEFAULT_BINS, REFERENCE_FILE
 from gateway.registry.repository import ModelRepository
 from gateway.serving.observers import Finished, Route
-from runtimes.datatypes import BYTES
-from runtimes.raw_tensors import array_of
+from runtimes.datatypes import BYTES, numpy_dtype
 
 log = logging.getLogger(__name__)
 
 DEFAULT_WINDOW_ROWS = 10_000
 DEFAULT_SAMPLE_EVERY = 8  # once a version's window is full, one batch in this many is written
-_UNSEEN = object()  # a version observed for the first time: its profile is not loaded yet
 
 
 @dataclass(frozen=True)
@@ -173,34 +171,37 @@ class DriftWindow:
         return route is not None and self._watched.get((route.model, route.version), True) is not None
 
     def observe(self, finished: Sequence[Finished]) -> None:
-        # Once per batch (its requests share a version): the sampling decision is made once per
-        # version met in the call, and the common case costs no Python call but this one.
-        decided: tuple[str, int] | None = None
-        taken = True
+        # Once per batch, so nothing here costs a Python call per request: whether a version's batch
+        # is sampled is decided once per call, and its requests' inputs are joined and written into
+        # the ring at once (one array, one ring write) instead of one by one.
+        sampled: dict[tuple[str, int], _Watched | None] = {}  # None: not watched, or not this batch
+        parts: dict[tuple[str, int, str], list[bytes | memoryview]] = {}  # (model, version, datatype)
         for request in finished:
             route = request.route
             if request.error is not None or route is None or request.inputs is None:
                 continue
             key = (route.model, route.version)
-            watched = self._watched.get(key, _UNSEEN)
-            if watched is _UNSEEN:
-                watched = self._watched_for(route.model, route.version)
-            if watched is None:
-                continue
-            assert isinstance(watched, _Watched)
-            if key != decided:
-                decided = key
-                taken = True
-                if watched.ring.full:  # keep every sample_every-th batch
+            if key in sampled:
+                watched = sampled[key]
+            else:
+                watched = self._watched[key] if key in self._watched else self._watched_for(*key)
+                if watched is not None and watched.ring.full:  # full: keep every sample_every-th batch
                     watched.batches += 1
-                    taken = watched.batches % self._sample_every == 0
-            if not taken:
+                    if watched.batches % self._sample_every:
+                        watched = None
+                sampled[key] = watched
+            if watched is None:
                 continue
             tensor = request.inputs.get(watched.reference.input_name)
             if tensor is None or tensor.datatype == BYTES:
                 continue
+            parts.setdefault((*key, tensor.datatype), []).append(tensor.data)
+        for (model, version, datatype), data in parts.items():
+            watched = sampled[(model, version)]
+            assert watched is not None
             features = len(watched.reference.features)
-            rows = array_of(tensor).reshape(-1, features)  # [rows, features], the batch axis first
+            # [rows, features], the batch axis first; each request's rows in the order they came
+            rows = np.frombuffer(b"".join(data), dtype=numpy_dtype(datatype)).reshape(-1, features)
             with watched.lock:
                 watched.ring.append(rows)
 

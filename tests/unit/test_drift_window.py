@@ -98,6 +98,20 @@ def test_a_sampled_window_of_a_steady_stream_measures_what_the_full_one_does() -
     assert abs(np.mean([f.psi for f in kept]) - np.mean([f.psi for f in full])) < 0.005
 
 
+def test_a_batch_of_requests_is_written_at_once_in_order_each_to_its_version() -> None:
+    window = DriftWindow(digits_profile, size=100)
+    batch = [
+        finished(np.full((3, 64), 1.0)),
+        finished(np.full((2, 64), 2.0), error=True),  # failed: not kept
+        finished(np.full((1, 64), 3.0), version=2),
+        finished(np.full((2, 64), 4.0)),
+    ]
+    window.observe(batch)
+    first, second = window._watched[("digits", 1)], window._watched[("digits", 2)]
+    assert first is not None and second is not None
+    assert first.ring.column(5).tolist() == [1.0, 1.0, 1.0, 4.0, 4.0] and second.ring.column(0).tolist() == [3.0]
+
+
 def test_sampling_needs_a_positive_period() -> None:
     with pytest.raises(ValueError, match="sample_every"):
         DriftWindow(digits_profile, sample_every=0)
