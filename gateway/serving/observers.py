@@ -213,10 +213,11 @@ class RequestObservers:
         finished: list[Finished] = []
         now_ns = wall_ns = 0
         for item in batch:
-            ticket = item.ticket
+            # Only the dataplane sets a ticket, and only a Ticket: typed here rather than checked
+            # by isinstance, a C call per request.
+            ticket: Ticket | None = item.ticket  # type: ignore[assignment]
             if ticket is None:
                 continue
-            assert isinstance(ticket, Ticket)
             if not now_ns:
                 now_ns, wall_ns = time.monotonic_ns(), time.time_ns()
             request, route, started_ns, commit, request_id = ticket

@@ -42,7 +42,8 @@ class MetricsObserver:
 
     def observe(self, finished: Sequence[Finished]) -> None:
         # Histogram updates are written out here rather than in a helper: a Python call per
-        # observation is a good share of this method's cost. Called once per batch.
+        # observation is a good share of this method's cost. Called once per batch. Lookups are
+        # ``in`` and subscripts, not ``dict.get``: operators, where a method is a C call per request.
         try:
             shard = self.shards.local.shard
         except AttributeError:  # this thread's first batch
@@ -63,21 +64,26 @@ class MetricsObserver:
                 # made-up names would make as many series.
                 model = "" if code == NOT_FOUND else item.request.model_name
                 key: tuple[Any, ...] = (model, "", "", code)
-                requests[key] = requests.get(key, 0) + 1
+                requests[key] = requests[key] + 1 if key in requests else 1
                 continue
             key = (route.model, route.version, route.arm, code)
-            requests[key] = requests.get(key, 0) + 1
+            if key in requests:
+                requests[key] += 1
+            else:
+                requests[key] = 1
             timings = item.timings
             arm_key = (route.model, route.version, route.arm)
-            counts = latencies.get(arm_key)
-            if counts is None:
+            if arm_key in latencies:
+                counts = latencies[arm_key]
+            else:
                 counts = latencies[arm_key] = [0.0] * empty
             latency = timings.latency_s
             counts[bisect_left(bounds, latency)] += 1  # bisect_left: a value on a bound is in it (le)
             counts[-1] += latency
             if timings.compute_s > 0:  # it reached a batch: its queueing is known
-                counts = queueing.get(arm_key)
-                if counts is None:
+                if arm_key in queueing:
+                    counts = queueing[arm_key]
+                else:
                     counts = queueing[arm_key] = [0.0] * empty
                 queued = timings.queue_s
                 counts[bisect_left(bounds, queued)] += 1

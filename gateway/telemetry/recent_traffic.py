@@ -144,7 +144,7 @@ class RecentTraffic:
             if route is None:  # it named no servable model, so it belongs to no arm (the metrics count it)
                 continue
             key = (route.model, route.version, route.arm)
-            slots = self._arms.get(key) or self._add_arm(key)
+            slots = self._arms[key] if key in self._arms else self._add_arm(key)
             with slots.lock:
                 if slots.seconds[slot] != second:  # a slot from a minute ago (or never used): afresh
                     slots.seconds[slot] = second
