@@ -143,7 +143,8 @@ class _Watched:
 
     def __init__(self, reference: ReferenceProfile, size: int) -> None:
         self.reference = reference
-        self.ring = FeatureRing(size, len(reference.features))
+        self.features = len(reference.features)
+        self.ring = FeatureRing(size, self.features)
         self.lock = threading.Lock()
         # Batches seen since the ring filled; only its dispatcher thread adds (a lost count under a
         # race between threads would only shift which batch is sampled).
@@ -199,9 +200,8 @@ class DriftWindow:
         for (model, version, datatype), data in parts.items():
             watched = sampled[(model, version)]
             assert watched is not None
-            features = len(watched.reference.features)
             # [rows, features], the batch axis first; each request's rows in the order they came
-            rows = np.frombuffer(b"".join(data), dtype=numpy_dtype(datatype)).reshape(-1, features)
+            rows = np.frombuffer(b"".join(data), dtype=numpy_dtype(datatype)).reshape(-1, watched.features)
             with watched.lock:
                 watched.ring.append(rows)
 

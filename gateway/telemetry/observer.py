@@ -26,6 +26,9 @@ from gateway.telemetry.shards import ThreadShards
 from gateway.telemetry.status_codes import NOT_FOUND, OK, code_of
 
 COUNTED = (REQUESTS, REQUEST_DURATION, QUEUE_DURATION, COMPUTE_DURATION, BATCH_SIZE)
+# A histogram value's length: a count per bucket, +Inf's, then the sum.
+_DURATION_VALUE = len(DURATION_BUCKETS_S) + 2
+_BATCH_SIZE_VALUE = len(BATCH_SIZE_BUCKETS) + 2
 
 
 class MetricsObserver:
@@ -52,7 +55,7 @@ class MetricsObserver:
         latencies = shard[REQUEST_DURATION]
         queueing = shard[QUEUE_DURATION]
         bounds = DURATION_BUCKETS_S
-        empty = len(bounds) + 2
+        empty = _DURATION_VALUE
         batch_ran = False
         rows = 0
         for item in finished:
@@ -102,6 +105,6 @@ class MetricsObserver:
             counts[-1] += compute
             counts = shard[BATCH_SIZE].get(version_key)
             if counts is None:
-                counts = shard[BATCH_SIZE][version_key] = [0.0] * (len(BATCH_SIZE_BUCKETS) + 2)
+                counts = shard[BATCH_SIZE][version_key] = [0.0] * _BATCH_SIZE_VALUE
             counts[bisect_left(BATCH_SIZE_BUCKETS, rows)] += 1
             counts[-1] += rows
