@@ -275,6 +275,8 @@ class ShadowMirror:
                 found = self._figures[key] = ShadowFigures(model, primary, shadow)
             return found
 
+    needs_request_id = False  # it hands the primary's id on to its listeners, which read ids themselves
+
     def wants(self, route: Route | None) -> bool:
         """Only requests that routing gave shadows are copied."""
         return route is not None and bool(route.shadows)

@@ -9,8 +9,16 @@ request's own thread for a request that failed before it reached a batch.
 
 Observers hand the event over and return: they never block a caller, and an observer that raises is
 logged and skipped, never seen by the caller. Nothing is built for a request that no observer wants:
-the dataplane asks ``RequestObservers.wants`` once per request, and only a wanted request carries a
-:class:`Ticket` through the batch queue.
+the dataplane asks ``RequestObservers.wants`` once per request (not at all while some observer wants
+every request), and only a wanted request carries a :class:`Ticket` through the batch queue.
+
+Metrics want every request, so what the seam does per request is kept to what some registered
+observer reads. Two optional class attributes of an observer, read once when it is registered, say
+what it needs: ``wants_every_request = True`` (its ``wants`` is always true, so the seam does not ask
+it) and ``needs_request_id = False`` (it never reads ``Finished.request_id``, so no id is made up for
+it). A request id is made up (:func:`request_id_of`) only when an observer that reads ids wants the
+request; otherwise ``request_id`` is the client's, possibly empty. The wall-clock time a request was
+taken is worked out once per batch, from the batch's end and each request's latency.
 
 One observer may *hold answers* (synchronous capture): each request it wants then carries a
 :class:`Commit`, which that observer settles once the request's record is durable, and the
@@ -37,6 +45,7 @@ from runtimes.raw_tensors import RawTensors
 log = logging.getLogger(__name__)
 
 _HASH_SPAN = float(1 << 64)
+_new_tuple = tuple.__new__  # builds a named tuple in C, where its own __new__ is a Python call
 
 
 class Route(NamedTuple):
@@ -99,9 +108,8 @@ class Ticket(NamedTuple):
     request: InferRequest
     route: Route
     started_ns: int  # time.monotonic_ns() when the dataplane took the request
-    received_unix_ns: int  # wall-clock time of the same moment, for records
     commit: Commit | None = None  # when an observer holds answers: settled once it kept this request
-    request_id: str = ""  # the client's, or one assigned for observers (see request_id_of)
+    request_id: str = ""  # the client's, or one assigned when an observer that reads ids wants it
 
 
 class Timings(NamedTuple):
@@ -131,6 +139,9 @@ class Finished(NamedTuple):
 
 
 class RequestObserver(Protocol):
+    """What the seam calls. An observer may also set ``wants_every_request`` and ``needs_request_id``
+    (class attributes, see the module's docstring); without them it is asked, and given ids."""
+
     def wants(self, route: Route | None) -> bool:
         """Whether to see this request once it is finished; asked on the request path, so cheap."""
         ...
@@ -146,8 +157,11 @@ class RequestObservers:
     def __init__(self) -> None:
         self._observers: tuple[RequestObserver, ...] = ()
         self._holder: RequestObserver | None = None  # the observer whose commits hold answers
+        self._reading_ids: tuple[RequestObserver, ...] = ()  # the observers that read request ids
         # Asked once per request, so with a single observer it is that observer's own method.
         self.wants: Callable[[Route | None], bool] = _wants_nothing
+        # True once some observer wants every request: the dataplane then builds a ticket unasked.
+        self.every = False
 
     def register(self, observer: RequestObserver, *, holds_answers: bool = False) -> None:
         """Add an observer; done in the composition root, before the gateway serves.
@@ -161,6 +175,9 @@ class RequestObservers:
             self._holder = observer
         self._observers = (*self._observers, observer)
         self.wants = observer.wants if len(self._observers) == 1 else self._any_wants
+        self.every = self.every or bool(getattr(observer, "wants_every_request", False))
+        if getattr(observer, "needs_request_id", True):
+            self._reading_ids = (*self._reading_ids, observer)
 
     def _any_wants(self, route: Route | None) -> bool:
         # A loop, not any(): no generator is built on the request path.
@@ -170,19 +187,52 @@ class RequestObservers:
         return False
 
     def ticket(self, request: InferRequest, route: Route, started_ns: int) -> Ticket:
-        """The ticket a request that :meth:`wants` approved carries through the batch queue."""
-        received = time.time_ns() - (time.monotonic_ns() - started_ns)
-        return Ticket(request, route, started_ns, received, self._commit_for(route), request_id_of(request))
+        """The ticket a request that :meth:`wants` approved carries through the batch queue.
+
+        Built for every request while metrics are on, so written out without helper calls, and the
+        tuple is made by ``tuple.__new__``: a named tuple's own ``__new__`` is a Python function."""
+        holder = self._holder
+        commit = Commit() if holder is not None and holder.wants(route) else None
+        request_id = request.id
+        if not request_id:
+            for observer in self._reading_ids:  # a loop, not any(): no generator on the request path
+                if observer.wants(route):
+                    request_id = uuid4_hex()
+                    break
+        return _new_tuple(Ticket, (request, route, started_ns, commit, request_id))
 
     def _commit_for(self, route: Route | None) -> Commit | None:
         holder = self._holder
         return Commit() if holder is not None and holder.wants(route) else None
 
     def batch_finished(self, batch: Sequence[Pending], dispatched_at: float, compute_s: float) -> None:
-        """Called by a dispatcher once every request of a batch has its answer or error."""
-        finished = [_finished_in_batch(item, dispatched_at, compute_s) for item in batch if item.ticket is not None]
-        if finished:
-            self._notify(finished)
+        """Called by a dispatcher once every request of a batch has its answer or error.
+
+        Once per batch while metrics are on: one clock read of each kind for the whole batch, and the
+        per-request tuples made without a Python call each (see :meth:`ticket`)."""
+        finished: list[Finished] = []
+        now_ns = wall_ns = 0
+        for item in batch:
+            # Only the dataplane sets a ticket, and only a Ticket: typed here rather than checked
+            # by isinstance, a C call per request.
+            ticket: Ticket | None = item.ticket  # type: ignore[assignment]
+            if ticket is None:
+                continue
+            if not now_ns:
+                now_ns, wall_ns = time.monotonic_ns(), time.time_ns()
+            request, route, started_ns, commit, request_id = ticket
+            latency_ns = now_ns - started_ns
+            timings = _new_tuple(Timings, (wall_ns - latency_ns, latency_ns / 1e9, dispatched_at - item.enqueued_at,
+                                            compute_s))  # fmt: skip
+            finished.append(_new_tuple(Finished, (request, route, item.inputs, item.rows, item.outputs, item.error,
+                                                  timings, commit, request_id)))  # fmt: skip
+        if not finished:
+            return
+        for observer in self._observers:  # _notify's loop, written out: once per batch
+            try:
+                observer.observe(finished)
+            except Exception:
+                self._observer_failed(observer, finished)
 
     def failed_early(
         self, request: InferRequest, route: Route | None, error: TurnoutError, started_ns: int, pending: Pending | None
@@ -195,20 +245,31 @@ class RequestObservers:
         timings = Timings(time.time_ns() - latency_ns, latency_ns / 1e9, 0.0, 0.0)
         inputs, rows = (pending.inputs, pending.rows) if pending is not None else (None, 0)
         commit = self._commit_for(route)
-        self._notify([Finished(request, route, inputs, rows, None, error, timings, commit, request_id_of(request))])
+        request_id = request_id_of(request) if self._reads_ids(route) else request.id
+        self._notify([Finished(request, route, inputs, rows, None, error, timings, commit, request_id)])
         if commit is not None:  # on the caller's own thread: its error waits for its record
             commit.wait()
+
+    def _reads_ids(self, route: Route | None) -> bool:
+        for observer in self._reading_ids:  # noqa: SIM110
+            if observer.wants(route):
+                return True
+        return False
 
     def _notify(self, finished: list[Finished]) -> None:
         for observer in self._observers:
             try:
                 observer.observe(finished)
-            except Exception:  # an observer's failure is its own; the request has its answer already
-                log.exception("request observer %s failed", type(observer).__name__)
-                if observer is self._holder:  # its callers must not wait for commits it will never settle
-                    for item in finished:
-                        if item.commit is not None:
-                            item.commit.settle(False)
+            except Exception:
+                self._observer_failed(observer, finished)
+
+    def _observer_failed(self, observer: RequestObserver, finished: list[Finished]) -> None:
+        """An observer's failure is its own: logged; the requests have their answers already."""
+        log.exception("request observer %s failed", type(observer).__name__)
+        if observer is self._holder:  # its callers must not wait for commits it will never settle
+            for item in finished:
+                if item.commit is not None:
+                    item.commit.settle(False)
 
 
 def request_id_of(request: InferRequest) -> str:
@@ -242,14 +303,3 @@ def commit_of(pending: Pending) -> Commit | None:
 
 def _wants_nothing(route: Route | None) -> bool:
     return False
-
-
-def _finished_in_batch(item: Pending, dispatched_at: float, compute_s: float) -> Finished:
-    ticket = item.ticket
-    assert isinstance(ticket, Ticket)
-    latency_s = (time.monotonic_ns() - ticket.started_ns) / 1e9
-    timings = Timings(ticket.received_unix_ns, latency_s, dispatched_at - item.enqueued_at, compute_s)
-    return Finished(
-        ticket.request, ticket.route, item.inputs, item.rows, item.outputs, item.error, timings, ticket.commit,
-        ticket.request_id,
-    )  # fmt: skip

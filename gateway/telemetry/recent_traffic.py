@@ -109,16 +109,6 @@ class _SecondSlots:
         self.errors = [0] * WINDOW_S
         self.buckets = [[0] * BUCKETS for _ in range(WINDOW_S)]
 
-    def add(self, second: int, latency_s: float, failed: bool) -> None:
-        slot = second % WINDOW_S
-        if self.seconds[slot] != second:  # a slot from a minute ago (or never used): start it afresh
-            self.seconds[slot] = second
-            self.requests[slot] = self.errors[slot] = 0
-            self.buckets[slot] = [0] * BUCKETS
-        self.requests[slot] += 1
-        self.errors[slot] += failed
-        self.buckets[slot][bucket_of(latency_s)] += 1
-
     def total(self, now_second: int, into: ArmTraffic) -> None:
         """Add the seconds of the window ending at ``now_second`` (included) into ``into``."""
         oldest = now_second - WINDOW_S + 1
@@ -132,8 +122,12 @@ class _SecondSlots:
 class RecentTraffic:
     """A request observer keeping each arm's last minute; :meth:`window` reads it."""
 
+    wants_every_request = True  # the seam builds every request's ticket without asking
+    needs_request_id = False
+
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
+        # Keyed by the route's Arm itself (a str): its ``.value`` would cost a Python call per request.
         self._arms: dict[ArmKey, _SecondSlots] = {}
         self._adding = threading.Lock()  # only when an arm is seen for the first time
 
@@ -141,15 +135,25 @@ class RecentTraffic:
         return True
 
     def observe(self, finished: Sequence[Finished]) -> None:
+        # Once per batch, and written out for every request (a slot's reuse, bucket_of): a Python
+        # call per request would be most of what this costs.
         second = int(self._clock())  # one clock read per batch: its requests finished together
+        slot = second % WINDOW_S
         for item in finished:
             route = item.route
             if route is None:  # it named no servable model, so it belongs to no arm (the metrics count it)
                 continue
-            key = (route.model, route.version, route.arm.value)
-            slots = self._arms.get(key) or self._add_arm(key)
+            key = (route.model, route.version, route.arm)
+            slots = self._arms[key] if key in self._arms else self._add_arm(key)
             with slots.lock:
-                slots.add(second, item.timings.latency_s, item.error is not None)
+                if slots.seconds[slot] != second:  # a slot from a minute ago (or never used): afresh
+                    slots.seconds[slot] = second
+                    slots.requests[slot] = slots.errors[slot] = 0
+                    slots.buckets[slot] = [0] * BUCKETS
+                slots.requests[slot] += 1
+                if item.error is not None:
+                    slots.errors[slot] += 1
+                slots.buckets[slot][bisect.bisect_left(BUCKET_BOUNDS_S, item.timings.latency_s)] += 1
 
     def window(self, model: str | None = None) -> list[ArmTraffic]:
         """Every arm's (or one model's arms') requests over the last :data:`WINDOW_S` seconds."""
@@ -158,7 +162,7 @@ class RecentTraffic:
         for key, slots in list(self._arms.items()):
             if model is not None and key[0] != model:
                 continue
-            traffic = ArmTraffic(*key)
+            traffic = ArmTraffic(key[0], key[1], str(key[2]))  # str(): the arm's name, not an Arm
             with slots.lock:
                 slots.total(now, traffic)
             if traffic.requests:

@@ -19,19 +19,20 @@ Shard = dict[str, dict[tuple[Any, ...], Any]]
 class ThreadShards:
     def __init__(self, families: tuple[str, ...] = ()) -> None:
         self._families = families  # created in every new shard, so recording never checks for them
-        self._local = threading.local()
+        # ``local.shard`` is this thread's shard once registered: the hot path reads it without a call.
+        self.local = threading.local()
         self._shards: list[Shard] = []
         self._registering = threading.Lock()
 
     def mine(self) -> Shard:
         """This thread's shard (registered on its first use)."""
         try:
-            shard: Shard = self._local.shard
+            shard: Shard = self.local.shard
         except AttributeError:
             shard = {family: {} for family in self._families}
             with self._registering:
                 self._shards.append(shard)
-            self._local.shard = shard
+            self.local.shard = shard
         return shard
 
     def totals(self) -> Snapshot:

@@ -54,6 +54,21 @@ class Recorder:
         self.seen.set()
 
 
+class Counting(Recorder):
+    """Like the metrics: wants every request, reads no request id; counts how often it is asked."""
+
+    wants_every_request = True
+    needs_request_id = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = 0
+
+    def wants(self, route: Route | None) -> bool:
+        self.asked += 1
+        return True
+
+
 class Failing:
     def wants(self, route: Route | None) -> bool:
         return True
@@ -83,9 +98,39 @@ def dataplane(tmp_path: Path, observers: RequestObservers) -> Iterator[Dataplane
     manager.close()
 
 
-def request(rows: int = 2, model: str = "echo", width: int = 4) -> InferRequest:
+def request(rows: int = 2, model: str = "echo", width: int = 4, request_id: str | None = None) -> InferRequest:
     values = np.arange(rows * width, dtype=np.float32).reshape(rows, width)
-    return InferRequest(model, "", f"id-{rows}", [Tensor("x", raw_of(values))])
+    return InferRequest(model, "", f"id-{rows}" if request_id is None else request_id, [Tensor("x", raw_of(values))])
+
+
+def test_an_observer_of_every_request_is_never_asked_and_gets_no_made_up_id(
+    dataplane: Dataplane, observers: RequestObservers
+) -> None:
+    counting = Counting()
+    observers.register(counting)
+    taken = time.time_ns()
+    dataplane.infer(request(request_id=""))
+    assert counting.seen.wait(5)
+    (finished,) = counting.finished
+    assert counting.asked == 0 and finished.request_id == ""
+    assert taken - 1_000_000 <= finished.timings.received_unix_ns <= time.time_ns()  # 1 ms: two clocks
+
+
+def test_an_id_is_made_up_once_an_observer_that_reads_ids_wants_the_request(
+    dataplane: Dataplane, observers: RequestObservers
+) -> None:
+    counting, recorder = Counting(), Recorder()
+    observers.register(counting)
+    observers.register(recorder)
+    dataplane.infer(request(request_id=""))
+    dataplane.infer(request(request_id="mine"))
+    assert recorder.seen.wait(5)
+    deadline = time.monotonic() + 5
+    while len(recorder.finished) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    made_up, own = recorder.finished
+    assert len(made_up.request_id) == 32 and int(made_up.request_id, 16) >= 0 and own.request_id == "mine"
+    assert [item.request_id for item in counting.finished] == [made_up.request_id, "mine"], "the same id for all"
 
 
 def test_an_answered_request_reaches_the_observer_with_its_route_answer_and_timings(

@@ -53,7 +53,7 @@ def test_the_ring_keeps_the_newest_rows_in_fixed_memory() -> None:
 
 
 def test_the_window_is_bounded_and_its_statistics_are_the_batch_reports() -> None:
-    window = DriftWindow(digits_profile, size=1_000)
+    window = DriftWindow(digits_profile, size=1_000, sample_every=1)  # every batch: the newest rows exactly
     rows = digits_rows()
     shifted = rows.copy()
     shifted[:, 20] += 0.5 * rows[:, 20].std()
@@ -71,6 +71,50 @@ def test_the_window_is_bounded_and_its_statistics_are_the_batch_reports() -> Non
             batch.psi, batch.js, batch.ks, batch.ks_pvalue, batch.wasserstein, batch.drifted,
         ), FEATURES[index]
     assert [feature.name for feature in statistics if feature.drifted] == ["px_20"]
+
+
+def test_once_full_the_window_keeps_every_kth_batch_and_fills_with_every_batch_before() -> None:
+    window = DriftWindow(digits_profile, size=100, sample_every=4)
+    for index in range(50):  # batches of 10 rows, every value of batch i is i
+        window.observe([finished(np.full((10, 64), float(index)))])
+    watched = window._watched[("digits", 1)]
+    assert watched is not None and window.rows("digits", 1) == 100
+    # Batches 0-9 filled it; of the 40 after, batches 13, 17, ..., 49 (every 4th) replaced them.
+    kept = sorted(set(watched.ring.column(0).tolist()))
+    assert kept == [float(index) for index in range(13, 50, 4)]
+
+
+def test_a_sampled_window_of_a_steady_stream_measures_what_the_full_one_does() -> None:
+    rows = digits_rows()
+    generator = np.random.default_rng(7)
+    every, sampled = DriftWindow(digits_profile, size=1_000, sample_every=1), DriftWindow(digits_profile, size=1_000)
+    for _ in range(400):  # batches of 16 rows drawn from the reference: no drift anywhere
+        batch = [finished(rows[generator.integers(0, len(rows), 16)])]
+        every.observe(batch)
+        sampled.observe(batch)
+    full, kept = every.statistics("digits", 1), sampled.statistics("digits", 1)
+    assert full is not None and kept is not None
+    assert [f.name for f in kept if f.drifted] == [f.name for f in full if f.drifted]
+    assert abs(np.mean([f.psi for f in kept]) - np.mean([f.psi for f in full])) < 0.005
+
+
+def test_a_batch_of_requests_is_written_at_once_in_order_each_to_its_version() -> None:
+    window = DriftWindow(digits_profile, size=100)
+    batch = [
+        finished(np.full((3, 64), 1.0)),
+        finished(np.full((2, 64), 2.0), error=True),  # failed: not kept
+        finished(np.full((1, 64), 3.0), version=2),
+        finished(np.full((2, 64), 4.0)),
+    ]
+    window.observe(batch)
+    first, second = window._watched[("digits", 1)], window._watched[("digits", 2)]
+    assert first is not None and second is not None
+    assert first.ring.column(5).tolist() == [1.0, 1.0, 1.0, 4.0, 4.0] and second.ring.column(0).tolist() == [3.0]
+
+
+def test_sampling_needs_a_positive_period() -> None:
+    with pytest.raises(ValueError, match="sample_every"):
+        DriftWindow(digits_profile, sample_every=0)
 
 
 def test_memory_does_not_grow_with_traffic() -> None:
