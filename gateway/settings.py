@@ -160,7 +160,8 @@ class Settings(BaseSettings):
         10_000,
         ge=0,
         description="latest served input rows kept per model version with a reference.parquet, for the"
-        " metrics' running drift; 0: off (off with --metrics-port 0 too)",
+        " metrics' running drift (once full, every 8th batch is written into it); 0: off (off with"
+        " --metrics-port 0 too)",
     )
     # Metrics (gateway/telemetry): Prometheus's /metrics, Turnout's names and Triton's.
     metrics_port: int = Field(
