@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from pathlib import Path
+from typing import Literal
 
 from gateway.capture.naming import writer_of_counters
 
@@ -74,6 +76,27 @@ def stopped_uncleanly(root: Path, own: Path, host: str) -> list[Path]:
         if running and not Path(f"/proc/{writer.pid}").exists():
             found.append(path)
     return found
+
+
+WriterState = Literal["running", "stopped", "killed", "unknown"]
+
+
+def writer_state(root: Path, stem: str, silent_s: float) -> WriterState:
+    """How another host's writer ``stem`` stands, told by its counters file alone (no pid to look up).
+
+    A running writer saves the file every compaction round (about every second), so a file that says
+    running and has not been saved for ``silent_s`` belongs to a writer that was killed (or whose
+    host is gone). ``unknown``: no file to tell, so nobody may assume it stopped.
+    """
+    path = root / STATS_DIR / f"{stem}.json"
+    try:
+        silent = time.time() - path.stat().st_mtime
+        running = bool(json.loads(path.read_text()).get(RUNNING))
+    except (OSError, ValueError):
+        return "unknown"
+    if not running:
+        return "stopped"
+    return "killed" if silent > silent_s else "running"
 
 
 def mark_stopped(path: Path) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -107,6 +108,21 @@ def send_at_once(served: Served, gateways: dict[str, GatewayProcess], run: str) 
         thread.join()
 
 
+def assert_every_request_once(root: Path, served: Served) -> None:
+    """Read as `turnout drift` does (pyarrow's dataset over the Hive partitions): each answered request
+    exactly once, as sent, with the host that served it."""
+    rows = pads.dataset(str(root), format="parquet", partitioning="hive").to_table().to_pylist()
+    counts = collections.Counter(str(row["request_id"]) for row in rows)
+    assert set(counts) == set(served.by_host)
+    assert [request_id for request_id, count in counts.items() if count != 1] == []
+    for row in rows:
+        request_id = str(row["request_id"])
+        assert row["host"] == served.by_host[request_id] == request_id.split("/")[0]
+        assert np.array([[row[name] for name in FEATURES]], np.float32).tobytes() == served.sent[request_id].tobytes()
+        assert (row["model"], row["status"]) == ("digits", "OK")
+    assert open_dataset(root).count_rows() == len(rows)
+
+
 def test_three_hosts_share_one_capture_directory_and_every_request_is_there_once(
     repository: Path, tmp_path: Path
 ) -> None:
@@ -129,18 +145,7 @@ def test_three_hosts_share_one_capture_directory_and_every_request_is_there_once
     assert served.failed == []
     assert len(served.by_host) == len(HOSTS) * REQUESTS * 2
 
-    # Read as `turnout drift` does: pyarrow's dataset over the Hive partitions.
-    table = pads.dataset(str(root), format="parquet", partitioning="hive").to_table()
-    rows = table.to_pylist()
-    counts = collections.Counter(str(row["request_id"]) for row in rows)
-    assert set(counts) == set(served.by_host)
-    assert [request_id for request_id, count in counts.items() if count != 1] == []
-    for row in rows:
-        request_id = str(row["request_id"])
-        assert row["host"] == served.by_host[request_id] == request_id.split("/")[0]
-        assert np.array([[row[name] for name in FEATURES]], np.float32).tobytes() == served.sent[request_id].tobytes()
-        assert (row["model"], row["status"]) == ("digits", "OK")
-    assert open_dataset(root).count_rows() == len(rows)
+    assert_every_request_once(root, served)
 
     # Every file names its writer, no name twice, each holds its own host's rows; host-b wrote in two runs.
     files = parquet_files(root)
@@ -166,3 +171,31 @@ def test_three_hosts_share_one_capture_directory_and_every_request_is_there_once
     )  # fmt: skip
     report = json.loads(summary.stdout)
     assert report["requests"] == len(served.by_host) and report["unclean_stops"] == 1
+
+
+def test_what_a_host_that_never_comes_back_left_is_adopted_by_another(repository: Path, tmp_path: Path) -> None:
+    root = tmp_path / "capture"
+    served = Served()
+    gateways = {host: start(repository, root, host) for host in ("host-a", "host-b")}
+    try:
+        send_at_once(served, gateways, "only")
+        gateways["host-b"].stop(signal.SIGKILL)
+        left = list((root / "_wal").glob("host-b-*.log"))
+        assert left
+        # Its counters were last saved 11 minutes ago, as if host-b had been gone that long (the default
+        # wait is 10 minutes): host-a's compactor, which looks every second, takes its segments over.
+        gone = time.time() - 660
+        for path in (root / "_stats").glob("host-b-*.json"):
+            os.utime(path, (gone, gone))
+        log = gateways["host-a"].wait_for_log("its committed records are compacted here", timeout_s=20)
+        assert "of host host-b stopped without a graceful stop" in log
+        deadline = time.monotonic() + 10  # told before it compacts them
+        while any(path.exists() for path in left) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(path.exists() for path in left)
+    finally:
+        for gateway in gateways.values():
+            gateway.stop()
+    assert served.failed == [] and len(served.by_host) == 2 * REQUESTS
+    assert_every_request_once(root, served)
+    assert list((root / "_wal").iterdir()) == []

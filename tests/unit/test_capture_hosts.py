@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -49,6 +51,16 @@ def leave_segment(root: Path, writer: WriterName, *request_ids: str) -> Path:
     segment.append(b"".join(frame(encode(record(one))) for one in request_ids), len(request_ids))
     segment.close()
     return segment.path
+
+
+def leave_counters(root: Path, writer: WriterName, running: bool, saved_s_ago: float = 0.0) -> Path:
+    """A writer's counters file as it saved it last, ``saved_s_ago`` seconds ago."""
+    path = root / STATS_DIR / f"{writer.stem}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"running": running}))
+    when = time.time() - saved_s_ago
+    os.utime(path, (when, when))
+    return path
 
 
 def hosts_by_request(root: Path) -> dict[str, str | None]:
@@ -137,6 +149,7 @@ def test_hosts_writing_one_partition_write_files_of_their_own_with_their_host(tm
 
 def test_a_host_compacts_its_own_leftovers_and_leaves_other_hosts_alone(tmp_path: Path) -> None:
     theirs = leave_segment(tmp_path, WriterName("web-2", DEAD_PID, "dead"), "w2-a", "w2-b")
+    leave_counters(tmp_path, WriterName("web-2", DEAD_PID, "dead"), running=True)  # saved a moment ago
     ours = leave_segment(tmp_path, WriterName("web-1", DEAD_PID, "dead"), "w1-a")
     first = capture(tmp_path, "web-1")
     first.recover()
@@ -146,6 +159,30 @@ def test_a_host_compacts_its_own_leftovers_and_leaves_other_hosts_alone(tmp_path
     second.recover()
     assert not theirs.exists()
     assert hosts_by_request(tmp_path) == {"w1-a": "web-1", "w2-a": "web-2", "w2-b": "web-2"}
+
+
+def test_another_hosts_segments_are_adopted_once_its_writer_is_known_to_have_stopped(tmp_path: Path) -> None:
+    silent, unknown = WriterName("web-2", DEAD_PID, "silent"), WriterName("web-3", DEAD_PID, "unknown")
+    stopped = WriterName("web-4", DEAD_PID, "stopped")
+    left = {
+        silent: leave_segment(tmp_path, silent, "silent"),
+        unknown: leave_segment(tmp_path, unknown, "unknown"),  # no counters: nobody may assume it stopped
+        stopped: leave_segment(tmp_path, stopped, "stopped"),  # its last compaction failed, say
+    }
+    counters = leave_counters(tmp_path, silent, running=True, saved_s_ago=30)
+    leave_counters(tmp_path, stopped, running=False, saved_s_ago=30)
+    fresh = CaptureLog(CaptureConfig(tmp_path, host="web-1", adopt_after_s=60), lambda model: FEATURES)
+    fresh.recover()
+    assert [writer for writer, path in left.items() if path.exists()] == [silent, unknown]
+    assert fresh.stats.snapshot()["unclean_stops"] == 0
+    os.utime(counters, (time.time() - 61, time.time() - 61))  # silent for longer than adopt_after_s
+    later = CaptureLog(CaptureConfig(tmp_path, host="web-1", adopt_after_s=60), lambda model: FEATURES)
+    later.recover()
+    assert [writer for writer, path in left.items() if path.exists()] == [unknown]
+    # The records keep the host that served them, not the one that compacted them; the stop is told once.
+    assert hosts_by_request(tmp_path) == {"silent": "web-2", "stopped": "web-4"}
+    assert later.stats.snapshot()["unclean_stops"] == 1
+    assert json.loads(counters.read_text())["running"] is False
 
 
 def test_only_this_hosts_killed_processes_are_reported(tmp_path: Path) -> None:
