@@ -96,6 +96,7 @@ def capture_log(settings: Settings) -> CaptureLog | None:
         overflow=settings.capture_overflow,
         flush_s=settings.capture_flush_ms / 1e3,
         max_bytes=settings.capture_max_bytes,
+        host=settings.capture_host,
     )
     return CaptureLog(config, repository_feature_names(settings.repository))
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import os
+import re
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -290,6 +292,38 @@ class Settings(BaseSettings):
     @classmethod
     def _cpu_list(cls, value: Any) -> Any:
         return parse_cpu_list(value) if isinstance(value, str) else value
+
+    # Capture from several hosts into one --capture-dir (a network filesystem): the host's name is in
+    # every capture file's name and every record. Resolved here, once, so a supervisor's processes
+    # inherit the same name.
+    capture_host: str = Field(
+        "",
+        description="this host's name in capture file names and in each captured record's host column, for"
+        " hosts sharing one --capture-dir: letters, digits, '.', '_' and '-'; empty: the machine's host name",
+    )
+
+    @field_validator("capture_host")
+    @classmethod
+    def _capture_host_name(cls, value: str) -> str:
+        return capture_host_name(value)
+
+
+# A capture file's name begins with the host's: one path component, never hidden from readers (a
+# leading '.' or '_' is how pyarrow skips files), short enough to leave room for the rest.
+_CAPTURE_HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def capture_host_name(given: str) -> str:
+    """``--capture-host`` checked, or when empty the machine's host name made fit to be one."""
+    if given:
+        if not _CAPTURE_HOST.fullmatch(given):
+            raise ValueError(
+                f"--capture-host {given!r} is not a host name for capture files: 1 to 128 letters, digits,"
+                " '.', '_' or '-', beginning with a letter or digit"
+            )
+        return given
+    fitted = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname()).lstrip("._-")[:128]
+    return fitted or "localhost"
 
 
 def split_address(address: str) -> tuple[str, int]:

@@ -31,8 +31,8 @@ import pyarrow.parquet as pq
 from gateway.capture import drift
 from gateway.capture.drift_thresholds import DEFAULT_BINS, DEFAULT_DRIFT_SHARE, REFERENCE_FILE
 
-# Columns of a capture record that are not model inputs.
-RECORD_COLUMNS = frozenset({"request_id", "time", "arm", "generation", "reason", "status", "latency_ms"})
+# Columns of a capture record that are not model inputs (``host``: since several hosts share a capture).
+RECORD_COLUMNS = frozenset({"request_id", "row", "time", "arm", "generation", "reason", "status", "latency_ms", "host"})
 PARTITION_COLUMNS = ("model", "version", "date")  # only the day is read; the others are directories
 OUTPUT_PREFIX = "output."
 SHADOW_ARM = "shadow"

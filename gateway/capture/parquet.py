@@ -9,9 +9,17 @@ its raw bytes plus a ``<name>.shape`` column. Outputs get the same, prefixed ``o
 of a request that failed before they were checked are kept whole as bytes and shape, since their
 datatype may fit no column the model's answered requests make.
 
-The file is named after its segment, so compacting a segment again after a crash replaces the same
-files instead of duplicating rows. It is written to a temporary name, fsynced, renamed and the
-directory fsynced: only then is the segment deleted.
+Every row has a ``host`` column: the host whose gateway served the request (null in files written
+before hosts were named, and for segments left from then; readers take the union of the files'
+schemas, so such files read with a null host).
+
+The file is named after its segment, which names its host, process and run
+(:mod:`gateway.capture.naming`): writers on several hosts sharing the directory never write the same
+file, and compacting a segment again after a crash replaces the same files instead of duplicating
+rows. It is written to a temporary name of the writing host's own, starting with a dot (so no
+reader lists it: pyarrow skips such names, and :func:`parquet_files` takes ``*.parquet`` alone),
+fsynced, renamed onto its name in one step and the directory fsynced: only then is the segment
+deleted.
 """
 
 from __future__ import annotations
@@ -73,6 +81,7 @@ _FIXED: tuple[tuple[str, pa.DataType], ...] = (
     ("status", pa.string()),
     ("latency_ms", pa.float64()),
 )
+HOST_COLUMN = "host"  # one value per file: the host that served its records
 
 
 class _Block:
@@ -121,8 +130,9 @@ class _Columns:
     def put(self, name: str, kind: pa.DataType, row: int, value: Any) -> None:
         self.sparse.setdefault(name, (kind, {}))[1][row] = value
 
-    def table(self) -> pa.Table:
+    def table(self, host: str | None) -> pa.Table:
         arrays: dict[str, pa.Array] = {name: pa.array(self.fixed[name], type=kind) for name, kind in _FIXED}
+        arrays[HOST_COLUMN] = pa.array([host] * self.rows, type=pa.string())
         for block in self.blocks.values():
             arrays.update(block.columns(self.rows))
         for name, (kind, values) in self.sparse.items():
@@ -160,8 +170,10 @@ def _add_bytes(columns: _Columns, row: int, name: str, piece: RawTensor, shape: 
     columns.put(f"{name}.shape", pa.list_(pa.int64()), row, list(shape))
 
 
-def table_of(records: Sequence[CaptureRecord], feature_names: Sequence[str] | None) -> pa.Table:
-    """One Parquet table for records of one partition."""
+def table_of(
+    records: Sequence[CaptureRecord], feature_names: Sequence[str] | None, host: str | None = None
+) -> pa.Table:
+    """One Parquet table for records of one partition, served by ``host``."""
     columns = _Columns()
     fixed = columns.fixed
     for record in records:
@@ -184,13 +196,23 @@ def table_of(records: Sequence[CaptureRecord], feature_names: Sequence[str] | No
         for name, tensor in record.outputs.items():
             _add_tensor(columns, base, rows, OUTPUT_PREFIX + name, tensor, None)
         columns.rows += rows
-    return columns.table()
+    return columns.table(host)
 
 
 def write_partitions(
-    root: Path, stem: str, records: Sequence[CaptureRecord], feature_names: FeatureNames
+    root: Path,
+    stem: str,
+    records: Sequence[CaptureRecord],
+    feature_names: FeatureNames,
+    host: str | None,
+    writing_host: str,
 ) -> list[Path]:
-    """Write ``records`` as one file per partition, durably; returns the files written."""
+    """Write ``records``, served by ``host``, as one file per partition, durably; returns the files written.
+
+    ``writing_host`` (this host) names the temporary files: a segment from before hosts were named
+    may be compacted by two hosts at once where the filesystem's locks do not reach across hosts, and
+    then each writes its own temporary file and renames the same rows onto the same name.
+    """
     groups: dict[tuple[str, str, str], list[CaptureRecord]] = defaultdict(list)
     for record in records:
         groups[partition_of(record)].append(record)
@@ -199,13 +221,14 @@ def write_partitions(
         directory = partition_dir(root, model, version, day)
         directory.mkdir(parents=True, exist_ok=True)
         target = directory / f"{stem}.parquet"
-        _write_durably(table_of(members, feature_names(model)), target)
+        _write_durably(table_of(members, feature_names(model), host), target, writing_host)
         written.append(target)
     return written
 
 
-def _write_durably(table: pa.Table, target: Path) -> None:
-    temporary = target.with_name(f".{target.name}.tmp")
+def _write_durably(table: pa.Table, target: Path, writing_host: str) -> None:
+    # The same name each time on one host: compacting again after a crash overwrites what it left.
+    temporary = target.with_name(f".{target.name}.{writing_host}.tmp")
     pq.write_table(table, temporary, compression="zstd")
     fd = os.open(temporary, os.O_RDONLY)
     try:

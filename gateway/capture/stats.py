@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from pathlib import Path
+from typing import Literal
+
+from gateway.capture.naming import writer_of_counters
 
 STATS_DIR = "_stats"  # a leading underscore: pyarrow's dataset discovery skips it
 COUNTERS = (
@@ -52,24 +56,47 @@ class CaptureStats:
             pass
 
 
-def stopped_uncleanly(root: Path, own: Path) -> list[Path]:
-    """Other processes' files that still say running while their process is gone: they were killed.
+def stopped_uncleanly(root: Path, own: Path, host: str) -> list[Path]:
+    """Other processes' files of this host that still say running while their process is gone: killed.
 
-    The file's name begins with the process id (``<pid>-<random>.json``); a process id that is alive
-    again for another process leaves the file for a later start to find.
+    The file's name holds the host and the process id (``<host>-<pid>-<run>.json``). Only this host's
+    processes can be looked up here: another host's are judged by that host (a file from before hosts
+    were named counts as this host's). A process id that is alive again for another process leaves
+    the file for a later start to find.
     """
     found = []
     for path in sorted((root / STATS_DIR).glob("*.json")):
-        if path == own:
+        writer = writer_of_counters(path.stem)
+        if path == own or writer is None or writer.host not in (None, host):
             continue
         try:
             running = bool(json.loads(path.read_text()).get(RUNNING))
-            pid = int(path.stem.split("-", 1)[0])
         except (OSError, ValueError):
             continue
-        if running and not Path(f"/proc/{pid}").exists():
+        if running and not Path(f"/proc/{writer.pid}").exists():
             found.append(path)
     return found
+
+
+WriterState = Literal["running", "stopped", "killed", "unknown"]
+
+
+def writer_state(root: Path, stem: str, silent_s: float) -> WriterState:
+    """How another host's writer ``stem`` stands, told by its counters file alone (no pid to look up).
+
+    A running writer saves the file every compaction round (about every second), so a file that says
+    running and has not been saved for ``silent_s`` belongs to a writer that was killed (or whose
+    host is gone). ``unknown``: no file to tell, so nobody may assume it stopped.
+    """
+    path = root / STATS_DIR / f"{stem}.json"
+    try:
+        silent = time.time() - path.stat().st_mtime
+        running = bool(json.loads(path.read_text()).get(RUNNING))
+    except (OSError, ValueError):
+        return "unknown"
+    if not running:
+        return "stopped"
+    return "killed" if silent > silent_s else "running"
 
 
 def mark_stopped(path: Path) -> None:

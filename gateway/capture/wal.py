@@ -6,10 +6,11 @@ fail the checksum, so a reader skips them and never returns them as data. After 
 reader looks for the next good one: first where the (possibly damaged) length says it starts, then
 at the next ``MAGIC`` whose frame checks out, so one bad record costs one record, not the segment.
 
-Segments are named ``<pid>-<token>-<seq>.log``: the process id for people, a token drawn at start so
-a later process with the same pid never reuses a name, and a sequence number. Each process writes
-only its own segments, and holds an exclusive ``flock`` on the open one, so a process that recovers
-leftovers at start-up never takes a segment that is still being written.
+Segments are named ``<host>-<pid>-<run>-<seq>.log`` (:mod:`gateway.capture.naming`): the host, the
+process id for people, a run id drawn at start so a later process with the same pid never reuses a
+name, and a sequence number. Each process writes only its own segments, and holds an exclusive
+``flock`` on the open one, so a process that recovers leftovers at start-up never takes a segment
+that is still being written.
 """
 
 from __future__ import annotations

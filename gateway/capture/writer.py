@@ -5,7 +5,17 @@ writer thread takes everything waiting, encodes it, and commits it with one writ
 (group commit): under ``async`` it wakes every flush interval (or when the buffer is half full),
 under ``sync`` as soon as a record arrives, and settles each record's :class:`Commit` after the
 fsync. Segments are rolled by size and age; the compactor thread turns closed segments (this
-process's, and any left by a process that died) into Parquet and deletes them afterwards.
+process's, and any left by a process of this host that died) into Parquet and deletes them afterwards.
+
+Several hosts may share one capture directory (a network filesystem): every file name begins with
+the host's name (:mod:`gateway.capture.naming`), and a host compacts its own segments (and those
+from before hosts were named), so no two hosts ever write the same file or take the same segment
+while its writer may be alive. The processes of one host take turns through a lock on each segment,
+which a network filesystem keeps for one client's processes; between hosts it may not. So another
+host's segments are left alone until its writer is known to have stopped: its counters file says
+so, or has not been saved for ``adopt_after_s`` (a running writer saves it every second). Then any
+host compacts them, into the same file names, so even two hosts adopting one segment at once write
+its rows once.
 
 Nothing here may take the gateway down: a write error (a full disk, a directory gone read-only) is
 logged once, counted, and retried with the next batch in a fresh segment; the records of the failed
@@ -18,16 +28,17 @@ import collections
 import contextlib
 import logging
 import os
+import socket
 import threading
 import time
-import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from gateway.capture.naming import WriterName, writer_of_segment
 from gateway.capture.parquet import FeatureNames, parquet_files, write_partitions
 from gateway.capture.record import CaptureRecord, RecordCorrupt, decode, encode
-from gateway.capture.stats import STATS_DIR, CaptureStats, mark_stopped, stopped_uncleanly
+from gateway.capture.stats import STATS_DIR, CaptureStats, mark_stopped, stopped_uncleanly, writer_state
 from gateway.capture.wal import SegmentFile, claim, closed_segments, frame, read_frames
 from gateway.serving.observers import Commit
 
@@ -51,6 +62,12 @@ class CaptureConfig:
     segment_bytes: int = 64 << 20
     segment_age_s: float = 5.0  # a segment is closed (and compacted) at most this old
     compact_interval_s: float = 1.0
+    # In every file name and every record: settings check it (letters, digits, '.', '_', '-').
+    host: str = field(default_factory=socket.gethostname)
+    # Another host's writer whose counters were not saved for this long has stopped: its segments are
+    # compacted here. Far above the one-second saves, a network filesystem's attribute cache (60 s at
+    # most by default) and clock differences between hosts.
+    adopt_after_s: float = 600.0
 
 
 class CaptureLog:
@@ -59,10 +76,10 @@ class CaptureLog:
     def __init__(self, config: CaptureConfig, feature_names: FeatureNames) -> None:
         self.config = config
         self._feature_names = feature_names
-        # Unique for this process's lifetime, so its segment and Parquet names are never reused.
-        self._stem = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        # Unique across hosts, processes and restarts, so no file name is ever written by two writers.
+        self.writer = WriterName.fresh(config.host)
         self.wal_dir = config.root / WAL_DIR
-        self.stats = CaptureStats(config.root / STATS_DIR / f"{self._stem}.json")
+        self.stats = CaptureStats(config.root / STATS_DIR / f"{self.writer.stem}.json")
         self._buffer: collections.deque[tuple[CaptureRecord, Commit | None]] = collections.deque()
         lock = threading.Lock()
         self._ready = threading.Condition(lock)  # records are waiting (or we are closing)
@@ -124,7 +141,7 @@ class CaptureLog:
 
     def _report_unclean_stops(self) -> None:
         """Say so when a process stopped without a graceful stop: what it had not written yet is gone."""
-        for path in stopped_uncleanly(self.config.root, self.stats.path):
+        for path in stopped_uncleanly(self.config.root, self.stats.path, self.config.host):
             self.stats.add("unclean_stops")
             if self.config.durability == "async":
                 log.warning(
@@ -232,7 +249,7 @@ class CaptureLog:
         if self._segment is None:
             self._prepare_directories()
             self._sequence += 1
-            self._segment = SegmentFile(self.wal_dir, f"{self._stem}-{self._sequence:06d}")
+            self._segment = SegmentFile(self.wal_dir, self.writer.segment(self._sequence))
             self._segment_opened = time.monotonic()
         return self._segment
 
@@ -319,6 +336,8 @@ class CaptureLog:
         with self._compacting:
             compacted = False
             for path in closed_segments(self.wal_dir):
+                if not self._may_compact(writer_of_segment(path.stem)):
+                    continue
                 try:
                     compacted = self._compact(path) or compacted
                 except OSError as error:  # left in place; tried again next round
@@ -332,6 +351,25 @@ class CaptureLog:
                 with self._usage_lock:
                     self._usage = _bytes_under(self.config.root)
                 self._delete_oldest(self.config.max_bytes)
+
+    def _may_compact(self, writer: WriterName | None) -> bool:
+        """This host's segments, and those from before hosts were named; another host's once its writer stopped."""
+        if writer is None or writer.host in (None, self.config.host):
+            return True
+        state = writer_state(self.config.root, writer.stem, self.config.adopt_after_s)
+        if state == "killed":
+            self._report_adopted(writer)
+        return state in ("stopped", "killed")
+
+    def _report_adopted(self, writer: WriterName) -> None:
+        """Say once that another host's writer was killed (or its host is gone), and that this host takes over."""
+        self.stats.add("unclean_stops")
+        log.warning(
+            "capture: process %s of host %s stopped without a graceful stop (its counters were not saved for"
+            " %d s); its committed records are compacted here",
+            writer.stem, writer.host, round(self.config.adopt_after_s),
+        )  # fmt: skip
+        mark_stopped(self.config.root / STATS_DIR / f"{writer.stem}.json")
 
     def _compact(self, path: Path) -> bool:
         """Compact one segment into Parquet; False when it is not ours to take (being written, or taken)."""
@@ -350,8 +388,11 @@ class CaptureLog:
             if read.skipped:
                 log.warning("capture: %s: skipped %d torn or corrupt record(s)", path.name, read.skipped)
                 self.stats.add("skipped", read.skipped)
-            write_partitions(self.config.root, path.stem, records, self._feature_names)
-            path.unlink()  # only now: its records are durable in Parquet
+            # The host that wrote the segment served its records; one from before hosts were named has none.
+            host = writer.host if (writer := writer_of_segment(path.stem)) is not None else None
+            write_partitions(self.config.root, path.stem, records, self._feature_names, host, self.config.host)
+            # Only now: its records are durable in Parquet. Gone already when two hosts adopted it at once.
+            path.unlink(missing_ok=True)
             self.stats.add("compacted", len(records))
         finally:
             os.close(fd)

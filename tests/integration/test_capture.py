@@ -23,7 +23,9 @@ import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from gateway.capture.naming import writer_of_counters
 from gateway.capture.parquet import open_dataset
+from gateway.settings import capture_host_name
 from gateway.wire.turnout.v1 import rollouts_pb2 as pb
 from gateway.wire.turnout.v1 import rollouts_pb2_grpc as pb_grpc
 from tests.support.gateway_process import REPO_ROOT, GatewayProcess
@@ -227,8 +229,10 @@ def test_each_of_several_gateway_processes_writes_its_own_segments_and_nothing_i
             sender.close()
     records = captured(root)
     assert set(records) == {request_id for sender in senders for request_id in sender.told}
-    writers = {path.name.split("-")[0] for path in (root / "_stats").glob("*.json")}
-    assert len(writers) == 2  # each process keeps its own counters (and names its segments the same way)
+    writers = {writer_of_counters(path.stem) for path in (root / "_stats").glob("*.json")}
+    # Each process keeps its own counters (and names its segments the same way), under the one host's name.
+    assert len({writer.pid for writer in writers if writer is not None}) == 2
+    assert {writer.host for writer in writers if writer is not None} == {capture_host_name("")}
 
 
 def test_a_canarys_records_carry_the_arms_and_versions_callers_were_told(repository: Path, tmp_path: Path) -> None:
