@@ -38,7 +38,7 @@ from gateway.serving.model_version import HostFactory
 from gateway.serving.model_views import ModelViews, TrafficView
 from gateway.serving.observers import RequestObservers
 from gateway.settings import Settings
-from gateway.state.sqlite_store import SqliteStateStore
+from gateway.state.open_store import open_state_store
 from gateway.state.store import StateUnavailable
 from gateway.telemetry.gateway_metrics import GatewayMetrics
 from gateway.telemetry.tracing import TracingObserver
@@ -150,7 +150,7 @@ class Gateway:
             on_batch_finished=self.observers.batch_finished,
             load_threads=settings.model_load_threads,
         )
-        self.store = SqliteStateStore(settings.state_dir)
+        self.store = open_state_store(settings)
         self.routes = RoutingTableHolder()
         self.sync = PolicySync(
             self.store,
@@ -258,9 +258,10 @@ class Gateway:
         log.info("control tokens re-read from %s: %d token(s)", tokens.path, count)
 
     def start(self) -> None:
-        if self.settings.worker_broker is None:
+        if self.settings.worker_broker is None and self.settings.state_url is None:
             # Not one of a supervisor's processes, so a server starting afresh: earlier explicit loads
             # and unloads do not carry over, as in Triton (the supervisor clears them for its own).
+            # A fleet's shared store keeps them: one host starting must not undo what the others follow.
             self.store.clear_repository_requests()
         if self.capture is not None:  # what a crashed run left is compacted before this one is ready
             self.capture.recover()

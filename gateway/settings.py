@@ -107,6 +107,13 @@ class Settings(BaseSettings):
         default_factory=_state_dir_for,
         description="directory of the routing state (policies, history), shared by the gateway processes",
     )
+    # A fleet of hosts shares one routing state in PostgreSQL; without it, SQLite under state_dir.
+    state_url: str | None = Field(
+        None,
+        pattern=r"^postgres(ql)?://",
+        description="PostgreSQL URL (postgresql://USER@HOST:PORT/DB) of the routing state shared by every"
+        " host of a fleet; unset: SQLite under --state-dir",
+    )
     processes: int = Field(
         1, ge=1, le=256, description="gateway processes sharing the port (SO_REUSEPORT) and the workers"
     )

@@ -29,7 +29,7 @@ from gateway.logs.configure import configure_logging
 from gateway.process.reload_signal import reload_on_hangup
 from gateway.process.stop_signals import stop_on_signals, wait_for_stop
 from gateway.settings import Settings, split_address
-from gateway.state.sqlite_store import SqliteStateStore
+from gateway.state.open_store import open_state_store
 from gateway.telemetry.supervisor_metrics import SupervisorMetrics
 from runtimes.broker import WorkerBroker
 from runtimes.zygote import Zygote, start_zygote
@@ -132,11 +132,13 @@ class Supervisor:
     def start(self) -> None:
         # A server starting afresh serves what its repository says: explicit loads and unloads of an
         # earlier run do not carry over, as in Triton. A process restarted later does follow them.
-        store = SqliteStateStore(self.settings.state_dir)
-        try:
-            store.clear_repository_requests()
-        finally:
-            store.close()
+        # A fleet's shared store (--state-url) keeps them: one host starting must not undo the others'.
+        if self.settings.state_url is None:
+            store = open_state_store(self.settings)
+            try:
+                store.clear_repository_requests()
+            finally:
+                store.close()
         self._children = [_GatewayChild(self._command_for(index), index) for index in range(self.settings.processes)]
         deadline = time.monotonic() + _START_TIMEOUT_S
         for child in self._children:
