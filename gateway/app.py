@@ -27,6 +27,7 @@ from gateway.registry.repository import ModelRepository
 from gateway.rollouts.control import Rollouts
 from gateway.rollouts.control_access import ControlAccess, ControlTokens, TokensFileInvalid, parse_restricted_header
 from gateway.rollouts.control_refusals import RefusedCalls
+from gateway.rollouts.fleet import Fleet
 from gateway.rollouts.policy_sync import PolicySync
 from gateway.rollouts.propagation import Propagation
 from gateway.rollouts.repository_control import RepositoryControl
@@ -225,7 +226,7 @@ class Gateway:
                 StreamSlots(settings.stream_limit, settings.max_streams_per_connection),
                 settings.max_tensor_elements,
             ),
-            RolloutsServicer(self.rollouts, self.traffic, control_gate),
+            RolloutsServicer(self.rollouts, self.traffic, control_gate, Fleet(self.store, _LIVENESS_S)),
             RepositoryServicer(views, self.repository, control_gate),
             is_ready=self.is_ready,
             control_ready=lambda: self.sync.state_problem is None,
