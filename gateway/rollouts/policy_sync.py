@@ -124,7 +124,9 @@ class PolicySync:
                             log.warning("a heartbeat of the policy sync took %.0f ms", took_s * 1000)
                     next_heartbeat = time.monotonic() + self._heartbeat_interval_s
             except StateUnavailable as error:  # serve on with the policies applied; say so once
-                if str(error) != self.state_problem:
+                # Once per outage: a database going away says "terminating connection" first, then
+                # "not accepting connections" on every retry; that is one problem, not two.
+                if self.state_problem is None:
                     log.error("%s; serving with the policies applied so far", error)
                 self.state_problem = str(error)
                 continue
