@@ -138,7 +138,7 @@ def _serve(args: argparse.Namespace) -> int:
         from gateway.state.open_store import describe_state_location
 
         log.info("routing state (policies, history) in %s", describe_state_location(settings))
-        log.debug("settings: %s", settings.model_dump_json())
+        log.debug("settings: %s", settings.model_dump_json(exclude={"state_url"}))  # its password stays out
     if settings.processes > 1:
         from gateway.process.supervisor import supervise
 
