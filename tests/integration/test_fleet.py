@@ -8,6 +8,8 @@ that was killed until its heartbeat lapses.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,12 +17,15 @@ from pathlib import Path
 import grpc
 import numpy as np
 import numpy.typing as npt
+import psycopg
 import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from gateway.state.postgres_schema import SCHEMA_VERSION
+from gateway.state.postgres_store import PostgresStateStore
 from gateway.wire.turnout.v1 import rollouts_pb2 as pb
 from gateway.wire.turnout.v1 import rollouts_pb2_grpc as pb_grpc
-from tests.support.gateway_process import GatewayProcess
+from tests.support.gateway_process import REPO_ROOT, GatewayProcess
 from tests.support.model_repository import copy_digits
 from tests.support.postgres import cut_off, own_database, restore
 
@@ -181,3 +186,20 @@ def test_a_killed_host_is_named_until_its_heartbeat_lapses_and_catches_up_when_r
         finally:
             channel_a.close()
             b.kill()
+
+
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_a_gateway_older_than_the_schema_refuses_to_start_naming_both_versions(
+    tmp_path: Path, repository: Path, state_url: str, processes: str
+) -> None:
+    PostgresStateStore(state_url).close()  # the schema as this Turnout makes it
+    with psycopg.connect(state_url, autocommit=True) as connection:  # as a newer Turnout would leave it
+        connection.execute("UPDATE turnout_schema_version SET version = %s", (SCHEMA_VERSION + 1,))
+    command = [sys.executable, "-m", "gateway", "serve", "--repository", str(repository), "--port", "0",
+               "--state-dir", str(tmp_path / "state"), "--state-url", state_url, "--worker-mode", "inprocess",
+               "--processes", processes]  # fmt: skip
+    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    said = f"has schema version {SCHEMA_VERSION + 1}, newer than version {SCHEMA_VERSION} that this Turnout knows"
+    assert said in done.stderr
+    assert "Traceback" not in done.stderr
