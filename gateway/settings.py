@@ -123,7 +123,9 @@ class Settings(BaseSettings):
     policy_poll_interval_s: float = Field(
         0.02, gt=0, description="seconds between checks for policy changes made through other gateway processes"
     )
-    apply_timeout_s: float = Field(10.0, gt=0, description="how long a policy change waits for every gateway process")
+    apply_timeout_s: float = Field(
+        10.0, gt=0, description="how long a policy change waits for every gateway process (of every host: --state-url)"
+    )
     rollback_window_s: float = Field(
         600.0, ge=0, description="seconds a replaced stable version stays loaded for a rollback"
     )
