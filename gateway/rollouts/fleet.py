@@ -2,7 +2,8 @@
 
 Read from the processes' heartbeats in the state store; a process silent for longer than the
 liveness window is shown as not live (a change no longer waits for it) until it says goodbye or
-comes back.
+comes back; one silent for :data:`GONE_AFTER_S` is left out (a pod replaced long ago, a host
+killed and never restarted), so the view does not grow with every restart of the fleet.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import time
 from dataclasses import dataclass
 
 from gateway.state.store import ProcessReport, StateStore
+
+GONE_AFTER_S = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,9 +37,10 @@ class Fleet:
     def view(self) -> FleetView:
         """Raises StateUnavailable when the store cannot be read."""
         generation = self._store.generation()
-        oldest_live = time.time() - self._liveness_s
+        now = time.time()
         processes = tuple(
-            FleetProcess(report, report.seen_at >= oldest_live)
+            FleetProcess(report, report.seen_at >= now - self._liveness_s)
             for report in sorted(self._store.reports(), key=lambda r: (r.host, r.process_id))
+            if report.seen_at >= now - GONE_AFTER_S
         )
         return FleetView(generation, processes, self._liveness_s)
