@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 import psycopg
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from gateway.state.postgres_schema import SCHEMA_VERSION
@@ -167,6 +168,12 @@ def test_the_database_gone_serves_on_refuses_changes_and_catches_up_when_back(
                 b.wait_for_log(said)
                 time.sleep(1.5)  # three safety polls later, still said once
                 assert a.log().count(said) == 1
+                with grpc.insecure_channel(b.address) as channel:  # health: inference serves, changes wait
+                    check = health_pb2_grpc.HealthStub(channel).Check
+                    status = {name: check(health_pb2.HealthCheckRequest(service=name), timeout=TIMEOUT_S).status
+                              for name in ("inference.GRPCInferenceService", "turnout.v1.Rollouts")}  # fmt: skip
+                assert status == {"inference.GRPCInferenceService": health_pb2.HealthCheckResponse.SERVING,
+                                  "turnout.v1.Rollouts": health_pb2.HealthCheckResponse.NOT_SERVING}  # fmt: skip
             finally:
                 outage.come_back()
                 stop_load.set()
