@@ -7,6 +7,8 @@ on the same state, as a second gateway process (or host) would.
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -287,3 +289,26 @@ def test_a_password_in_the_url_is_never_in_a_message() -> None:
     with pytest.raises(StateUnavailable) as refused:
         PostgresStateStore("postgresql://turnout:s3cret-pw@127.0.0.1:1/nowhere")
     assert "s3cret-pw" not in str(refused.value) and "127.0.0.1:1/nowhere" in str(refused.value)
+
+
+@pytest.mark.skipif(shutil.which("pg_dump") is None, reason="pg_dump is not installed")
+def test_the_runbooks_backup_and_restore_keep_policies_history_and_generations(
+    postgres_server: str, postgres_database: str, tmp_path: Path
+) -> None:
+    """docs/operations.md, "Fleet": pg_dump of the turnout_* tables, pg_restore into an empty database."""
+    store = PostgresStateStore(postgres_database)
+    first = store.commit("digits", None, Policy(stable=1), "set-policy", "alice", "")
+    store.commit("digits", first.generation, Policy(stable=2), "promote", "alice", "v2 is good")
+    store.close()
+    dump = tmp_path / "turnout-state.dump"
+    subprocess.run(["pg_dump", "-t", "turnout_*", "-Fc", "-f", str(dump), postgres_database], check=True, timeout=60)
+    with own_database(postgres_server) as restored_url:
+        subprocess.run(["pg_restore", "--no-owner", "-d", restored_url, str(dump)], check=True, timeout=60)
+        restored = PostgresStateStore(restored_url)
+        try:
+            assert restored.generation() == 2
+            assert restored.policies()["digits"].policy == Policy(stable=2)
+            assert [change.reason for change in restored.history("digits", 10)] == ["v2 is good", ""]
+            assert restored.commit("digits", 2, Policy(stable=1), "rollback", "bob", "").generation == 3
+        finally:
+            restored.close()
