@@ -90,7 +90,9 @@ class PostgresStateStore:
         self._local = threading.local()
         self._connections: list[psycopg.Connection[Any]] = []
         self._connections_lock = threading.Lock()
+        # One listening connection per store, however many want waking.
         self._listener: GenerationListener | None = None
+        self._wakers: list[Callable[[], None]] = []
         try:
             with connect(url, autocommit=False) as connection:
                 migrate(connection, self.where)
@@ -276,10 +278,15 @@ class PostgresStateStore:
         return None if row is None else Lease(*row)
 
     def on_change(self, wake: Callable[[], None]) -> bool:
+        self._wakers.append(wake)
         if self._listener is None:
-            self._listener = GenerationListener(self._url, NOTIFY_CHANNEL, self.where, wake)
+            self._listener = GenerationListener(self._url, NOTIFY_CHANNEL, self.where, self._wake_all)
             self._listener.start()
         return True
+
+    def _wake_all(self) -> None:
+        for wake in list(self._wakers):
+            wake()
 
     def close(self) -> None:
         if self._listener is not None:

@@ -219,6 +219,10 @@ def test_a_commit_anywhere_wakes_the_watchers_of_a_store_that_pushes(kind: str, 
     woken.clear()
     writer.request_repository_action("digits", "unload", "bob")
     assert woken.wait(5), "a load or unload is notified too"
+    also = threading.Event()
+    watcher.on_change(also.set)
+    writer.commit("digits", 1, Policy(stable=2), "set-policy", "alice", "")
+    assert also.wait(5), "every watcher of one store is woken"
 
 
 # --- PostgreSQL only: its schema and its connection ----------------------------------------------
