@@ -267,6 +267,14 @@ class PostgresStateStore:
         return row is not None
 
     @_reports_lost_connections
+    def renew_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        cursor = self._connection().execute(
+            "UPDATE turnout_leases SET expires_at = %s WHERE name = %s AND holder = %s",
+            (time.time() + ttl_s, name, holder),
+        )
+        return cursor.rowcount == 1
+
+    @_reports_lost_connections
     def release_lease(self, name: str, holder: str) -> None:
         self._connection().execute("DELETE FROM turnout_leases WHERE name = %s AND holder = %s", (name, holder))
 

@@ -324,6 +324,14 @@ class SqliteStateStore:
         return bool(row[0] == holder)
 
     @_reports_broken_files
+    def renew_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        with self._write() as connection:
+            cursor = connection.execute(
+                "UPDATE leases SET expires_at = ? WHERE name = ? AND holder = ?", (time.time() + ttl_s, name, holder)
+            )
+        return cursor.rowcount == 1
+
+    @_reports_broken_files
     def release_lease(self, name: str, holder: str) -> None:
         with self._write() as connection:
             connection.execute("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder))

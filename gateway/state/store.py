@@ -156,6 +156,10 @@ class StateStore(Protocol):
         True when ``holder`` holds it now; False while another holder's lease has not expired.
         """
 
+    def renew_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        """Extend ``holder``'s lease to ``ttl_s`` seconds from now; False if another holder took it
+        (the leader must stop leading then). Never takes a lease that ``holder`` does not hold."""
+
     def release_lease(self, name: str, holder: str) -> None:
         """Give the lease back, if ``holder`` holds it, so another may take it without waiting."""
 

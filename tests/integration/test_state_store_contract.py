@@ -195,11 +195,13 @@ def test_a_lease_has_one_holder_until_it_expires_or_is_released(open_store: Open
     assert one.acquire_lease("rollouts", "gateway-a", 0.5)
     assert not other.acquire_lease("rollouts", "gateway-b", 0.5), "held by another"
     assert one.acquire_lease("rollouts", "gateway-a", 0.5), "the holder renews it"
+    assert one.renew_lease("rollouts", "gateway-a", 0.5) and not other.renew_lease("rollouts", "gateway-b", 30)
     held = other.lease("rollouts")
     assert held is not None and held.holder == "gateway-a" and held.expires_at > time.time()
     time.sleep(0.6)
     assert other.acquire_lease("rollouts", "gateway-b", 30), "lapsed: another takes over"
     assert not one.acquire_lease("rollouts", "gateway-a", 30), "the old holder lost it"
+    assert not one.renew_lease("rollouts", "gateway-a", 30), "a renewal tells the old holder to stop leading"
     one.release_lease("rollouts", "gateway-a")  # not its lease: nothing happens
     assert other.lease("rollouts") is not None
     other.release_lease("rollouts", "gateway-b")
