@@ -27,6 +27,7 @@ from gateway.registry.repository import ModelRepository
 from gateway.rollouts.control import Rollouts
 from gateway.rollouts.control_access import ControlAccess, ControlTokens, TokensFileInvalid, parse_restricted_header
 from gateway.rollouts.control_refusals import RefusedCalls
+from gateway.rollouts.fleet import Fleet
 from gateway.rollouts.policy_sync import PolicySync
 from gateway.rollouts.propagation import Propagation
 from gateway.rollouts.repository_control import RepositoryControl
@@ -38,7 +39,7 @@ from gateway.serving.model_version import HostFactory
 from gateway.serving.model_views import ModelViews, TrafficView
 from gateway.serving.observers import RequestObservers
 from gateway.settings import Settings
-from gateway.state.sqlite_store import SqliteStateStore
+from gateway.state.open_store import open_state_store
 from gateway.state.store import StateUnavailable
 from gateway.telemetry.gateway_metrics import GatewayMetrics
 from gateway.telemetry.tracing import TracingObserver
@@ -151,7 +152,7 @@ class Gateway:
             on_batch_finished=self.observers.batch_finished,
             load_threads=settings.model_load_threads,
         )
-        self.store = SqliteStateStore(settings.state_dir)
+        self.store = open_state_store(settings)
         self.routes = RoutingTableHolder()
         self.sync = PolicySync(
             self.store,
@@ -226,7 +227,7 @@ class Gateway:
                 StreamSlots(settings.stream_limit, settings.max_streams_per_connection),
                 settings.max_tensor_elements,
             ),
-            RolloutsServicer(self.rollouts, self.traffic, control_gate),
+            RolloutsServicer(self.rollouts, self.traffic, control_gate, Fleet(self.store, _LIVENESS_S)),
             RepositoryServicer(views, self.repository, control_gate),
             is_ready=self.is_ready,
             control_ready=lambda: self.sync.state_problem is None,
@@ -259,9 +260,10 @@ class Gateway:
         log.info("control tokens re-read from %s: %d token(s)", tokens.path, count)
 
     def start(self) -> None:
-        if self.settings.worker_broker is None:
+        if self.settings.worker_broker is None and self.settings.state_url is None:
             # Not one of a supervisor's processes, so a server starting afresh: earlier explicit loads
             # and unloads do not carry over, as in Triton (the supervisor clears them for its own).
+            # A fleet's shared store keeps them: one host starting must not undo what the others follow.
             self.store.clear_repository_requests()
         if self.capture is not None:  # what a crashed run left is compacted before this one is ready
             self.capture.recover()

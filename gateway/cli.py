@@ -135,8 +135,10 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     configure_logging(settings)
     if settings.worker_broker is None:  # said once, not again by each of a supervisor's processes
-        log.info("routing state (policies, history) in %s", settings.state_dir)
-        log.debug("settings: %s", settings.model_dump_json())
+        from gateway.state.open_store import describe_state_location
+
+        log.info("routing state (policies, history) in %s", describe_state_location(settings))
+        log.debug("settings: %s", settings.model_dump_json(exclude={"state_url"}))  # its password stays out
     if settings.processes > 1:
         from gateway.process.supervisor import supervise
 

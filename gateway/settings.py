@@ -109,6 +109,13 @@ class Settings(BaseSettings):
         default_factory=_state_dir_for,
         description="directory of the routing state (policies, history), shared by the gateway processes",
     )
+    # A fleet of hosts shares one routing state in PostgreSQL; without it, SQLite under state_dir.
+    state_url: str | None = Field(
+        None,
+        pattern=r"^postgres(ql)?://",
+        description="PostgreSQL URL (postgresql://USER@HOST:PORT/DB) of the routing state shared by every"
+        " host of a fleet; unset: SQLite under --state-dir",
+    )
     processes: int = Field(
         1, ge=1, le=256, description="gateway processes sharing the port (SO_REUSEPORT) and the workers"
     )
@@ -118,7 +125,9 @@ class Settings(BaseSettings):
     policy_poll_interval_s: float = Field(
         0.02, gt=0, description="seconds between checks for policy changes made through other gateway processes"
     )
-    apply_timeout_s: float = Field(10.0, gt=0, description="how long a policy change waits for every gateway process")
+    apply_timeout_s: float = Field(
+        10.0, gt=0, description="how long a policy change waits for every gateway process (of every host: --state-url)"
+    )
     rollback_window_s: float = Field(
         600.0, ge=0, description="seconds a replaced stable version stays loaded for a rollback"
     )

@@ -257,9 +257,43 @@ def _status_report(channel: grpc.Channel, stub: Any, args: argparse.Namespace, m
         )
         traffic = stub.GetTraffic(pb.TrafficRequest(model=model), timeout=args.timeout_s, metadata=metadata)
         reports.append((policy, versions, figures, traffic))
+    fleet = _fleet(stub, args, metadata)
     if args.json:
-        return json.dumps([_status_json(*report) for report in reports], indent=2)
-    return "\n\n".join(_status_text(*report) for report in reports)
+        fleet_json = _to_dict(fleet) if fleet is not None else None
+        return json.dumps([{**_status_json(*report), "fleet": fleet_json} for report in reports], indent=2)
+    return "\n\n".join([*(_status_text(*report) for report in reports), _fleet_text(fleet)])
+
+
+def _fleet(stub: Any, args: argparse.Namespace, metadata: Any) -> Any:
+    """Every gateway process on the shared state; None when the state cannot be read now (the
+    database is down: the gateway serves on) or the gateway predates the call."""
+    try:
+        return stub.GetFleet(pb.FleetRequest(), timeout=args.timeout_s, metadata=metadata)
+    except grpc.RpcError as error:
+        if error.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNIMPLEMENTED):
+            raise
+        return None
+
+
+def _fleet_text(fleet: Any) -> str:
+    if fleet is None:
+        return "fleet: unknown (the routing state cannot be read now)"
+    hosts = {p.host for p in fleet.processes}
+    lines = [f"fleet: generation {fleet.generation}, {len(hosts)} host(s), {len(fleet.processes)} process(es)"]
+    now_ms = time.time() * 1000
+    for p in fleet.processes:
+        if not p.live:
+            state = f"  heartbeat lapsed (> {fleet.liveness_s:g} s): not waited for"
+        elif p.applied_generation < fleet.generation:
+            state = "  behind"
+        else:
+            state = ""
+        ago_s = max(now_ms - p.last_heartbeat_unix_ms, 0) / 1000
+        lines.append(
+            f"  {p.host or '-':<16} {p.process_id:<32} generation {p.applied_generation:<5}"
+            f" heartbeat {ago_s:.1f} s ago{state}"
+        )
+    return "\n".join(lines)
 
 
 def _to_dict(message: Any) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from gateway.rollouts.control import PolicyView, VersionView
+from gateway.rollouts.fleet import FleetView
 from gateway.rollouts.shadow import ShadowFigures
 from gateway.routing.policy import Canary, Policy, Shadow
 from gateway.serving.model_views import TrafficView
@@ -131,5 +132,23 @@ def traffic_to_proto(view: TrafficView) -> pb.TrafficResponse:
                 p99_ms=(arm.p99_s or 0.0) * 1e3,
             )
             for arm in view.arms
+        ],
+    )
+
+
+def fleet_to_proto(view: FleetView) -> pb.FleetResponse:
+    return pb.FleetResponse(
+        generation=view.generation,
+        liveness_s=view.liveness_s,
+        processes=[
+            pb.GatewayProcess(
+                host=p.report.host,
+                process_id=p.report.process_id,
+                pid=p.report.pid,
+                applied_generation=p.report.applied_generation,
+                last_heartbeat_unix_ms=round(p.report.seen_at * 1000),
+                live=p.live,
+            )
+            for p in view.processes
         ],
     )

@@ -12,6 +12,7 @@ import grpc
 
 from gateway.edge.control_gate import ControlGate
 from gateway.edge.rollouts_codec import (
+    fleet_to_proto,
     history_to_proto,
     policy_from_proto,
     policy_state_to_proto,
@@ -22,6 +23,7 @@ from gateway.edge.rollouts_codec import (
 from gateway.edge.status import maps_errors
 from gateway.errors import InvalidArgument
 from gateway.rollouts.control import Rollouts
+from gateway.rollouts.fleet import Fleet
 from gateway.serving.model_views import TrafficView
 from gateway.wire.turnout.v1 import rollouts_pb2 as pb
 from gateway.wire.turnout.v1 import rollouts_pb2_grpc as pb_grpc
@@ -34,8 +36,11 @@ def _model(name: str) -> str:  # checked after the gate: an unauthenticated call
 
 
 class RolloutsServicer(pb_grpc.RolloutsServicer):  # type: ignore[misc]
-    def __init__(self, rollouts: Rollouts, traffic: Callable[[str], TrafficView], gate: ControlGate) -> None:
+    def __init__(
+        self, rollouts: Rollouts, traffic: Callable[[str], TrafficView], gate: ControlGate, fleet: Fleet
+    ) -> None:
         self._rollouts = rollouts
+        self._fleet = fleet
         self._gate = gate
         self._traffic = traffic  # a model's last minute per arm, over every gateway process
 
@@ -108,3 +113,8 @@ class RolloutsServicer(pb_grpc.RolloutsServicer):  # type: ignore[misc]
     def GetTraffic(self, request: pb.TrafficRequest, context: grpc.ServicerContext) -> pb.TrafficResponse:
         self._gate.admit(context, "GetTraffic", request.model, request)
         return traffic_to_proto(self._traffic(_model(request.model)))
+
+    @maps_errors
+    def GetFleet(self, request: pb.FleetRequest, context: grpc.ServicerContext) -> pb.FleetResponse:
+        self._gate.admit(context, "GetFleet", "", request)
+        return fleet_to_proto(self._fleet.view())

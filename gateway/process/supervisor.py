@@ -29,7 +29,8 @@ from gateway.logs.configure import configure_logging
 from gateway.process.reload_signal import reload_on_hangup
 from gateway.process.stop_signals import stop_on_signals, wait_for_stop
 from gateway.settings import Settings, split_address
-from gateway.state.sqlite_store import SqliteStateStore
+from gateway.state.open_store import open_state_store
+from gateway.state.store import StateUnavailable
 from gateway.telemetry.supervisor_metrics import SupervisorMetrics
 from runtimes.broker import WorkerBroker
 from runtimes.zygote import Zygote, start_zygote
@@ -132,9 +133,13 @@ class Supervisor:
     def start(self) -> None:
         # A server starting afresh serves what its repository says: explicit loads and unloads of an
         # earlier run do not carry over, as in Triton. A process restarted later does follow them.
-        store = SqliteStateStore(self.settings.state_dir)
+        # A fleet's shared store (--state-url) keeps them: one host starting must not undo the others'.
+        # Opened either way, so that a database out of reach, or of a newer schema, is said once here
+        # rather than by every gateway process, each started again and again.
+        store = open_state_store(self.settings)
         try:
-            store.clear_repository_requests()
+            if self.settings.state_url is None:
+                store.clear_repository_requests()
         finally:
             store.close()
         self._children = [_GatewayChild(self._command_for(index), index) for index in range(self.settings.processes)]
@@ -218,7 +223,11 @@ def supervise(settings: Settings) -> int:
         return 2
     reload_on_hangup(supervisor.reload, log)  # before the start: SIGHUP's default would end the supervisor
     try:
-        supervisor.start()
+        try:
+            supervisor.start()
+        except StateUnavailable as error:  # its message names the store and what is wrong with it
+            log.error("%s", error)
+            return 2
         threading.Thread(target=supervisor.watch, name="supervisor-watch", daemon=True).start()
         if supervisor.metrics.url is not None:
             print(f"turnout: metrics on {supervisor.metrics.url}", flush=True)

@@ -1,7 +1,9 @@
 """Keeps this process's routing table in step with the state store, and says which generation it serves.
 
-Every gateway process runs one. It polls the store's generation (a single-row read), and when it
-grows, makes sure every version the new policies name is loaded here, swaps in the new routing
+Every gateway process runs one. It polls the store's generation (a single-row read); a store that
+pushes changes (PostgreSQL's LISTEN/NOTIFY) wakes it at once instead, and the poll slows to the
+heartbeat's pace, a safety net for a notification lost with its connection. When the generation
+grows, it makes sure every version the new policies name is loaded here, swaps in the new routing
 table and reports the generation back, which is what a policy change waits for. It also tells the
 model manager which versions to keep loaded whatever the version policy says: the ones policies
 name, and the stable versions of the rollback window. And it follows explicit model loads and
@@ -66,11 +68,14 @@ class PolicySync:
         self._poll_interval_s = poll_interval_s
         self._heartbeat_interval_s = heartbeat_interval_s
         self._rollback_window_s = rollback_window_s
-        self.process_id = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.host = os.uname().nodename
+        self.process_id = f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._sync_lock = threading.Lock()
         # The generation of each model's load or unload request this process has carried out.
         self._followed: dict[str, int] = {}
         self._stopping = threading.Event()
+        # Set by the store's listener on every commit anywhere in the fleet, and by close().
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         # Why the routing state cannot be used now (logged once when it starts); None while it can.
         self.state_problem: str | None = None
@@ -81,11 +86,14 @@ class PolicySync:
 
     def start(self) -> None:
         self.sync_now()
+        if self._store.on_change(self._wake.set):
+            self._poll_interval_s = max(self._poll_interval_s, self._heartbeat_interval_s)
         self._thread = threading.Thread(target=self._run, name="policy-sync", daemon=True)
         self._thread.start()
 
     def close(self) -> None:
         self._stopping.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
         try:
@@ -97,9 +105,11 @@ class PolicySync:
         next_heartbeat = 0.0
         while True:
             asleep_since = time.monotonic()
-            if self._stopping.wait(self._poll_interval_s):
+            woken = self._wake.wait(self._poll_interval_s)
+            if self._stopping.is_set():
                 return
-            late_s = time.monotonic() - asleep_since - self._poll_interval_s
+            self._wake.clear()  # before the sync: a commit landing during it wakes the next round
+            late_s = 0.0 if woken else time.monotonic() - asleep_since - self._poll_interval_s
             if late_s > _SLOW_SYNC_S:
                 # Every change waits for this thread; say so when it wakes up late (a starved GIL, a stalled host).
                 log.warning("the policy sync woke %.0f ms late", late_s * 1000)
@@ -114,7 +124,9 @@ class PolicySync:
                             log.warning("a heartbeat of the policy sync took %.0f ms", took_s * 1000)
                     next_heartbeat = time.monotonic() + self._heartbeat_interval_s
             except StateUnavailable as error:  # serve on with the policies applied; say so once
-                if str(error) != self.state_problem:
+                # Once per outage: a database going away says "terminating connection" first, then
+                # "not accepting connections" on every retry; that is one problem, not two.
+                if self.state_problem is None:
                     log.error("%s; serving with the policies applied so far", error)
                 self.state_problem = str(error)
                 continue
@@ -177,7 +189,7 @@ class PolicySync:
                             extra={"model": model})  # fmt: skip
 
     def _report(self) -> None:
-        self._store.report_applied(self.process_id, os.getpid(), self._holder.current.generation)
+        self._store.report_applied(self.process_id, os.getpid(), self._holder.current.generation, self.host)
 
     def _keep_needed_versions(self, policies: dict[str, StoredPolicy]) -> None:
         since = time.time() - self._rollback_window_s

@@ -2,8 +2,9 @@
 
 A change (a policy, an explicit model load or unload) is committed to the state store under a new
 generation. This process applies it at once; the others notice it on their next poll and report
-back. The change's call returns when every process seen alive recently reports that generation, or
-fails with DEADLINE_EXCEEDED naming those that did not.
+back. The change's call returns when every process seen alive recently, on every host of the
+fleet, reports that generation, or fails with DEADLINE_EXCEEDED naming those that did not (host,
+process, last heartbeat). A process whose heartbeat lapsed (killed, cut off) is no longer waited for.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 
 from gateway.errors import DeadlineExceeded
 from gateway.rollouts.policy_sync import PolicySync
-from gateway.state.store import StateStore
+from gateway.state.store import ProcessReport, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ class Propagation:
         last_behind: list[str] = []
         while True:
             live = [r for r in self._store.reports() if r.seen_at >= time.time() - self._liveness_s]
-            behind = [r.process_id for r in live if r.applied_generation < generation]
+            behind = [describe_laggard(r) for r in live if r.applied_generation < generation]
             if not behind:
                 took_s = time.monotonic() - started
                 if took_s > _SLOW_APPLY_S:
@@ -57,3 +58,12 @@ class Propagation:
                     f"generation {generation} ({what}) is committed but not yet applied by {', '.join(behind)}"
                 )
             time.sleep(_POLL_S)
+
+
+def describe_laggard(report: ProcessReport) -> str:
+    """A process that has not applied a change yet, as the answer and the log name it."""
+    ago_s = max(time.time() - report.seen_at, 0.0)
+    return (
+        f"process {report.process_id} on host {report.host or 'unknown'} (generation {report.applied_generation},"
+        f" last heartbeat {ago_s:.1f} s ago)"
+    )

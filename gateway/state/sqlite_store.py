@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import socket
 import sqlite3
 import threading
 import time
@@ -20,6 +21,7 @@ from typing import ParamSpec, TypeVar
 from gateway.routing.policy import Policy, policy_from_dict, policy_to_dict
 from gateway.state.store import (
     GenerationConflict,
+    Lease,
     PolicyChange,
     ProcessReport,
     RefusedCall,
@@ -69,6 +71,11 @@ CREATE TABLE IF NOT EXISTS processes (
     pid INTEGER NOT NULL,
     applied_generation INTEGER NOT NULL,
     seen_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS leases (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    expires_at REAL NOT NULL
 );
 """
 
@@ -120,6 +127,7 @@ class SqliteStateStore:
         self._identity: tuple[int, int] | None = None  # the file's (device, inode), once it exists
         try:
             self._connection().executescript(_SCHEMA)
+            _add_host_column(self._connection())
         except sqlite3.DatabaseError as error:
             raise StateUnavailable(f"the routing state file {self.path} cannot be used: {error}") from None
         status = self.path.stat()
@@ -269,7 +277,7 @@ class SqliteStateStore:
             connection.execute("DELETE FROM repository_requests")
 
     @_reports_broken_files
-    def report_applied(self, process_id: str, pid: int, generation: int) -> None:
+    def report_applied(self, process_id: str, pid: int, generation: int, host: str | None = None) -> None:
         # Two threads of one process report (the policy sync's heartbeat, and a change being
         # applied by the call that made it); the one that read the older generation may write
         # last, and must not take the process back: a change would wait for the next heartbeat.
@@ -281,11 +289,11 @@ class SqliteStateStore:
         try:
             with self._write() as writing:
                 writing.execute(
-                    "INSERT INTO processes (process_id, pid, applied_generation, seen_at) VALUES (?, ?, ?, ?) "
+                    "INSERT INTO processes (process_id, pid, applied_generation, seen_at, host) VALUES (?, ?, ?, ?, ?) "
                     "ON CONFLICT (process_id) DO UPDATE SET pid = excluded.pid, "
                     "applied_generation = MAX(applied_generation, excluded.applied_generation), "
-                    "seen_at = excluded.seen_at",
-                    (process_id, pid, generation, time.time()),
+                    "seen_at = excluded.seen_at, host = excluded.host",
+                    (process_id, pid, generation, time.time(), socket.gethostname() if host is None else host),
                 )
         finally:
             connection.execute("PRAGMA synchronous=FULL")
@@ -293,7 +301,7 @@ class SqliteStateStore:
     @_reports_broken_files
     def reports(self) -> list[ProcessReport]:
         rows = self._connection().execute(
-            "SELECT process_id, pid, applied_generation, seen_at FROM processes ORDER BY process_id"
+            "SELECT process_id, pid, applied_generation, seen_at, host FROM processes ORDER BY host, process_id"
         ).fetchall()
         return [ProcessReport(*row) for row in rows]
 
@@ -301,6 +309,42 @@ class SqliteStateStore:
     def forget_process(self, process_id: str) -> None:
         with self._write() as connection:
             connection.execute("DELETE FROM processes WHERE process_id = ?", (process_id,))
+
+    @_reports_broken_files
+    def acquire_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        now = time.time()
+        with self._write() as connection:
+            connection.execute(
+                "INSERT INTO leases (name, holder, expires_at) VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE "
+                "SET holder = excluded.holder, expires_at = excluded.expires_at "
+                "WHERE leases.holder = excluded.holder OR leases.expires_at <= ?",
+                (name, holder, now + ttl_s, now),
+            )
+            row = connection.execute("SELECT holder FROM leases WHERE name = ?", (name,)).fetchone()
+        return bool(row[0] == holder)
+
+    @_reports_broken_files
+    def renew_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        with self._write() as connection:
+            cursor = connection.execute(
+                "UPDATE leases SET expires_at = ? WHERE name = ? AND holder = ?", (time.time() + ttl_s, name, holder)
+            )
+        return cursor.rowcount == 1
+
+    @_reports_broken_files
+    def release_lease(self, name: str, holder: str) -> None:
+        with self._write() as connection:
+            connection.execute("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder))
+
+    @_reports_broken_files
+    def lease(self, name: str) -> Lease | None:
+        row = self._connection().execute(
+            "SELECT name, holder, expires_at FROM leases WHERE name = ?", (name,)
+        ).fetchone()
+        return None if row is None else Lease(*row)
+
+    def on_change(self, wake: Callable[[], None]) -> bool:
+        return False  # SQLite cannot push: the policy sync polls the generation, a single-row read
 
     def close(self) -> None:
         with self._connections_lock:
@@ -313,6 +357,17 @@ def _next_generation(connection: sqlite3.Connection) -> int:
     """Take the next generation; inside a write transaction, so no other process takes the same."""
     connection.execute("UPDATE counters SET value = value + 1 WHERE name = 'generation'")
     return int(connection.execute("SELECT value FROM counters WHERE name = 'generation'").fetchone()[0])
+
+
+def _add_host_column(connection: sqlite3.Connection) -> None:
+    """Files written before reports named their host gain the column (empty for old rows)."""
+    columns = {row[1] for row in connection.execute("PRAGMA table_info(processes)")}
+    if "host" not in columns:
+        try:
+            connection.execute("ALTER TABLE processes ADD COLUMN host TEXT NOT NULL DEFAULT ''")
+        except sqlite3.OperationalError as error:  # another process starting beside us added it first
+            if "duplicate column" not in str(error):
+                raise
 
 
 def _require(policy: Policy | None) -> Policy:

@@ -1,11 +1,13 @@
 """The state store's interface: what the control plane and the routing watchers need from storage.
 
-SQLite under the state directory is the embedded implementation (one host, many processes); a
-shared store for several hosts (Redis, PostgreSQL) implements the same protocol.
+SQLite under the state directory is the embedded implementation (one host, many processes);
+PostgreSQL (``--state-url``) is the shared one for a fleet of hosts. Both pass one contract suite
+(tests/integration/test_state_store_contract.py), so the rest of the gateway cannot tell them apart.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -47,12 +49,22 @@ class RefusedCall:
 
 @dataclass(frozen=True, slots=True)
 class ProcessReport:
-    """What one gateway process last said: the generation it serves, and when it said so."""
+    """What one gateway process last said: the generation it serves, and when it said so, from which host."""
 
     process_id: str
     pid: int
     applied_generation: int
     seen_at: float
+    host: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """Who holds a named lease (one leader per fleet), and until when (seconds since the epoch)."""
+
+    name: str
+    holder: str
+    expires_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +84,10 @@ class RepositoryRequest:
 class StateUnavailable(Unavailable):
     """The routing state cannot be read or written (its file deleted, replaced or corrupt; its database
     down): changes are refused with this message, and the gateway serves on with the policies it has."""
+
+
+class StateSchemaTooNew(StateUnavailable):
+    """The shared store was migrated by a newer Turnout than this one: this gateway must not write to it."""
 
 
 class GenerationConflict(Exception):
@@ -119,8 +135,10 @@ class StateStore(Protocol):
         """Forget every load and unload request: a server starting afresh serves what its repository
         and version policies say, as Triton does after a restart."""
 
-    def report_applied(self, process_id: str, pid: int, generation: int) -> None:
+    def report_applied(self, process_id: str, pid: int, generation: int, host: str | None = None) -> None:
         """Record that a gateway process now routes by ``generation`` (also its heartbeat).
+
+        ``host`` is the machine the process runs on; None: this one (``socket.gethostname()``).
 
         A process's recorded generation never goes down: a report of an older one (written late by
         another thread of the same process) only refreshes its heartbeat.
@@ -131,5 +149,28 @@ class StateStore(Protocol):
 
     def forget_process(self, process_id: str) -> None:
         """A gateway process is stopping: stop waiting for it."""
+
+    def acquire_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        """Take the lease ``name`` for ``ttl_s`` seconds, or renew it when ``holder`` holds it already.
+
+        True when ``holder`` holds it now; False while another holder's lease has not expired.
+        """
+
+    def renew_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        """Extend ``holder``'s lease to ``ttl_s`` seconds from now; False if another holder took it
+        (the leader must stop leading then). Never takes a lease that ``holder`` does not hold."""
+
+    def release_lease(self, name: str, holder: str) -> None:
+        """Give the lease back, if ``holder`` holds it, so another may take it without waiting."""
+
+    def lease(self, name: str) -> Lease | None:
+        """The lease's holder and expiry, None if nobody ever took it (an expired one is returned too)."""
+
+    def on_change(self, wake: Callable[[], None]) -> bool:
+        """Call ``wake`` (from another thread) whenever any process commits a new generation.
+
+        True when the store pushes changes (PostgreSQL's LISTEN/NOTIFY): the caller may poll slowly,
+        as a safety net. False when it cannot (SQLite): the caller polls ``generation()``.
+        """
 
     def close(self) -> None: ...

@@ -14,6 +14,7 @@ from tritonclient.grpc import service_pb2_grpc
 
 from tests.support.gateway_process import GatewayProcess
 from tests.support.model_repository import EXAMPLES
+from tests.support.postgres import PrivateCluster, shared_server_url
 
 # Every integration test that starts a gateway may run it either way; see `turnout serve --help`.
 WORKER_MODES = ("process", "inprocess")
@@ -25,6 +26,18 @@ def digits_pixels() -> npt.NDArray[np.float32]:
     table = pq.read_table(EXAMPLES / "digits" / "1" / "reference.parquet")
     columns = [f"px_{index}" for index in range(64)]
     return np.column_stack([table.column(name).to_numpy() for name in columns]).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """URL of a real PostgreSQL server's maintenance database: the machine's, or a private cluster.
+    Tests make databases of their own on it (tests.support.postgres.own_database)."""
+    clusters: list[PrivateCluster] = []
+    try:
+        yield shared_server_url(clusters)
+    finally:
+        for cluster in clusters:
+            cluster.close()
 
 
 # `client` and `stub` talk to whichever module-scoped `gateway` fixture the test module defines.

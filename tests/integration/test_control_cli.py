@@ -92,6 +92,11 @@ def test_status_before_any_policy(gateway: GatewayProcess) -> None:
     everything = ok_json("status", server=gateway.control_address)
     assert [report["model"] for report in everything] == ["digits", "mirror", "plain", "traffic"]
     plain = ok_json("status", "plain", server=gateway.control_address)
+    fleet = plain[0].pop("fleet")
+    [process] = fleet["processes"]
+    assert (process["host"], process["live"]) == (os.uname().nodename, True)
+    assert process["process_id"].startswith(f"{os.uname().nodename}:")
+    assert process["applied_generation"] == fleet["generation"]
     assert plain == [
         {
             "model": "plain",
@@ -113,6 +118,7 @@ def test_status_before_any_policy(gateway: GatewayProcess) -> None:
     text = ok("status", "plain", server=gateway.control_address)
     assert "plain  generation 0  (no policy set; highest READY version serves)" in text
     assert "stable  v2" in text and "READY" in text
+    assert "fleet: generation 0, 1 host(s), 1 process(es)" in text
 
 
 def artifact_hashes(gateway: GatewayProcess, model: str) -> list[str]:

@@ -155,3 +155,14 @@ def test_every_argument_is_a_turnout_serve_flag() -> None:
     # argparse exits on a flag it does not know; a typo here would crash-loop every pod.
     parsed = build_parser().parse_args(["serve", *container()["args"]])
     assert parsed.command == "serve"
+
+
+def test_the_replicas_share_one_routing_state_named_by_the_secret() -> None:
+    deployment = one("Deployment")
+    assert deployment["spec"]["replicas"] >= 3, "a fleet: one rollback reaches every replica"
+    [url] = [e for e in container()["env"] if e["name"] == "TURNOUT_STATE_URL"]
+    reference = url["valueFrom"]["secretKeyRef"]
+    secret = one("Secret")
+    assert reference["name"] == secret["metadata"]["name"]
+    assert secret["stringData"][reference["key"]].startswith("postgresql://")
+    assert "value" not in url, "the URL holds a password: from the secret only"

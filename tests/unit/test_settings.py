@@ -60,3 +60,23 @@ def test_gateway_cpus_read_like_taskset_from_flags_and_environment(monkeypatch: 
 def test_malformed_cpu_lists_are_refused(text: str) -> None:
     with pytest.raises(ValidationError, match="gateway_cpus"):
         load_settings(None, {"gateway_cpus": text})
+
+
+def test_the_state_url_comes_from_the_flag_or_the_environment_and_must_be_postgresql(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("TURNOUT_STATE_URL", raising=False)
+    assert load_settings(None, {}).state_url is None, "without it: SQLite under the state directory"
+    monkeypatch.setenv("TURNOUT_STATE_URL", "postgresql://turnout@db.example:5432/turnout")
+    assert load_settings(None, {}).state_url == "postgresql://turnout@db.example:5432/turnout"
+    flag = load_settings(None, {"state_url": "postgres://other@db:5432/fleet"})
+    assert flag.state_url == "postgres://other@db:5432/fleet", "the flag wins, in either spelling"
+    with pytest.raises(ValidationError, match="state_url"):
+        load_settings(None, {"state_url": "mysql://turnout@db/turnout"})
+
+
+def test_the_log_names_the_database_never_its_password() -> None:
+    from gateway.state.open_store import describe_state_location
+
+    settings = load_settings(None, {"state_url": "postgresql://turnout:s3cret@db.example:6432/fleet"})
+    assert describe_state_location(settings) == "PostgreSQL at db.example:6432/fleet"

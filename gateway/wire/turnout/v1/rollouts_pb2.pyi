@@ -265,3 +265,33 @@ class TrafficResponse(_message.Message):
     arms: _containers.RepeatedCompositeFieldContainer[ArmTraffic]
     kept: bool
     def __init__(self, model: _Optional[str] = ..., window_s: _Optional[int] = ..., processes: _Optional[int] = ..., arms: _Optional[_Iterable[_Union[ArmTraffic, _Mapping]]] = ..., kept: _Optional[bool] = ...) -> None: ...
+
+class FleetRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GatewayProcess(_message.Message):
+    __slots__ = ("host", "process_id", "pid", "applied_generation", "last_heartbeat_unix_ms", "live")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    PROCESS_ID_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_GENERATION_FIELD_NUMBER: _ClassVar[int]
+    LAST_HEARTBEAT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    LIVE_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    process_id: str
+    pid: int
+    applied_generation: int
+    last_heartbeat_unix_ms: int
+    live: bool
+    def __init__(self, host: _Optional[str] = ..., process_id: _Optional[str] = ..., pid: _Optional[int] = ..., applied_generation: _Optional[int] = ..., last_heartbeat_unix_ms: _Optional[int] = ..., live: _Optional[bool] = ...) -> None: ...
+
+class FleetResponse(_message.Message):
+    __slots__ = ("generation", "processes", "liveness_s")
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    PROCESSES_FIELD_NUMBER: _ClassVar[int]
+    LIVENESS_S_FIELD_NUMBER: _ClassVar[int]
+    generation: int
+    processes: _containers.RepeatedCompositeFieldContainer[GatewayProcess]
+    liveness_s: float
+    def __init__(self, generation: _Optional[int] = ..., processes: _Optional[_Iterable[_Union[GatewayProcess, _Mapping]]] = ..., liveness_s: _Optional[float] = ...) -> None: ...

@@ -84,6 +84,11 @@ class RolloutsStub:
                 request_serializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.TrafficRequest.SerializeToString,
                 response_deserializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.TrafficResponse.FromString,
                 _registered_method=True)
+        self.GetFleet = channel.unary_unary(
+                '/turnout.v1.Rollouts/GetFleet',
+                request_serializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.FleetRequest.SerializeToString,
+                response_deserializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.FleetResponse.FromString,
+                _registered_method=True)
 
 
 class RolloutsServicer:
@@ -161,6 +166,14 @@ class RolloutsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetFleet(self, request, context):
+        """Every gateway process sharing this routing state, on every host of the fleet: the generation
+        it applied and its last heartbeat (`turnout status`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RolloutsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -213,6 +226,11 @@ def add_RolloutsServicer_to_server(servicer, server):
                     servicer.GetTraffic,
                     request_deserializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.TrafficRequest.FromString,
                     response_serializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.TrafficResponse.SerializeToString,
+            ),
+            'GetFleet': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetFleet,
+                    request_deserializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.FleetRequest.FromString,
+                    response_serializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.FleetResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -485,6 +503,33 @@ class Rollouts:
             '/turnout.v1.Rollouts/GetTraffic',
             gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.TrafficRequest.SerializeToString,
             gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.TrafficResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetFleet(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/turnout.v1.Rollouts/GetFleet',
+            gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.FleetRequest.SerializeToString,
+            gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.FleetResponse.FromString,
             options,
             channel_credentials,
             insecure,
