@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gateway.analysis.error_rate import error_evidence
-from gateway.analysis.evalues import log_evalue_above, log_evalue_below
+from gateway.analysis.evalues import LOW_RATES, log_evalue_above, log_evalue_below
 from gateway.analysis.latency import LatencyBuckets, LatencyPairs, order_evidence, p99_evidence
 
 
@@ -201,7 +201,8 @@ class RolloutAnalysis:
     def _divergence_check(self, limit: float) -> CheckEvidence:
         k, n = self._disagreements, self._comparisons
         counts = {"comparisons": n, "disagreements": k, "max_divergence": limit}
-        worse, no_worse = float(log_evalue_above(k, n, limit)), float(log_evalue_below(k, n, limit))
+        worse = float(log_evalue_above(k, n, limit, LOW_RATES))
+        no_worse = float(log_evalue_below(k, n, limit, LOW_RATES))
         return self._check("divergence", worse, no_worse, counts)
 
     def _check(self, name: str, worse: float, no_worse: float, counts: dict[str, float]) -> CheckEvidence:

@@ -7,7 +7,8 @@ nulls are tested, each by universal inference (Wasserman, Ramdas and Balakrishna
 - worse, null ``p_canary <= p_stable + delta``: a rollback's evidence;
 - no worse, null ``p_canary >= p_stable + delta``: evidence to end a step early.
 
-The statistic is the two arms' likelihoods mixed over their rates (Jeffreys, one mixture each)
+The statistic is the two arms' likelihoods mixed over their rates (one mixture each, on a prior
+that favours low rates: :data:`~gateway.analysis.evalues.LOW_RATES`)
 over the likelihood at the null's best fit. For any pair of rates inside the null, the mixture over
 the likelihood at that pair is a test martingale; the best fit only makes the denominator larger,
 so the statistic is an e-process for the whole null and may be checked after every request.
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gateway.analysis.evalues import ArrayLike, FloatArray, log_likelihood, log_mixture_likelihood
+from gateway.analysis.evalues import LOW_RATES, ArrayLike, FloatArray, log_likelihood, log_mixture_likelihood
 
 _HALVINGS = 40  # the best fit to within 2^-40: its log-likelihood is flat there, so the error is far below 1e-12
 
@@ -45,7 +46,7 @@ def error_evidence(
     n_c = np.asarray(canary_requests, dtype=np.float64)
     e_s = np.asarray(stable_errors, dtype=np.float64)
     n_s = np.asarray(stable_requests, dtype=np.float64)
-    mixed = log_mixture_likelihood(e_c, n_c) + log_mixture_likelihood(e_s, n_s)
+    mixed = log_mixture_likelihood(e_c, n_c, LOW_RATES) + log_mixture_likelihood(e_s, n_s, LOW_RATES)
     rate_c = np.divide(e_c, n_c, out=np.zeros_like(e_c), where=n_c > 0)
     rate_s = np.divide(e_s, n_s, out=np.zeros_like(e_s), where=n_s > 0)
     best = log_likelihood(e_c, n_c, rate_c) + log_likelihood(e_s, n_s, rate_s)

@@ -34,6 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from gateway.analysis.evalues import (
+    LOW_RATES,
     ArrayLike,
     FloatArray,
     critical_above,
@@ -142,7 +143,7 @@ def stable_p99_upper_index(stable_histogram: npt.NDArray[np.int64], log_bound: f
     Vectorised over leading axes: ``stable_histogram[..., bucket]``.
     """
     tails = tail_counts(stable_histogram)
-    most_above = critical_below(stable_histogram.sum(axis=-1), TAIL, log_bound)  # evidence needs tail <= this
+    most_above = critical_below(stable_histogram.sum(axis=-1), TAIL, log_bound, LOW_RATES)  # evidence: tail <= this
     holds = tails <= most_above[..., None]
     holds[..., -1] = False  # the open top bucket bounds nothing
     found = holds.any(axis=-1)
@@ -157,7 +158,7 @@ def canary_p99_worse(
     last = canary_histogram.shape[-1] - 1
     threshold = np.minimum(stable_upper + shift, last)
     above = np.take_along_axis(tails, threshold[..., None], axis=-1)[..., 0]
-    least_above = critical_above(canary_histogram.sum(axis=-1), TAIL, log_bound)
+    least_above = critical_above(canary_histogram.sum(axis=-1), TAIL, log_bound, LOW_RATES)
     return (stable_upper >= 0) & (above >= least_above)
 
 
@@ -182,17 +183,17 @@ def p99_evidence(
         threshold = min(upper + shift, buckets.bounds - 1)
         above = int(canary_tails[threshold])
         threshold_s = buckets.bound_s(threshold)
-        log_worse = float(log_evalue_above(above, n_c, TAIL))
+        log_worse = float(log_evalue_above(above, n_c, TAIL, LOW_RATES))
     # No worse: the stable's p99 lower bound (highest boundary with evidence of > 1% above it).
     stable_tails = tail_counts(stable_histogram)
-    over = np.asarray(log_evalue_above(stable_tails[:-1], int(stable_histogram.sum()), TAIL)) >= log_bound
+    over = np.asarray(log_evalue_above(stable_tails[:-1], int(stable_histogram.sum()), TAIL, LOW_RATES)) >= log_bound
     log_no_worse = 0.0
     if over.any():
         lower = int(np.flatnonzero(over)[-1])
         # The canary must show < 1% above r x (stable's lower bound): r rounded down to whole buckets.
         target = lower + max(0, math.floor(math.log(ratio) / math.log(buckets.growth) + 1e-9))
         if target < buckets.bounds:
-            log_no_worse = float(log_evalue_below(int(canary_tails[target]), n_c, TAIL))
+            log_no_worse = float(log_evalue_below(int(canary_tails[target]), n_c, TAIL, LOW_RATES))
     return P99Evidence(
         log_worse, log_no_worse, buckets.bound_s(upper) if upper >= 0 else None, threshold_s, above
     )

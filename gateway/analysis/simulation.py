@@ -16,7 +16,7 @@ import numpy.typing as npt
 
 from gateway.analysis.decision import Limits
 from gateway.analysis.error_rate import error_evidence
-from gateway.analysis.evalues import critical_above, critical_below
+from gateway.analysis.evalues import LOW_RATES, critical_above, critical_below
 from gateway.analysis.latency import TAIL, LatencyBuckets, order_evidence
 
 NEVER = -1
@@ -133,8 +133,8 @@ def _p99_fires(traffic: Traffic, grid: IntArray, buckets: LatencyBuckets, limits
     rollouts, requests = traffic.canary.shape
     bucket = buckets.indices(traffic.latency_s)
     ok = ~traffic.failed
-    fewest_above = critical_above(np.arange(requests + 1), TAIL, bound)  # canary: evidence needs this many
-    most_above = critical_below(np.arange(requests + 1), TAIL, bound)  # stable: a bound needs at most this many
+    fewest_above = critical_above(np.arange(requests + 1), TAIL, bound, LOW_RATES)  # canary: evidence needs this many
+    most_above = critical_below(np.arange(requests + 1), TAIL, bound, LOW_RATES)  # stable: a bound needs at most
     shift = buckets.shift(limits.max_latency_ratio)
     levels = np.arange(buckets.count)
     tails = {True: np.zeros((rollouts, buckets.count), np.int64), False: np.zeros((rollouts, buckets.count), np.int64)}

@@ -14,7 +14,14 @@ from hypothesis import strategies as st
 
 from gateway.analysis.decision import Limits, RolloutAnalysis, Verdict
 from gateway.analysis.error_rate import error_evidence
-from gateway.analysis.evalues import critical_above, critical_below, log_evalue_above, log_evalue_below
+from gateway.analysis.evalues import (
+    JEFFREYS,
+    LOW_RATES,
+    critical_above,
+    critical_below,
+    log_evalue_above,
+    log_evalue_below,
+)
 from gateway.analysis.latency import LatencyBuckets
 from gateway.analysis.simulation import NEVER, SyntheticArms, Traffic, rollbacks, synthetic_traffic
 
@@ -155,19 +162,25 @@ def test_the_error_evidence_stays_at_most_1_where_the_estimates_sit_inside_its_n
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.integers(min_value=1, max_value=100_000), st.sampled_from([0.01, 0.02, 0.5]))
-def test_critical_counts_are_where_the_evidence_first_reaches_the_bound(trials: int, rate0: float) -> None:
+@given(
+    st.integers(min_value=1, max_value=100_000),
+    st.sampled_from([0.01, 0.02, 0.5]),
+    st.sampled_from([JEFFREYS, LOW_RATES]),
+)
+def test_critical_counts_are_where_the_evidence_first_reaches_the_bound(
+    trials: int, rate0: float, prior: tuple[float, float]
+) -> None:
     bound = math.log(60)
-    least = int(critical_above(trials, rate0, bound))
+    least = int(critical_above(trials, rate0, bound, prior))
     if least <= trials:
-        assert log_evalue_above(least, trials, rate0) >= bound
+        assert log_evalue_above(least, trials, rate0, prior) >= bound
     if least > 0:
-        assert log_evalue_above(least - 1, trials, rate0) < bound
-    most = int(critical_below(trials, rate0, bound))
+        assert log_evalue_above(least - 1, trials, rate0, prior) < bound
+    most = int(critical_below(trials, rate0, bound, prior))
     if most >= 0:
-        assert log_evalue_below(most, trials, rate0) >= bound
+        assert log_evalue_below(most, trials, rate0, prior) >= bound
     if most < trials:
-        assert log_evalue_below(most + 1, trials, rate0) < bound
+        assert log_evalue_below(most + 1, trials, rate0, prior) < bound
 
 
 @settings(max_examples=40, deadline=None)
