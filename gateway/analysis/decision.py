@@ -116,9 +116,9 @@ class RolloutAnalysis:
     Latency counts only requests that succeeded (a failure's latency says little, and the error
     check sees it). Memory: two histograms, two bounded pairing queues, a few counters.
 
-    Cost: :meth:`observe` is O(1) (about 6 µs); :meth:`decide` is O(buckets + log n), a few
-    milliseconds of numpy on scalars, so the controller calls it on a tick (every 100 ms, or every
-    N requests) rather than per request. Looking less often never weakens the guarantee.
+    Cost: :meth:`observe` is O(1) (about 6 µs); :meth:`decide` is O(buckets + log n), about a
+    millisecond, so the controller calls it on a tick (every 100 ms, or every N requests) rather
+    than per request. Looking less often never weakens the guarantee.
     """
 
     def __init__(self, limits: Limits, buckets: LatencyBuckets | None = None, seed: int = 0) -> None:
