@@ -69,8 +69,8 @@ def boundary_log_likelihood(
     """
     e_c, n_c, e_s, n_s = canary_errors, canary_requests, stable_errors, stable_requests
     if np.ndim(e_c) == np.ndim(n_c) == np.ndim(e_s) == np.ndim(n_s) == 0:  # the controller's case: plain floats
-        p_s = _best_stable_rate(float(e_c), float(n_c), float(e_s), float(n_s), margin)
-        return np.asarray(log_likelihood(e_c, n_c, p_s + margin) + log_likelihood(e_s, n_s, p_s))
+        best = _best_stable_rate(float(e_c), float(n_c), float(e_s), float(n_s), margin)
+        return np.asarray(log_likelihood(e_c, n_c, best + margin) + log_likelihood(e_s, n_s, best))
     low = np.zeros(np.broadcast(e_c, n_c, e_s, n_s).shape)
     high = np.full_like(low, 1.0 - margin)
     for _ in range(_HALVINGS):
