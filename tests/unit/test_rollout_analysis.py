@@ -162,6 +162,18 @@ def test_the_error_evidence_stays_at_most_1_where_the_estimates_sit_inside_its_n
 
 
 @settings(max_examples=60, deadline=None)
+@given(counts, counts, counts, counts, st.sampled_from([0.0, 0.005, 0.05]))
+def test_the_controllers_scalar_path_and_the_simulations_arrays_agree(
+    e_c: int, extra: int, e_s: int, extra_s: int, margin: float
+) -> None:
+    n_c, n_s = e_c + extra, e_s + extra_s
+    one = error_evidence(e_c, n_c, e_s, n_s, margin)
+    many = error_evidence(np.array([e_c]), np.array([n_c]), np.array([e_s]), np.array([n_s]), margin)
+    assert math.isclose(float(one.log_worse), float(many.log_worse[0]), abs_tol=1e-9)
+    assert math.isclose(float(one.log_no_worse), float(many.log_no_worse[0]), abs_tol=1e-9)
+
+
+@settings(max_examples=60, deadline=None)
 @given(
     st.integers(min_value=1, max_value=100_000),
     st.sampled_from([0.01, 0.02, 0.5]),
