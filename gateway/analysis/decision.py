@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -143,7 +144,7 @@ class RolloutAnalysis:
             self._histograms[canary][bucket] += 1
             self._pairs.add(canary, bucket)
 
-    def observe_batch(self, canary: bool, requests: int, errors: int, latency_buckets: list[int]) -> None:
+    def observe_batch(self, canary: bool, requests: int, errors: int, latency_buckets: Sequence[int]) -> None:
         """One arm's figures since the last call: requests, failures, successes' latencies per bucket.
 
         The latencies are paired in a random order, which for draws that are alike in a batch is as

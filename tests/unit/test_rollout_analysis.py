@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,6 +25,7 @@ from gateway.analysis.evalues import (
 )
 from gateway.analysis.latency import LatencyBuckets
 from gateway.analysis.simulation import NEVER, SyntheticArms, Traffic, rollbacks, synthetic_traffic
+from gateway.telemetry.recent_traffic import BUCKET_BOUNDS_S
 
 # Buckets over the simulated latencies' range (1 ms to 130 ms), few enough to keep the simulations quick.
 BUCKETS = LatencyBuckets(first_bound_s=1e-3, growth=1.05, bounds=100)
@@ -132,6 +134,14 @@ def test_a_batch_counts_like_its_requests_one_by_one() -> None:
     batch.observe_batch(True, 5, 1, histogram)
     assert one.evidence()[0] == batch.evidence()[0]
     assert one.evidence()[2] == batch.evidence()[2]
+
+
+def test_the_last_minutes_buckets_of_turnout_status_are_one_set_of_latency_buckets() -> None:
+    # So the per-arm figures of the metrics issue feed observe_batch as they are.
+    recent = LatencyBuckets(first_bound_s=50e-6, growth=1.25, bounds=64)
+    assert recent.upper_bounds_s == pytest.approx(BUCKET_BOUNDS_S, rel=1e-12)
+    assert recent.count == len(BUCKET_BOUNDS_S) + 1
+    assert recent.shift(1.2) == 1
 
 
 def test_a_divergent_shadow_is_a_fourth_check() -> None:
