@@ -16,7 +16,7 @@ import numpy.typing as npt
 
 from gateway.analysis.decision import Limits
 from gateway.analysis.error_rate import error_evidence
-from gateway.analysis.evalues import LOW_RATES, critical_above, critical_below
+from gateway.analysis.evalues import LOW_RATES, critical_above, critical_below, log_evalue_above
 from gateway.analysis.latency import TAIL, LatencyBuckets, order_evidence
 
 NEVER = -1
@@ -34,6 +34,7 @@ class SyntheticArms:
     stable_median_s: float = 0.010
     latency_sigma: float = 0.5
     canary_latency_ratio: float = 1.0
+    disagreement_rate: float = 0.0  # each canary request's answer compared with the stable's (a shadow)
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class Traffic:
     canary: BoolArray
     failed: BoolArray
     latency_s: npt.NDArray[np.float64]
+    disagreed: BoolArray  # meaningful on canary requests only
 
 
 def synthetic_traffic(arms: SyntheticArms, rollouts: int, requests: int, seed: int) -> Traffic:
@@ -51,7 +53,8 @@ def synthetic_traffic(arms: SyntheticArms, rollouts: int, requests: int, seed: i
     canary = rng.random(shape) < arms.canary_share
     failed = rng.random(shape) < np.where(canary, arms.canary_error_rate, arms.stable_error_rate)
     latency = arms.stable_median_s * np.exp(arms.latency_sigma * rng.standard_normal(shape))
-    return Traffic(canary, failed, latency * np.where(canary, arms.canary_latency_ratio, 1.0))
+    disagreed = canary & (rng.random(shape) < arms.disagreement_rate)
+    return Traffic(canary, failed, latency * np.where(canary, arms.canary_latency_ratio, 1.0), disagreed)
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,11 @@ def rollbacks(traffic: Traffic, limits: Limits, buckets: LatencyBuckets, every: 
         "latency_order": _first(_order_fires(traffic, grid, buckets, limits, bound) & allowed, grid),
         "latency_p99": _first(_p99_fires(traffic, grid, buckets, limits, bound + np.log(2)) & allowed, grid),
     }
+    if limits.max_divergence is not None:
+        compared = np.cumsum(traffic.canary, axis=1)[:, grid - 1]
+        disagreed = np.cumsum(traffic.disagreed, axis=1)[:, grid - 1]
+        fires = log_evalue_above(disagreed, compared, limits.max_divergence, LOW_RATES) >= bound
+        by_check["divergence"] = _first(fires & allowed, grid)
     stacked = np.stack(list(by_check.values()))
     at = np.where(stacked == NEVER, np.iinfo(np.int64).max, stacked).min(axis=0)
     return Rollbacks(np.where(at == np.iinfo(np.int64).max, NEVER, at), by_check)

@@ -37,10 +37,13 @@ def binomial_tolerance(rate: float, trials: int) -> float:
 
 
 def test_an_identical_canary_checked_after_every_request_is_rolled_back_at_most_alpha_of_the_time() -> None:
-    # The strictest limits (no margin, ratio 1): the null's edge, where false alarms are likeliest.
-    limits = Limits(alpha=ALPHA, max_error_increase=0.0, max_latency_ratio=1.0)
+    # The strictest limits (no margin, ratio 1) and a shadow disagreeing exactly at its limit: the
+    # nulls' edges, where false alarms are likeliest.
+    limits = Limits(alpha=ALPHA, max_error_increase=0.0, max_latency_ratio=1.0, max_divergence=0.02)
     runs, requests = 500, 1500
-    found = rollbacks(synthetic_traffic(SyntheticArms(), runs, requests, seed=17), limits, BUCKETS, every=1)
+    arms = SyntheticArms(disagreement_rate=0.02)
+    found = rollbacks(synthetic_traffic(arms, runs, requests, seed=17), limits, BUCKETS, every=1)
+    assert set(found.by_check) == {"error_rate", "latency_order", "latency_p99", "divergence"}
     share = float(found.rolled_back.mean())
     print(f"A/A: {share:.3f} of {runs} rollouts rolled back, checked after each of {requests} requests")
     assert share <= ALPHA + binomial_tolerance(ALPHA, runs)
@@ -76,14 +79,20 @@ def replay(traffic: Traffic, rollout: int, limits: Limits) -> int:
     for index in range(traffic.canary.shape[1]):
         canary = bool(traffic.canary[rollout, index])
         analysis.observe(canary, float(traffic.latency_s[rollout, index]), bool(traffic.failed[rollout, index]))
+        if canary and limits.max_divergence is not None:
+            analysis.observe_comparison(bool(traffic.disagreed[rollout, index]))
         if analysis.decide().verdict is Verdict.ROLL_BACK:
             return index + 1
     return NEVER
 
 
 def test_the_simulation_and_the_controllers_object_roll_back_at_the_same_request() -> None:
-    limits = Limits(alpha=ALPHA)
-    for arms in (SyntheticArms(canary_latency_ratio=1.5), SyntheticArms(canary_error_rate=0.15)):
+    limits = Limits(alpha=ALPHA, max_divergence=0.02)
+    for arms in (
+        SyntheticArms(canary_latency_ratio=1.5),
+        SyntheticArms(canary_error_rate=0.15),
+        SyntheticArms(disagreement_rate=0.1),
+    ):
         traffic = synthetic_traffic(arms, 2, 1200, seed=11)
         simulated = rollbacks(traffic, limits, BUCKETS).at_request
         assert [replay(traffic, r, limits) for r in range(2)] == simulated.tolist()
