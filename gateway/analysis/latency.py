@@ -37,7 +37,6 @@ from gateway.analysis.evalues import (
     LOW_RATES,
     ArrayLike,
     FloatArray,
-    critical_above,
     critical_below,
     log_evalue_above,
     log_evalue_below,
@@ -150,18 +149,6 @@ def stable_p99_upper_index(stable_histogram: npt.NDArray[np.int64], log_bound: f
     return np.where(found, holds.argmax(axis=-1), -1)
 
 
-def canary_p99_worse(
-    canary_histogram: npt.NDArray[np.int64], stable_upper: npt.NDArray[np.int64], shift: int, log_bound: float
-) -> npt.NDArray[np.bool_]:
-    """Whether the canary's share above ``growth**shift`` x the stable's p99 bound has evidence of exceeding 1%."""
-    tails = tail_counts(canary_histogram)
-    last = canary_histogram.shape[-1] - 1
-    threshold = np.minimum(stable_upper + shift, last)
-    above = np.take_along_axis(tails, threshold[..., None], axis=-1)[..., 0]
-    least_above = critical_above(canary_histogram.sum(axis=-1), TAIL, log_bound, LOW_RATES)
-    return (stable_upper >= 0) & (above >= least_above)
-
-
 def p99_evidence(
     canary_histogram: npt.NDArray[np.int64], stable_histogram: npt.NDArray[np.int64], buckets: LatencyBuckets,
     ratio: float, log_bound: float,
@@ -170,7 +157,8 @@ def p99_evidence(
 
     No worse mirrors worse: the canary's p99 bounded above, the stable's bounded below (the highest
     boundary with evidence that more than 1% of stable latencies exceed it), and evidence that
-    fewer than 1% of canary latencies exceed ``r`` x that lower bound (``r`` rounded down to whole buckets).
+    fewer than 1% of canary latencies exceed ``r`` x that lower bound (``r`` rounded down to whole
+    buckets).
     """
     shift = buckets.shift(ratio)
     upper = int(stable_p99_upper_index(stable_histogram, log_bound))
@@ -180,7 +168,9 @@ def p99_evidence(
     threshold_s = None
     above = 0
     if upper >= 0:
-        threshold = min(upper + shift, buckets.bounds - 1)
+        # Past the last bound the threshold would fall short of r x the bound: the open top bucket,
+        # with nothing above it, stands in (no evidence, never a wrong one).
+        threshold = min(upper + shift, buckets.count - 1)
         above = int(canary_tails[threshold])
         threshold_s = buckets.bound_s(threshold)
         log_worse = float(log_evalue_above(above, n_c, TAIL, LOW_RATES))
@@ -194,6 +184,4 @@ def p99_evidence(
         target = lower + max(0, math.floor(math.log(ratio) / math.log(buckets.growth) + 1e-9))
         if target < buckets.bounds:
             log_no_worse = float(log_evalue_below(int(canary_tails[target]), n_c, TAIL, LOW_RATES))
-    return P99Evidence(
-        log_worse, log_no_worse, buckets.bound_s(upper) if upper >= 0 else None, threshold_s, above
-    )
+    return P99Evidence(log_worse, log_no_worse, buckets.bound_s(upper) if upper >= 0 else None, threshold_s, above)

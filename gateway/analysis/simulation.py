@@ -160,7 +160,7 @@ def _p99_fires(traffic: Traffic, grid: IntArray, buckets: LatencyBuckets, limits
         holds = tails[False] <= most_above[seen[False]][:, None]
         holds[:, -1] = False
         upper = np.where(holds.any(axis=1), holds.argmax(axis=1), NEVER)
-        threshold = np.minimum(upper + shift, buckets.count - 1)
+        threshold = np.minimum(upper + shift, buckets.count - 1)  # the open top bucket: nothing above it
         above = np.take_along_axis(tails[True], threshold[:, None], axis=1)[:, 0]
         fires[:, look] = (upper != NEVER) & (above >= fewest_above[seen[True]])
     return fires
