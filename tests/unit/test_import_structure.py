@@ -5,7 +5,7 @@ Every ``import`` in ``gateway/`` and ``runtimes/`` counts, the ones inside funct
 import is still a dependency). The layers, outside in::
 
     edge, client, process, app, cli  ->  capture, logs, telemetry  ->  serving, rollouts  ->  routing, registry,
-        state  ->  runtimes
+        state, analysis  ->  runtimes
 
 Capture is an observer of serving's seam: it imports serving's observer types and the registry (for
 feature names); nothing below it imports capture, and it imports nothing of the edge or rollouts.
@@ -199,6 +199,23 @@ def test_telemetry_is_known_to_the_composition_root_and_the_supervisor_only() ->
     assert "gateway.telemetry.supervisor_metrics" in imports()["gateway.process.supervisor"]
     known = ("gateway.app", "gateway.process.supervisor", "gateway.telemetry")
     assert violations(allowed=known, forbidden=("gateway.telemetry",)) == []
+
+
+def test_the_analysis_is_pure_and_imports_no_other_part() -> None:
+    # The rollout's statistics: counts in, a decision out. The rollouts use case feeds it; it sees nothing.
+    assert "gateway.analysis.decision" in imports()
+    outside = [
+        f"{module} -> {target}"
+        for module, targets in sorted(imports().items())
+        if in_package(module, "gateway.analysis")
+        for target in sorted(targets)
+        if in_package(target, "gateway", "runtimes") and not in_package(target, "gateway.analysis")
+    ]
+    assert outside == []
+    impure = {"threading", "time", "socket", "asyncio", "sqlite3", "logging", "os", "random", "grpc"}
+    for module, targets in imports().items():
+        if in_package(module, "gateway.analysis"):
+            assert not targets & impure, f"{module} imports {sorted(targets & impure)}"
 
 
 def test_routing_is_pure() -> None:
