@@ -24,38 +24,23 @@ import json
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import psycopg
-from psycopg import sql
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))  # for gateway.wire.turnout (our control-plane stubs)
+sys.path.insert(0, str(REPO_ROOT))  # for gateway.wire.turnout (our control-plane stubs) and tests.support
 
 from process_usage import usage  # noqa: E402
 from run_rollouts import Gateway, build_repository, percentiles  # noqa: E402
 
 from gateway.wire.turnout.v1 import rollouts_pb2  # noqa: E402
+from tests.support.postgres import own_database  # noqa: E402
 
 # (cell name, hosts, processes per host)
 CELLS = (("1 host x 1", 1, 1), ("1 host x 3", 1, 3), ("1 host x 6", 1, 6), ("3 hosts x 1", 3, 1),
          ("3 hosts x 2", 3, 2))  # fmt: skip
-
-
-@contextmanager
-def own_database(server: str) -> Iterator[str]:
-    name = f"turnout_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(server, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield server.rsplit("/", 1)[0] + "/" + name
-    finally:
-        with psycopg.connect(server, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def rollbacks(hosts: list[Gateway], count: int) -> dict[str, Any]:
