@@ -14,49 +14,38 @@ would be.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
-import sys
-import tempfile
 import time
 from collections.abc import Sequence
-from pathlib import Path
+from functools import partial
 
-from rounds import against_off, commit_of, interleaved_cells
-from run_rollouts import REPO_ROOT, Gateway
-from run_serving import CLIENT_CPU, SERVER_CPU, machine
+from rounds import (
+    against_off,
+    cost_arguments,
+    cpus_of,
+    digits_work_directory,
+    document_head,
+    interleaved_cells,
+    started_gateways,
+)
+from run_rollouts import Gateway
 
 MODES = ("off", "text", "json")
 FLAGS = {"off": [], "text": ["--access-log", "on"], "json": ["--log-format", "json", "--access-log", "on"]}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--duration-s", type=float, default=3.0, help="measured seconds per cell")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
-    parser.add_argument("--pin", action="store_true", help="gateways on CPU 0, the load generator on CPU 1")
-    args = parser.parse_args(argv)
+    args = cost_arguments(__doc__).parse_args(argv)
     started = time.time()
-    work = Path(tempfile.mkdtemp(prefix="turnout-access-log-cost-"))
-    shutil.copytree(REPO_ROOT / "examples" / "models" / "digits", work / "models" / "digits")
-    server_cpu, client_cpu = (SERVER_CPU, CLIENT_CPU) if args.pin else (None, None)
-    gateways: dict[str, Gateway] = {}
-    try:
-        for mode in MODES:
-            gateways[mode] = Gateway(work / "models", server_cpu, *FLAGS[mode])
+    work = digits_work_directory("turnout-access-log-cost-")
+    server_cpu, client_cpu = cpus_of(args.pin)
+    starts = {mode: partial(Gateway, work / "models", server_cpu, *FLAGS[mode]) for mode in MODES}
+    with started_gateways(starts) as gateways:
         cells = interleaved_cells(gateways, args.rounds, args.concurrency, args.duration_s, client_cpu)
-    finally:
-        for gateway in gateways.values():
-            gateway.stop()
     shutil.rmtree(work, ignore_errors=True)
     document = {
-        "command": " ".join(["python benchmarks/access_log_cost.py", *(argv if argv is not None else sys.argv[1:])]),
-        "commit": commit_of(REPO_ROOT),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-        "wall_s": round(time.time() - started, 1),
-        "machine": machine(),
+        **document_head("access_log_cost.py", argv, started, commit=True),
         "per_concurrency": {f"{c}_in_flight": against_off(cells, c, MODES) for c in args.concurrency},
     }
     print(json.dumps(document, indent=2))

@@ -14,22 +14,26 @@ interval. Goal: at most 3%.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import socket
 import statistics
-import sys
-import tempfile
 import threading
 import time
 import urllib.request
 from collections.abc import Sequence
-from pathlib import Path
+from functools import partial
 
-from rounds import against_off, interleaved_cells
-from run_rollouts import REPO_ROOT, Gateway, rounded
-from run_serving import CLIENT_CPU, SERVER_CPU, machine
+from rounds import (
+    against_off,
+    cost_arguments,
+    cpus_of,
+    digits_work_directory,
+    document_head,
+    interleaved_cells,
+    started_gateways,
+)
+from run_rollouts import Gateway, rounded
 
 MODES = ("off", "on")
 SCRAPE_EVERY_S = 5.0
@@ -51,37 +55,25 @@ def scrape_forever(port: int, stop: threading.Event, scrapes: list[float]) -> No
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--duration-s", type=float, default=3.0, help="measured seconds per cell")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
-    parser.add_argument("--pin", action="store_true", help="gateways on CPU 0, the load generator on CPU 1")
-    args = parser.parse_args(argv)
+    args = cost_arguments(__doc__).parse_args(argv)
     started = time.time()
-    work = Path(tempfile.mkdtemp(prefix="turnout-metrics-cost-"))
-    shutil.copytree(REPO_ROOT / "examples" / "models" / "digits", work / "models" / "digits")
-    server_cpu, client_cpu = (SERVER_CPU, CLIENT_CPU) if args.pin else (None, None)
+    work = digits_work_directory("turnout-metrics-cost-")
+    server_cpu, client_cpu = cpus_of(args.pin)
     port = free_port()
     flags = {"off": ["--metrics-port", "0"], "on": ["--metrics-port", str(port), "--metrics-host", "127.0.0.1"]}
-    gateways: dict[str, Gateway] = {}
     stop = threading.Event()
     scrapes: list[float] = []
-    try:
-        for mode in MODES:
-            gateways[mode] = Gateway(work / "models", server_cpu, *flags[mode])
+    starts = {mode: partial(Gateway, work / "models", server_cpu, *flags[mode]) for mode in MODES}
+    with started_gateways(starts) as gateways:
         scraper = threading.Thread(target=scrape_forever, args=(port, stop, scrapes), daemon=True)
         scraper.start()
-        cells = interleaved_cells(gateways, args.rounds, args.concurrency, args.duration_s, client_cpu)
-    finally:
-        stop.set()
-        for gateway in gateways.values():
-            gateway.stop()
+        try:
+            cells = interleaved_cells(gateways, args.rounds, args.concurrency, args.duration_s, client_cpu)
+        finally:
+            stop.set()
     shutil.rmtree(work, ignore_errors=True)
     document = {
-        "command": " ".join(["python benchmarks/metrics_cost.py", *(argv if argv is not None else sys.argv[1:])]),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-        "wall_s": round(time.time() - started, 1),
-        "machine": machine(),
+        **document_head("metrics_cost.py", argv, started),
         "per_concurrency": {f"{c}_in_flight": against_off(cells, c, MODES) for c in args.concurrency},
         "scrapes": {"count": len(scrapes), "median_ms": rounded(statistics.median(scrapes) * 1e3) if scrapes else None},
     }

@@ -4,23 +4,82 @@ Shared by the scripts that compare gateways on this noisy host (``checkout_ab.py
 scripts ``capture_cost.py``, ``access_log_cost.py``, ``metrics_cost.py``, ``tracing_cost.py``): each
 round loads every gateway at every concurrency, the gateways' order rotating from round to round, so
 that compared cells are measured close together in time; :func:`against_off` summarises the cells of
-a cost script, each mode against the gateway with the feature off.
+a cost script, each mode against the gateway with the feature off. The cost scripts also share their
+command line (:func:`cost_arguments`), their work directory with the digits model
+(:func:`digits_work_directory`), the gateways' lifetime (:func:`started_gateways`) and the head of
+their JSON document (:func:`document_head`).
 """
 
 from __future__ import annotations
 
+import argparse
+import shutil
 import statistics
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from run_rollouts import Gateway, load, median_interval, ratios_of, rounded
+from run_rollouts import REPO_ROOT, Gateway, load, median_interval, ratios_of, rounded
+from run_serving import CLIENT_CPU, SERVER_CPU, machine
 
 Cells = dict[tuple[str, int], list[dict[str, Any]]]
 MEASURES = ("throughput_rps", "p50_ms", "p99_ms", "server_cpu_us_per_request")
 OFF = "off"  # the mode every other mode of a cost script is compared with
+
+
+def cost_arguments(description: str | None, concurrency: Sequence[int] = (1, 64)) -> argparse.ArgumentParser:
+    """The command line every cost script takes; a script may add arguments of its own."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--duration-s", type=float, default=3.0, help="measured seconds per cell")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=list(concurrency))
+    parser.add_argument("--pin", action="store_true", help="gateways on CPU 0, the load generator on CPU 1")
+    return parser
+
+
+def cpus_of(pin: bool) -> tuple[str | None, str | None]:
+    """(the gateways' CPU, the load generator's CPU): both ``None`` unless pinned."""
+    return (SERVER_CPU, CLIENT_CPU) if pin else (None, None)
+
+
+def digits_work_directory(prefix: str) -> Path:
+    """A fresh temporary directory holding ``models/digits`` (the example model); the caller removes it."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    shutil.copytree(REPO_ROOT / "examples" / "models" / "digits", work / "models" / "digits")
+    return work
+
+
+@contextmanager
+def started_gateways(starts: Mapping[str, Callable[[], Gateway]]) -> Iterator[dict[str, Gateway]]:
+    """Starts a gateway per name, in order, and stops every one started when the block ends, even
+    when a later one failed to start."""
+    gateways: dict[str, Gateway] = {}
+    try:
+        for name, start in starts.items():
+            gateways[name] = start()
+        yield gateways
+    finally:
+        for gateway in gateways.values():
+            gateway.stop()
+
+
+def document_head(script: str, argv: Sequence[str] | None, started: float, commit: bool = False) -> dict[str, Any]:
+    """The first keys of a comparison script's JSON document: how it was run, when, on what machine
+    and, with ``commit``, from which commit of this checkout."""
+    arguments = argv if argv is not None else sys.argv[1:]
+    head: dict[str, Any] = {"command": " ".join([f"python benchmarks/{script}", *arguments])}
+    if commit:
+        head["commit"] = commit_of(REPO_ROOT)
+    return head | {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "wall_s": round(time.time() - started, 1),
+        "machine": machine(),
+    }
 
 
 def interleaved_cells(

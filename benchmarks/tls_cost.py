@@ -15,18 +15,21 @@ with a bootstrap 95% interval.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
-import sys
-import tempfile
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
-from rounds import against_off, interleaved_cells
-from run_rollouts import REPO_ROOT, Gateway
-from run_serving import CLIENT_CPU, SERVER_CPU, machine
+from rounds import (
+    against_off,
+    cost_arguments,
+    cpus_of,
+    digits_work_directory,
+    document_head,
+    interleaved_cells,
+    started_gateways,
+)
+from run_rollouts import Gateway
 
 from tests.support.certificates import make_authority
 
@@ -35,35 +38,22 @@ COMPARED = ("throughput_rps", "p99_ms", "server_cpu_us_per_request")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--duration-s", type=float, default=3.0, help="measured seconds per cell")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
-    parser.add_argument("--pin", action="store_true", help="gateways on CPU 0, the load generator on CPU 1")
-    args = parser.parse_args(argv)
+    args = cost_arguments(__doc__).parse_args(argv)
     started = time.time()
-    work = Path(tempfile.mkdtemp(prefix="turnout-tls-cost-"))
-    shutil.copytree(REPO_ROOT / "examples" / "models" / "digits", work / "models" / "digits")
+    work = digits_work_directory("turnout-tls-cost-")
     ca = make_authority(work / "certificates", "benchmark-ca")
     server = ca.issue(work / "certificates", "gateway")
-    server_cpu, client_cpu = (SERVER_CPU, CLIENT_CPU) if args.pin else (None, None)
-    gateways: dict[str, Gateway] = {}
-    try:
-        gateways["off"] = Gateway(work / "models", server_cpu)
-        gateways["on"] = Gateway(
-            work / "models", server_cpu, "--tls-cert-file", str(server.certificate), "--tls-key-file", str(server.key),
-            client_flags=("--tls-ca-file", str(ca.certificate)),
-        )
+    server_cpu, client_cpu = cpus_of(args.pin)
+    tls = ("--tls-cert-file", str(server.certificate), "--tls-key-file", str(server.key))
+    starts = {
+        "off": lambda: Gateway(work / "models", server_cpu),
+        "on": lambda: Gateway(work / "models", server_cpu, *tls, client_flags=("--tls-ca-file", str(ca.certificate))),
+    }
+    with started_gateways(starts) as gateways:
         cells = interleaved_cells(gateways, args.rounds, args.concurrency, args.duration_s, client_cpu)
-    finally:
-        for gateway in gateways.values():
-            gateway.stop()
     shutil.rmtree(work, ignore_errors=True)
     document = {
-        "command": " ".join(["python benchmarks/tls_cost.py", *(argv if argv is not None else sys.argv[1:])]),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-        "wall_s": round(time.time() - started, 1),
-        "machine": machine(),
+        **document_head("tls_cost.py", argv, started),
         "modes": {"off": "plaintext", "on": "TLS (P-256 certificate, one connection per load generator process)"},
         "per_concurrency": {f"{c}_in_flight": against_off(cells, c, MODES, COMPARED) for c in args.concurrency},
     }

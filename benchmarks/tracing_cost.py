@@ -16,20 +16,26 @@ spans the traced gateway exported, read back from it when it stops.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
-import sys
-import tempfile
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from rounds import Cells, against_off, commit_of, interleaved_cells
-from run_rollouts import REPO_ROOT, Gateway
-from run_serving import CLIENT_CPU, SERVER_CPU, machine
+from rounds import (
+    Cells,
+    against_off,
+    cost_arguments,
+    cpus_of,
+    digits_work_directory,
+    document_head,
+    interleaved_cells,
+    started_gateways,
+)
+from run_rollouts import Gateway
 
 MODES = ("off", "traced")
 BENCHMARKS = Path(__file__).resolve().parent
@@ -67,33 +73,19 @@ def summary(cells: Cells, concurrency: int) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--duration-s", type=float, default=3.0, help="measured seconds per cell")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
-    parser.add_argument("--pin", action="store_true", help="gateways on CPU 0, the load generator on CPU 1")
-    args = parser.parse_args(argv)
+    args = cost_arguments(__doc__).parse_args(argv)
     started = time.time()
-    work = Path(tempfile.mkdtemp(prefix="turnout-tracing-cost-"))
-    shutil.copytree(REPO_ROOT / "examples" / "models" / "digits", work / "models" / "digits")
-    server_cpu, client_cpu = (SERVER_CPU, CLIENT_CPU) if args.pin else (None, None)
-    gateways: dict[str, Gateway] = {}
-    try:
-        for mode in MODES:
-            gateways[mode] = Gateway(work / "models", server_cpu, env=environment_of(mode, work))
+    work = digits_work_directory("turnout-tracing-cost-")
+    server_cpu, client_cpu = cpus_of(args.pin)
+    starts = {mode: partial(Gateway, work / "models", server_cpu, env=environment_of(mode, work)) for mode in MODES}
+    # Stopped at the block's end, the traced gateway flushes its spans and writes how many it exported.
+    with started_gateways(starts) as gateways:
         cells = interleaved_cells(gateways, args.rounds, args.concurrency, args.duration_s, client_cpu)
-    finally:
-        for gateway in gateways.values():
-            gateway.stop()  # the traced one flushes its spans and writes how many it exported
     exported = work / "spans_exported"
     spans = int(exported.read_text()) if exported.exists() else None
     shutil.rmtree(work, ignore_errors=True)
     document = {
-        "command": " ".join(["python benchmarks/tracing_cost.py", *(argv if argv is not None else sys.argv[1:])]),
-        "commit": commit_of(REPO_ROOT),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-        "wall_s": round(time.time() - started, 1),
-        "machine": machine(),
+        **document_head("tracing_cost.py", argv, started, commit=True),
         "per_concurrency": {f"{c}_in_flight": summary(cells, c) for c in args.concurrency},
         "spans_exported": spans,
     }
