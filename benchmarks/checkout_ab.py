@@ -18,16 +18,15 @@ import argparse
 import json
 import shutil
 import statistics
-import sys
-import tempfile
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from rounds import commit_of, interleaved_cells
+from rounds import commit_of, digits_work_directory, document_head, interleaved_cells, started_gateways
 from run_rollouts import REPO_ROOT, Gateway, median_interval, ratios_of, rounded
-from run_serving import CLIENT_CPU, SERVER_CPU, machine
+from run_serving import CLIENT_CPU, SERVER_CPU
 
 MEASURES = ("throughput_rps", "server_cpu_us_per_request")
 
@@ -56,23 +55,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[64, 1])
     args = parser.parse_args(argv)
     started = time.time()
-    repository = Path(tempfile.mkdtemp(prefix="turnout-checkout-ab-"))
-    shutil.copytree(REPO_ROOT / "examples" / "models" / "digits", repository / "digits")
-    gateways = {"this": Gateway(repository, SERVER_CPU, tree=REPO_ROOT)}
+    work = digits_work_directory("turnout-checkout-ab-")
+    starts = {
+        "this": partial(Gateway, work / "models", SERVER_CPU, tree=REPO_ROOT),
+        "baseline": partial(Gateway, work / "models", SERVER_CPU, tree=args.baseline),
+    }
     try:
-        gateways["baseline"] = Gateway(repository, SERVER_CPU, tree=args.baseline)
-        cells = interleaved_cells(gateways, args.rounds, args.concurrency, args.duration_s, CLIENT_CPU)
+        with started_gateways(starts) as gateways:
+            cells = interleaved_cells(gateways, args.rounds, args.concurrency, args.duration_s, CLIENT_CPU)
     finally:
-        for gateway in gateways.values():
-            gateway.stop()
-        shutil.rmtree(repository, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
     document = {
-        "command": " ".join(["python benchmarks/checkout_ab.py", *(argv if argv is not None else sys.argv[1:])]),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-        "wall_s": round(time.time() - started, 1),
+        **document_head("checkout_ab.py", argv, started),
         "this": commit_of(REPO_ROOT),
         "baseline": f"{args.baseline} ({commit_of(args.baseline)})",
-        "machine": machine(),
         "this_vs_baseline": {
             f"{concurrency}_in_flight": summary(cells[("this", concurrency)], cells[("baseline", concurrency)])
             for concurrency in args.concurrency
