@@ -8,22 +8,19 @@ in flight, each with UNAVAILABLE, and nginx sends the rest to the other one.
 from __future__ import annotations
 
 import signal
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
-import tritonclient.grpc as triton
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from tritonclient.utils import InferenceServerException
 
 from tests.support.gateway_process import GatewayProcess
 from tests.support.model_repository import save_version, slow_model, slow_rounds_for
 from tests.support.nginx_process import NginxProcess, nginx_binary
+from tests.support.steady_load import SteadyLoad
 
 pytestmark = pytest.mark.skipif(nginx_binary() is None, reason="nginx is not installed; .ci/run installs it")
 
@@ -32,7 +29,6 @@ CLIENTS = 4
 # Each call computes this long, so every gateway has calls in flight whenever a signal arrives.
 CALL_S = 0.02
 GRACE_S = 5.0
-TIMEOUT_S = 20.0
 # Successes to see before acting, and after, so the load is steady on both sides of the signal.
 CALLS_AROUND = 40
 INFERENCE_SERVICE = "inference.GRPCInferenceService"
@@ -40,61 +36,9 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    started: float
-    finished: float
-    status: str  # "OK", or the gRPC status name of the failure
-    message: str
-
-
-class Load:
-    """``CLIENTS`` tritonclient callers through ``address``, each one call after another until the block ends."""
-
-    def __init__(self, address: str) -> None:
-        self._address = address
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._outcomes: list[Outcome] = []
-        self._threads = [threading.Thread(target=self._call, name=f"client-{n}") for n in range(CLIENTS)]
-
-    def __enter__(self) -> Load:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(TIMEOUT_S)
-
-    def _call(self) -> None:
-        request = triton.InferInput("x", [1, 1], "FP32")
-        request.set_data_from_numpy(np.full((1, 1), slow_rounds_for(CALL_S), np.float32))
-        with triton.InferenceServerClient(self._address) as client:
-            while not self._stop.is_set():
-                started = time.monotonic()
-                try:
-                    client.infer(MODEL, [request], client_timeout=TIMEOUT_S)
-                except InferenceServerException as error:
-                    status = str(error.status()).removeprefix("StatusCode.")
-                    outcome = Outcome(started, time.monotonic(), status, str(error.message()))
-                else:
-                    outcome = Outcome(started, time.monotonic(), "OK", "")
-                with self._lock:
-                    self._outcomes.append(outcome)
-
-    def outcomes(self) -> list[Outcome]:
-        with self._lock:
-            return list(self._outcomes)
-
-    def wait_for_successes(self, count: int, started_after: float = 0.0) -> None:
-        deadline = time.monotonic() + TIMEOUT_S
-        while time.monotonic() < deadline:
-            if sum(o.status == "OK" and o.started > started_after for o in self.outcomes()) >= count:
-                return
-            time.sleep(0.02)
-        raise AssertionError(f"fewer than {count} successes in {TIMEOUT_S} s: {self.outcomes()[-5:]}")
+def steady_load(address: str) -> SteadyLoad:
+    """``CLIENTS`` callers through ``address``, each call to the slow model computing ``CALL_S``."""
+    return SteadyLoad(address, MODEL, "x", np.full((1, 1), slow_rounds_for(CALL_S), np.float32), CLIENTS)
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +74,7 @@ def test_sigterm_to_one_gateway_under_load_fails_no_call(
     stopping, staying = gateways
     assert stopping.process is not None
     with (
-        Load(nginx.address) as load,
+        steady_load(nginx.address) as load,
         grpc.insecure_channel(stopping.address) as channel,
     ):
         load.wait_for_successes(CALLS_AROUND)
@@ -160,7 +104,7 @@ def test_sigkill_to_one_gateway_fails_only_its_calls_in_flight_with_unavailable(
 ) -> None:
     killed, staying = gateways
     assert killed.process is not None
-    with Load(nginx.address) as load:
+    with steady_load(nginx.address) as load:
         load.wait_for_successes(CALLS_AROUND)
         assert answered_by(nginx) == {killed.address, staying.address}
         killed_at = time.monotonic()

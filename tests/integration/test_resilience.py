@@ -29,6 +29,7 @@ from tritonclient.utils import InferenceServerException
 
 from tests.support.gateway_process import REPOSITORY_KEY, REPOSITORY_KEY_FLAG, GatewayProcess, worker_pids
 from tests.support.model_repository import copy_digits, save_version, slow_model, slow_rounds_for
+from tests.support.steady_load import SteadyLoad
 
 Pixels = npt.NDArray[np.float32]
 
@@ -54,64 +55,9 @@ SETTLE_S = 0.3  # long enough for requests sent just before to reach the gateway
 # --- a steady load of digits requests ---------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    started: float
-    finished: float
-    status: str  # "OK", or the gRPC status name of the failure
-    version: str
-    message: str
-
-
-class SteadyLoad:
-    """``threads`` clients, each sending one digits request after another until the block ends."""
-
-    def __init__(self, address: str, rows: Pixels, threads: int = THREADS) -> None:
-        self._address = address
-        self._rows = rows
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._outcomes: list[Outcome] = []
-        self._threads = [threading.Thread(target=self._run, name=f"load-{n}") for n in range(threads)]
-
-    def __enter__(self) -> SteadyLoad:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(TIMEOUT_S)
-
-    def _run(self) -> None:
-        request = triton.InferInput("input", list(self._rows.shape), "FP32")
-        request.set_data_from_numpy(self._rows)
-        with triton.InferenceServerClient(self._address) as client:
-            while not self._stop.is_set():
-                started = time.monotonic()
-                try:
-                    result = client.infer(MODEL, [request], client_timeout=TIMEOUT_S)
-                except InferenceServerException as error:
-                    outcome = Outcome(started, time.monotonic(), str(error.status()), "", str(error.message()))
-                else:
-                    version = result.get_response().model_version
-                    outcome = Outcome(started, time.monotonic(), "OK", version, "")
-                with self._lock:
-                    self._outcomes.append(outcome)
-
-    def outcomes(self) -> list[Outcome]:
-        with self._lock:
-            return list(self._outcomes)
-
-    def wait_for_successes(self, count: int, started_after: float = 0.0, timeout_s: float = TIMEOUT_S) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            done = [o for o in self.outcomes() if o.status == "OK" and o.started > started_after]
-            if len(done) >= count:
-                return
-            time.sleep(0.02)
-        raise AssertionError(f"fewer than {count} successes within {timeout_s}s: {self.outcomes()[-5:]}")
+def steady_load(address: str, rows: Pixels) -> SteadyLoad:
+    """``THREADS`` clients, each sending one digits request of ``rows`` after another until the block ends."""
+    return SteadyLoad(address, MODEL, "input", rows, THREADS)
 
 
 def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = TIMEOUT_S) -> float:
@@ -201,7 +147,7 @@ def test_killed_worker_fails_only_its_batch_and_serving_resumes(
     assert digits_gateway.process is not None
     gateway_pid = digits_gateway.process.pid
     [old_worker] = worker_pids(gateway_pid)
-    with SteadyLoad(digits_gateway.address, digits_pixels[:2]) as load:
+    with steady_load(digits_gateway.address, digits_pixels[:2]) as load:
         load.wait_for_successes(20)
         killed_at = time.monotonic()
         os.kill(old_worker, signal.SIGKILL)
@@ -215,7 +161,7 @@ def test_killed_worker_fails_only_its_batch_and_serving_resumes(
     outcomes = load.outcomes()
     # None at all is possible too: the kill may land between two batches.
     failures = [o for o in outcomes if o.status != "OK"]
-    assert all(o.status == str(grpc.StatusCode.UNAVAILABLE) for o in failures), failures
+    assert all(o.status == grpc.StatusCode.UNAVAILABLE.name for o in failures), failures
     assert all("died during the batch" in o.message for o in failures), failures
     # Only requests in flight when the worker died fail: at most one per client thread.
     assert len(failures) <= THREADS, failures
@@ -237,7 +183,7 @@ def test_new_version_is_picked_up_under_load_without_failures(tmp_path: Path, di
         GatewayProcess(repository, "--poll-interval-s", "0.2") as gateway,
         triton.InferenceServerClient(gateway.address) as client,
     ):
-        with SteadyLoad(gateway.address, digits_pixels[:2]) as load:
+        with steady_load(gateway.address, digits_pixels[:2]) as load:
             load.wait_for_successes(20)
             staging.rename(model_dir / "3")
             wait_until(lambda: client.is_model_ready(MODEL, "3"), "version 3 to become READY")
