@@ -35,6 +35,7 @@ from tests.support.model_repository import (
     slow_model,
     slow_rounds_for,
 )
+from tests.support.rpc_errors import expect_client_error, expect_rpc_error
 
 Pixels = npt.NDArray[np.float32]
 
@@ -106,29 +107,6 @@ def tensor(name: str, array: np.ndarray[Any, Any], datatype: str) -> triton.Infe
     return item
 
 
-def expect_error(code: grpc.StatusCode, call: Callable[[], object], *fragments: str) -> str:
-    """Run ``call``, which must fail with ``code`` and a message holding every fragment; the message."""
-    with pytest.raises(InferenceServerException) as raised:
-        call()
-    message = str(raised.value.message())
-    assert raised.value.status() == str(code), message
-    for fragment in fragments:
-        assert fragment in message, f"{fragment!r} not in {message!r}"
-    return message
-
-
-def expect_raw_error(code: grpc.StatusCode, call: Callable[[], object], *fragments: str) -> str:
-    """As expect_error, for a call on the raw stub."""
-    with pytest.raises(grpc.RpcError) as raised:
-        call()
-    error: Any = raised.value
-    message = str(error.details())
-    assert error.code() == code, message
-    for fragment in fragments:
-        assert fragment in message, f"{fragment!r} not in {message!r}"
-    return message
-
-
 def assert_serves(client: triton.InferenceServerClient, pixels: Pixels, model: str = MODEL) -> None:
     """A good request right after an error: the digits answer for real rows."""
     rows = pixels[:3]
@@ -157,7 +135,7 @@ def index_by_version(client: triton.InferenceServerClient, model: str) -> dict[s
 
 
 def test_unknown_model_is_not_found(client: triton.InferenceServerClient, digits_pixels: Pixels) -> None:
-    expect_error(
+    expect_client_error(
         grpc.StatusCode.NOT_FOUND,
         lambda: client.infer("no_such_model", [tensor("input", digits_pixels[:1], "FP32")]),
         "'no_such_model'",
@@ -171,16 +149,16 @@ def test_unknown_model_is_not_found_before_its_inputs_are_examined(
     # A typed input with no values would be INVALID_ARGUMENT for a known model; Triton answers
     # NOT_FOUND for an unknown one first, on a unary call and on a stream alike.
     request = raw_request("no_such_model", inputs=[raw_input("input", [1, 64])])
-    expect_raw_error(grpc.StatusCode.NOT_FOUND, lambda: stub.ModelInfer(request, timeout=TIMEOUT_S), "'no_such_model'")
+    expect_rpc_error(grpc.StatusCode.NOT_FOUND, lambda: stub.ModelInfer(request, timeout=TIMEOUT_S), "'no_such_model'")
     [answer] = list(stub.ModelStreamInfer(iter([request]), timeout=TIMEOUT_S))
     assert "'no_such_model'" in answer.error_message and "unknown model" in answer.error_message
     known = raw_request(MODEL, inputs=[raw_input("input", [1, 64])])
-    expect_raw_error(grpc.StatusCode.INVALID_ARGUMENT, lambda: stub.ModelInfer(known, timeout=TIMEOUT_S), "'input'")
+    expect_rpc_error(grpc.StatusCode.INVALID_ARGUMENT, lambda: stub.ModelInfer(known, timeout=TIMEOUT_S), "'input'")
     assert_serves(client, digits_pixels)
 
 
 def test_unknown_version_is_not_found(client: triton.InferenceServerClient, digits_pixels: Pixels) -> None:
-    expect_error(
+    expect_client_error(
         grpc.StatusCode.NOT_FOUND,
         lambda: client.infer(MODEL, [tensor("input", digits_pixels[:1], "FP32")], model_version="9"),
         "no version 9",
@@ -190,7 +168,7 @@ def test_unknown_version_is_not_found(client: triton.InferenceServerClient, digi
 
 
 def test_version_that_is_not_a_number_is_invalid(client: triton.InferenceServerClient, digits_pixels: Pixels) -> None:
-    expect_error(
+    expect_client_error(
         grpc.StatusCode.INVALID_ARGUMENT,
         lambda: client.infer(MODEL, [tensor("input", digits_pixels[:1], "FP32")], model_version="latest"),
         "'latest'",
@@ -213,7 +191,7 @@ def test_a_version_of_digits_that_is_no_number_is_invalid_on_a_call_and_on_a_str
     pixels = digits_pixels[:1]
     bad = raw_request(MODEL, model_version=version, inputs=[raw_input("input", [1, 64])], raw_input_contents=[
         pixels.tobytes()])  # fmt: skip
-    message = expect_raw_error(
+    message = expect_rpc_error(
         grpc.StatusCode.INVALID_ARGUMENT, lambda: stub.ModelInfer(bad, timeout=TIMEOUT_S), "positive integer"
     )
     assert len(message) < 300, "the caller's string is echoed cut, not in full"
@@ -240,21 +218,21 @@ def test_a_pin_header_of_digits_that_is_no_number_is_invalid_under_a_policy(
         digits_pixels[:1].tobytes()])  # fmt: skip
     for version in ("9" * 5_000, "0x10"):  # metadata is ASCII: "²" cannot travel as a header
         call = lambda version=version: stub.ModelInfer(request, timeout=TIMEOUT_S, metadata=((PIN, version),))  # noqa: E731
-        expect_raw_error(grpc.StatusCode.INVALID_ARGUMENT, call, "positive integer")
+        expect_rpc_error(grpc.StatusCode.INVALID_ARGUMENT, call, "positive integer")
     assert_serves(client, digits_pixels)
 
 
 def test_a_long_model_name_is_echoed_cut(stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
     # Echoed in full, 10 KB would overflow the client's 8 KiB metadata limit: RESOURCE_EXHAUSTED.
     request = raw_request("m" * 10_000, inputs=[raw_input("input", [1, 64])])
-    message = expect_raw_error(grpc.StatusCode.NOT_FOUND, lambda: stub.ModelInfer(request, timeout=TIMEOUT_S))
+    message = expect_rpc_error(grpc.StatusCode.NOT_FOUND, lambda: stub.ModelInfer(request, timeout=TIMEOUT_S))
     assert "10000 characters" in message and len(message) < 300
 
 
 def test_failed_version_is_unavailable_with_its_reason(
     client: triton.InferenceServerClient, digits_pixels: Pixels
 ) -> None:
-    expect_error(
+    expect_client_error(
         grpc.StatusCode.UNAVAILABLE,
         lambda: client.infer(BROKEN, [tensor("input", digits_pixels[:1], "FP32")], model_version="2"),
         "version 2",
@@ -270,13 +248,13 @@ def test_unloaded_version_is_unavailable(client: triton.InferenceServerClient, d
     client.unload_model(SPARE, headers=REPOSITORY_KEY)
     try:
         assert not client.is_model_ready(SPARE, "1")
-        expect_error(
+        expect_client_error(
             grpc.StatusCode.UNAVAILABLE,
             lambda: client.infer(SPARE, [tensor("input", digits_pixels[:1], "FP32")], model_version="1"),
             "version 1",
             "unloaded",
         )
-        expect_error(
+        expect_client_error(
             grpc.StatusCode.UNAVAILABLE,
             lambda: client.infer(SPARE, [tensor("input", digits_pixels[:1], "FP32")]),
             "no READY version",
@@ -332,7 +310,7 @@ def test_request_that_does_not_fit_is_invalid(
 ) -> None:
     build, fragments = INVALID_REQUESTS[case]
     arguments = build(digits_pixels)
-    expect_error(
+    expect_client_error(
         grpc.StatusCode.INVALID_ARGUMENT, lambda: client.infer(MODEL, client_timeout=TIMEOUT_S, **arguments), *fragments
     )
     assert_serves(client, digits_pixels)
@@ -342,7 +320,7 @@ def test_raw_byte_count_that_does_not_match_the_shape_is_invalid(
     stub: service_pb2_grpc.GRPCInferenceServiceStub, client: triton.InferenceServerClient, digits_pixels: Pixels
 ) -> None:
     request = raw_request(inputs=[raw_input("input", [1, 64])], raw_input_contents=[bytes(255)])
-    expect_raw_error(
+    expect_rpc_error(
         grpc.StatusCode.INVALID_ARGUMENT,
         lambda: stub.ModelInfer(request, timeout=TIMEOUT_S),
         "'input'",
@@ -359,7 +337,7 @@ def test_mixed_raw_and_typed_contents_are_invalid(
     request = raw_request(
         inputs=[raw_input("input", [1, 64], contents=typed)], raw_input_contents=[digits_pixels[:1].tobytes()]
     )
-    expect_raw_error(
+    expect_rpc_error(
         grpc.StatusCode.INVALID_ARGUMENT,
         lambda: stub.ModelInfer(request, timeout=TIMEOUT_S),
         "'input'",
@@ -375,7 +353,7 @@ def test_raw_contents_count_that_does_not_match_the_inputs_is_invalid(
     request = raw_request(
         inputs=[raw_input("input", [1, 64])], raw_input_contents=[digits_pixels[:1].tobytes(), b"extra"]
     )
-    expect_raw_error(
+    expect_rpc_error(
         grpc.StatusCode.INVALID_ARGUMENT,
         lambda: stub.ModelInfer(request, timeout=TIMEOUT_S),
         "2 entries for 1 inputs",
@@ -388,7 +366,7 @@ def test_typed_value_count_that_does_not_match_the_shape_is_invalid(
 ) -> None:
     typed = service_pb2.InferTensorContents(fp32_contents=digits_pixels[0, :60].tolist())
     request = raw_request(inputs=[raw_input("input", [1, 64], contents=typed)])
-    expect_raw_error(
+    expect_rpc_error(
         grpc.StatusCode.INVALID_ARGUMENT,
         lambda: stub.ModelInfer(request, timeout=TIMEOUT_S),
         "'input'",
@@ -404,7 +382,7 @@ def test_oversized_message_is_resource_exhausted(tmp_path: Path, digits_pixels: 
         GatewayProcess(tmp_path, "--max-message-bytes", str(1 << 20), "--poll-interval-s", "0") as small,
         triton.InferenceServerClient(small.address) as client,
     ):
-        expect_error(
+        expect_client_error(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             lambda: client.infer(MODEL, [tensor("input", two_mib, "FP32")], client_timeout=TIMEOUT_S),
             str(1 << 20),
@@ -425,7 +403,7 @@ def test_corrupted_artifact_fails_its_version_with_a_reason(
     assert broken["1"].state == "READY" and broken["2"].state == "UNAVAILABLE"
     assert "not a loadable ONNX model" in broken["2"].reason
     assert not client.is_model_ready(CORRUPT)
-    expect_error(
+    expect_client_error(
         grpc.StatusCode.FAILED_PRECONDITION,
         lambda: client.load_model(CORRUPT, headers=REPOSITORY_KEY),
         f"'{CORRUPT}'",
@@ -441,7 +419,7 @@ def test_artifact_that_contradicts_model_yaml_fails_with_a_reason(
     entry = index_by_version(client, MISMATCH)["1"]
     assert entry.state == "UNAVAILABLE"
     assert "model.yaml declares inputs ['input'] but the artifact has ['x']" in entry.reason
-    expect_error(
+    expect_client_error(
         grpc.StatusCode.FAILED_PRECONDITION,
         lambda: client.load_model(MISMATCH, headers=REPOSITORY_KEY),
         "model.yaml declares inputs ['input']",
@@ -463,14 +441,14 @@ def test_malformed_model_yaml_fails_with_a_reason(
     entries = index_by_version(client, model)
     assert [entry.state for entry in entries.values()] == ["UNAVAILABLE"], entries
     assert all(fragment in entries[""].reason for fragment in fragments), entries[""].reason
-    expect_error(
+    expect_client_error(
         grpc.StatusCode.UNAVAILABLE,
         lambda: client.infer(model, [tensor("input", digits_pixels[:1], "FP32")]),
         f"'{model}'",
         *fragments,
     )
     load = lambda: client.load_model(model, headers=REPOSITORY_KEY)  # noqa: E731
-    expect_error(grpc.StatusCode.FAILED_PRECONDITION, load, f"'{model}'", *fragments)
+    expect_client_error(grpc.StatusCode.FAILED_PRECONDITION, load, f"'{model}'", *fragments)
     assert_serves(client, digits_pixels)
 
 

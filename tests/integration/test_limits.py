@@ -26,6 +26,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from tests.support.gateway_process import GatewayProcess
 from tests.support.model_repository import copy_digits, identity_model, save_version, slow_model, slow_rounds_for
+from tests.support.rpc_errors import expect_rpc_error
 
 Pixels = npt.NDArray[np.float32]
 
@@ -109,17 +110,6 @@ def assert_serves(address: str, pixels: Pixels) -> None:
         )
     probabilities = np.frombuffer(answer.raw_output_contents[1], np.float32)
     assert probabilities.shape == (10,) and abs(float(probabilities.sum()) - 1.0) < 1e-4
-
-
-def expect_rpc_error(code: grpc.StatusCode, call: Any, *fragments: str) -> str:
-    with pytest.raises(grpc.RpcError) as raised:
-        call()
-    error: Any = raised.value
-    message = str(error.details())
-    assert error.code() == code, message
-    for fragment in fragments:
-        assert fragment in message, f"{fragment!r} not in {message!r}"
-    return message
 
 
 # --- streams ---------------------------------------------------------------------------------------
