@@ -22,7 +22,6 @@ import numpy.typing as npt
 import psycopg
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from gateway.state.postgres_schema import SCHEMA_VERSION
 from gateway.state.postgres_store import PostgresStateStore
@@ -31,6 +30,7 @@ from gateway.wire.turnout.v1 import rollouts_pb2_grpc as pb_grpc
 from tests.support.gateway_process import REPO_ROOT, GatewayProcess
 from tests.support.model_repository import copy_digits
 from tests.support.postgres import PrivateCluster, cut_off, own_database, restore
+from tests.support.raw_inference import infer_version
 
 TIMEOUT_S = 20.0
 
@@ -52,14 +52,6 @@ def host(repository: Path, tmp_path: Path, name: str, state_url: str, *flags: st
         repository, "--worker-mode", "inprocess", "--state-dir", str(tmp_path / f"state-{name}"),
         "--state-url", state_url, *flags,
     )  # fmt: skip
-
-
-def infer_version(address: str, pixels: npt.NDArray[np.float32]) -> str:
-    tensor = service_pb2.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=[1, 64])
-    request = service_pb2.ModelInferRequest(model_name="digits", inputs=[tensor], raw_input_contents=[pixels.tobytes()])
-    with grpc.insecure_channel(address) as channel:
-        answer = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=TIMEOUT_S)
-    return str(answer.model_version)
 
 
 def steady_load(addresses: list[str], pixels: npt.NDArray[np.float32], stop: threading.Event,

@@ -13,23 +13,15 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from gateway.state.sqlite_store import STATE_FILE
 from gateway.wire.turnout.v1 import rollouts_pb2 as pb
 from gateway.wire.turnout.v1 import rollouts_pb2_grpc as pb_grpc
 from tests.support.gateway_process import REPO_ROOT, GatewayProcess
 from tests.support.model_repository import copy_digits
+from tests.support.raw_inference import infer_version
 
 TIMEOUT_S = 20.0
-
-
-def infer_one(address: str, pixels: npt.NDArray[np.float32]) -> str:
-    tensor = service_pb2.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=[1, 64])
-    request = service_pb2.ModelInferRequest(model_name="digits", inputs=[tensor], raw_input_contents=[pixels.tobytes()])
-    with grpc.insecure_channel(address) as channel:
-        answer = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=TIMEOUT_S)
-    return str(answer.model_version)
 
 
 def test_a_deleted_state_file_refuses_changes_and_serves_on(
@@ -47,7 +39,7 @@ def test_a_deleted_state_file_refuses_changes_and_serves_on(
                 rollouts.SetCanary(pb.SetCanaryRequest(model="digits", version=2, weight_percent=10), timeout=TIMEOUT_S)
         assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
         assert f"{STATE_FILE} was deleted while the gateway ran" in refused.value.details()
-        assert infer_one(gateway.address, digits_pixels[:1]) == "1", "the last policy applied still routes"
+        assert infer_version(gateway.address, digits_pixels[:1]) == "1", "the last policy applied still routes"
         said = "was deleted while the gateway ran; policy changes are refused until the gateway is restarted;"
         gateway.wait_for_log(f"{said} serving with the policies applied so far")
         time.sleep(1.0)  # fifty polls of the policy sync later, still said once
