@@ -13,13 +13,10 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-import numpy as np
 import pytest
-from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from gateway.wire.turnout.v1 import rollouts_pb2 as pb
 from gateway.wire.turnout.v1 import rollouts_pb2_grpc as pb_grpc
@@ -27,18 +24,12 @@ from tests.support.gateway_process import GatewayProcess
 from tests.support.model_repository import copy_digits
 from tests.support.nginx_process import NginxProcess, nginx_binary
 from tests.support.postgres import own_database
+from tests.support.raw_inference import Served, run_clients
 
 pytestmark = pytest.mark.skipif(nginx_binary() is None, reason="nginx is not installed; .ci/run installs it")
 
 HOSTS, PROCESSES, CLIENTS = 3, 2, 4
 TIMEOUT_S = 30.0
-
-
-@dataclass(frozen=True, slots=True)
-class Served:
-    started: float
-    version: str
-    error: str = ""
 
 
 @pytest.fixture
@@ -50,30 +41,6 @@ def fleet(tmp_path: Path, postgres_server: str) -> Iterator[list[GatewayProcess]
             stack.enter_context(GatewayProcess(repository, *flags, "--state-dir", str(tmp_path / f"state-{host}")))
             for host in range(HOSTS)
         ]
-
-
-def steady_load(address: str, stop: threading.Event) -> list[Served]:
-    pixels = (np.random.default_rng(0).random((1, 64)) * 16).astype(np.float32)
-    tensor = service_pb2.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=[1, 64])
-    request = service_pb2.ModelInferRequest(model_name="digits", inputs=[tensor], raw_input_contents=[pixels.tobytes()])
-    results: list[list[Served]] = [[] for _ in range(CLIENTS)]
-
-    def client(index: int) -> None:
-        with grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
-            infer = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer
-            while not stop.is_set():
-                started = time.monotonic()
-                try:
-                    results[index].append(Served(started, infer(request, timeout=TIMEOUT_S).model_version))
-                except grpc.RpcError as error:
-                    results[index].append(Served(started, "", f"{error.code().name}: {error.details()}"))
-
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(CLIENTS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return [served for per_client in results for served in per_client]
 
 
 def test_a_rollback_on_one_host_returns_once_all_six_processes_apply_it(fleet: list[GatewayProcess]) -> None:
@@ -91,7 +58,7 @@ def test_a_rollback_on_one_host_returns_once_all_six_processes_apply_it(fleet: l
         assert len(canary.applied_by) == HOSTS * PROCESSES
         stop = threading.Event()
         outcome: list[Served] = []
-        loader = threading.Thread(target=lambda: outcome.extend(steady_load(nginx.address, stop)))
+        loader = threading.Thread(target=lambda: outcome.extend(run_clients(nginx.address, CLIENTS, None, stop)))
         loader.start()
         try:
             time.sleep(2.0)  # steady load on every host

@@ -15,19 +15,19 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
-from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.grpc import service_pb2_grpc
 
 from gateway.telemetry.families import STAT_EXECUTIONS
 from gateway.telemetry.peers import STATISTICS, ask
 from gateway.wire.turnout.v1 import rollouts_pb2, rollouts_pb2_grpc
 from tests.support.gateway_process import GatewayProcess, telemetry_dir_of, worker_pids
 from tests.support.model_repository import copy_digits
+from tests.support.raw_inference import Served, digits_request, own_channel, run_clients
 
 CLIENTS = 8
 Z_999 = 3.2905  # two-sided 99.9% normal quantile
@@ -39,18 +39,6 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
     copy_digits(repository)
     with GatewayProcess(repository, "--processes", "2", "--poll-interval-s", "0") as running:
         yield running
-
-
-def own_channel(address: str) -> grpc.Channel:
-    # A private subchannel pool gives each client its own TCP connection, hence its own process.
-    return grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
-
-
-def infer_request(pixels: np.ndarray) -> service_pb2.ModelInferRequest:
-    tensor = service_pb2.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=list(pixels.shape))
-    return service_pb2.ModelInferRequest(
-        model_name="digits", inputs=[tensor], raw_input_contents=[pixels.astype(np.float32).tobytes()]
-    )
 
 
 class Control:
@@ -85,39 +73,6 @@ def control(gateway: GatewayProcess) -> Iterator[Control]:
     opened.close()
 
 
-@dataclass(frozen=True)
-class Served:
-    started: float
-    version: str
-    error: str = ""
-
-
-def run_clients(address: str, requests_each: int | None, stop: threading.Event | None = None) -> list[Served]:
-    """Eight clients, each on its own connection, sending until done; returns every request's outcome."""
-    results: list[list[Served]] = [[] for _ in range(CLIENTS)]
-    request = infer_request(np.random.default_rng(0).random((1, 64)) * 16)
-
-    def client(index: int) -> None:
-        with own_channel(address) as channel:
-            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
-            sent = 0
-            while (requests_each is None or sent < requests_each) and not (stop is not None and stop.is_set()):
-                started = time.monotonic()
-                try:
-                    response = stub.ModelInfer(request, timeout=30)
-                    results[index].append(Served(started, response.model_version))
-                except grpc.RpcError as error:
-                    results[index].append(Served(started, "", f"{error.code().name}: {error.details()}"))
-                sent += 1
-
-    threads = [threading.Thread(target=client, args=(index,)) for index in range(CLIENTS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return [served for per_client in results for served in per_client]
-
-
 def test_both_processes_apply_every_change(gateway: GatewayProcess, control: Control) -> None:
     state = control.canary(2, 20)
     assert len(state.applied_by) == 2, "a change returns once every gateway process routes by it"
@@ -126,7 +81,7 @@ def test_both_processes_apply_every_change(gateway: GatewayProcess, control: Con
 
 def test_canary_share_over_ten_thousand_requests(gateway: GatewayProcess, control: Control) -> None:
     control.canary(2, 20)
-    served = run_clients(gateway.address, 10_000 // CLIENTS)
+    served = run_clients(gateway.address, CLIENTS, 10_000 // CLIENTS)
     assert [s.error for s in served if s.error] == []
     on_canary = sum(s.version == "2" for s in served)
     n, p = len(served), 0.2
@@ -137,7 +92,7 @@ def test_canary_share_over_ten_thousand_requests(gateway: GatewayProcess, contro
 def test_connections_spread_over_both_processes(gateway: GatewayProcess) -> None:
     # ModelStatistics sums every process, so each process's own counters are read where it serves
     # them to its peers: more than one of them must have answered requests.
-    request = infer_request(np.zeros((1, 64)))
+    request = digits_request(np.zeros((1, 64)))
     for _ in range(16):
         with own_channel(gateway.address) as channel:
             service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
@@ -155,7 +110,7 @@ def test_connections_spread_over_both_processes(gateway: GatewayProcess) -> None
 def versions_by_key(address: str, keys: list[str]) -> dict[str, set[str]]:
     """Each key's versions over two requests, on connections that land on different processes."""
     seen: dict[str, set[str]] = {key: set() for key in keys}
-    request = infer_request(np.zeros((1, 64)))
+    request = digits_request(np.zeros((1, 64)))
     for _ in range(2):
         with own_channel(address) as first, own_channel(address) as second:
             stubs = [service_pb2_grpc.GRPCInferenceServiceStub(c) for c in (first, second)]
@@ -186,7 +141,7 @@ def test_rollback_mid_load_drops_nothing_and_takes_effect_when_it_returns(
     control.canary(2, 50)
     stop = threading.Event()
     outcome: list[Served] = []
-    load = threading.Thread(target=lambda: outcome.extend(run_clients(gateway.address, None, stop)))
+    load = threading.Thread(target=lambda: outcome.extend(run_clients(gateway.address, CLIENTS, None, stop)))
     load.start()
     time.sleep(1.0)
     state = control.rollback()
@@ -214,7 +169,7 @@ def test_workers_are_shared_and_restart_under_load(gateway: GatewayProcess, cont
     assert len(shared) == 2, "one worker per model version for the whole host, not per gateway process"
     stop = threading.Event()
     outcome: list[Served] = []
-    load = threading.Thread(target=lambda: outcome.extend(run_clients(gateway.address, None, stop)))
+    load = threading.Thread(target=lambda: outcome.extend(run_clients(gateway.address, CLIENTS, None, stop)))
     load.start()
     time.sleep(0.5)
     victim = shared[0]
