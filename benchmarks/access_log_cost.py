@@ -20,15 +20,7 @@ import time
 from collections.abc import Sequence
 from functools import partial
 
-from rounds import (
-    against_off,
-    cost_arguments,
-    cpus_of,
-    digits_work_directory,
-    document_head,
-    interleaved_cells,
-    started_gateways,
-)
+import rounds
 from run_rollouts import Gateway
 
 MODES = ("off", "text", "json")
@@ -36,17 +28,17 @@ FLAGS = {"off": [], "text": ["--access-log", "on"], "json": ["--log-format", "js
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = cost_arguments(__doc__).parse_args(argv)
+    args = rounds.cost_arguments(__doc__).parse_args(argv)
     started = time.time()
-    work = digits_work_directory("turnout-access-log-cost-")
-    server_cpu, client_cpu = cpus_of(args.pin)
+    work = rounds.digits_work_directory("turnout-access-log-cost-")
+    server_cpu, client_cpu = rounds.cpus_of(args.pin)
     starts = {mode: partial(Gateway, work / "models", server_cpu, *FLAGS[mode]) for mode in MODES}
-    with started_gateways(starts) as gateways:
-        cells = interleaved_cells(gateways, args.rounds, args.concurrency, args.duration_s, client_cpu)
+    with rounds.started_gateways(starts) as gateways:
+        cells = rounds.interleaved_cells(gateways, args.rounds, args.concurrency, args.duration_s, client_cpu)
     shutil.rmtree(work, ignore_errors=True)
     document = {
-        **document_head("access_log_cost.py", argv, started, commit=True),
-        "per_concurrency": {f"{c}_in_flight": against_off(cells, c, MODES) for c in args.concurrency},
+        **rounds.document_head("access_log_cost.py", argv, started, commit=True),
+        "per_concurrency": {f"{c}_in_flight": rounds.against_off(cells, c, MODES) for c in args.concurrency},
     }
     print(json.dumps(document, indent=2))
     return 0

@@ -19,15 +19,7 @@ from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
-from rounds import (
-    against_off,
-    cost_arguments,
-    cpus_of,
-    digits_work_directory,
-    document_head,
-    interleaved_cells,
-    started_gateways,
-)
+import rounds
 from run_rollouts import Gateway
 
 from gateway.capture.stats import saved_totals
@@ -42,18 +34,18 @@ def flags_of(mode: str, root: Path) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = cost_arguments(__doc__, concurrency=(64,)).parse_args(argv)
+    args = rounds.cost_arguments(__doc__, concurrency=(64,)).parse_args(argv)
     started = time.time()
-    work = digits_work_directory("turnout-capture-cost-")
-    server_cpu, client_cpu = cpus_of(args.pin)
+    work = rounds.digits_work_directory("turnout-capture-cost-")
+    server_cpu, client_cpu = rounds.cpus_of(args.pin)
     starts = {mode: partial(Gateway, work / "models", server_cpu, *flags_of(mode, work)) for mode in MODES}
-    with started_gateways(starts) as gateways:
-        cells = interleaved_cells(gateways, args.rounds, args.concurrency, args.duration_s, client_cpu)
+    with rounds.started_gateways(starts) as gateways:
+        cells = rounds.interleaved_cells(gateways, args.rounds, args.concurrency, args.duration_s, client_cpu)
     kept = {mode: saved_totals(work / mode) for mode in MODES[1:]}
     shutil.rmtree(work, ignore_errors=True)
     document = {
-        **document_head("capture_cost.py", argv, started),
-        "per_concurrency": {f"{c}_in_flight": against_off(cells, c, MODES) for c in args.concurrency},
+        **rounds.document_head("capture_cost.py", argv, started),
+        "per_concurrency": {f"{c}_in_flight": rounds.against_off(cells, c, MODES) for c in args.concurrency},
         "capture_counters": kept,
     }
     print(json.dumps(document, indent=2))

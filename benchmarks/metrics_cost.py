@@ -24,15 +24,7 @@ import urllib.request
 from collections.abc import Sequence
 from functools import partial
 
-from rounds import (
-    against_off,
-    cost_arguments,
-    cpus_of,
-    digits_work_directory,
-    document_head,
-    interleaved_cells,
-    started_gateways,
-)
+import rounds
 from run_rollouts import Gateway, rounded
 
 MODES = ("off", "on")
@@ -55,26 +47,26 @@ def scrape_forever(port: int, stop: threading.Event, scrapes: list[float]) -> No
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = cost_arguments(__doc__).parse_args(argv)
+    args = rounds.cost_arguments(__doc__).parse_args(argv)
     started = time.time()
-    work = digits_work_directory("turnout-metrics-cost-")
-    server_cpu, client_cpu = cpus_of(args.pin)
+    work = rounds.digits_work_directory("turnout-metrics-cost-")
+    server_cpu, client_cpu = rounds.cpus_of(args.pin)
     port = free_port()
     flags = {"off": ["--metrics-port", "0"], "on": ["--metrics-port", str(port), "--metrics-host", "127.0.0.1"]}
     stop = threading.Event()
     scrapes: list[float] = []
     starts = {mode: partial(Gateway, work / "models", server_cpu, *flags[mode]) for mode in MODES}
-    with started_gateways(starts) as gateways:
+    with rounds.started_gateways(starts) as gateways:
         scraper = threading.Thread(target=scrape_forever, args=(port, stop, scrapes), daemon=True)
         scraper.start()
         try:
-            cells = interleaved_cells(gateways, args.rounds, args.concurrency, args.duration_s, client_cpu)
+            cells = rounds.interleaved_cells(gateways, args.rounds, args.concurrency, args.duration_s, client_cpu)
         finally:
             stop.set()
     shutil.rmtree(work, ignore_errors=True)
     document = {
-        **document_head("metrics_cost.py", argv, started),
-        "per_concurrency": {f"{c}_in_flight": against_off(cells, c, MODES) for c in args.concurrency},
+        **rounds.document_head("metrics_cost.py", argv, started),
+        "per_concurrency": {f"{c}_in_flight": rounds.against_off(cells, c, MODES) for c in args.concurrency},
         "scrapes": {"count": len(scrapes), "median_ms": rounded(statistics.median(scrapes) * 1e3) if scrapes else None},
     }
     print(json.dumps(document, indent=2))

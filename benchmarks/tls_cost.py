@@ -20,15 +20,7 @@ import shutil
 import time
 from collections.abc import Sequence
 
-from rounds import (
-    against_off,
-    cost_arguments,
-    cpus_of,
-    digits_work_directory,
-    document_head,
-    interleaved_cells,
-    started_gateways,
-)
+import rounds
 from run_rollouts import Gateway
 
 from tests.support.certificates import make_authority
@@ -38,24 +30,24 @@ COMPARED = ("throughput_rps", "p99_ms", "server_cpu_us_per_request")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = cost_arguments(__doc__).parse_args(argv)
+    args = rounds.cost_arguments(__doc__).parse_args(argv)
     started = time.time()
-    work = digits_work_directory("turnout-tls-cost-")
+    work = rounds.digits_work_directory("turnout-tls-cost-")
     ca = make_authority(work / "certificates", "benchmark-ca")
     server = ca.issue(work / "certificates", "gateway")
-    server_cpu, client_cpu = cpus_of(args.pin)
+    server_cpu, client_cpu = rounds.cpus_of(args.pin)
     tls = ("--tls-cert-file", str(server.certificate), "--tls-key-file", str(server.key))
     starts = {
         "off": lambda: Gateway(work / "models", server_cpu),
         "on": lambda: Gateway(work / "models", server_cpu, *tls, client_flags=("--tls-ca-file", str(ca.certificate))),
     }
-    with started_gateways(starts) as gateways:
-        cells = interleaved_cells(gateways, args.rounds, args.concurrency, args.duration_s, client_cpu)
+    with rounds.started_gateways(starts) as gateways:
+        cells = rounds.interleaved_cells(gateways, args.rounds, args.concurrency, args.duration_s, client_cpu)
     shutil.rmtree(work, ignore_errors=True)
     document = {
-        **document_head("tls_cost.py", argv, started),
+        **rounds.document_head("tls_cost.py", argv, started),
         "modes": {"off": "plaintext", "on": "TLS (P-256 certificate, one connection per load generator process)"},
-        "per_concurrency": {f"{c}_in_flight": against_off(cells, c, MODES, COMPARED) for c in args.concurrency},
+        "per_concurrency": {f"{c}_in_flight": rounds.against_off(cells, c, MODES, COMPARED) for c in args.concurrency},
     }
     print(json.dumps(document, indent=2))
     return 0

@@ -25,16 +25,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from rounds import (
-    Cells,
-    against_off,
-    cost_arguments,
-    cpus_of,
-    digits_work_directory,
-    document_head,
-    interleaved_cells,
-    started_gateways,
-)
+import rounds
 from run_rollouts import Gateway
 
 MODES = ("off", "traced")
@@ -65,27 +56,27 @@ def environment_of(mode: str, root: Path) -> dict[str, str]:
     }
 
 
-def summary(cells: Cells, concurrency: int) -> dict[str, Any]:
-    result = against_off(cells, concurrency, MODES, ("throughput_rps", "server_cpu_us_per_request", "p99_ms"))
+def summary(cells: rounds.Cells, concurrency: int) -> dict[str, Any]:
+    result = rounds.against_off(cells, concurrency, MODES, ("throughput_rps", "server_cpu_us_per_request", "p99_ms"))
     for mode in MODES:  # requests served, to compare with the spans exported
         result[mode]["requests"] = sum(int(run.get("requests", 0)) for run in cells[(mode, concurrency)])
     return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = cost_arguments(__doc__).parse_args(argv)
+    args = rounds.cost_arguments(__doc__).parse_args(argv)
     started = time.time()
-    work = digits_work_directory("turnout-tracing-cost-")
-    server_cpu, client_cpu = cpus_of(args.pin)
+    work = rounds.digits_work_directory("turnout-tracing-cost-")
+    server_cpu, client_cpu = rounds.cpus_of(args.pin)
     starts = {mode: partial(Gateway, work / "models", server_cpu, env=environment_of(mode, work)) for mode in MODES}
     # Stopped at the block's end, the traced gateway flushes its spans and writes how many it exported.
-    with started_gateways(starts) as gateways:
-        cells = interleaved_cells(gateways, args.rounds, args.concurrency, args.duration_s, client_cpu)
+    with rounds.started_gateways(starts) as gateways:
+        cells = rounds.interleaved_cells(gateways, args.rounds, args.concurrency, args.duration_s, client_cpu)
     exported = work / "spans_exported"
     spans = int(exported.read_text()) if exported.exists() else None
     shutil.rmtree(work, ignore_errors=True)
     document = {
-        **document_head("tracing_cost.py", argv, started, commit=True),
+        **rounds.document_head("tracing_cost.py", argv, started, commit=True),
         "per_concurrency": {f"{c}_in_flight": summary(cells, c) for c in args.concurrency},
         "spans_exported": spans,
     }
