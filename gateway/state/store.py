@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from gateway.errors import Unavailable
-from gateway.state.rollout_record import RolloutRecord
 from gateway.routing.policy import Policy
+from gateway.state.rollout_record import RolloutRecord
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,8 +11,8 @@ import shutil
 import subprocess
 import threading
 import time
-from dataclasses import replace
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 
