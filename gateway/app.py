@@ -29,8 +29,10 @@ from gateway.rollouts.control_access import ControlAccess, ControlTokens, Tokens
 from gateway.rollouts.control_refusals import RefusedCalls
 from gateway.rollouts.fleet import Fleet
 from gateway.rollouts.policy_sync import PolicySync
+from gateway.rollouts.progressive import ProgressiveRollouts
 from gateway.rollouts.propagation import Propagation
 from gateway.rollouts.repository_control import RepositoryControl
+from gateway.rollouts.rollout_controller import RolloutController
 from gateway.rollouts.shadow import ShadowMirror
 from gateway.routing.table import RoutingTableHolder
 from gateway.serving.dataplane import Dataplane
@@ -210,6 +212,9 @@ class Gateway:
             self.store, self.sync, apply_timeout_s=settings.apply_timeout_s, liveness_s=_LIVENESS_S
         )
         self.rollouts = Rollouts(self.store, self.routes, self.manager, self.shadows, propagation)
+        self.progressive = ProgressiveRollouts(self.store, self.rollouts, self.metrics.counts_arms)
+        # Every process runs the loop; the one holding the store's lease judges (over every process's figures).
+        self.rollout_controller = RolloutController(self.store, self.rollouts, self.metrics.arms_since_start)
         self.repository = RepositoryControl(self.manager, self.store, self.sync, propagation)
         self.dataplane = Dataplane(self.manager, self.routes, self.observers, settings.max_in_flight)
         self._stopping = threading.Event()
@@ -227,7 +232,9 @@ class Gateway:
                 StreamSlots(settings.stream_limit, settings.max_streams_per_connection),
                 settings.max_tensor_elements,
             ),
-            RolloutsServicer(self.rollouts, self.traffic, control_gate, Fleet(self.store, _LIVENESS_S)),
+            RolloutsServicer(
+                self.rollouts, self.traffic, control_gate, Fleet(self.store, _LIVENESS_S), self.progressive
+            ),
             RepositoryServicer(views, self.repository, control_gate),
             is_ready=self.is_ready,
             control_ready=lambda: self.sync.state_problem is None,
@@ -274,10 +281,12 @@ class Gateway:
         self.sync.start()  # loads what the stored policies name before the port opens
         self.server.start()
         self.metrics.start()
+        self.rollout_controller.start()
 
     def stop(self) -> None:
         """Graceful stop: NOT_SERVING, refuse new calls, finish in-flight ones, unload models."""
         self._stopping.set()
+        self.rollout_controller.close()  # first: no step change while the gateway goes down
         self.server.stop(self.settings.grace_period_s)
         self.metrics.close()
         self.sync.close()
