@@ -21,11 +21,13 @@ def _steps(text: str) -> list[float]:
 
 def add_rollout_flags(rollout: argparse.ArgumentParser) -> None:
     """``turnout rollout MODEL [VERSION]`` after the common control flags (model, server, TLS, --json)."""
-    rollout.add_argument("version", type=int, nargs="?", default=0, help="the candidate version (to start one)")
+    rollout.add_argument(
+        "version", type=int, nargs="?", default=0, help="the candidate version (required to start a rollout)"
+    )
     action = rollout.add_mutually_exclusive_group()
-    action.add_argument("--pause", action="store_true", help="hold the rollout at its step (no automatic change)")
-    action.add_argument("--resume", action="store_true", help="run a paused rollout on; its step's time restarts")
-    action.add_argument("--abort", action="store_true", help="end the rollout and remove the canary")
+    action.add_argument("--pause", action="store_true", help="hold the rollout at its step (default: off)")
+    action.add_argument("--resume", action="store_true", help="run a paused rollout on, its step timed afresh (default: off)")
+    action.add_argument("--abort", action="store_true", help="end the rollout and remove the canary (default: off)")
     rollout.add_argument("--steps", type=_steps, default=_steps(_DEFAULT_STEPS), metavar="P,P,...",
                          help=f"the canary's weights in percent, rising (default: {_DEFAULT_STEPS})")  # fmt: skip
     rollout.add_argument("--step-s", type=float, default=60.0, metavar="SECONDS",

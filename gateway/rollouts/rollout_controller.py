@@ -33,12 +33,11 @@ from typing import Any
 from gateway.analysis.decision import Decision, Limits, RolloutAnalysis, Verdict
 from gateway.analysis.latency import LatencyBuckets
 from gateway.errors import TurnoutError
-from gateway.rollouts.arm_deltas import ArmDeltas, ProcessTotals
+from gateway.rollouts.arm_deltas import ArmDeltas, ArmKey, ArmServed, ProcessTotals
 from gateway.rollouts.control import MAX_REASON_CHARS, Rollouts
 from gateway.rollouts.progressive import ANALYSIS_ACTOR, step_reason
 from gateway.state.rollout_record import ABORTED, PAUSED, PROMOTED, ROLLED_BACK, RolloutConflict, RolloutRecord
 from gateway.state.store import StateStore, StateUnavailable
-from gateway.telemetry.recent_traffic import BUCKET_BOUNDS_S, ArmTraffic
 
 log = logging.getLogger("turnout.rollouts")
 
@@ -46,8 +45,6 @@ LEASE = "rollout-analysis"
 LEASE_TTL_S = 3.0
 TICK_S = 0.5
 _EVIDENCE_SAVE_S = 1.0  # the evidence shown by turnout status is at most this old (a write a second, not a tick)
-# The per-arm totals' buckets (50 µs x 1.25^i): a latency ratio is tested in whole buckets of 25%.
-ARM_BUCKETS = LatencyBuckets(first_bound_s=BUCKET_BOUNDS_S[0], growth=1.25, bounds=len(BUCKET_BOUNDS_S))
 
 
 @dataclass
@@ -80,6 +77,7 @@ class RolloutController:
         store: StateStore,
         rollouts: Rollouts,
         arm_totals: Callable[[], ProcessTotals],
+        buckets: LatencyBuckets,
         *,
         tick_s: float = TICK_S,
         clock: Callable[[], float] = time.time,
@@ -87,6 +85,7 @@ class RolloutController:
         self._store = store
         self._rollouts = rollouts
         self._arm_totals = arm_totals
+        self._buckets = buckets  # the layout of the totals' latency histograms
         self._tick_s = tick_s
         self._clock = clock
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -146,11 +145,11 @@ class RolloutController:
         self._deltas = ArmDeltas()
         self._judged.clear()
 
-    def _judge(self, record: RolloutRecord, arms: dict[tuple[str, int, str], ArmTraffic]) -> None:
+    def _judge(self, record: RolloutRecord, arms: dict[ArmKey, ArmServed]) -> None:
         key = (record.model, record.started_at)
         judged = self._judged.get(key)
         if judged is None:
-            judged = self._judged[key] = _Judged(RolloutAnalysis(limits_of(record), ARM_BUCKETS))
+            judged = self._judged[key] = _Judged(RolloutAnalysis(limits_of(record), self._buckets))
         analysis = judged.analysis
         for canary, arm_key in ((True, (record.model, record.version, "canary")),
                                 (False, (record.model, record.stable, "stable"))):  # fmt: skip

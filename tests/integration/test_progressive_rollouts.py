@@ -102,7 +102,7 @@ class Load:
             trailers = dict(call.trailing_metadata())
             self.answers.append(
                 Served(str(trailers["turnout-version"]), str(trailers["turnout-arm"]),
-                       int(trailers["turnout-generation"]))  # fmt: skip
+                       int(trailers["turnout-generation"]))
             )
 
 
@@ -122,7 +122,7 @@ class Control:
         request = pb.StartRolloutRequest(model=model, version=version, reason="test rollout", **flags)
         return self.stub.StartRollout(request, timeout=TIMEOUT_S)
 
-    def change(self, model: str, action: int) -> pb.RolloutState:
+    def change(self, model: str, action: pb.ChangeRolloutRequest.Action) -> pb.RolloutState:
         return self.stub.ChangeRollout(pb.ChangeRolloutRequest(model=model, action=action), timeout=TIMEOUT_S)
 
     def rollout(self, model: str) -> pb.RolloutState:
