@@ -26,7 +26,7 @@ def add_rollout_flags(rollout: argparse.ArgumentParser) -> None:
     )
     action = rollout.add_mutually_exclusive_group()
     action.add_argument("--pause", action="store_true", help="hold the rollout at its step (default: off)")
-    action.add_argument("--resume", action="store_true", help="run a paused rollout on, its step timed afresh (default: off)")
+    action.add_argument("--resume", action="store_true", help="run a paused rollout on (default: off)")
     action.add_argument("--abort", action="store_true", help="end the rollout and remove the canary (default: off)")
     rollout.add_argument("--steps", type=_steps, default=_steps(_DEFAULT_STEPS), metavar="P,P,...",
                          help=f"the canary's weights in percent, rising (default: {_DEFAULT_STEPS})")  # fmt: skip
