@@ -1,8 +1,10 @@
 """Progressive rollouts end to end: a live gateway under steady load judges its canary and acts.
 
 Each model has three echo versions taking the same input: 1 (the stable), 2 (identical to it) and
-3 (the same but slow: its runtime sleeps ``SLOW_DELAY_MS`` per batch, the echo runtime's own
-setting). Answers are read with a raw stub, so the routing trailers say which version and which
+3 (the same but slow). Their runtime sleeps per batch (the echo runtime's own setting): ``BASE_DELAY_MS``
+for 1 and 2, so that a request's time is the model's and not the microseconds of a thread waking
+(a lightly used arm wakes a little later, which at 100 µs a request is a real 25% and is caught),
+and ``SLOW_DELAY_MS`` for 3. Answers are read with a raw stub, so the routing trailers say which version and which
 policy generation served each request. A/A rollouts run at a low ``alpha`` so a false rollback
 (allowed at that rate) does not make the test flaky.
 """
@@ -34,6 +36,7 @@ from tests.support.gateway_process import GatewayProcess, telemetry_dir_of
 
 ANALYSIS = "turnout-analysis"
 ACTOR = "local:127.0.0.1"
+BASE_DELAY_MS = 2
 SLOW_DELAY_MS = 15
 TIMEOUT_S = 20.0
 AA_ALPHA = 0.001  # an identical candidate is falsely rolled back at most this often
@@ -49,9 +52,9 @@ def free_port() -> int:
 def add_echo_model(repository: Path, name: str) -> None:
     model = repository / name
     declared = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}]}
-    for version, extra in ((1, {}), (2, {}), (3, {"delay_ms": SLOW_DELAY_MS})):
+    for version, delay_ms in ((1, BASE_DELAY_MS), (2, BASE_DELAY_MS), (3, SLOW_DELAY_MS)):
         (model / str(version)).mkdir(parents=True)
-        (model / str(version) / "model.echo.json").write_text(json.dumps({**declared, **extra}))
+        (model / str(version) / "model.echo.json").write_text(json.dumps({**declared, "delay_ms": delay_ms}))
     (model / "model.yaml").write_text("version_policy: {all: {}}\n")
 
 
@@ -276,10 +279,12 @@ def test_with_two_processes_one_leader_judges_both_processes_requests(tmp_path: 
         control = Control(gateway.control_address)
         control.stable("fleet", 1)
         store = SqliteStateStore(state)
-        with Load(gateway.address, "fleet", clients=6) as load:
+        directory = telemetry_dir_of(gateway.process.pid if gateway.process else 0)
+        eventually(lambda: len(list(directory.glob("*.sock"))) == 2, "both gateway processes are up")
+        with Load(gateway.address, "fleet", clients=8) as load:
             control.start("fleet", 2, steps=[50, 100], step_s=2.0, min_requests=20, alpha=AA_ALPHA)
             eventually(lambda: store.lease(LEASE) is not None, "a leader takes the lease")
-            per_process = _requests_per_process(gateway.process.pid if gateway.process else 0, "fleet")
+            per_process = _requests_per_process(directory, "fleet")
             ended = control.wait_for_phase("fleet", "promoted")
         assert load.failures == []
         assert len(per_process) == 2 and all(per_process), f"both processes served: {per_process}"
@@ -292,9 +297,8 @@ def test_with_two_processes_one_leader_judges_both_processes_requests(tmp_path: 
         control.close()
 
 
-def _requests_per_process(supervisor_pid: int, model: str) -> list[int]:
+def _requests_per_process(directory: Path, model: str) -> list[int]:
     """Each gateway process's requests for ``model`` so far, asked over its metrics socket."""
-    directory = telemetry_dir_of(supervisor_pid)
     totals = []
     for path in sorted(directory.glob("*.sock")):
         snapshot = ask(path, SINCE_START)
