@@ -12,7 +12,10 @@ policy generation served each request. A/A rollouts run at a low ``alpha`` so a 
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -32,7 +35,7 @@ from gateway.telemetry.recent_traffic import SINCE_START as SINCE_START_FAMILY
 from gateway.telemetry.recent_traffic import from_snapshot
 from gateway.wire.turnout.v1 import rollouts_pb2 as pb
 from gateway.wire.turnout.v1 import rollouts_pb2_grpc as pb_grpc
-from tests.support.gateway_process import GatewayProcess, telemetry_dir_of
+from tests.support.gateway_process import REPO_ROOT, GatewayProcess, telemetry_dir_of
 
 ANALYSIS = "turnout-analysis"
 ACTOR = "local:127.0.0.1"
@@ -157,7 +160,7 @@ def analysis_changes(history: list[pb.PolicyChange]) -> list[tuple[str, int]]:
     return [(change.action, change.after.canary.weight_bp) for change in reversed(history) if change.actor == ANALYSIS]
 
 
-MODELS = ("slow", "identical", "held", "manual")
+MODELS = ("slow", "identical", "held", "manual", "cli")
 
 
 @pytest.fixture(scope="module")
@@ -305,3 +308,33 @@ def _requests_per_process(directory: Path, model: str) -> list[int]:
         arms = from_snapshot(snapshot or {}, SINCE_START_FAMILY)
         totals.append(sum(arm.requests for arm in arms if arm.model == model))
     return totals
+
+
+def turnout(*args: str, server: str) -> str:
+    """``turnout ARGS`` as an operator runs it; its output, after checking it succeeded."""
+    command = [sys.executable, "-m", "gateway", *args, "--server", server]
+    environment = {key: value for key, value in os.environ.items() if key != "TURNOUT_SERVER"}
+    done = subprocess.run(command, cwd=REPO_ROOT, env=environment, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr) == (0, ""), f"turnout {' '.join(args)} failed: {done.stderr}"
+    return done.stdout
+
+
+def test_the_rollout_command_and_status_show_phase_step_weight_and_evidence(
+    gateway: GatewayProcess, control: Control
+) -> None:
+    server = gateway.control_address
+    started = turnout("rollout", "cli", "2", "--steps", "10,50,100", "--step-s", "30", "--min-requests", "50",
+                      "--reason", "new weights", server=server)  # fmt: skip
+    assert "rollout of v2 over v1: running, step 1/3 (10,50,100%), canary at 10%" in started
+    eventually(lambda: control.rollout("cli").evidence_json != "", "the analysis says what it waits for")
+    [status] = json.loads(turnout("status", "cli", "--json", server=server))
+    rollout = status["rollout"]
+    assert (rollout["phase"], rollout["step"], rollout["weight_percent"]) == ("running", 1, 10)
+    assert rollout["verdict"] == "insufficient_traffic" and "waiting for 50 requests per arm" in rollout["message"]
+    assert {check["check"] for check in rollout["evidence"]} == {"error_rate", "latency_order", "latency_p99"}
+    text = turnout("status", "cli", server=server)
+    assert "waiting for 50 requests per arm" in text and "latency_order" in text
+    assert "paused" in turnout("rollout", "cli", "--pause", server=server)
+    assert "aborted" in turnout("rollout", "cli", "--abort", "--reason", "not now", server=server)
+    [after] = json.loads(turnout("status", "cli", "--json", server=server))
+    assert after["rollout"]["phase"] == "aborted" and "canary" not in after["policy"]["policy"]
