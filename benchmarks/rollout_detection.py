@@ -60,8 +60,9 @@ def repository(root: Path, slow_ms: float) -> Path:
 def request_bytes() -> bytes:
     tensor = service_pb2.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=[1, 64])
     row = np.full((1, 64), 4.0, np.float32)
-    return service_pb2.ModelInferRequest(model_name="digits", inputs=[tensor],
-                                         raw_input_contents=[row.tobytes()]).SerializeToString()  # fmt: skip
+    request = service_pb2.ModelInferRequest(model_name="digits", inputs=[tensor], raw_input_contents=[row.tobytes()])
+    serialized: bytes = request.SerializeToString()
+    return serialized
 
 
 async def paced_load(address: str, rate: float, stop: asyncio.Event, counts: dict[str, int]) -> None:
