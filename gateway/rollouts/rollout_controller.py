@@ -178,7 +178,12 @@ class RolloutController:
             self._save_evidence(record, judged, decision, decision.reason, now)
 
     def _still(self, record: RolloutRecord) -> bool:
-        """Is the rollout as read at this tick's start? An operator's pause or abort wins over the analysis."""
+        """May this process act on the rollout as read at this tick's start? It must still lead (a
+        tick slowed past the lease's time may have lost it: renewing says so), and the record must
+        be unchanged (an operator's pause or abort wins over the analysis)."""
+        if not self._store.renew_lease(LEASE, self.holder, LEASE_TTL_S):
+            self._step_down()
+            return False
         current = self._store.rollout(record.model)
         return current is not None and current.revision == record.revision
 

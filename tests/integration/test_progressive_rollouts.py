@@ -160,7 +160,7 @@ def analysis_changes(history: list[pb.PolicyChange]) -> list[tuple[str, int]]:
     return [(change.action, change.after.canary.weight_bp) for change in reversed(history) if change.actor == ANALYSIS]
 
 
-MODELS = ("slow", "identical", "held", "manual", "cli")
+MODELS = ("slow", "identical", "held", "manual", "cli", "quiet")
 
 
 @pytest.fixture(scope="module")
@@ -252,6 +252,16 @@ def test_a_manual_rollback_ends_the_rollout_first_and_says_so(control: Control) 
     with pytest.raises(grpc.RpcError) as refused:
         control.start("manual", 1)
     assert refused.value.code() is grpc.StatusCode.FAILED_PRECONDITION, "v1 is the stable already"
+
+
+def test_with_no_traffic_a_rollout_waits_past_its_step_time_and_never_promotes(control: Control) -> None:
+    control.start("quiet", 2, steps=[50, 100], step_s=0.3, min_requests=5)
+    time.sleep(2.0)  # more than six step times
+    waiting = control.rollout("quiet")
+    assert (waiting.phase, waiting.step_index) == ("running", 0)
+    assert waiting.message.startswith("step time is up; waiting for 5 requests per arm"), waiting.message
+    assert json.loads(waiting.evidence_json)["verdict"] == "insufficient_traffic"
+    assert control.policy("quiet").stable == 1 and analysis_changes(control.history("quiet")) == []
 
 
 def test_a_rollout_survives_a_gateway_restart(tmp_path: Path) -> None:
