@@ -254,6 +254,19 @@ def test_a_manual_rollback_ends_the_rollout_first_and_says_so(control: Control) 
     assert refused.value.code() is grpc.StatusCode.FAILED_PRECONDITION, "v1 is the stable already"
 
 
+def test_a_malformed_or_second_rollout_is_refused_and_changes_nothing(control: Control) -> None:
+    for flags, code in (({"steps": [50, 20]}, grpc.StatusCode.INVALID_ARGUMENT),
+                        ({"alpha": 1.5}, grpc.StatusCode.INVALID_ARGUMENT),
+                        ({"max_latency_ratio": 0.9}, grpc.StatusCode.INVALID_ARGUMENT)):  # fmt: skip
+        with pytest.raises(grpc.RpcError) as refused:
+            control.start("quiet", 2, **flags)
+        assert refused.value.code() is code, flags
+    assert not control.policy("quiet").HasField("canary")
+    with pytest.raises(grpc.RpcError) as unknown:
+        control.rollout("quiet")
+    assert unknown.value.code() is grpc.StatusCode.NOT_FOUND
+
+
 def test_with_no_traffic_a_rollout_waits_past_its_step_time_and_never_promotes(control: Control) -> None:
     control.start("quiet", 2, steps=[50, 100], step_s=0.3, min_requests=5)
     time.sleep(2.0)  # more than six step times
@@ -262,6 +275,10 @@ def test_with_no_traffic_a_rollout_waits_past_its_step_time_and_never_promotes(c
     assert waiting.message.startswith("step time is up; waiting for 5 requests per arm"), waiting.message
     assert json.loads(waiting.evidence_json)["verdict"] == "insufficient_traffic"
     assert control.policy("quiet").stable == 1 and analysis_changes(control.history("quiet")) == []
+    with pytest.raises(grpc.RpcError) as second:
+        control.start("quiet", 3)
+    assert second.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert "abort it first" in str(second.value.details())
 
 
 def test_a_rollout_survives_a_gateway_restart(tmp_path: Path) -> None:
