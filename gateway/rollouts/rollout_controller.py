@@ -138,7 +138,10 @@ class RolloutController:
         keys = {(record.model, record.started_at) for record in active}
         self._judged = {key: judged for key, judged in self._judged.items() if key in keys}
         for record in active:
-            self._judge(record, arms)
+            try:
+                self._judge(record, arms)
+            except TurnoutError as error:  # a step change refused (say, propagation timed out): the next tick retries
+                log.warning("rollout of %s version %s: %s", record.model, record.version, error)
 
     def _step_down(self) -> None:
         self._leading = False
