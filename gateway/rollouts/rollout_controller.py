@@ -112,14 +112,21 @@ class RolloutController:
                 self._store.release_lease(LEASE, self.holder)
 
     def _run(self) -> None:
+        problem = ""  # said once while it lasts, not every tick
         while not self._stop.wait(self._tick_s):
             try:
                 self.tick()
             except StateUnavailable as error:
-                log.warning("rollout analysis paused: %s", error)
+                if str(error) != problem:
+                    log.warning("rollout analysis paused: %s", error)
+                problem = str(error)
                 self._step_down()
+                continue
             except Exception:  # one bad tick must not end the analysis of every later one
                 log.exception("rollout analysis tick failed")
+            if problem:
+                log.info("rollout analysis: the routing state is readable again")
+                problem = ""
 
     def tick(self) -> None:
         active = self._store.active_rollouts()
