@@ -6,6 +6,7 @@ import logging
 import threading
 from pathlib import Path
 
+from gateway.analysis.latency import LatencyBuckets
 from gateway.capture.drift_window import DriftWindow, repository_profiles
 from gateway.capture.observer import CaptureObserver
 from gateway.capture.parquet import repository_feature_names
@@ -29,8 +30,10 @@ from gateway.rollouts.control_access import ControlAccess, ControlTokens, Tokens
 from gateway.rollouts.control_refusals import RefusedCalls
 from gateway.rollouts.fleet import Fleet
 from gateway.rollouts.policy_sync import PolicySync
+from gateway.rollouts.progressive import ProgressiveRollouts
 from gateway.rollouts.propagation import Propagation
 from gateway.rollouts.repository_control import RepositoryControl
+from gateway.rollouts.rollout_controller import RolloutController
 from gateway.rollouts.shadow import ShadowMirror
 from gateway.routing.table import RoutingTableHolder
 from gateway.serving.dataplane import Dataplane
@@ -42,6 +45,7 @@ from gateway.settings import Settings
 from gateway.state.open_store import open_state_store
 from gateway.state.store import StateUnavailable
 from gateway.telemetry.gateway_metrics import GatewayMetrics
+from gateway.telemetry.recent_traffic import BUCKET_BOUNDS_S
 from gateway.telemetry.tracing import TracingObserver
 from gateway.telemetry.tracing_setup import TracingSetupError, tracing_from_environment
 from gateway.version import package_version
@@ -121,6 +125,12 @@ def drift_window(settings: Settings, repository: ModelRepository) -> DriftWindow
     if settings.drift_window_rows == 0 or settings.metrics_port == 0:
         return None
     return DriftWindow(repository_profiles(repository), settings.drift_window_rows)
+
+
+def arm_latency_buckets() -> LatencyBuckets:
+    """The per-arm totals' histogram layout (50 µs x 1.25^i), for the rollout analysis: it tests a
+    latency ratio in whole buckets of 25% (1.2 is tested as 1.25)."""
+    return LatencyBuckets(first_bound_s=BUCKET_BOUNDS_S[0], growth=1.25, bounds=len(BUCKET_BOUNDS_S))
 
 
 def control_access(settings: Settings) -> ControlAccess:
@@ -210,6 +220,11 @@ class Gateway:
             self.store, self.sync, apply_timeout_s=settings.apply_timeout_s, liveness_s=_LIVENESS_S
         )
         self.rollouts = Rollouts(self.store, self.routes, self.manager, self.shadows, propagation)
+        self.progressive = ProgressiveRollouts(self.store, self.rollouts, self.metrics.counts_arms)
+        # Every process runs the loop; the one holding the store's lease judges (over every process's figures).
+        self.rollout_controller = RolloutController(
+            self.store, self.rollouts, self.metrics.arms_since_start, arm_latency_buckets()
+        )
         self.repository = RepositoryControl(self.manager, self.store, self.sync, propagation)
         self.dataplane = Dataplane(self.manager, self.routes, self.observers, settings.max_in_flight)
         self._stopping = threading.Event()
@@ -227,7 +242,9 @@ class Gateway:
                 StreamSlots(settings.stream_limit, settings.max_streams_per_connection),
                 settings.max_tensor_elements,
             ),
-            RolloutsServicer(self.rollouts, self.traffic, control_gate, Fleet(self.store, _LIVENESS_S)),
+            RolloutsServicer(
+                self.rollouts, self.traffic, control_gate, Fleet(self.store, _LIVENESS_S), self.progressive
+            ),
             RepositoryServicer(views, self.repository, control_gate),
             is_ready=self.is_ready,
             control_ready=lambda: self.sync.state_problem is None,
@@ -274,10 +291,12 @@ class Gateway:
         self.sync.start()  # loads what the stored policies name before the port opens
         self.server.start()
         self.metrics.start()
+        self.rollout_controller.start()
 
     def stop(self) -> None:
         """Graceful stop: NOT_SERVING, refuse new calls, finish in-flight ones, unload models."""
         self._stopping.set()
+        self.rollout_controller.close()  # first: no step change while the gateway goes down
         self.server.stop(self.settings.grace_period_s)
         self.metrics.close()
         self.sync.close()

@@ -21,6 +21,13 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 
 from gateway.client.channel import ClientTlsError, add_tls_flags, open_channel
+from gateway.client.rollout_command import (
+    add_rollout_flags,
+    describe_rollout,
+    describe_rollout_state,
+    rollout_call,
+    rollout_json,
+)
 from gateway.wire.turnout.v1 import rollouts_pb2 as pb
 from gateway.wire.turnout.v1 import rollouts_pb2_grpc as pb_grpc
 
@@ -35,7 +42,7 @@ DEFAULT_HISTORY_LIMIT = 20
 DEFAULT_WATCH_S = 2.0  # turnout status --watch
 MIN_WATCH_S = 0.2  # no tighter loop than this, whatever was asked
 CLEAR_SCREEN = "\x1b[H\x1b[2J"  # cursor home, erase the screen (ANSI)
-COMMANDS = ("status", "policy", "canary", "shadow", "promote", "rollback", "history")
+COMMANDS = ("status", "policy", "canary", "shadow", "promote", "rollback", "history", "rollout")
 
 
 def _server_flag(parser: argparse.ArgumentParser) -> None:
@@ -162,6 +169,10 @@ def add_commands(commands: Any) -> None:
     _reason_flag(promote)
     rollback = command("rollback", "back to the last stable policy, at once")
     _reason_flag(rollback)
+    rollout = command(
+        "rollout", "a progressive rollout: canary raised step by step on evidence, promoted or rolled back"
+    )
+    add_rollout_flags(rollout)
     history = command("history", "the model's policy changes, newest first")
     history.add_argument(
         "--limit", type=_positive_int, default=DEFAULT_HISTORY_LIMIT, metavar="N",
@@ -215,6 +226,9 @@ def _call_for(stub: Any, args: argparse.Namespace) -> tuple[Any, Any, Callable[[
         return stub.Promote, pb.PromoteRequest(model=model, reason=reason), describe_policy
     if args.command == "rollback":
         return stub.Rollback, pb.RollbackRequest(model=model, reason=reason), describe_policy
+    if args.command == "rollout":
+        call, request = rollout_call(stub, args)
+        return call, request, describe_rollout_state
     return stub.History, pb.HistoryRequest(model=model, limit=args.limit), describe_history
 
 
@@ -256,7 +270,7 @@ def _status_report(channel: grpc.Channel, stub: Any, args: argparse.Namespace, m
             pb.ShadowComparisonRequest(model=model), timeout=args.timeout_s, metadata=metadata
         )
         traffic = stub.GetTraffic(pb.TrafficRequest(model=model), timeout=args.timeout_s, metadata=metadata)
-        reports.append((policy, versions, figures, traffic))
+        reports.append((policy, versions, figures, traffic, _rollout(stub, model, args, metadata)))
     fleet = _fleet(stub, args, metadata)
     if args.json:
         fleet_json = _to_dict(fleet) if fleet is not None else None
@@ -303,13 +317,24 @@ def _to_dict(message: Any) -> dict[str, Any]:
     return converted
 
 
-def _status_json(policy: Any, versions: Any, figures: Any, traffic: Any) -> dict[str, Any]:
+def _rollout(stub: Any, model: str, args: argparse.Namespace, metadata: Any) -> Any:
+    """The model's newest rollout; None when it never had one."""
+    try:
+        return stub.GetRollout(pb.GetRolloutRequest(model=model), timeout=args.timeout_s, metadata=metadata)
+    except grpc.RpcError as error:
+        if error.code() is not grpc.StatusCode.NOT_FOUND:
+            raise
+        return None
+
+
+def _status_json(policy: Any, versions: Any, figures: Any, traffic: Any, rollout: Any) -> dict[str, Any]:
     return {
         "model": versions.model,
         "policy": _to_dict(policy) if policy is not None else None,
         "versions": _to_dict(versions)["versions"],
         "traffic": _to_dict(traffic),
         "shadow_comparison": _to_dict(figures)["figures"],
+        "rollout": rollout_json(rollout) if rollout is not None else None,
     }
 
 
@@ -331,8 +356,10 @@ def _traffic_text(traffic: Any) -> list[str]:
     return lines
 
 
-def _status_text(policy: Any, versions: Any, figures: Any, traffic: Any) -> str:
+def _status_text(policy: Any, versions: Any, figures: Any, traffic: Any, rollout: Any) -> str:
     lines = [describe_policy(policy) if policy is not None else f"{versions.model}: no READY version"]
+    if rollout is not None:
+        lines.append(describe_rollout(rollout))
     lines.append("  versions:")
     for v in versions.versions:
         role = f"  {v.role}" if v.role else ""
@@ -373,6 +400,8 @@ def describe_policy(state: Any) -> str:
     lines.extend(f"  {role:<7} {what}" for role, what in policy_arms(state.policy))
     if state.applied_by:
         lines.append(f"  applied by {len(state.applied_by)} gateway process(es)")
+    if state.note:
+        lines.append(f"  note: {state.note}")
     return "\n".join(lines)
 
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 import grpc
 
 from gateway.edge.control_gate import ControlGate
+from gateway.edge.rollout_codec import rollout_request_from_proto, rollout_to_proto
 from gateway.edge.rollouts_codec import (
     fleet_to_proto,
     history_to_proto,
@@ -22,8 +23,9 @@ from gateway.edge.rollouts_codec import (
 )
 from gateway.edge.status import maps_errors
 from gateway.errors import InvalidArgument
-from gateway.rollouts.control import Rollouts
+from gateway.rollouts.control import PolicyView, Rollouts
 from gateway.rollouts.fleet import Fleet
+from gateway.rollouts.progressive import ProgressiveRollouts
 from gateway.serving.model_views import TrafficView
 from gateway.wire.turnout.v1 import rollouts_pb2 as pb
 from gateway.wire.turnout.v1 import rollouts_pb2_grpc as pb_grpc
@@ -37,9 +39,15 @@ def _model(name: str) -> str:  # checked after the gate: an unauthenticated call
 
 class RolloutsServicer(pb_grpc.RolloutsServicer):  # type: ignore[misc]
     def __init__(
-        self, rollouts: Rollouts, traffic: Callable[[str], TrafficView], gate: ControlGate, fleet: Fleet
+        self,
+        rollouts: Rollouts,
+        traffic: Callable[[str], TrafficView],
+        gate: ControlGate,
+        fleet: Fleet,
+        progressive: ProgressiveRollouts,
     ) -> None:
         self._rollouts = rollouts
+        self._progressive = progressive
         self._fleet = fleet
         self._gate = gate
         self._traffic = traffic  # a model's last minute per arm, over every gateway process
@@ -54,21 +62,22 @@ class RolloutsServicer(pb_grpc.RolloutsServicer):  # type: ignore[misc]
         actor = self._gate.admit(context, "SetPolicy", request.model, request)
         if not request.HasField("policy"):
             raise InvalidArgument("policy is required")
-        view = self._rollouts.set_policy(
-            _model(request.model), policy_from_proto(request.policy), actor, request.reason
-        )
-        return policy_state_to_proto(view)
+        model = _model(request.model)
+        note = self._progressive.end_for_manual_change(model, actor, "policy change")
+        view = self._rollouts.set_policy(model, policy_from_proto(request.policy), actor, request.reason)
+        return _with_note(view, note)
 
     @maps_errors
     def SetCanary(self, request: pb.SetCanaryRequest, context: grpc.ServicerContext) -> pb.PolicyState:
         actor = self._gate.admit(context, "SetCanary", request.model, request)
         model = _model(request.model)
+        note = self._progressive.end_for_manual_change(model, actor, "canary")
         if request.clear:
-            return policy_state_to_proto(self._rollouts.clear_canary(model, actor, request.reason))
+            return _with_note(self._rollouts.clear_canary(model, actor, request.reason), note)
         view = self._rollouts.set_canary(
             model, request.version, request.weight_percent, request.sticky_key, actor, request.reason
         )
-        return policy_state_to_proto(view)
+        return _with_note(view, note)
 
     @maps_errors
     def SetShadow(self, request: pb.SetShadowRequest, context: grpc.ServicerContext) -> pb.PolicyState:
@@ -81,12 +90,16 @@ class RolloutsServicer(pb_grpc.RolloutsServicer):  # type: ignore[misc]
     @maps_errors
     def Promote(self, request: pb.PromoteRequest, context: grpc.ServicerContext) -> pb.PolicyState:
         actor = self._gate.admit(context, "Promote", request.model, request)
-        return policy_state_to_proto(self._rollouts.promote(_model(request.model), actor, request.reason))
+        model = _model(request.model)
+        note = self._progressive.end_for_manual_change(model, actor, "promote")
+        return _with_note(self._rollouts.promote(model, actor, request.reason), note)
 
     @maps_errors
     def Rollback(self, request: pb.RollbackRequest, context: grpc.ServicerContext) -> pb.PolicyState:
         actor = self._gate.admit(context, "Rollback", request.model, request)
-        return policy_state_to_proto(self._rollouts.rollback(_model(request.model), actor, request.reason))
+        model = _model(request.model)
+        note = self._progressive.end_for_manual_change(model, actor, "rollback")
+        return _with_note(self._rollouts.rollback(model, actor, request.reason), note)
 
     @maps_errors
     def History(self, request: pb.HistoryRequest, context: grpc.ServicerContext) -> pb.HistoryResponse:
@@ -118,3 +131,32 @@ class RolloutsServicer(pb_grpc.RolloutsServicer):  # type: ignore[misc]
     def GetFleet(self, request: pb.FleetRequest, context: grpc.ServicerContext) -> pb.FleetResponse:
         self._gate.admit(context, "GetFleet", "", request)
         return fleet_to_proto(self._fleet.view())
+
+    @maps_errors
+    def StartRollout(self, request: pb.StartRolloutRequest, context: grpc.ServicerContext) -> pb.RolloutState:
+        actor = self._gate.admit(context, "StartRollout", request.model, request)
+        _model(request.model)
+        return rollout_to_proto(self._progressive.start(rollout_request_from_proto(request), actor))
+
+    @maps_errors
+    def ChangeRollout(self, request: pb.ChangeRolloutRequest, context: grpc.ServicerContext) -> pb.RolloutState:
+        actor = self._gate.admit(context, "ChangeRollout", request.model, request)
+        model = _model(request.model)
+        if request.action == pb.ChangeRolloutRequest.PAUSE:
+            return rollout_to_proto(self._progressive.pause(model, actor))
+        if request.action == pb.ChangeRolloutRequest.RESUME:
+            return rollout_to_proto(self._progressive.resume(model, actor))
+        if request.action == pb.ChangeRolloutRequest.ABORT:
+            return rollout_to_proto(self._progressive.abort(model, actor, request.reason))
+        raise InvalidArgument("action is required: PAUSE, RESUME or ABORT")
+
+    @maps_errors
+    def GetRollout(self, request: pb.GetRolloutRequest, context: grpc.ServicerContext) -> pb.RolloutState:
+        self._gate.admit(context, "GetRollout", request.model, request)
+        return rollout_to_proto(self._progressive.rollout(_model(request.model)))
+
+
+def _with_note(view: PolicyView, note: str) -> pb.PolicyState:
+    state = policy_state_to_proto(view)
+    state.note = note
+    return state

@@ -34,6 +34,10 @@ _MIGRATIONS: tuple[tuple[LiteralString, ...], ...] = (
         "CREATE TABLE turnout_leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL,"
         " expires_at DOUBLE PRECISION NOT NULL)",
     ),
+    (  # 2: progressive rollouts, one record per model
+        "CREATE TABLE turnout_rollouts (model TEXT PRIMARY KEY, revision BIGINT NOT NULL, phase TEXT NOT NULL,"
+        " record TEXT NOT NULL)",
+    ),
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)

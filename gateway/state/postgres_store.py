@@ -19,6 +19,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, ParamSpec, TypeVar
 
 import psycopg
@@ -27,6 +28,13 @@ from gateway.routing.policy import Policy, policy_from_dict, policy_to_dict
 from gateway.state.postgres_connection import connect, describe_url
 from gateway.state.postgres_listener import GenerationListener
 from gateway.state.postgres_schema import migrate
+from gateway.state.rollout_record import (
+    ACTIVE_PHASES,
+    RolloutConflict,
+    RolloutRecord,
+    record_from_json,
+    record_to_json,
+)
 from gateway.state.store import (
     GenerationConflict,
     Lease,
@@ -284,6 +292,42 @@ class PostgresStateStore:
             "SELECT name, holder, expires_at FROM turnout_leases WHERE name = %s", (name,)
         ).fetchone()
         return None if row is None else Lease(*row)
+
+    @_reports_lost_connections
+    def save_rollout(self, record: RolloutRecord, expected_revision: int | None) -> RolloutRecord:
+        connection = self._connection()
+        saved = replace(record, revision=(expected_revision or 0) + 1)
+        text = record_to_json(saved)
+        with connection.transaction():
+            if expected_revision is None:  # the primary key refuses a second first rollout
+                written = connection.execute(
+                    "INSERT INTO turnout_rollouts (model, revision, phase, record) VALUES (%s, %s, %s, %s) "
+                    "ON CONFLICT (model) DO NOTHING",
+                    (saved.model, saved.revision, saved.phase, text),
+                ).rowcount
+            else:
+                written = connection.execute(
+                    "UPDATE turnout_rollouts SET revision = %s, phase = %s, record = %s "
+                    "WHERE model = %s AND revision = %s",
+                    (saved.revision, saved.phase, text, saved.model, expected_revision),
+                ).rowcount
+        if written != 1:
+            raise RolloutConflict(f"the rollout of model {record.model!r} changed meanwhile")
+        return saved
+
+    @_reports_lost_connections
+    def rollout(self, model: str) -> RolloutRecord | None:
+        row = self._connection().execute(
+            "SELECT record FROM turnout_rollouts WHERE model = %s", (model,)
+        ).fetchone()
+        return None if row is None else record_from_json(row[0])
+
+    @_reports_lost_connections
+    def active_rollouts(self) -> list[RolloutRecord]:
+        rows = self._connection().execute(
+            "SELECT record FROM turnout_rollouts WHERE phase IN (%s, %s) ORDER BY model", ACTIVE_PHASES
+        ).fetchall()
+        return [record_from_json(row[0]) for row in rows]
 
     def on_change(self, wake: Callable[[], None]) -> bool:
         self._wakers.append(wake)

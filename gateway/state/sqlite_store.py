@@ -15,10 +15,18 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 from gateway.routing.policy import Policy, policy_from_dict, policy_to_dict
+from gateway.state.rollout_record import (
+    ACTIVE_PHASES,
+    RolloutConflict,
+    RolloutRecord,
+    record_from_json,
+    record_to_json,
+)
 from gateway.state.store import (
     GenerationConflict,
     Lease,
@@ -71,6 +79,12 @@ CREATE TABLE IF NOT EXISTS processes (
     pid INTEGER NOT NULL,
     applied_generation INTEGER NOT NULL,
     seen_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rollouts (
+    model TEXT PRIMARY KEY,
+    revision INTEGER NOT NULL,
+    phase TEXT NOT NULL,
+    record TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS leases (
     name TEXT PRIMARY KEY,
@@ -342,6 +356,32 @@ class SqliteStateStore:
             "SELECT name, holder, expires_at FROM leases WHERE name = ?", (name,)
         ).fetchone()
         return None if row is None else Lease(*row)
+
+    @_reports_broken_files
+    def save_rollout(self, record: RolloutRecord, expected_revision: int | None) -> RolloutRecord:
+        with self._write() as connection:
+            row = connection.execute("SELECT revision FROM rollouts WHERE model = ?", (record.model,)).fetchone()
+            if (None if row is None else int(row[0])) != expected_revision:
+                raise RolloutConflict(f"the rollout of model {record.model!r} changed meanwhile")
+            saved = replace(record, revision=(expected_revision or 0) + 1)
+            connection.execute(
+                "INSERT INTO rollouts (model, revision, phase, record) VALUES (?, ?, ?, ?) ON CONFLICT (model) "
+                "DO UPDATE SET revision = excluded.revision, phase = excluded.phase, record = excluded.record",
+                (saved.model, saved.revision, saved.phase, record_to_json(saved)),
+            )
+        return saved
+
+    @_reports_broken_files
+    def rollout(self, model: str) -> RolloutRecord | None:
+        row = self._connection().execute("SELECT record FROM rollouts WHERE model = ?", (model,)).fetchone()
+        return None if row is None else record_from_json(row[0])
+
+    @_reports_broken_files
+    def active_rollouts(self) -> list[RolloutRecord]:
+        rows = self._connection().execute(
+            "SELECT record FROM rollouts WHERE phase IN (?, ?) ORDER BY model", ACTIVE_PHASES
+        ).fetchall()
+        return [record_from_json(row[0]) for row in rows]
 
     def on_change(self, wake: Callable[[], None]) -> bool:
         return False  # SQLite cannot push: the policy sync polls the generation, a single-row read

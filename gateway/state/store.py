@@ -13,6 +13,7 @@ from typing import Protocol
 
 from gateway.errors import Unavailable
 from gateway.routing.policy import Policy
+from gateway.state.rollout_record import RolloutRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +166,20 @@ class StateStore(Protocol):
 
     def lease(self, name: str) -> Lease | None:
         """The lease's holder and expiry, None if nobody ever took it (an expired one is returned too)."""
+
+    def save_rollout(self, record: RolloutRecord, expected_revision: int | None) -> RolloutRecord:
+        """Keep ``record`` as its model's rollout, with the next revision, and return it so.
+
+        ``expected_revision`` is the revision it was computed from (None: the model had no rollout);
+        if another save landed since, nothing is written and
+        :class:`gateway.state.rollout_record.RolloutConflict` is raised.
+        """
+
+    def rollout(self, model: str) -> RolloutRecord | None:
+        """The model's newest rollout, running or ended; None if it never had one."""
+
+    def active_rollouts(self) -> list[RolloutRecord]:
+        """Every rollout that is running or paused, by model."""
 
     def on_change(self, wake: Callable[[], None]) -> bool:
         """Call ``wake`` (from another thread) whenever any process commits a new generation.

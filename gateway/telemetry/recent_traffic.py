@@ -75,22 +75,23 @@ def percentile_s(buckets: Sequence[int], fraction: float) -> float | None:
 
 
 RECENT = "recent_requests"  # the snapshot family: (model, version, arm) -> [requests, errors, *buckets]
+SINCE_START = "requests_since_start"  # the same, counted since the process began
 
 
-def to_snapshot(arms: Iterable[ArmTraffic]) -> Snapshot:
+def to_snapshot(arms: Iterable[ArmTraffic], family: str = RECENT) -> Snapshot:
     """One process's arms (each key once) as a snapshot family: the peers' sockets carry it, and
     :func:`gateway.telemetry.snapshot.merge` sums processes element by element, like a histogram."""
     return {
-        RECENT: {
+        family: {
             (arm.model, str(arm.version), arm.arm): [float(arm.requests), float(arm.errors), *map(float, arm.buckets)]
             for arm in arms
         }
     }
 
 
-def from_snapshot(snapshot: Snapshot) -> list[ArmTraffic]:
+def from_snapshot(snapshot: Snapshot, family: str = RECENT) -> list[ArmTraffic]:
     arms = []
-    for (model, version, arm), value in snapshot.get(RECENT, {}).items():
+    for (model, version, arm), value in snapshot.get(family, {}).items():
         assert isinstance(value, list)
         requests, errors, *buckets = (int(number) for number in value)
         arms.append(ArmTraffic(model, int(version), arm, requests, errors, (buckets + [0] * BUCKETS)[:BUCKETS]))
@@ -98,11 +99,14 @@ def from_snapshot(snapshot: Snapshot) -> list[ArmTraffic]:
 
 
 class _SecondSlots:
-    """One arm's last :data:`WINDOW_S` seconds, a slot a second, reused as the seconds go by."""
+    """One arm's last :data:`WINDOW_S` seconds, a slot a second, reused as the seconds go by; and
+    its totals since the process began (``since_start``), which a rollout's analysis reads as
+    differences from one look to the next: a sliding window's differences would lose requests."""
 
-    __slots__ = ("buckets", "errors", "lock", "requests", "seconds")
+    __slots__ = ("buckets", "errors", "lock", "requests", "seconds", "since_start")
 
-    def __init__(self) -> None:
+    def __init__(self, key: ArmKey) -> None:
+        self.since_start = ArmTraffic(key[0], key[1], str(key[2]))
         self.lock = threading.Lock()
         self.seconds = [-1] * WINDOW_S  # which wall-clock second each slot holds now
         self.requests = [0] * WINDOW_S
@@ -150,10 +154,15 @@ class RecentTraffic:
                     slots.seconds[slot] = second
                     slots.requests[slot] = slots.errors[slot] = 0
                     slots.buckets[slot] = [0] * BUCKETS
+                bucket = bisect.bisect_left(BUCKET_BOUNDS_S, item.timings.latency_s)
+                total = slots.since_start
                 slots.requests[slot] += 1
+                total.requests += 1
                 if item.error is not None:
                     slots.errors[slot] += 1
-                slots.buckets[slot][bisect.bisect_left(BUCKET_BOUNDS_S, item.timings.latency_s)] += 1
+                    total.errors += 1
+                slots.buckets[slot][bucket] += 1
+                total.buckets[bucket] += 1
 
     def window(self, model: str | None = None) -> list[ArmTraffic]:
         """Every arm's (or one model's arms') requests over the last :data:`WINDOW_S` seconds."""
@@ -169,9 +178,19 @@ class RecentTraffic:
                 arms.append(traffic)
         return sorted(arms, key=lambda arm: arm.key)
 
+    def since_start(self) -> list[ArmTraffic]:
+        """Every arm's requests since this process began (copies: the counting goes on)."""
+        arms = []
+        for slots in list(self._arms.values()):
+            with slots.lock:
+                total = slots.since_start
+                arms.append(ArmTraffic(total.model, total.version, total.arm, total.requests, total.errors,
+                                       list(total.buckets)))  # fmt: skip
+        return sorted(arms, key=lambda arm: arm.key)
+
     def _add_arm(self, key: ArmKey) -> _SecondSlots:
         with self._adding:
-            return self._arms.setdefault(key, _SecondSlots())
+            return self._arms.setdefault(key, _SecondSlots(key))
 
 
 def traffic_view(model: str, arms: Iterable[ArmTraffic], processes: int = 1) -> TrafficView:

@@ -106,6 +106,7 @@ def test_status_before_any_policy(gateway: GatewayProcess) -> None:
                 "generation": "0",
                 "explicit": False,
                 "applied_by": [],
+                "note": "",
             },
             "versions": [
                 {"version": str(n), "state": "READY", "reason": "", "artifact_sha256": sha, "role": role}
@@ -113,6 +114,7 @@ def test_status_before_any_policy(gateway: GatewayProcess) -> None:
             ],
             "traffic": {"model": "plain", "window_s": 60, "processes": 1, "arms": [], "kept": True},
             "shadow_comparison": [],
+            "rollout": None,
         }
     ]
     text = ok("status", "plain", server=gateway.control_address)

@@ -12,6 +12,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 
@@ -22,6 +23,7 @@ from gateway.routing.policy import Canary, Policy, Shadow
 from gateway.state import postgres_store, sqlite_store
 from gateway.state.postgres_schema import SCHEMA_VERSION
 from gateway.state.postgres_store import PostgresStateStore
+from gateway.state.rollout_record import PAUSED, ROLLED_BACK, RUNNING, RolloutConflict, RolloutLimits, RolloutRecord
 from gateway.state.sqlite_store import SqliteStateStore
 from gateway.state.store import GenerationConflict, RefusedCall, StateSchemaTooNew, StateStore, StateUnavailable
 from tests.support.postgres import cut_off, own_database, restore
@@ -206,6 +208,42 @@ def test_a_lease_has_one_holder_until_it_expires_or_is_released(open_store: Open
     assert other.lease("rollouts") is not None
     other.release_lease("rollouts", "gateway-b")
     assert one.acquire_lease("rollouts", "gateway-a", 30), "released: free at once"
+
+
+def _rollout(model: str, phase: str = RUNNING) -> RolloutRecord:
+    return RolloutRecord(
+        model=model, version=2, stable=1, steps=(5.0, 50.0, 100.0), step_s=60.0, phase=phase, step_index=0,
+        weight_percent=5.0, limits=RolloutLimits(alpha=0.01, max_divergence=0.02, min_requests=20),
+        started_at=1000.0, step_started_at=1000.0, sticky_key="x-user", reason="new weights", actor="ana",
+    )  # fmt: skip
+
+
+def test_a_rollout_is_kept_whole_and_survives_reopening(open_store: Opener) -> None:
+    one = open_store()
+    assert one.rollout("resnet") is None and one.active_rollouts() == []
+    saved = one.save_rollout(_rollout("resnet"), None)
+    assert saved.revision == 1
+    evidence = {"verdict": "continue", "checks": [{"check": "error_rate", "e_value_worse": 1.5}]}
+    stepped = one.save_rollout(replace(saved, step_index=1, weight_percent=50.0, evidence=evidence), 1)
+    one.save_rollout(_rollout("bert", PAUSED), None)
+    one.save_rollout(_rollout("gone", ROLLED_BACK), None)
+    one.close()
+    again = open_store()
+    assert again.rollout("resnet") == stepped and stepped.revision == 2
+    assert again.rollout("resnet").limits.max_divergence == 0.02  # type: ignore[union-attr]
+    assert [record.model for record in again.active_rollouts()] == ["bert", "resnet"]
+
+
+def test_a_rollout_saved_from_a_stale_read_is_refused(open_store: Opener) -> None:
+    one, other = open_store(), open_store()
+    first = one.save_rollout(_rollout("resnet"), None)
+    with pytest.raises(RolloutConflict):
+        other.save_rollout(_rollout("resnet"), None)  # a second first rollout
+    other.save_rollout(replace(first, phase=PAUSED), first.revision)
+    with pytest.raises(RolloutConflict):
+        one.save_rollout(replace(first, step_index=1), first.revision)  # the pause landed first
+    found = one.rollout("resnet")
+    assert found is not None and found.phase == PAUSED and found.step_index == 0
 
 
 def test_a_commit_anywhere_wakes_the_watchers_of_a_store_that_pushes(kind: str, open_store: Opener) -> None:

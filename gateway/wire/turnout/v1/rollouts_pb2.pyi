@@ -1,4 +1,5 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -35,18 +36,20 @@ class Policy(_message.Message):
     def __init__(self, stable: _Optional[int] = ..., canary: _Optional[_Union[Canary, _Mapping]] = ..., shadows: _Optional[_Iterable[_Union[Shadow, _Mapping]]] = ..., sticky_key: _Optional[str] = ...) -> None: ...
 
 class PolicyState(_message.Message):
-    __slots__ = ("model", "policy", "generation", "explicit", "applied_by")
+    __slots__ = ("model", "policy", "generation", "explicit", "applied_by", "note")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     EXPLICIT_FIELD_NUMBER: _ClassVar[int]
     APPLIED_BY_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
     model: str
     policy: Policy
     generation: int
     explicit: bool
     applied_by: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, model: _Optional[str] = ..., policy: _Optional[_Union[Policy, _Mapping]] = ..., generation: _Optional[int] = ..., explicit: _Optional[bool] = ..., applied_by: _Optional[_Iterable[str]] = ...) -> None: ...
+    note: str
+    def __init__(self, model: _Optional[str] = ..., policy: _Optional[_Union[Policy, _Mapping]] = ..., generation: _Optional[int] = ..., explicit: _Optional[bool] = ..., applied_by: _Optional[_Iterable[str]] = ..., note: _Optional[str] = ...) -> None: ...
 
 class GetPolicyRequest(_message.Message):
     __slots__ = ("model",)
@@ -295,3 +298,99 @@ class FleetResponse(_message.Message):
     processes: _containers.RepeatedCompositeFieldContainer[GatewayProcess]
     liveness_s: float
     def __init__(self, generation: _Optional[int] = ..., processes: _Optional[_Iterable[_Union[GatewayProcess, _Mapping]]] = ..., liveness_s: _Optional[float] = ...) -> None: ...
+
+class StartRolloutRequest(_message.Message):
+    __slots__ = ("model", "version", "steps", "step_s", "sticky_key", "max_error_increase", "max_latency_ratio", "max_divergence", "alpha", "min_requests", "reason")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    STEP_S_FIELD_NUMBER: _ClassVar[int]
+    STICKY_KEY_FIELD_NUMBER: _ClassVar[int]
+    MAX_ERROR_INCREASE_FIELD_NUMBER: _ClassVar[int]
+    MAX_LATENCY_RATIO_FIELD_NUMBER: _ClassVar[int]
+    MAX_DIVERGENCE_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    MIN_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: int
+    steps: _containers.RepeatedScalarFieldContainer[float]
+    step_s: float
+    sticky_key: str
+    max_error_increase: float
+    max_latency_ratio: float
+    max_divergence: float
+    alpha: float
+    min_requests: int
+    reason: str
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., steps: _Optional[_Iterable[float]] = ..., step_s: _Optional[float] = ..., sticky_key: _Optional[str] = ..., max_error_increase: _Optional[float] = ..., max_latency_ratio: _Optional[float] = ..., max_divergence: _Optional[float] = ..., alpha: _Optional[float] = ..., min_requests: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ChangeRolloutRequest(_message.Message):
+    __slots__ = ("model", "action", "reason")
+    class Action(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        ACTION_UNSPECIFIED: _ClassVar[ChangeRolloutRequest.Action]
+        PAUSE: _ClassVar[ChangeRolloutRequest.Action]
+        RESUME: _ClassVar[ChangeRolloutRequest.Action]
+        ABORT: _ClassVar[ChangeRolloutRequest.Action]
+    ACTION_UNSPECIFIED: ChangeRolloutRequest.Action
+    PAUSE: ChangeRolloutRequest.Action
+    RESUME: ChangeRolloutRequest.Action
+    ABORT: ChangeRolloutRequest.Action
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    action: ChangeRolloutRequest.Action
+    reason: str
+    def __init__(self, model: _Optional[str] = ..., action: _Optional[_Union[ChangeRolloutRequest.Action, str]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class GetRolloutRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
+class RolloutState(_message.Message):
+    __slots__ = ("model", "version", "stable", "phase", "steps", "step_index", "weight_percent", "step_s", "started_at_unix_s", "step_started_at_unix_s", "sticky_key", "reason", "actor", "message", "evidence_json", "alpha", "max_error_increase", "max_latency_ratio", "max_divergence", "min_requests")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STABLE_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    STEP_INDEX_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    STEP_S_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    STEP_STARTED_AT_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    STICKY_KEY_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_JSON_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    MAX_ERROR_INCREASE_FIELD_NUMBER: _ClassVar[int]
+    MAX_LATENCY_RATIO_FIELD_NUMBER: _ClassVar[int]
+    MAX_DIVERGENCE_FIELD_NUMBER: _ClassVar[int]
+    MIN_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: int
+    stable: int
+    phase: str
+    steps: _containers.RepeatedScalarFieldContainer[float]
+    step_index: int
+    weight_percent: float
+    step_s: float
+    started_at_unix_s: float
+    step_started_at_unix_s: float
+    sticky_key: str
+    reason: str
+    actor: str
+    message: str
+    evidence_json: str
+    alpha: float
+    max_error_increase: float
+    max_latency_ratio: float
+    max_divergence: float
+    min_requests: int
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., stable: _Optional[int] = ..., phase: _Optional[str] = ..., steps: _Optional[_Iterable[float]] = ..., step_index: _Optional[int] = ..., weight_percent: _Optional[float] = ..., step_s: _Optional[float] = ..., started_at_unix_s: _Optional[float] = ..., step_started_at_unix_s: _Optional[float] = ..., sticky_key: _Optional[str] = ..., reason: _Optional[str] = ..., actor: _Optional[str] = ..., message: _Optional[str] = ..., evidence_json: _Optional[str] = ..., alpha: _Optional[float] = ..., max_error_increase: _Optional[float] = ..., max_latency_ratio: _Optional[float] = ..., max_divergence: _Optional[float] = ..., min_requests: _Optional[int] = ...) -> None: ...

@@ -89,6 +89,21 @@ class RolloutsStub:
                 request_serializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.FleetRequest.SerializeToString,
                 response_deserializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.FleetResponse.FromString,
                 _registered_method=True)
+        self.StartRollout = channel.unary_unary(
+                '/turnout.v1.Rollouts/StartRollout',
+                request_serializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.StartRolloutRequest.SerializeToString,
+                response_deserializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.RolloutState.FromString,
+                _registered_method=True)
+        self.ChangeRollout = channel.unary_unary(
+                '/turnout.v1.Rollouts/ChangeRollout',
+                request_serializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.ChangeRolloutRequest.SerializeToString,
+                response_deserializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.RolloutState.FromString,
+                _registered_method=True)
+        self.GetRollout = channel.unary_unary(
+                '/turnout.v1.Rollouts/GetRollout',
+                request_serializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.GetRolloutRequest.SerializeToString,
+                response_deserializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.RolloutState.FromString,
+                _registered_method=True)
 
 
 class RolloutsServicer:
@@ -174,6 +189,28 @@ class RolloutsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartRollout(self, request, context):
+        """Start a progressive rollout: a canary at the first step's weight, raised step by step while
+        the evidence allows, promoted after the last step, rolled back at once on evidence of harm.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ChangeRollout(self, request, context):
+        """Pause, resume or abort a model's rollout.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRollout(self, request, context):
+        """The model's newest rollout (running or ended), with its current evidence.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RolloutsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -231,6 +268,21 @@ def add_RolloutsServicer_to_server(servicer, server):
                     servicer.GetFleet,
                     request_deserializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.FleetRequest.FromString,
                     response_serializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.FleetResponse.SerializeToString,
+            ),
+            'StartRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartRollout,
+                    request_deserializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.StartRolloutRequest.FromString,
+                    response_serializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.RolloutState.SerializeToString,
+            ),
+            'ChangeRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangeRollout,
+                    request_deserializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.ChangeRolloutRequest.FromString,
+                    response_serializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.RolloutState.SerializeToString,
+            ),
+            'GetRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRollout,
+                    request_deserializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.GetRolloutRequest.FromString,
+                    response_serializer=gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.RolloutState.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -530,6 +582,87 @@ class Rollouts:
             '/turnout.v1.Rollouts/GetFleet',
             gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.FleetRequest.SerializeToString,
             gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.FleetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/turnout.v1.Rollouts/StartRollout',
+            gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.StartRolloutRequest.SerializeToString,
+            gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.RolloutState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangeRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/turnout.v1.Rollouts/ChangeRollout',
+            gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.ChangeRolloutRequest.SerializeToString,
+            gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.RolloutState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/turnout.v1.Rollouts/GetRollout',
+            gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.GetRolloutRequest.SerializeToString,
+            gateway_dot_wire_dot_turnout_dot_v1_dot_rollouts__pb2.RolloutState.FromString,
             options,
             channel_credentials,
             insecure,
