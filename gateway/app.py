@@ -221,7 +221,8 @@ class Gateway:
         )
         self.rollouts = Rollouts(self.store, self.routes, self.manager, self.shadows, propagation)
         self.progressive = ProgressiveRollouts(self.store, self.rollouts, self.metrics.counts_arms)
-        # Every process runs the loop; the one holding the store's lease judges (over every process's figures).
+        # Every process runs the loop and publishes its per-arm totals to the store; the one holding
+        # the store's lease judges, over every process's totals (on every host sharing the store).
         self.rollout_controller = RolloutController(
             self.store, self.rollouts, self.metrics.arms_since_start, arm_latency_buckets()
         )

@@ -28,14 +28,14 @@ import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from gateway.rollouts.rollout_controller import LEASE
+from gateway.rollouts.rollout_controller import LEASE, TOTALS_FRESH_S
+from gateway.state.postgres_store import PostgresStateStore
 from gateway.state.sqlite_store import SqliteStateStore
-from gateway.telemetry.peers import SINCE_START, ask
-from gateway.telemetry.recent_traffic import SINCE_START as SINCE_START_FAMILY
-from gateway.telemetry.recent_traffic import from_snapshot
+from gateway.state.store import StateStore
 from gateway.wire.turnout.v1 import rollouts_pb2 as pb
 from gateway.wire.turnout.v1 import rollouts_pb2_grpc as pb_grpc
 from tests.support.gateway_process import REPO_ROOT, GatewayProcess, telemetry_dir_of
+from tests.support.postgres import own_database
 
 ANALYSIS = "turnout-analysis"
 ACTOR = "local:127.0.0.1"
@@ -314,8 +314,8 @@ def test_with_two_processes_one_leader_judges_both_processes_requests(tmp_path: 
         with Load(gateway.address, "fleet", clients=8) as load:
             control.start("fleet", 2, steps=[50, 100], step_s=2.0, min_requests=20, alpha=AA_ALPHA)
             eventually(lambda: store.lease(LEASE) is not None, "a leader takes the lease")
-            per_process = _requests_per_process(directory, "fleet")
             ended = control.wait_for_phase("fleet", "promoted")
+        per_process = requests_per_process(store, "fleet")  # as each published them last, during the rollout
         assert load.failures == []
         assert len(per_process) == 2 and all(per_process), f"both processes served: {per_process}"
         counts = {check["check"]: check for check in json.loads(ended.evidence_json)["checks"]}["error_rate"]
@@ -327,14 +327,39 @@ def test_with_two_processes_one_leader_judges_both_processes_requests(tmp_path: 
         control.close()
 
 
-def _requests_per_process(directory: Path, model: str) -> list[int]:
-    """Each gateway process's requests for ``model`` so far, asked over its metrics socket."""
-    totals = []
-    for path in sorted(directory.glob("*.sock")):
-        snapshot = ask(path, SINCE_START)
-        arms = from_snapshot(snapshot or {}, SINCE_START_FAMILY)
-        totals.append(sum(arm.requests for arm in arms if arm.model == model))
-    return totals
+def test_two_hosts_on_one_database_one_leader_judges_both_hosts_requests(tmp_path: Path, postgres_server: str) -> None:
+    repository = tmp_path / "repository"
+    add_echo_model(repository, "hosts")
+    with own_database(postgres_server) as url:
+
+        def host(name: str) -> GatewayProcess:  # its own port and --state-dir, the fleet's --state-url
+            return GatewayProcess(repository, "--worker-mode", "inprocess", "--poll-interval-s", "0",
+                                  "--state-dir", str(tmp_path / f"state-{name}"), "--state-url", url,
+                                  "--metrics-port", str(free_port()))  # fmt: skip
+
+        with host("a") as a, host("b") as b:
+            control = Control(a.control_address)
+            control.stable("hosts", 1)
+            store = PostgresStateStore(url)
+            with Load(a.address, "hosts") as on_a, Load(b.address, "hosts") as on_b:
+                control.start("hosts", 2, steps=[50, 100], step_s=2.0, min_requests=20, alpha=AA_ALPHA)
+                ended = control.wait_for_phase("hosts", "promoted")
+            per_host = requests_per_process(store, "hosts")
+            assert on_a.failures == on_b.failures == []
+            assert len(per_host) == 2 and all(per_host), f"both hosts published their totals: {per_host}"
+            counts = {check["check"]: check for check in json.loads(ended.evidence_json)["checks"]}["error_rate"]
+            judged = counts["canary_requests"] + counts["stable_requests"]
+            assert judged > max(per_host), f"the leader judged {judged}, more than either host served: {per_host}"
+            leaders = [gateway.log().count("rollout analysis: this process") for gateway in (a, b)]
+            assert sorted(leaders) == [0, 1], "one host led throughout"
+            store.close()
+            control.close()
+
+
+def requests_per_process(store: StateStore, model: str) -> list[int]:
+    """Each gateway process's requests for ``model`` so far, as it last published them to the store."""
+    return [sum(arm.requests for arm in published.arms if arm.model == model)
+            for published in store.arm_totals(TOTALS_FRESH_S)]  # fmt: skip
 
 
 def turnout(*args: str, server: str) -> str:
