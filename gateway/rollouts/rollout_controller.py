@@ -36,6 +36,7 @@ from gateway.analysis.decision import Decision, Limits, RolloutAnalysis, Verdict
 from gateway.analysis.latency import LatencyBuckets
 from gateway.errors import TurnoutError
 from gateway.rollouts.arm_deltas import ArmDeltas, ArmKey, ArmServed, ArmTotals
+from gateway.rollouts.compared_arms import compared_arm
 from gateway.rollouts.control import MAX_REASON_CHARS, Rollouts
 from gateway.rollouts.progressive import ANALYSIS_ACTOR, step_reason
 from gateway.state.arm_totals_record import StoredArm
@@ -190,6 +191,9 @@ class RolloutController:
             served = arms.get(arm_key)
             if served is not None and served.requests:
                 analysis.observe_batch(canary, served.requests, served.errors, served.buckets)
+        compared = arms.get((record.model, record.version, compared_arm(record.stable)))
+        if compared is not None and compared.requests:  # the candidate's answers to the stable's requests
+            analysis.observe_comparisons(compared.requests, compared.errors)
         decision = analysis.decide()
         now = self._clock()
         if record.phase == PAUSED:
@@ -244,7 +248,8 @@ class RolloutController:
             return
         weight = record.steps[following]
         self._rollouts.set_canary(record.model, record.version, weight, record.sticky_key, ANALYSIS_ACTOR,
-                                  step_reason(following, record.steps, why))  # fmt: skip
+                                  step_reason(following, record.steps, why),
+                                  compared=record.limits.max_divergence is not None)  # fmt: skip
         judged.analysis.begin_step()
         stepped = replace(record, step_index=following, weight_percent=weight, step_started_at=self._clock(),
                           message=why, evidence=finite(decision.as_dict()))  # fmt: skip

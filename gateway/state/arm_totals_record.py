@@ -22,9 +22,6 @@ class StoredArm:
     requests: int
     errors: int
     buckets: list[int] = field(default_factory=list)
-    # Compared requests of this arm that a shadow of another version answered (and of those, how many differently).
-    compared: int = 0
-    disagreed: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,15 +36,14 @@ class PublishedTotals:
 
 def arms_to_json(arms: Sequence[StoredArm]) -> str:
     return json.dumps(
-        [[a.model, a.version, a.arm, a.requests, a.errors, a.buckets, a.compared, a.disagreed] for a in arms],
+        [[a.model, a.version, a.arm, a.requests, a.errors, a.buckets] for a in arms],
         separators=(",", ":"),
     )
 
 
 def arms_from_json(text: str) -> tuple[StoredArm, ...]:
     arms = []
-    for model, version, arm, requests, errors, buckets, *compared in json.loads(text):
-        agreed = [*compared, 0, 0][:2]  # written before shadows were compared: none
+    for model, version, arm, requests, errors, buckets in json.loads(text):
         arms.append(StoredArm(str(model), int(version), str(arm), int(requests), int(errors),
-                              [int(count) for count in buckets], int(agreed[0]), int(agreed[1])))  # fmt: skip
+                              [int(count) for count in buckets]))  # fmt: skip
     return tuple(arms)

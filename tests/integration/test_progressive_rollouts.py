@@ -71,8 +71,9 @@ class Served:
 class Load:
     """Steady load on one model from ``clients`` threads, each on its own connection; every answer kept."""
 
-    def __init__(self, address: str, model: str, clients: int = 2) -> None:
+    def __init__(self, address: str, model: str, clients: int = 2, row: np.ndarray = ROW) -> None:
         self.model = model
+        self._row = row
         self.answers: list[Served] = []
         self.failures: list[str] = []
         self._stop = threading.Event()
@@ -96,9 +97,10 @@ class Load:
 
     def _send(self, channel: grpc.Channel) -> None:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
-        tensor = service_pb2.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=[1, 64])
+        tensor = service_pb2.ModelInferRequest.InferInputTensor(name="input", datatype="FP32",
+                                                                shape=list(self._row.shape))  # fmt: skip
         request = service_pb2.ModelInferRequest(model_name=self.model, inputs=[tensor],
-                                                raw_input_contents=[ROW.tobytes()])  # fmt: skip
+                                                raw_input_contents=[self._row.tobytes()])  # fmt: skip
         while not self._stop.is_set():
             try:
                 _, call = stub.ModelInfer.with_call(request, timeout=TIMEOUT_S)
@@ -160,7 +162,20 @@ def analysis_changes(history: list[pb.PolicyChange]) -> list[tuple[str, int]]:
     return [(change.action, change.after.canary.weight_bp) for change in reversed(history) if change.actor == ANALYSIS]
 
 
+def add_compared_model(repository: Path, name: str) -> None:
+    """Echo versions answering one value a row (so a difference is a disagreement, not a tie of
+    class scores): 1 the stable, 2 identical, 3 answering each value plus one."""
+    model = repository / name
+    declared = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 1]}], "delay_ms": BASE_DELAY_MS}
+    for version, extra in ((1, {}), (2, {}), (3, {"offset": 1.0})):
+        (model / str(version)).mkdir(parents=True)
+        (model / str(version) / "model.echo.json").write_text(json.dumps({**declared, **extra}))
+    (model / "model.yaml").write_text("version_policy: {all: {}}\n")
+
+
 MODELS = ("slow", "identical", "held", "manual", "cli", "quiet")
+COMPARED_MODELS = ("diverging", "agreeing")
+COMPARED_ROW = np.full((1, 1), 0.5, np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -168,6 +183,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
     repository = tmp_path_factory.mktemp("progressive")
     for name in MODELS:
         add_echo_model(repository, name)
+    for name in COMPARED_MODELS:
+        add_compared_model(repository, name)
     flags = ("--worker-mode", "inprocess", "--poll-interval-s", "0", "--metrics-port", str(free_port()))
     with GatewayProcess(repository, *flags) as running:
         yield running
@@ -176,7 +193,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
 @pytest.fixture(scope="module")
 def control(gateway: GatewayProcess) -> Iterator[Control]:
     opened = Control(gateway.control_address)
-    for name in MODELS:
+    for name in MODELS + COMPARED_MODELS:
         opened.stable(name, 1)
     yield opened
     opened.close()
@@ -216,6 +233,37 @@ def test_an_identical_candidate_is_promoted_through_every_step(gateway: GatewayP
     assert load.failures == []
     promoted = next(change for change in control.history("identical") if change.action == "promote")
     assert {served.version for served in load.answers if served.generation >= promoted.generation} == {"2"}
+
+
+def test_a_candidate_answering_differently_is_rolled_back_for_divergence(
+    control: Control, gateway: GatewayProcess
+) -> None:
+    with Load(gateway.address, "diverging", row=COMPARED_ROW) as load:
+        control.start("diverging", 3, steps=[50, 100], step_s=60, min_requests=20, max_divergence=0.02)
+        assert [shadow.version for shadow in control.policy("diverging").shadows] == [3], "compared on the stable's"
+        ended = control.wait_for_phase("diverging", "rolled_back", timeout_s=30)
+    checks = {check["check"]: check for check in json.loads(ended.evidence_json)["checks"]}
+    assert checks["divergence"]["worse"], ended.evidence_json
+    assert checks["divergence"]["disagreements"] == checks["divergence"]["comparisons"] > 0
+    rollback = next(change for change in control.history("diverging") if change.action == "rollback")
+    assert rollback.actor == ANALYSIS
+    audited = {check["check"]: check for check in json.loads(rollback.reason)["checks"]}
+    assert audited["divergence"]["worse"] and audited["divergence"]["max_divergence"] == 0.02
+    assert load.failures == []
+    policy = control.policy("diverging")
+    assert not policy.HasField("canary") and not policy.shadows, "the rollback took the compared shadow too"
+
+
+def test_an_identical_candidate_compared_on_every_answer_is_promoted(control: Control, gateway: GatewayProcess) -> None:
+    with Load(gateway.address, "agreeing", row=COMPARED_ROW) as load:
+        control.start("agreeing", 2, steps=[50, 100], step_s=1.5, min_requests=20, max_divergence=0.02,
+                      alpha=AA_ALPHA)  # fmt: skip
+        ended = control.wait_for_phase("agreeing", "promoted")
+    divergence = {check["check"]: check for check in json.loads(ended.evidence_json)["checks"]}["divergence"]
+    assert divergence["comparisons"] > 0 and divergence["disagreements"] == 0 and not divergence["worse"]
+    assert load.failures == []
+    policy = control.policy("agreeing")
+    assert policy.stable == 2 and not policy.shadows, "promoted: the candidate is no longer its own shadow"
 
 
 def test_pause_holds_the_step_resume_goes_on_and_abort_removes_the_canary(

@@ -250,7 +250,7 @@ def test_a_rollout_saved_from_a_stale_read_is_refused(open_store: Opener) -> Non
 def test_every_processs_arm_totals_are_read_by_any_process_newest_replacing_older(open_store: Opener) -> None:
     one, other = open_store(), open_store()
     stable = StoredArm("resnet", 1, "stable", 120, 2, [0, 100, 18])
-    canary = StoredArm("resnet", 2, "canary", 9, 0, [0, 9, 0], compared=9, disagreed=1)
+    canary = StoredArm("resnet", 2, "canary", 9, 0, [0, 9, 0])
     one.publish_arm_totals("host-a:1", 1000.0, [StoredArm("resnet", 1, "stable", 5, 0, [5])])
     one.publish_arm_totals("host-a:1", 1000.0, [stable, canary])  # replaces the first
     other.publish_arm_totals("host-b:7", 1001.5, [stable])
