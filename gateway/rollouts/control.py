@@ -127,11 +127,13 @@ class Rollouts:
     ) -> PolicyView:
         """Make ``version`` the canary at ``weight_percent``. A shadow of that version is removed,
         unless ``compared``: then the version is (also) a shadow of every other request, whose answers
-        are compared with the stable's (a rollout with ``--max-divergence``)."""
+        are compared with the stable's (a rollout with ``--max-divergence``). A shadow of the canary
+        it replaces goes with it: it was that canary's comparison."""
         weight_bp = _weight(weight_percent)
 
         def with_canary(current: Policy) -> Policy:
-            shadows = tuple(s for s in current.shadows if s.version != version)
+            replaced = current.canary.version if current.canary is not None else None
+            shadows = tuple(s for s in current.shadows if s.version not in (version, replaced))
             if compared:
                 shadows += (Shadow(version, COMPARED_FRACTION),)
             return replace(
@@ -140,12 +142,12 @@ class Rollouts:
 
         return self._change(model, "set-canary", actor, reason, with_canary)
 
-    def clear_canary(self, model: str, actor: str, reason: str, *, compared: bool = False) -> PolicyView:
-        """Take the canary away; ``compared``: its shadow too (see :meth:`set_canary`)."""
+    def clear_canary(self, model: str, actor: str, reason: str) -> PolicyView:
+        """Take the canary away, and a shadow of its version (its comparison, see :meth:`set_canary`)."""
 
         def without_canary(current: Policy) -> Policy:
-            if not compared or current.canary is None:
-                return replace(current, canary=None)
+            if current.canary is None:
+                return current
             version = current.canary.version
             return replace(current, canary=None, shadows=tuple(s for s in current.shadows if s.version != version))
 

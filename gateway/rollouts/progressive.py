@@ -107,8 +107,7 @@ class ProgressiveRollouts:
         )
         current = self._rollouts.policy(model).policy
         if current.canary is not None and current.canary.version == ended.version:
-            self._rollouts.clear_canary(model, actor, reason or f"rollout of version {ended.version} aborted",
-                                        compared=ended.limits.max_divergence is not None)  # fmt: skip
+            self._rollouts.clear_canary(model, actor, reason or f"rollout of version {ended.version} aborted")
         return ended
 
     def end_for_manual_change(self, model: str, actor: str, action: str) -> str:

@@ -174,7 +174,7 @@ def add_compared_model(repository: Path, name: str) -> None:
 
 
 MODELS = ("slow", "identical", "held", "manual", "cli", "quiet")
-COMPARED_MODELS = ("diverging", "agreeing")
+COMPARED_MODELS = ("diverging", "agreeing", "replaced")
 COMPARED_ROW = np.full((1, 1), 0.5, np.float32)
 
 
@@ -264,6 +264,16 @@ def test_an_identical_candidate_compared_on_every_answer_is_promoted(control: Co
     assert load.failures == []
     policy = control.policy("agreeing")
     assert policy.stable == 2 and not policy.shadows, "promoted: the candidate is no longer its own shadow"
+
+
+def test_a_compared_candidate_replaced_by_a_manual_canary_takes_its_shadow_with_it(control: Control) -> None:
+    control.start("replaced", 2, steps=[50, 100], step_s=60, max_divergence=0.02)
+    assert [shadow.version for shadow in control.policy("replaced").shadows] == [2]
+    request = pb.SetCanaryRequest(model="replaced", version=3, weight_percent=10, reason="by hand")
+    answer = control.stub.SetCanary(request, timeout=TIMEOUT_S)
+    assert "was ended by" in answer.note
+    assert (answer.policy.canary.version, list(answer.policy.shadows)) == (3, []), "no shadow of 2 left behind"
+    assert control.rollout("replaced").phase == "aborted"
 
 
 def test_pause_holds_the_step_resume_goes_on_and_abort_removes_the_canary(
