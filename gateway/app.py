@@ -25,6 +25,8 @@ from gateway.process.cpu_affinity import pin_gateway_threads
 from gateway.process.reload_signal import reload_on_hangup
 from gateway.process.stop_signals import stop_on_signals, wait_for_stop
 from gateway.registry.repository import ModelRepository
+from gateway.rollouts.arm_deltas import ArmTotals
+from gateway.rollouts.compared_arms import compared_arms
 from gateway.rollouts.control import Rollouts
 from gateway.rollouts.control_access import ControlAccess, ControlTokens, TokensFileInvalid, parse_restricted_header
 from gateway.rollouts.control_refusals import RefusedCalls
@@ -221,9 +223,10 @@ class Gateway:
         )
         self.rollouts = Rollouts(self.store, self.routes, self.manager, self.shadows, propagation)
         self.progressive = ProgressiveRollouts(self.store, self.rollouts, self.metrics.counts_arms)
-        # Every process runs the loop; the one holding the store's lease judges (over every process's figures).
+        # Every process runs the loop and publishes its per-arm totals to the store; the one holding
+        # the store's lease judges, over every process's totals (on every host sharing the store).
         self.rollout_controller = RolloutController(
-            self.store, self.rollouts, self.metrics.arms_since_start, arm_latency_buckets()
+            self.store, self.rollouts, self._arms_since_start, arm_latency_buckets()
         )
         self.repository = RepositoryControl(self.manager, self.store, self.sync, propagation)
         self.dataplane = Dataplane(self.manager, self.routes, self.observers, settings.max_in_flight)
@@ -250,6 +253,11 @@ class Gateway:
             control_ready=lambda: self.sync.state_problem is None,
             tls=self.tls,
         )
+
+    def _arms_since_start(self) -> list[ArmTotals]:
+        """What this process publishes for a rollout's analysis: each arm's requests, and each
+        shadow's comparisons (for ``--max-divergence``), since the process began."""
+        return [*self.metrics.arms_since_start(), *compared_arms(self.shadows.every_figures())]
 
     def traffic(self, model: str) -> TrafficView:
         """A model's last minute per arm, as ``turnout status`` shows it."""

@@ -164,6 +164,11 @@ class RolloutAnalysis:
         self._comparisons += 1
         self._disagreements += disagreed
 
+    def observe_comparisons(self, compared: int, disagreed: int) -> None:
+        """Many shadow comparisons at once: ``compared`` answers, of which ``disagreed`` differed."""
+        self._comparisons += compared
+        self._disagreements += disagreed
+
     def begin_step(self) -> None:
         """A new step: its early end needs ``min_requests`` per arm again (the evidence carries over)."""
         self._canary.step_requests = self._stable.step_requests = 0

@@ -1,10 +1,12 @@
 """What each arm served between two looks, over every gateway process: the rollout analysis' input.
 
-Every process counts each arm's requests since it began (telemetry's ``RecentTraffic.since_start``); the
-leader asks them all on each tick and takes differences, process by process. Differences of
-totals lose nothing, however long a tick takes (a sliding window's would), and per process they
-stay right when one restarts (its totals fall: what it shows now is all new) or joins (all new,
-except at the very first look, which only sets where counting starts).
+Every process counts each arm's requests since it began (telemetry's ``RecentTraffic.since_start``)
+and publishes them to the state store; the leader reads every process's, on every host, on each
+tick and takes differences, process by process. Differences of totals lose nothing, however long a
+tick takes (a sliding window's would), and per process they stay right when one restarts (a new
+process: what it shows is all new) or joins (all new). A process first seen that began before
+counting started only published late: its first totals set where its counting starts, as every
+process's do at the very first look, so nothing served before the rollout is counted.
 """
 
 from __future__ import annotations
@@ -56,21 +58,38 @@ class ArmServed:
 class ArmDeltas:
     def __init__(self) -> None:
         self._last: dict[tuple[str, ArmKey], ArmTotals] = {}
+        self._processes: set[str] = set()
         self._started = False
+        self._began: float | None = None  # when counting started (the first look), when known
 
-    def take(self, totals: ProcessTotals) -> dict[ArmKey, ArmServed]:
-        """Each arm's requests since the previous call, summed over processes; nothing on the first."""
+    def take(
+        self, totals: ProcessTotals, started: Mapping[str, float] | None = None, now: float | None = None
+    ) -> dict[ArmKey, ArmServed]:
+        """Each arm's requests since the previous call, summed over processes; nothing on the first.
+
+        ``started``: when each process began, and ``now``: this look's time (both seconds since the
+        epoch); without them a process first seen counts in full.
+        """
         summed: dict[ArmKey, ArmServed] = {}
         seen: dict[tuple[str, ArmKey], ArmTotals] = {}
+        first = not self._started
         for process, arms in totals.items():
+            baseline = first or self._published_late(process, started)
             for arm in arms:
                 key = (arm.model, arm.version, arm.arm)
                 seen[(process, key)] = arm
-                if self._started:
+                if not baseline:
                     _add_difference(summed.setdefault(key, ArmServed()), arm, self._last.get((process, key)))
         self._last = seen  # a process that is gone is forgotten
-        self._started = True
+        self._processes = set(totals)
+        if first:
+            self._started, self._began = True, now
         return summed
+
+    def _published_late(self, process: str, started: Mapping[str, float] | None) -> bool:
+        if process in self._processes or started is None or self._began is None or process not in started:
+            return False
+        return started[process] < self._began
 
 
 def _add_difference(into: ArmServed, now: ArmTotals, before: ArmTotals | None) -> None:

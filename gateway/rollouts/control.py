@@ -115,12 +115,27 @@ class Rollouts:
         return self._change(model, "set-policy", actor, reason, lambda _: policy)
 
     def set_canary(
-        self, model: str, version: int, weight_percent: float, sticky_key: str, actor: str, reason: str
+        self,
+        model: str,
+        version: int,
+        weight_percent: float,
+        sticky_key: str,
+        actor: str,
+        reason: str,
+        *,
+        compared: bool = False,
     ) -> PolicyView:
+        """Make ``version`` the canary at ``weight_percent``. A shadow of that version is removed,
+        unless ``compared``: then the version is (also) a shadow of every other request, whose answers
+        are compared with the stable's (a rollout with ``--max-divergence``). A shadow of the canary
+        it replaces goes with it: it was that canary's comparison."""
         weight_bp = _weight(weight_percent)
 
         def with_canary(current: Policy) -> Policy:
-            shadows = tuple(s for s in current.shadows if s.version != version)
+            replaced = current.canary.version if current.canary is not None else None
+            shadows = tuple(s for s in current.shadows if s.version not in (version, replaced))
+            if compared:
+                shadows += (Shadow(version, COMPARED_FRACTION),)
             return replace(
                 current, canary=Canary(version, weight_bp), shadows=shadows, sticky_key=sticky_key or current.sticky_key
             )
@@ -128,7 +143,15 @@ class Rollouts:
         return self._change(model, "set-canary", actor, reason, with_canary)
 
     def clear_canary(self, model: str, actor: str, reason: str) -> PolicyView:
-        return self._change(model, "clear-canary", actor, reason, lambda current: replace(current, canary=None))
+        """Take the canary away, and a shadow of its version (its comparison, see :meth:`set_canary`)."""
+
+        def without_canary(current: Policy) -> Policy:
+            if current.canary is None:
+                return current
+            version = current.canary.version
+            return replace(current, canary=None, shadows=tuple(s for s in current.shadows if s.version != version))
+
+        return self._change(model, "clear-canary", actor, reason, without_canary)
 
     def set_shadow(self, model: str, version: int, fraction: float, actor: str, reason: str) -> PolicyView:
         def with_shadow(current: Policy) -> Policy:
@@ -225,6 +248,11 @@ class Rollouts:
     def _wait_applied(self, model: str, change: PolicyChange) -> PolicyView:
         applied = self._propagation.wait(change.generation, f"{change.action} of model {model!r}")
         return PolicyView(model, change.after, change.generation, True, applied)
+
+
+# The share of the stable arm's requests copied to a compared canary: all of them, so that the
+# divergence check gathers evidence as fast as the others (the shadow mirror sheds what it cannot keep up with).
+COMPARED_FRACTION = 1.0
 
 
 def _weight(weight_percent: float) -> int:

@@ -77,8 +77,9 @@ class ProgressiveRollouts:
         steps = request.steps
         why = request.reason or "rollout started"
         view = self._rollouts.set_canary(
-            model, request.version, steps[0], request.sticky_key, actor, step_reason(0, steps, why)
-        )
+            model, request.version, steps[0], request.sticky_key, actor, step_reason(0, steps, why),
+            compared=request.limits.max_divergence is not None,
+        )  # fmt: skip
         now = self._clock()
         record = RolloutRecord(
             model=model, version=request.version, stable=view.policy.stable, steps=steps, step_s=request.step_s,

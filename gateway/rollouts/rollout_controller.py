@@ -3,9 +3,11 @@
 Every gateway process runs this loop; only the holder of the state store's lease
 (:data:`LEASE`) judges. It takes the lease on each tick while some rollout is active (taking it
 also renews it), so when the leader dies its lease lapses after :data:`LEASE_TTL_S` and another
-process takes over. The leader reads every process's per-arm totals (:mod:`gateway.rollouts.arm_deltas`)
-and feeds their differences to one :class:`RolloutAnalysis` per rollout, so with ``--processes N``
-the analysis sees all N processes' requests once each. The analysis lives in the leader's memory:
+process takes over. While a rollout is active every process publishes its per-arm totals to the
+store on each tick (when they changed, and at least every :data:`PUBLISH_AGAIN_S` as a sign of
+life); the leader reads every live process's, on every host sharing the store, and feeds their
+differences (:mod:`gateway.rollouts.arm_deltas`) to one :class:`RolloutAnalysis` per rollout, so
+the analysis sees every request of the fleet once. The analysis lives in the leader's memory:
 a new leader (or a restarted gateway) starts gathering evidence afresh from its first tick, which
 only delays a decision, never makes a wrong one.
 
@@ -26,16 +28,18 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from gateway.analysis.decision import Decision, Limits, RolloutAnalysis, Verdict
 from gateway.analysis.latency import LatencyBuckets
 from gateway.errors import TurnoutError
-from gateway.rollouts.arm_deltas import ArmDeltas, ArmKey, ArmServed, ProcessTotals
+from gateway.rollouts.arm_deltas import ArmDeltas, ArmKey, ArmServed, ArmTotals
+from gateway.rollouts.compared_arms import compared_arm
 from gateway.rollouts.control import MAX_REASON_CHARS, Rollouts
 from gateway.rollouts.progressive import ANALYSIS_ACTOR, step_reason
+from gateway.state.arm_totals_record import StoredArm
 from gateway.state.rollout_record import ABORTED, PAUSED, PROMOTED, ROLLED_BACK, RolloutConflict, RolloutRecord
 from gateway.state.store import StateStore, StateUnavailable
 
@@ -44,6 +48,8 @@ log = logging.getLogger("turnout.rollouts")
 LEASE = "rollout-analysis"
 LEASE_TTL_S = 3.0
 TICK_S = 0.5
+PUBLISH_AGAIN_S = 3.0  # unchanged totals are published again this often, so the leader knows the process lives
+TOTALS_FRESH_S = 10.0  # the leader reads the totals of processes that published within this
 _EVIDENCE_SAVE_S = 1.0  # the evidence shown by turnout status is at most this old (a write a second, not a tick)
 
 
@@ -76,7 +82,7 @@ class RolloutController:
         self,
         store: StateStore,
         rollouts: Rollouts,
-        arm_totals: Callable[[], ProcessTotals],
+        own_totals: Callable[[], Sequence[ArmTotals]],
         buckets: LatencyBuckets,
         *,
         tick_s: float = TICK_S,
@@ -84,11 +90,14 @@ class RolloutController:
     ) -> None:
         self._store = store
         self._rollouts = rollouts
-        self._arm_totals = arm_totals
+        self._own_totals = own_totals  # this process's per-arm totals since it began
         self._buckets = buckets  # the layout of the totals' latency histograms
         self._tick_s = tick_s
         self._clock = clock
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._started_at = clock()
+        self._published: tuple[StoredArm, ...] | None = None
+        self._published_at = 0.0
         self._leading = False
         self._deltas = ArmDeltas()
         self._judged: dict[tuple[str, float], _Judged] = {}
@@ -107,8 +116,10 @@ class RolloutController:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
-        if self._leading:
-            with contextlib.suppress(StateUnavailable):  # hand over at once, not when the lease lapses
+        with contextlib.suppress(StateUnavailable):
+            if self._published is not None:
+                self._store.forget_arm_totals(self.holder)
+            if self._leading:  # hand over at once, not when the lease lapses
                 self._store.release_lease(LEASE, self.holder)
 
     def _run(self) -> None:
@@ -135,13 +146,16 @@ class RolloutController:
                 self._store.release_lease(LEASE, self.holder)
                 self._step_down()
             return
+        self._publish()
         if not self._store.acquire_lease(LEASE, self.holder, LEASE_TTL_S):
             self._step_down()
             return
         if not self._leading:
             log.info("rollout analysis: this process (%s) leads", self.holder)
         self._leading = True
-        arms = self._deltas.take(self._arm_totals())
+        published = self._store.arm_totals(TOTALS_FRESH_S)
+        arms = self._deltas.take({each.process_id: each.arms for each in published},
+                                 {each.process_id: each.started_at for each in published}, self._clock())  # fmt: skip
         keys = {(record.model, record.started_at) for record in active}
         self._judged = {key: judged for key, judged in self._judged.items() if key in keys}
         for record in active:
@@ -149,6 +163,17 @@ class RolloutController:
                 self._judge(record, arms)
             except TurnoutError as error:  # a step change refused (say, propagation timed out): the next tick retries
                 log.warning("rollout of %s version %s: %s", record.model, record.version, error)
+
+    def _publish(self) -> None:
+        """This process's totals to the store, for whichever process leads: when they changed, or
+        unchanged after :data:`PUBLISH_AGAIN_S` (idle, but alive)."""
+        arms = tuple(StoredArm(arm.model, arm.version, arm.arm, arm.requests, arm.errors, list(arm.buckets))
+                     for arm in self._own_totals())  # fmt: skip
+        now = self._clock()
+        if arms == self._published and now - self._published_at < PUBLISH_AGAIN_S:
+            return
+        self._store.publish_arm_totals(self.holder, self._started_at, arms)
+        self._published, self._published_at = arms, now
 
     def _step_down(self) -> None:
         self._leading = False
@@ -166,6 +191,9 @@ class RolloutController:
             served = arms.get(arm_key)
             if served is not None and served.requests:
                 analysis.observe_batch(canary, served.requests, served.errors, served.buckets)
+        compared = arms.get((record.model, record.version, compared_arm(record.stable)))
+        if compared is not None and compared.requests:  # the candidate's answers to the stable's requests
+            analysis.observe_comparisons(compared.requests, compared.errors)
         decision = analysis.decide()
         now = self._clock()
         if record.phase == PAUSED:
@@ -220,7 +248,8 @@ class RolloutController:
             return
         weight = record.steps[following]
         self._rollouts.set_canary(record.model, record.version, weight, record.sticky_key, ANALYSIS_ACTOR,
-                                  step_reason(following, record.steps, why))  # fmt: skip
+                                  step_reason(following, record.steps, why),
+                                  compared=record.limits.max_divergence is not None)  # fmt: skip
         judged.analysis.begin_step()
         stepped = replace(record, step_index=following, weight_percent=weight, step_started_at=self._clock(),
                           message=why, evidence=finite(decision.as_dict()))  # fmt: skip

@@ -60,6 +60,7 @@ class ShadowFigures:
     paused: int = 0  # not copied: the shadow had failed batch after batch and was paused
     top1_agreed: int = 0
     top1_rows: int = 0
+    disagreed: int = 0  # compared copies whose answer differs (:func:`rows_disagreeing`): a rollout's divergence
     latency_sum_s: float = 0.0
     outputs: dict[str, OutputDivergence] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
@@ -71,6 +72,23 @@ class Comparison:
     equal_elements: dict[str, tuple[int, int]]  # output -> (equal, compared) elements
     top1_agreed: int
     top1_rows: int
+    disagreed: bool = False
+
+
+# A value differs when it is further than this from the primary's (as numpy's isclose): a rounding
+# difference between two runtimes is not a disagreement.
+DISAGREE_RTOL = 1e-5
+DISAGREE_ATOL = 1e-6
+
+
+def rows_disagreeing(ours: np.ndarray, theirs: np.ndarray) -> np.ndarray:
+    """Per row (first axis) of two equally shaped outputs, whether the shadow's answer differs:
+    for class scores (rows of several floats), its top class; otherwise, any value beyond the tolerance."""
+    if ours.ndim == 2 and ours.shape[1] > 1 and ours.dtype.kind == "f":
+        return np.asarray(ours.argmax(axis=1) != theirs.argmax(axis=1))
+    wide, other = ours.astype(np.float64), theirs.astype(np.float64)
+    far = np.abs(wide - other) > DISAGREE_ATOL + DISAGREE_RTOL * np.abs(wide)
+    return np.asarray(far.reshape(len(far), -1).any(axis=1)) if far.ndim else np.asarray([bool(far)])
 
 
 def compare_outputs(primary: Arrays, shadow: Arrays) -> Comparison:
@@ -81,6 +99,7 @@ def compare_outputs(primary: Arrays, shadow: Arrays) -> Comparison:
     max_abs_diff: dict[str, float] = {}
     equal: dict[str, tuple[int, int]] = {}
     agreed = rows = 0
+    disagreed = False
     for name, ours in primary.items():
         theirs = shadow.get(name)
         if theirs is None or ours.dtype.kind not in "biuf" or theirs.dtype.kind not in "biuf":
@@ -88,14 +107,16 @@ def compare_outputs(primary: Arrays, shadow: Arrays) -> Comparison:
         if ours.shape != theirs.shape:
             max_abs_diff[name] = float("inf")
             equal[name] = (0, ours.size)
+            disagreed = True
             continue
+        disagreed = disagreed or bool(rows_disagreeing(ours, theirs).any())
         equal[name] = (int(np.count_nonzero(ours == theirs)), ours.size)
         difference = np.abs(ours.astype(np.float64) - theirs.astype(np.float64))
         max_abs_diff[name] = float(difference.max()) if difference.size else 0.0
         if ours.ndim == 2 and ours.shape[1] > 1 and ours.dtype.kind == "f":
             agreed += int(np.count_nonzero(ours.argmax(axis=1) == theirs.argmax(axis=1)))
             rows += ours.shape[0]
-    return Comparison(max_abs_diff, equal, agreed, rows)
+    return Comparison(max_abs_diff, equal, agreed, rows, disagreed)
 
 
 @dataclass(slots=True)
@@ -108,6 +129,7 @@ class BatchComparison:
     equal_elements: dict[str, tuple[int, int]]
     top1_agreed: int
     top1_rows: int
+    disagreed: int = 0  # copies whose answer differs
 
     @classmethod
     def of_one(cls, comparison: Comparison) -> BatchComparison:
@@ -119,6 +141,7 @@ class BatchComparison:
             dict(comparison.equal_elements),
             comparison.top1_agreed,
             comparison.top1_rows,
+            int(comparison.disagreed),
         )
 
 
@@ -145,6 +168,7 @@ def compare_batch(primaries: list[Arrays], shadows: list[Arrays]) -> BatchCompar
         # compared, exactly as they would one by one, provided no copy has anything in common.
         return None if any(_comparable_outputs(p, s) for p, s in zip(primaries, shadows, strict=True)) else result
     copy_rows: list[int] | None = None
+    copy_differs = np.zeros(len(primaries), dtype=bool)
     for name in names:
         # List comprehensions and numpy do the checking: a missing output, a scalar or a tail shape
         # that differs between copies raises here, and sends the batch back to one by one.
@@ -160,18 +184,20 @@ def compare_batch(primaries: list[Arrays], shadows: list[Arrays]) -> BatchCompar
         if ours.shape != theirs.shape or 0 in rows:
             return None
         copy_rows = rows
+        starts = np.cumsum([0, *rows[:-1]])
+        copy_differs |= np.maximum.reduceat(rows_disagreeing(ours, theirs).astype(np.int8), starts) > 0
         result.equal_elements[name] = (int(np.count_nonzero(ours == theirs)), ours.size)
         difference = np.abs(ours.astype(np.float64) - theirs.astype(np.float64)).reshape(len(ours), -1)
         if difference.shape[1] == 0:
             result.max_abs_diff[name] = result.sum_max_abs_diff[name] = 0.0
             continue
-        starts = np.cumsum([0, *rows[:-1]])
         per_copy = np.maximum.reduceat(difference.max(axis=1), starts)
         result.max_abs_diff[name] = float(per_copy.max())
         result.sum_max_abs_diff[name] = float(per_copy.sum())
         if ours.ndim == 2 and ours.shape[1] > 1 and ours.dtype.kind == "f":
             result.top1_agreed += int(np.count_nonzero(ours.argmax(axis=1) == theirs.argmax(axis=1)))
             result.top1_rows += ours.shape[0]
+    result.disagreed = int(np.count_nonzero(copy_differs))
     return result
 
 
@@ -266,6 +292,11 @@ class ShadowMirror:
     def figures_of(self, model: str) -> list[ShadowFigures]:
         with self._figures_lock:
             return [figures for key, figures in sorted(self._figures.items()) if key[0] == model]
+
+    def every_figures(self) -> list[ShadowFigures]:
+        """Every (model, primary, shadow)'s figures since this process began (a rollout's divergence)."""
+        with self._figures_lock:
+            return [figures for _, figures in sorted(self._figures.items())]
 
     def _figures_for(self, model: str, primary: int, shadow: int) -> ShadowFigures:
         key = (model, primary, shadow)
@@ -514,6 +545,7 @@ class ShadowMirror:
         figures.latency_sum_s += latency_s * comparison.copies
         figures.top1_agreed += comparison.top1_agreed
         figures.top1_rows += comparison.top1_rows
+        figures.disagreed += comparison.disagreed
         for name, difference in comparison.max_abs_diff.items():
             output = figures.outputs.setdefault(name, OutputDivergence())
             output.max_abs_diff = max(output.max_abs_diff, difference)

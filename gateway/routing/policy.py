@@ -86,8 +86,11 @@ def checked(policy: Policy) -> Policy:
     for shadow in policy.shadows:
         if not (math.isfinite(shadow.fraction) and 0 < shadow.fraction <= 1):
             raise PolicyInvalid(f"shadow {shadow.version}: fraction must be in (0, 1], got {shadow.fraction}")
-        if shadow.version in (policy.stable, canary.version if canary else None):
-            raise PolicyInvalid(f"shadow version {shadow.version} already serves traffic in this policy")
+        # A shadow of the canary's own version is allowed: the stable arm's requests are copied to
+        # it and its answers compared with the stable's (a rollout's divergence check); the canary's
+        # requests are never copied to the version that answered them (routing's decide).
+        if shadow.version == policy.stable:
+            raise PolicyInvalid(f"shadow version {shadow.version} is the stable version, which serves every request")
         if shadow.version in seen:
             raise PolicyInvalid(f"shadow version {shadow.version} is listed twice")
         seen.add(shadow.version)

@@ -38,6 +38,10 @@ _MIGRATIONS: tuple[tuple[LiteralString, ...], ...] = (
         "CREATE TABLE turnout_rollouts (model TEXT PRIMARY KEY, revision BIGINT NOT NULL, phase TEXT NOT NULL,"
         " record TEXT NOT NULL)",
     ),
+    (  # 3: each process's per-arm totals, read by the rollout analysis' leader over every host
+        "CREATE TABLE turnout_arm_totals (process_id TEXT PRIMARY KEY, started_at DOUBLE PRECISION NOT NULL,"
+        " seen_at DOUBLE PRECISION NOT NULL, arms TEXT NOT NULL)",
+    ),
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)

@@ -18,13 +18,14 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, ParamSpec, TypeVar
 
 import psycopg
 
 from gateway.routing.policy import Policy, policy_from_dict, policy_to_dict
+from gateway.state.arm_totals_record import PublishedTotals, StoredArm, arms_from_json, arms_to_json
 from gateway.state.postgres_connection import connect, describe_url
 from gateway.state.postgres_listener import GenerationListener
 from gateway.state.postgres_schema import migrate
@@ -51,6 +52,7 @@ log = logging.getLogger(__name__)
 NOTIFY_CHANNEL = "turnout_generation"
 # Refused control calls kept, all models together (as in the SQLite store).
 REFUSED_CALLS_KEPT = 10_000
+_DAY_S = 86_400.0  # per-arm totals of a process that died without saying goodbye are dropped after this
 def _encode(policy: Policy | None) -> str | None:
     return None if policy is None else json.dumps(policy_to_dict(policy), sort_keys=True)
 
@@ -260,6 +262,31 @@ class PostgresStateStore:
     @_reports_lost_connections
     def forget_process(self, process_id: str) -> None:
         self._connection().execute("DELETE FROM turnout_processes WHERE process_id = %s", (process_id,))
+
+    @_reports_lost_connections
+    def publish_arm_totals(self, process_id: str, started_at: float, arms: Sequence[StoredArm]) -> None:
+        self._connection().execute(
+            "INSERT INTO turnout_arm_totals (process_id, started_at, seen_at, arms) VALUES (%s, %s, %s, %s) "
+            "ON CONFLICT (process_id) DO UPDATE SET started_at = excluded.started_at, "
+            "seen_at = excluded.seen_at, arms = excluded.arms",
+            (process_id, started_at, time.time(), arms_to_json(arms)),
+        )
+
+    @_reports_lost_connections
+    def arm_totals(self, fresh_s: float) -> list[PublishedTotals]:
+        rows = self._connection().execute(
+            "SELECT process_id, started_at, seen_at, arms FROM turnout_arm_totals WHERE seen_at >= %s "
+            "ORDER BY process_id",
+            (time.time() - fresh_s,),
+        ).fetchall()
+        return [PublishedTotals(row[0], row[1], row[2], arms_from_json(row[3])) for row in rows]
+
+    @_reports_lost_connections
+    def forget_arm_totals(self, process_id: str) -> None:
+        self._connection().execute(
+            "DELETE FROM turnout_arm_totals WHERE process_id = %s OR seen_at < %s",
+            (process_id, time.time() - _DAY_S),
+        )
 
     @_reports_lost_connections
     def acquire_lease(self, name: str, holder: str, ttl_s: float) -> bool:

@@ -14,12 +14,13 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 from gateway.routing.policy import Policy, policy_from_dict, policy_to_dict
+from gateway.state.arm_totals_record import PublishedTotals, StoredArm, arms_from_json, arms_to_json
 from gateway.state.rollout_record import (
     ACTIVE_PHASES,
     RolloutConflict,
@@ -86,6 +87,12 @@ CREATE TABLE IF NOT EXISTS rollouts (
     phase TEXT NOT NULL,
     record TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS arm_totals (
+    process_id TEXT PRIMARY KEY,
+    started_at REAL NOT NULL,
+    seen_at REAL NOT NULL,
+    arms TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS leases (
     name TEXT PRIMARY KEY,
     holder TEXT NOT NULL,
@@ -97,6 +104,7 @@ STATE_FILE = "turnout-state.sqlite3"
 # Refused control calls kept, all models together: enough to see who knocked, and a caller that
 # knocks without end cannot grow the file without end.
 REFUSED_CALLS_KEPT = 10_000
+_DAY_S = 86_400.0  # per-arm totals of a process that died without saying goodbye are dropped after this
 
 
 def _encode(policy: Policy | None) -> str | None:
@@ -323,6 +331,38 @@ class SqliteStateStore:
     def forget_process(self, process_id: str) -> None:
         with self._write() as connection:
             connection.execute("DELETE FROM processes WHERE process_id = ?", (process_id,))
+
+    @_reports_broken_files
+    def publish_arm_totals(self, process_id: str, started_at: float, arms: Sequence[StoredArm]) -> None:
+        # Counts, not history: the next publication rewrites one lost in a power cut, so no fsync
+        # (as for a heartbeat), and the write lock is held for microseconds.
+        connection = self._connection()
+        connection.execute("PRAGMA synchronous=NORMAL")
+        try:
+            with self._write() as writing:
+                writing.execute(
+                    "INSERT INTO arm_totals (process_id, started_at, seen_at, arms) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (process_id) DO UPDATE SET started_at = excluded.started_at, "
+                    "seen_at = excluded.seen_at, arms = excluded.arms",
+                    (process_id, started_at, time.time(), arms_to_json(arms)),
+                )
+        finally:
+            connection.execute("PRAGMA synchronous=FULL")
+
+    @_reports_broken_files
+    def arm_totals(self, fresh_s: float) -> list[PublishedTotals]:
+        rows = self._connection().execute(
+            "SELECT process_id, started_at, seen_at, arms FROM arm_totals WHERE seen_at >= ? ORDER BY process_id",
+            (time.time() - fresh_s,),
+        ).fetchall()
+        return [PublishedTotals(row[0], row[1], row[2], arms_from_json(row[3])) for row in rows]
+
+    @_reports_broken_files
+    def forget_arm_totals(self, process_id: str) -> None:
+        with self._write() as connection:
+            connection.execute(
+                "DELETE FROM arm_totals WHERE process_id = ? OR seen_at < ?", (process_id, time.time() - _DAY_S)
+            )
 
     @_reports_broken_files
     def acquire_lease(self, name: str, holder: str, ttl_s: float) -> bool:

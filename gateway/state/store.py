@@ -7,12 +7,13 @@ PostgreSQL (``--state-url``) is the shared one for a fleet of hosts. Both pass o
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from gateway.errors import Unavailable
 from gateway.routing.policy import Policy
+from gateway.state.arm_totals_record import PublishedTotals, StoredArm
 from gateway.state.rollout_record import RolloutRecord
 
 
@@ -166,6 +167,16 @@ class StateStore(Protocol):
 
     def lease(self, name: str) -> Lease | None:
         """The lease's holder and expiry, None if nobody ever took it (an expired one is returned too)."""
+
+    def publish_arm_totals(self, process_id: str, started_at: float, arms: Sequence[StoredArm]) -> None:
+        """Keep ``arms`` as the process's per-arm totals since it began (``started_at``), replacing
+        what it published before; stamped with the time of writing."""
+
+    def arm_totals(self, fresh_s: float) -> list[PublishedTotals]:
+        """Every process's last published totals written within the last ``fresh_s`` seconds."""
+
+    def forget_arm_totals(self, process_id: str) -> None:
+        """A process is stopping: drop its totals (and any left more than a day ago by one that died)."""
 
     def save_rollout(self, record: RolloutRecord, expected_revision: int | None) -> RolloutRecord:
         """Keep ``record`` as its model's rollout, with the next revision, and return it so.

@@ -15,7 +15,7 @@ from gateway.serving.model_manager import ModelManager
 from gateway.serving.model_views import StatisticsView, TrafficView
 from gateway.telemetry.http_server import MetricsServer
 from gateway.telemetry.observer import COUNTED, MetricsObserver
-from gateway.telemetry.peers import EVERYTHING, RECENT, SINCE_START, STATISTICS, SnapshotServer, gather, gather_each
+from gateway.telemetry.peers import EVERYTHING, RECENT, STATISTICS, SnapshotServer, gather
 from gateway.telemetry.process_snapshot import (
     CaptureSource,
     DriftSource,
@@ -23,7 +23,6 @@ from gateway.telemetry.process_snapshot import (
     RefusalSource,
     ShadowSource,
 )
-from gateway.telemetry.recent_traffic import SINCE_START as SINCE_START_FAMILY
 from gateway.telemetry.recent_traffic import ArmTraffic, RecentTraffic, from_snapshot, to_snapshot, traffic_view
 from gateway.telemetry.shards import ThreadShards
 from gateway.telemetry.snapshot import Snapshot, merge
@@ -69,7 +68,7 @@ class GatewayMetrics:
     def start(self) -> None:
         if self._directory is not None:
             self._peers = SnapshotServer(
-                self._directory, self.snapshot.take, self.snapshot.statistics, self._recent, self._since_start
+                self._directory, self.snapshot.take, self.snapshot.statistics, self._recent
             )
         elif self._port != 0:
             self._server = MetricsServer(self._host, self._port, self.snapshot.take)
@@ -92,27 +91,15 @@ class GatewayMetrics:
     def _recent(self) -> Snapshot:
         return to_snapshot(self.recent.window()) if self.recent is not None else {}
 
-    def _since_start(self) -> Snapshot:
-        return to_snapshot(self.recent.since_start(), SINCE_START_FAMILY) if self.recent is not None else {}
-
     @property
     def counts_arms(self) -> bool:
         """False with ``--metrics-port 0``: no request is counted, so no rollout can be judged."""
         return self.recent is not None
 
-    def arms_since_start(self) -> dict[str, list[ArmTraffic]]:
-        """Each gateway process's arms counted since it began, by process (``own`` for this one).
-
-        Per process, not summed: a reader taking differences sees a process that restarted (its
-        totals went down) and one that is gone, which a sum would hide.
-        """
-        if self.recent is None:
-            return {}
-        each = {"own": self.recent.since_start()}
-        if self._directory is not None and self._peers is not None:
-            for name, snapshot in gather_each(self._directory, SINCE_START, skip=self._peers.path).items():
-                each[name] = from_snapshot(snapshot, SINCE_START_FAMILY)
-        return each
+    def arms_since_start(self) -> list[ArmTraffic]:
+        """This process's arms counted since it began: what it publishes for a rollout's analysis,
+        whose leader reads every process's from the state store (so every host's, too)."""
+        return self.recent.since_start() if self.recent is not None else []
 
     def traffic(self, model: str) -> TrafficView:
         """A model's last minute per arm, summed over every gateway process (``turnout status``)."""

@@ -24,7 +24,6 @@ log = logging.getLogger(__name__)
 EVERYTHING = b"A"
 STATISTICS = b"S"
 RECENT = b"R"  # each arm's last minute (turnout status)
-SINCE_START = b"T"  # each arm's totals since the process began (a rollout's analysis)
 GATHER_TIMEOUT_S = 5.0  # drift statistics may take a second of a busy process's CPU
 
 
@@ -37,14 +36,11 @@ class SnapshotServer:
         everything: Callable[[], Snapshot],
         statistics: Callable[[], Snapshot],
         recent: Callable[[], Snapshot] | None = None,
-        since_start: Callable[[], Snapshot] | None = None,
     ) -> None:
         self.path = directory / f"{os.getpid()}.sock"
         self._answers = {EVERYTHING: everything, STATISTICS: statistics}
         if recent is not None:
             self._answers[RECENT] = recent
-        if since_start is not None:
-            self._answers[SINCE_START] = since_start
         self.path.unlink(missing_ok=True)
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._listener.bind(str(self.path))
@@ -95,14 +91,9 @@ def ask(path: Path, what: bytes, timeout_s: float = GATHER_TIMEOUT_S) -> Snapsho
 
 def gather(directory: Path, what: bytes, *, skip: Path | None = None) -> list[Snapshot]:
     """Every gateway process's snapshot in ``directory`` (but ``skip``'s), asked at once."""
-    return list(gather_each(directory, what, skip=skip).values())
-
-
-def gather_each(directory: Path, what: bytes, *, skip: Path | None = None) -> dict[str, Snapshot]:
-    """:func:`gather`, each snapshot under its process's socket name (those that answered)."""
     paths = sorted(p for p in directory.glob("*.sock") if p != skip)
     if not paths:
-        return {}
+        return []
     with ThreadPoolExecutor(max_workers=len(paths), thread_name_prefix="metrics-gather") as pool:
         answers = list(pool.map(lambda path: ask(path, what), paths))
-    return {path.name: answer for path, answer in zip(paths, answers, strict=True) if answer is not None}
+    return [answer for answer in answers if answer is not None]

@@ -75,7 +75,6 @@ def percentile_s(buckets: Sequence[int], fraction: float) -> float | None:
 
 
 RECENT = "recent_requests"  # the snapshot family: (model, version, arm) -> [requests, errors, *buckets]
-SINCE_START = "requests_since_start"  # the same, counted since the process began
 
 
 def to_snapshot(arms: Iterable[ArmTraffic], family: str = RECENT) -> Snapshot:

@@ -28,14 +28,14 @@ import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from gateway.rollouts.rollout_controller import LEASE
+from gateway.rollouts.rollout_controller import LEASE, TOTALS_FRESH_S
+from gateway.state.postgres_store import PostgresStateStore
 from gateway.state.sqlite_store import SqliteStateStore
-from gateway.telemetry.peers import SINCE_START, ask
-from gateway.telemetry.recent_traffic import SINCE_START as SINCE_START_FAMILY
-from gateway.telemetry.recent_traffic import from_snapshot
+from gateway.state.store import StateStore
 from gateway.wire.turnout.v1 import rollouts_pb2 as pb
 from gateway.wire.turnout.v1 import rollouts_pb2_grpc as pb_grpc
 from tests.support.gateway_process import REPO_ROOT, GatewayProcess, telemetry_dir_of
+from tests.support.postgres import own_database
 
 ANALYSIS = "turnout-analysis"
 ACTOR = "local:127.0.0.1"
@@ -71,8 +71,9 @@ class Served:
 class Load:
     """Steady load on one model from ``clients`` threads, each on its own connection; every answer kept."""
 
-    def __init__(self, address: str, model: str, clients: int = 2) -> None:
+    def __init__(self, address: str, model: str, clients: int = 2, row: np.ndarray = ROW) -> None:
         self.model = model
+        self._row = row
         self.answers: list[Served] = []
         self.failures: list[str] = []
         self._stop = threading.Event()
@@ -96,9 +97,10 @@ class Load:
 
     def _send(self, channel: grpc.Channel) -> None:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
-        tensor = service_pb2.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=[1, 64])
+        tensor = service_pb2.ModelInferRequest.InferInputTensor(name="input", datatype="FP32",
+                                                                shape=list(self._row.shape))  # fmt: skip
         request = service_pb2.ModelInferRequest(model_name=self.model, inputs=[tensor],
-                                                raw_input_contents=[ROW.tobytes()])  # fmt: skip
+                                                raw_input_contents=[self._row.tobytes()])  # fmt: skip
         while not self._stop.is_set():
             try:
                 _, call = stub.ModelInfer.with_call(request, timeout=TIMEOUT_S)
@@ -160,7 +162,20 @@ def analysis_changes(history: list[pb.PolicyChange]) -> list[tuple[str, int]]:
     return [(change.action, change.after.canary.weight_bp) for change in reversed(history) if change.actor == ANALYSIS]
 
 
+def add_compared_model(repository: Path, name: str) -> None:
+    """Echo versions answering one value a row (so a difference is a disagreement, not a tie of
+    class scores): 1 the stable, 2 identical, 3 answering each value plus one."""
+    model = repository / name
+    declared = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 1]}], "delay_ms": BASE_DELAY_MS}
+    for version, extra in ((1, {}), (2, {}), (3, {"offset": 1.0})):
+        (model / str(version)).mkdir(parents=True)
+        (model / str(version) / "model.echo.json").write_text(json.dumps({**declared, **extra}))
+    (model / "model.yaml").write_text("version_policy: {all: {}}\n")
+
+
 MODELS = ("slow", "identical", "held", "manual", "cli", "quiet")
+COMPARED_MODELS = ("diverging", "agreeing", "replaced")
+COMPARED_ROW = np.full((1, 1), 0.5, np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -168,6 +183,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
     repository = tmp_path_factory.mktemp("progressive")
     for name in MODELS:
         add_echo_model(repository, name)
+    for name in COMPARED_MODELS:
+        add_compared_model(repository, name)
     flags = ("--worker-mode", "inprocess", "--poll-interval-s", "0", "--metrics-port", str(free_port()))
     with GatewayProcess(repository, *flags) as running:
         yield running
@@ -176,7 +193,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
 @pytest.fixture(scope="module")
 def control(gateway: GatewayProcess) -> Iterator[Control]:
     opened = Control(gateway.control_address)
-    for name in MODELS:
+    for name in MODELS + COMPARED_MODELS:
         opened.stable(name, 1)
     yield opened
     opened.close()
@@ -216,6 +233,47 @@ def test_an_identical_candidate_is_promoted_through_every_step(gateway: GatewayP
     assert load.failures == []
     promoted = next(change for change in control.history("identical") if change.action == "promote")
     assert {served.version for served in load.answers if served.generation >= promoted.generation} == {"2"}
+
+
+def test_a_candidate_answering_differently_is_rolled_back_for_divergence(
+    control: Control, gateway: GatewayProcess
+) -> None:
+    with Load(gateway.address, "diverging", row=COMPARED_ROW) as load:
+        control.start("diverging", 3, steps=[50, 100], step_s=60, min_requests=20, max_divergence=0.02)
+        assert [shadow.version for shadow in control.policy("diverging").shadows] == [3], "compared on the stable's"
+        ended = control.wait_for_phase("diverging", "rolled_back", timeout_s=30)
+    checks = {check["check"]: check for check in json.loads(ended.evidence_json)["checks"]}
+    assert checks["divergence"]["worse"], ended.evidence_json
+    assert checks["divergence"]["disagreements"] == checks["divergence"]["comparisons"] > 0
+    rollback = next(change for change in control.history("diverging") if change.action == "rollback")
+    assert rollback.actor == ANALYSIS
+    audited = {check["check"]: check for check in json.loads(rollback.reason)["checks"]}
+    assert audited["divergence"]["worse"] and audited["divergence"]["max_divergence"] == 0.02
+    assert load.failures == []
+    policy = control.policy("diverging")
+    assert not policy.HasField("canary") and not policy.shadows, "the rollback took the compared shadow too"
+
+
+def test_an_identical_candidate_compared_on_every_answer_is_promoted(control: Control, gateway: GatewayProcess) -> None:
+    with Load(gateway.address, "agreeing", row=COMPARED_ROW) as load:
+        control.start("agreeing", 2, steps=[50, 100], step_s=1.5, min_requests=20, max_divergence=0.02,
+                      alpha=AA_ALPHA)  # fmt: skip
+        ended = control.wait_for_phase("agreeing", "promoted")
+    divergence = {check["check"]: check for check in json.loads(ended.evidence_json)["checks"]}["divergence"]
+    assert divergence["comparisons"] > 0 and divergence["disagreements"] == 0 and not divergence["worse"]
+    assert load.failures == []
+    policy = control.policy("agreeing")
+    assert policy.stable == 2 and not policy.shadows, "promoted: the candidate is no longer its own shadow"
+
+
+def test_a_compared_candidate_replaced_by_a_manual_canary_takes_its_shadow_with_it(control: Control) -> None:
+    control.start("replaced", 2, steps=[50, 100], step_s=60, max_divergence=0.02)
+    assert [shadow.version for shadow in control.policy("replaced").shadows] == [2]
+    request = pb.SetCanaryRequest(model="replaced", version=3, weight_percent=10, reason="by hand")
+    answer = control.stub.SetCanary(request, timeout=TIMEOUT_S)
+    assert "was ended by" in answer.note
+    assert (answer.policy.canary.version, list(answer.policy.shadows)) == (3, []), "no shadow of 2 left behind"
+    assert control.rollout("replaced").phase == "aborted"
 
 
 def test_pause_holds_the_step_resume_goes_on_and_abort_removes_the_canary(
@@ -314,8 +372,8 @@ def test_with_two_processes_one_leader_judges_both_processes_requests(tmp_path: 
         with Load(gateway.address, "fleet", clients=8) as load:
             control.start("fleet", 2, steps=[50, 100], step_s=2.0, min_requests=20, alpha=AA_ALPHA)
             eventually(lambda: store.lease(LEASE) is not None, "a leader takes the lease")
-            per_process = _requests_per_process(directory, "fleet")
             ended = control.wait_for_phase("fleet", "promoted")
+        per_process = requests_per_process(store, "fleet")  # as each published them last, during the rollout
         assert load.failures == []
         assert len(per_process) == 2 and all(per_process), f"both processes served: {per_process}"
         counts = {check["check"]: check for check in json.loads(ended.evidence_json)["checks"]}["error_rate"]
@@ -327,14 +385,39 @@ def test_with_two_processes_one_leader_judges_both_processes_requests(tmp_path: 
         control.close()
 
 
-def _requests_per_process(directory: Path, model: str) -> list[int]:
-    """Each gateway process's requests for ``model`` so far, asked over its metrics socket."""
-    totals = []
-    for path in sorted(directory.glob("*.sock")):
-        snapshot = ask(path, SINCE_START)
-        arms = from_snapshot(snapshot or {}, SINCE_START_FAMILY)
-        totals.append(sum(arm.requests for arm in arms if arm.model == model))
-    return totals
+def test_two_hosts_on_one_database_one_leader_judges_both_hosts_requests(tmp_path: Path, postgres_server: str) -> None:
+    repository = tmp_path / "repository"
+    add_echo_model(repository, "hosts")
+    with own_database(postgres_server) as url:
+
+        def host(name: str) -> GatewayProcess:  # its own port and --state-dir, the fleet's --state-url
+            return GatewayProcess(repository, "--worker-mode", "inprocess", "--poll-interval-s", "0",
+                                  "--state-dir", str(tmp_path / f"state-{name}"), "--state-url", url,
+                                  "--metrics-port", str(free_port()))  # fmt: skip
+
+        with host("a") as a, host("b") as b:
+            control = Control(a.control_address)
+            control.stable("hosts", 1)
+            store = PostgresStateStore(url)
+            with Load(a.address, "hosts") as on_a, Load(b.address, "hosts") as on_b:
+                control.start("hosts", 2, steps=[50, 100], step_s=2.0, min_requests=20, alpha=AA_ALPHA)
+                ended = control.wait_for_phase("hosts", "promoted")
+            per_host = requests_per_process(store, "hosts")
+            assert on_a.failures == on_b.failures == []
+            assert len(per_host) == 2 and all(per_host), f"both hosts published their totals: {per_host}"
+            counts = {check["check"]: check for check in json.loads(ended.evidence_json)["checks"]}["error_rate"]
+            judged = counts["canary_requests"] + counts["stable_requests"]
+            assert judged > max(per_host), f"the leader judged {judged}, more than either host served: {per_host}"
+            leaders = [gateway.log().count("rollout analysis: this process") for gateway in (a, b)]
+            assert sorted(leaders) == [0, 1], "one host led throughout"
+            store.close()
+            control.close()
+
+
+def requests_per_process(store: StateStore, model: str) -> list[int]:
+    """Each gateway process's requests for ``model`` so far, as it last published them to the store."""
+    return [sum(arm.requests for arm in published.arms if arm.model == model)
+            for published in store.arm_totals(TOTALS_FRESH_S)]  # fmt: skip
 
 
 def turnout(*args: str, server: str) -> str:

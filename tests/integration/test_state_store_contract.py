@@ -21,6 +21,7 @@ import pytest
 
 from gateway.routing.policy import Canary, Policy, Shadow
 from gateway.state import postgres_store, sqlite_store
+from gateway.state.arm_totals_record import StoredArm
 from gateway.state.postgres_schema import SCHEMA_VERSION
 from gateway.state.postgres_store import PostgresStateStore
 from gateway.state.rollout_record import PAUSED, ROLLED_BACK, RUNNING, RolloutConflict, RolloutLimits, RolloutRecord
@@ -244,6 +245,24 @@ def test_a_rollout_saved_from_a_stale_read_is_refused(open_store: Opener) -> Non
         one.save_rollout(replace(first, step_index=1), first.revision)  # the pause landed first
     found = one.rollout("resnet")
     assert found is not None and found.phase == PAUSED and found.step_index == 0
+
+
+def test_every_processs_arm_totals_are_read_by_any_process_newest_replacing_older(open_store: Opener) -> None:
+    one, other = open_store(), open_store()
+    stable = StoredArm("resnet", 1, "stable", 120, 2, [0, 100, 18])
+    canary = StoredArm("resnet", 2, "canary", 9, 0, [0, 9, 0])
+    one.publish_arm_totals("host-a:1", 1000.0, [StoredArm("resnet", 1, "stable", 5, 0, [5])])
+    one.publish_arm_totals("host-a:1", 1000.0, [stable, canary])  # replaces the first
+    other.publish_arm_totals("host-b:7", 1001.5, [stable])
+    read = {published.process_id: published for published in other.arm_totals(fresh_s=60)}
+    assert set(read) == {"host-a:1", "host-b:7"}
+    assert read["host-a:1"].arms == (stable, canary) and read["host-a:1"].started_at == 1000.0
+    assert read["host-b:7"].arms == (stable,) and time.time() - read["host-b:7"].seen_at < 60
+    time.sleep(0.3)
+    one.publish_arm_totals("host-a:1", 1000.0, [stable])
+    assert [published.process_id for published in other.arm_totals(fresh_s=0.2)] == ["host-a:1"], "b is stale"
+    one.forget_arm_totals("host-a:1")
+    assert [published.process_id for published in other.arm_totals(fresh_s=60)] == ["host-b:7"]
 
 
 def test_a_commit_anywhere_wakes_the_watchers_of_a_store_that_pushes(kind: str, open_store: Opener) -> None:

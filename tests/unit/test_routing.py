@@ -85,6 +85,12 @@ def test_a_shadow_never_mirrors_the_version_that_answers() -> None:
     assert decide(policy, None, None, 0.1, 0.1).shadows == (3,)
 
 
+def test_a_canary_compared_as_a_shadow_gets_copies_of_the_stables_requests_only() -> None:
+    policy = checked(Policy(stable=1, canary=Canary(2, 5000), shadows=(Shadow(2, 1.0),)))
+    assert decide(policy, None, None, 0.1, 0.1).shadows == (), "the canary answered: nothing to compare"
+    assert decide(policy, None, None, 0.9, 0.1).shadows == (2,), "the stable answered: its answer is compared"
+
+
 def test_no_policy_canary_means_stable() -> None:
     decision = decide(Policy(stable=7), None, "k", 0.0, 0.99)
     assert (decision.version, decision.arm, decision.reason, decision.shadows) == (7, Arm.STABLE, Reason.NO_CANARY, ())
@@ -108,7 +114,7 @@ def test_bad_weights_are_refused(percent: float) -> None:
         (Policy(stable=1, canary=Canary(1, 10)), "already the stable"),
         (Policy(stable=1, canary=Canary(2, BUCKETS + 1)), "basis points"),
         (Policy(stable=1, shadows=(Shadow(2, 0.0),)), "fraction"),
-        (Policy(stable=1, shadows=(Shadow(1, 0.5),)), "already serves"),
+        (Policy(stable=1, shadows=(Shadow(1, 0.5),)), "is the stable version"),
         (Policy(stable=1, shadows=(Shadow(2, 0.5), Shadow(2, 0.2))), "twice"),
         (Policy(stable=1, sticky_key="X-User"), "metadata key"),
         (Policy(stable=1, sticky_key="trace-bin"), "binary"),

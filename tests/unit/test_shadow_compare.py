@@ -27,6 +27,7 @@ def test_identical_answers_agree_everywhere() -> None:
     assert result.max_abs_diff == {"p": 0.0, "label": 0.0}
     assert result.equal_elements == {"p": (4, 4), "label": (2, 2)}
     assert (result.top1_agreed, result.top1_rows) == (2, 2)
+    assert not result.disagreed
 
 
 def test_differences_and_top1_disagreement_are_counted() -> None:
@@ -36,6 +37,16 @@ def test_differences_and_top1_disagreement_are_counted() -> None:
     assert np.isclose(result.max_abs_diff["p"], 0.5)
     assert result.equal_elements["p"] == (4, 6)
     assert (result.top1_agreed, result.top1_rows) == (2, 3)
+    assert result.disagreed, "its top class differs in a row"
+
+
+def test_a_copy_disagrees_on_its_top_class_or_beyond_the_tolerance_not_on_rounding() -> None:
+    scores = np.array([[0.1, 0.9]], np.float32)
+    assert not compare_outputs({"p": scores}, {"p": scores + 0.05}).disagreed, "the same top class"
+    value = np.array([[1000.0]], np.float32)
+    assert not compare_outputs({"v": value}, {"v": value * (1 + 1e-7)}).disagreed, "a rounding difference"
+    assert compare_outputs({"v": value}, {"v": value + 1}).disagreed
+    assert compare_outputs({"v": np.zeros((2, 3))}, {"v": np.zeros((2, 4))}).disagreed, "shapes differ"
 
 
 def test_a_shape_mismatch_is_an_outright_disagreement_and_missing_outputs_are_skipped() -> None:
@@ -50,6 +61,7 @@ def summed_one_by_one(primaries: list[dict[str, np.ndarray]], shadows: list[dict
         one = compare_outputs(primary, shadow)
         total.top1_agreed += one.top1_agreed
         total.top1_rows += one.top1_rows
+        total.disagreed += one.disagreed
         for name, difference in one.max_abs_diff.items():
             total.max_abs_diff[name] = max(total.max_abs_diff.get(name, 0.0), difference)
             total.sum_max_abs_diff[name] = total.sum_max_abs_diff.get(name, 0.0) + difference
@@ -83,6 +95,7 @@ def test_a_batch_compares_like_its_copies_one_by_one(rows: list[int], classes: i
     assert together.copies == expected.copies
     assert together.equal_elements == expected.equal_elements
     assert (together.top1_agreed, together.top1_rows) == (expected.top1_agreed, expected.top1_rows)
+    assert together.disagreed == expected.disagreed, "a copy disagrees on any output, counted once"
     for name in ("p", "label"):
         assert together.max_abs_diff[name] == expected.max_abs_diff[name]
         assert np.isclose(together.sum_max_abs_diff[name], expected.sum_max_abs_diff[name])
