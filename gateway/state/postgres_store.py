@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 import socket
 import threading
@@ -24,8 +23,9 @@ from typing import Any, ParamSpec, TypeVar
 
 import psycopg
 
-from gateway.routing.policy import Policy, policy_from_dict, policy_to_dict
-from gateway.state.arm_totals_record import PublishedTotals, StoredArm, arms_from_json, arms_to_json
+from gateway.routing.policy import Policy
+from gateway.state import stored_rows
+from gateway.state.arm_totals_record import PublishedTotals, StoredArm, arms_to_json
 from gateway.state.postgres_connection import connect, describe_url
 from gateway.state.postgres_listener import GenerationListener
 from gateway.state.postgres_schema import migrate
@@ -33,7 +33,6 @@ from gateway.state.rollout_record import (
     ACTIVE_PHASES,
     RolloutConflict,
     RolloutRecord,
-    record_from_json,
     record_to_json,
 )
 from gateway.state.store import (
@@ -53,19 +52,6 @@ NOTIFY_CHANNEL = "turnout_generation"
 # Refused control calls kept, all models together (as in the SQLite store).
 REFUSED_CALLS_KEPT = 10_000
 _DAY_S = 86_400.0  # per-arm totals of a process that died without saying goodbye are dropped after this
-def _encode(policy: Policy | None) -> str | None:
-    return None if policy is None else json.dumps(policy_to_dict(policy), sort_keys=True)
-
-
-def _decode(text: str | None) -> Policy | None:
-    return None if text is None else policy_from_dict(json.loads(text))
-
-
-def _require(policy: Policy | None) -> Policy:
-    if policy is None:
-        raise ValueError("history row without an 'after' policy")
-    return policy
-
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -138,7 +124,7 @@ class PostgresStateStore:
     @_reports_lost_connections
     def policies(self) -> dict[str, StoredPolicy]:
         rows = self._connection().execute("SELECT model, policy, generation FROM turnout_policies").fetchall()
-        return {model: StoredPolicy(policy_from_dict(json.loads(text)), generation) for model, text, generation in rows}
+        return stored_rows.stored_policies(rows)
 
     @_reports_lost_connections
     def commit(
@@ -156,18 +142,17 @@ class PostgresStateStore:
                 raise GenerationConflict(
                     f"policy of {model!r} is at generation {current_generation}, not {expected_generation}"
                 )
-            change = PolicyChange(
-                model, generation, time.time(), actor, action, reason, _decode(row[0] if row else None), after
-            )
+            before = stored_rows.decode_policy(row[0] if row else None)
+            change = PolicyChange(model, generation, time.time(), actor, action, reason, before, after)
             connection.execute(
                 "INSERT INTO turnout_policies (model, policy, generation) VALUES (%s, %s, %s) "
                 "ON CONFLICT (model) DO UPDATE SET policy = excluded.policy, generation = excluded.generation",
-                (model, _encode(after), generation),
+                (model, stored_rows.encode_policy(after), generation),
             )
             connection.execute(
                 "INSERT INTO turnout_history (model, generation, at, actor, action, reason, before, after) "
                 "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                (model, generation, change.at, actor, action, reason, _encode(change.before), _encode(after)),
+                stored_rows.history_values(change),
             )
             _notify(connection, generation)
         return change
@@ -179,10 +164,7 @@ class PostgresStateStore:
             "WHERE model = %s ORDER BY id DESC LIMIT %s",
             (model, limit),
         ).fetchall()
-        return [
-            PolicyChange(model_, generation, at, actor, action, reason, _decode(before), _require(_decode(after)))
-            for model_, generation, at, actor, action, reason, before, after in rows
-        ]
+        return stored_rows.policy_changes(rows)
 
     @_reports_lost_connections
     def replaced_stables(self, model: str, since: float, limit: int) -> set[int]:
@@ -191,7 +173,7 @@ class PostgresStateStore:
             "ORDER BY id DESC LIMIT %s",
             (model, since, limit),
         ).fetchall()
-        return {_require(_decode(before)).stable for (before,) in rows}
+        return stored_rows.replaced_stable_versions(rows)
 
     @_reports_lost_connections
     def record_refused(self, refused: RefusedCall) -> None:
@@ -212,7 +194,7 @@ class PostgresStateStore:
             "ORDER BY id DESC LIMIT %s",
             (model, limit),
         ).fetchall()
-        return [RefusedCall(*row) for row in rows]
+        return stored_rows.refused_calls(rows)
 
     @_reports_lost_connections
     def request_repository_action(self, model: str, action: str, actor: str) -> RepositoryRequest:
@@ -233,7 +215,7 @@ class PostgresStateStore:
         rows = self._connection().execute(
             "SELECT model, action, generation, at, actor FROM turnout_repository_requests"
         ).fetchall()
-        return {row[0]: RepositoryRequest(*row) for row in rows}
+        return stored_rows.repository_requests(rows)
 
     @_reports_lost_connections
     def clear_repository_requests(self) -> None:
@@ -257,7 +239,7 @@ class PostgresStateStore:
             "SELECT process_id, pid, applied_generation, seen_at, host FROM turnout_processes "
             "ORDER BY host, process_id"
         ).fetchall()
-        return [ProcessReport(*row) for row in rows]
+        return stored_rows.process_reports(rows)
 
     @_reports_lost_connections
     def forget_process(self, process_id: str) -> None:
@@ -279,7 +261,7 @@ class PostgresStateStore:
             "ORDER BY process_id",
             (time.time() - fresh_s,),
         ).fetchall()
-        return [PublishedTotals(row[0], row[1], row[2], arms_from_json(row[3])) for row in rows]
+        return stored_rows.published_totals(rows)
 
     @_reports_lost_connections
     def forget_arm_totals(self, process_id: str) -> None:
@@ -318,7 +300,7 @@ class PostgresStateStore:
         row = self._connection().execute(
             "SELECT name, holder, expires_at FROM turnout_leases WHERE name = %s", (name,)
         ).fetchone()
-        return None if row is None else Lease(*row)
+        return stored_rows.lease_from_row(row)
 
     @_reports_lost_connections
     def save_rollout(self, record: RolloutRecord, expected_revision: int | None) -> RolloutRecord:
@@ -347,14 +329,14 @@ class PostgresStateStore:
         row = self._connection().execute(
             "SELECT record FROM turnout_rollouts WHERE model = %s", (model,)
         ).fetchone()
-        return None if row is None else record_from_json(row[0])
+        return stored_rows.rollout_from_row(row)
 
     @_reports_lost_connections
     def active_rollouts(self) -> list[RolloutRecord]:
         rows = self._connection().execute(
             "SELECT record FROM turnout_rollouts WHERE phase IN (%s, %s) ORDER BY model", ACTIVE_PHASES
         ).fetchall()
-        return [record_from_json(row[0]) for row in rows]
+        return stored_rows.rollout_records(rows)
 
     def on_change(self, wake: Callable[[], None]) -> bool:
         self._wakers.append(wake)

@@ -8,7 +8,6 @@ because a SQLite connection must not be used by two threads at once.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import socket
 import sqlite3
@@ -19,13 +18,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
-from gateway.routing.policy import Policy, policy_from_dict, policy_to_dict
-from gateway.state.arm_totals_record import PublishedTotals, StoredArm, arms_from_json, arms_to_json
+from gateway.routing.policy import Policy
+from gateway.state import stored_rows
+from gateway.state.arm_totals_record import PublishedTotals, StoredArm, arms_to_json
 from gateway.state.rollout_record import (
     ACTIVE_PHASES,
     RolloutConflict,
     RolloutRecord,
-    record_from_json,
     record_to_json,
 )
 from gateway.state.store import (
@@ -105,14 +104,6 @@ STATE_FILE = "turnout-state.sqlite3"
 # knocks without end cannot grow the file without end.
 REFUSED_CALLS_KEPT = 10_000
 _DAY_S = 86_400.0  # per-arm totals of a process that died without saying goodbye are dropped after this
-
-
-def _encode(policy: Policy | None) -> str | None:
-    return None if policy is None else json.dumps(policy_to_dict(policy), sort_keys=True)
-
-
-def _decode(text: str | None) -> Policy | None:
-    return None if text is None else policy_from_dict(json.loads(text))
 
 
 P = ParamSpec("P")
@@ -200,7 +191,7 @@ class SqliteStateStore:
     @_reports_broken_files
     def policies(self) -> dict[str, StoredPolicy]:
         rows = self._connection().execute("SELECT model, policy, generation FROM policies").fetchall()
-        return {model: StoredPolicy(policy_from_dict(json.loads(text)), generation) for model, text, generation in rows}
+        return stored_rows.stored_policies(rows)
 
     @_reports_broken_files
     def commit(
@@ -214,18 +205,17 @@ class SqliteStateStore:
                     f"policy of {model!r} is at generation {current_generation}, not {expected_generation}"
                 )
             generation = _next_generation(connection)
-            change = PolicyChange(
-                model, generation, time.time(), actor, action, reason, _decode(row[0] if row else None), after
-            )
+            before = stored_rows.decode_policy(row[0] if row else None)
+            change = PolicyChange(model, generation, time.time(), actor, action, reason, before, after)
             connection.execute(
                 "INSERT INTO policies (model, policy, generation) VALUES (?, ?, ?) "
                 "ON CONFLICT (model) DO UPDATE SET policy = excluded.policy, generation = excluded.generation",
-                (model, _encode(after), generation),
+                (model, stored_rows.encode_policy(after), generation),
             )
             connection.execute(
                 "INSERT INTO history (model, generation, at, actor, action, reason, before, after) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (model, generation, change.at, actor, action, reason, _encode(change.before), _encode(after)),
+                stored_rows.history_values(change),
             )
         return change
 
@@ -236,10 +226,7 @@ class SqliteStateStore:
             "WHERE model = ? ORDER BY id DESC LIMIT ?",
             (model, limit),
         ).fetchall()
-        return [
-            PolicyChange(model_, generation, at, actor, action, reason, _decode(before), _require(_decode(after)))
-            for model_, generation, at, actor, action, reason, before, after in rows
-        ]
+        return stored_rows.policy_changes(rows)
 
     @_reports_broken_files
     def replaced_stables(self, model: str, since: float, limit: int) -> set[int]:
@@ -247,7 +234,7 @@ class SqliteStateStore:
             "SELECT before FROM history WHERE model = ? AND at >= ? AND before IS NOT NULL ORDER BY id DESC LIMIT ?",
             (model, since, limit),
         ).fetchall()
-        return {_require(_decode(before)).stable for (before,) in rows}
+        return stored_rows.replaced_stable_versions(rows)
 
     @_reports_broken_files
     def record_refused(self, refused: RefusedCall) -> None:
@@ -272,7 +259,7 @@ class SqliteStateStore:
             "SELECT model, at, actor, action, detail FROM refused_calls WHERE model = ? ORDER BY id DESC LIMIT ?",
             (model, limit),
         ).fetchall()
-        return [RefusedCall(*row) for row in rows]
+        return stored_rows.refused_calls(rows)
 
     @_reports_broken_files
     def request_repository_action(self, model: str, action: str, actor: str) -> RepositoryRequest:
@@ -291,7 +278,7 @@ class SqliteStateStore:
         rows = self._connection().execute(
             "SELECT model, action, generation, at, actor FROM repository_requests"
         ).fetchall()
-        return {row[0]: RepositoryRequest(*row) for row in rows}
+        return stored_rows.repository_requests(rows)
 
     @_reports_broken_files
     def clear_repository_requests(self) -> None:
@@ -325,7 +312,7 @@ class SqliteStateStore:
         rows = self._connection().execute(
             "SELECT process_id, pid, applied_generation, seen_at, host FROM processes ORDER BY host, process_id"
         ).fetchall()
-        return [ProcessReport(*row) for row in rows]
+        return stored_rows.process_reports(rows)
 
     @_reports_broken_files
     def forget_process(self, process_id: str) -> None:
@@ -355,7 +342,7 @@ class SqliteStateStore:
             "SELECT process_id, started_at, seen_at, arms FROM arm_totals WHERE seen_at >= ? ORDER BY process_id",
             (time.time() - fresh_s,),
         ).fetchall()
-        return [PublishedTotals(row[0], row[1], row[2], arms_from_json(row[3])) for row in rows]
+        return stored_rows.published_totals(rows)
 
     @_reports_broken_files
     def forget_arm_totals(self, process_id: str) -> None:
@@ -395,7 +382,7 @@ class SqliteStateStore:
         row = self._connection().execute(
             "SELECT name, holder, expires_at FROM leases WHERE name = ?", (name,)
         ).fetchone()
-        return None if row is None else Lease(*row)
+        return stored_rows.lease_from_row(row)
 
     @_reports_broken_files
     def save_rollout(self, record: RolloutRecord, expected_revision: int | None) -> RolloutRecord:
@@ -414,14 +401,14 @@ class SqliteStateStore:
     @_reports_broken_files
     def rollout(self, model: str) -> RolloutRecord | None:
         row = self._connection().execute("SELECT record FROM rollouts WHERE model = ?", (model,)).fetchone()
-        return None if row is None else record_from_json(row[0])
+        return stored_rows.rollout_from_row(row)
 
     @_reports_broken_files
     def active_rollouts(self) -> list[RolloutRecord]:
         rows = self._connection().execute(
             "SELECT record FROM rollouts WHERE phase IN (?, ?) ORDER BY model", ACTIVE_PHASES
         ).fetchall()
-        return [record_from_json(row[0]) for row in rows]
+        return stored_rows.rollout_records(rows)
 
     def on_change(self, wake: Callable[[], None]) -> bool:
         return False  # SQLite cannot push: the policy sync polls the generation, a single-row read
@@ -448,12 +435,6 @@ def _add_host_column(connection: sqlite3.Connection) -> None:
         except sqlite3.OperationalError as error:  # another process starting beside us added it first
             if "duplicate column" not in str(error):
                 raise
-
-
-def _require(policy: Policy | None) -> Policy:
-    if policy is None:
-        raise ValueError("history row without an 'after' policy")
-    return policy
 
 
 class _WriteTransaction:
