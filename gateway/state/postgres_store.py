@@ -25,26 +25,24 @@ import psycopg
 
 from gateway.routing.policy import Policy
 from gateway.state import stored_rows
-from gateway.state.arm_totals_record import PublishedTotals, StoredArm, arms_to_json
+from gateway.state.arm_totals_record import StoredArm, arms_to_json
 from gateway.state.postgres_connection import connect, describe_url
 from gateway.state.postgres_listener import GenerationListener
 from gateway.state.postgres_schema import migrate
 from gateway.state.rollout_record import (
-    ACTIVE_PHASES,
     RolloutConflict,
     RolloutRecord,
     record_to_json,
 )
 from gateway.state.store import (
     GenerationConflict,
-    Lease,
     PolicyChange,
-    ProcessReport,
     RefusedCall,
     RepositoryRequest,
     StateUnavailable,
-    StoredPolicy,
 )
+from gateway.state.store_reads import ReadQueries, StoreReads
+from gateway.state.stored_rows import Row
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +50,36 @@ NOTIFY_CHANNEL = "turnout_generation"
 # Refused control calls kept, all models together (as in the SQLite store).
 REFUSED_CALLS_KEPT = 10_000
 _DAY_S = 86_400.0  # per-arm totals of a process that died without saying goodbye are dropped after this
+
+_QUERIES = ReadQueries(
+    generation="SELECT value FROM turnout_counters WHERE name = 'generation'",
+    policies="SELECT model, policy, generation FROM turnout_policies",
+    history=(
+        "SELECT model, generation, at, actor, action, reason, before, after FROM turnout_history WHERE model = %s "
+        "ORDER BY id DESC LIMIT %s"
+    ),
+    replaced_stables=(
+        "SELECT before FROM turnout_history WHERE model = %s AND at >= %s AND before IS NOT NULL "
+        "ORDER BY id DESC LIMIT %s"
+    ),
+    refused=(
+        "SELECT model, at, actor, action, detail FROM turnout_refused_calls WHERE model = %s "
+        "ORDER BY id DESC LIMIT %s"
+    ),
+    repository_requests="SELECT model, action, generation, at, actor FROM turnout_repository_requests",
+    reports=(
+        "SELECT process_id, pid, applied_generation, seen_at, host FROM turnout_processes "
+        "ORDER BY host, process_id"
+    ),
+    arm_totals=(
+        "SELECT process_id, started_at, seen_at, arms FROM turnout_arm_totals WHERE seen_at >= %s "
+        "ORDER BY process_id"
+    ),
+    lease="SELECT name, holder, expires_at FROM turnout_leases WHERE name = %s",
+    rollout="SELECT record FROM turnout_rollouts WHERE model = %s",
+    active_rollouts="SELECT record FROM turnout_rollouts WHERE phase IN (%s, %s) ORDER BY model",
+)
+
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -77,8 +105,10 @@ def _reports_lost_connections(method: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-class PostgresStateStore:
+class PostgresStateStore(StoreReads):
     """:class:`gateway.state.store.StateStore` on a PostgreSQL database, shared by every host."""
+
+    _queries = _QUERIES
 
     def __init__(self, url: str) -> None:
         self._url = url
@@ -116,15 +146,13 @@ class PostgresStateStore:
             connection.close()
 
     @_reports_lost_connections
-    def generation(self) -> int:
-        row = self._connection().execute("SELECT value FROM turnout_counters WHERE name = 'generation'").fetchone()
-        assert row is not None
-        return int(row[0])
+    def _fetch_all(self, query: str, parameters: Sequence[object] = ()) -> list[Row]:
+        return self._connection().execute(query, parameters).fetchall()
 
     @_reports_lost_connections
-    def policies(self) -> dict[str, StoredPolicy]:
-        rows = self._connection().execute("SELECT model, policy, generation FROM turnout_policies").fetchall()
-        return stored_rows.stored_policies(rows)
+    def _fetch_one(self, query: str, parameters: Sequence[object] = ()) -> Row | None:
+        row: Row | None = self._connection().execute(query, parameters).fetchone()
+        return row
 
     @_reports_lost_connections
     def commit(
@@ -158,24 +186,6 @@ class PostgresStateStore:
         return change
 
     @_reports_lost_connections
-    def history(self, model: str, limit: int) -> list[PolicyChange]:
-        rows = self._connection().execute(
-            "SELECT model, generation, at, actor, action, reason, before, after FROM turnout_history "
-            "WHERE model = %s ORDER BY id DESC LIMIT %s",
-            (model, limit),
-        ).fetchall()
-        return stored_rows.policy_changes(rows)
-
-    @_reports_lost_connections
-    def replaced_stables(self, model: str, since: float, limit: int) -> set[int]:
-        rows = self._connection().execute(
-            "SELECT before FROM turnout_history WHERE model = %s AND at >= %s AND before IS NOT NULL "
-            "ORDER BY id DESC LIMIT %s",
-            (model, since, limit),
-        ).fetchall()
-        return stored_rows.replaced_stable_versions(rows)
-
-    @_reports_lost_connections
     def record_refused(self, refused: RefusedCall) -> None:
         connection = self._connection()
         with connection.transaction():
@@ -186,15 +196,6 @@ class PostgresStateStore:
             ).fetchone()
             assert row is not None
             connection.execute("DELETE FROM turnout_refused_calls WHERE id <= %s", (int(row[0]) - REFUSED_CALLS_KEPT,))
-
-    @_reports_lost_connections
-    def refused(self, model: str, limit: int) -> list[RefusedCall]:
-        rows = self._connection().execute(
-            "SELECT model, at, actor, action, detail FROM turnout_refused_calls WHERE model = %s "
-            "ORDER BY id DESC LIMIT %s",
-            (model, limit),
-        ).fetchall()
-        return stored_rows.refused_calls(rows)
 
     @_reports_lost_connections
     def request_repository_action(self, model: str, action: str, actor: str) -> RepositoryRequest:
@@ -209,13 +210,6 @@ class PostgresStateStore:
             )
             _notify(connection, request.generation)
         return request
-
-    @_reports_lost_connections
-    def repository_requests(self) -> dict[str, RepositoryRequest]:
-        rows = self._connection().execute(
-            "SELECT model, action, generation, at, actor FROM turnout_repository_requests"
-        ).fetchall()
-        return stored_rows.repository_requests(rows)
 
     @_reports_lost_connections
     def clear_repository_requests(self) -> None:
@@ -234,14 +228,6 @@ class PostgresStateStore:
         )
 
     @_reports_lost_connections
-    def reports(self) -> list[ProcessReport]:
-        rows = self._connection().execute(
-            "SELECT process_id, pid, applied_generation, seen_at, host FROM turnout_processes "
-            "ORDER BY host, process_id"
-        ).fetchall()
-        return stored_rows.process_reports(rows)
-
-    @_reports_lost_connections
     def forget_process(self, process_id: str) -> None:
         self._connection().execute("DELETE FROM turnout_processes WHERE process_id = %s", (process_id,))
 
@@ -253,15 +239,6 @@ class PostgresStateStore:
             "seen_at = excluded.seen_at, arms = excluded.arms",
             (process_id, started_at, time.time(), arms_to_json(arms)),
         )
-
-    @_reports_lost_connections
-    def arm_totals(self, fresh_s: float) -> list[PublishedTotals]:
-        rows = self._connection().execute(
-            "SELECT process_id, started_at, seen_at, arms FROM turnout_arm_totals WHERE seen_at >= %s "
-            "ORDER BY process_id",
-            (time.time() - fresh_s,),
-        ).fetchall()
-        return stored_rows.published_totals(rows)
 
     @_reports_lost_connections
     def forget_arm_totals(self, process_id: str) -> None:
@@ -296,13 +273,6 @@ class PostgresStateStore:
         self._connection().execute("DELETE FROM turnout_leases WHERE name = %s AND holder = %s", (name, holder))
 
     @_reports_lost_connections
-    def lease(self, name: str) -> Lease | None:
-        row = self._connection().execute(
-            "SELECT name, holder, expires_at FROM turnout_leases WHERE name = %s", (name,)
-        ).fetchone()
-        return stored_rows.lease_from_row(row)
-
-    @_reports_lost_connections
     def save_rollout(self, record: RolloutRecord, expected_revision: int | None) -> RolloutRecord:
         connection = self._connection()
         saved = replace(record, revision=(expected_revision or 0) + 1)
@@ -324,19 +294,6 @@ class PostgresStateStore:
             raise RolloutConflict(f"the rollout of model {record.model!r} changed meanwhile")
         return saved
 
-    @_reports_lost_connections
-    def rollout(self, model: str) -> RolloutRecord | None:
-        row = self._connection().execute(
-            "SELECT record FROM turnout_rollouts WHERE model = %s", (model,)
-        ).fetchone()
-        return stored_rows.rollout_from_row(row)
-
-    @_reports_lost_connections
-    def active_rollouts(self) -> list[RolloutRecord]:
-        rows = self._connection().execute(
-            "SELECT record FROM turnout_rollouts WHERE phase IN (%s, %s) ORDER BY model", ACTIVE_PHASES
-        ).fetchall()
-        return stored_rows.rollout_records(rows)
 
     def on_change(self, wake: Callable[[], None]) -> bool:
         self._wakers.append(wake)

@@ -20,23 +20,21 @@ from typing import ParamSpec, TypeVar
 
 from gateway.routing.policy import Policy
 from gateway.state import stored_rows
-from gateway.state.arm_totals_record import PublishedTotals, StoredArm, arms_to_json
+from gateway.state.arm_totals_record import StoredArm, arms_to_json
 from gateway.state.rollout_record import (
-    ACTIVE_PHASES,
     RolloutConflict,
     RolloutRecord,
     record_to_json,
 )
 from gateway.state.store import (
     GenerationConflict,
-    Lease,
     PolicyChange,
-    ProcessReport,
     RefusedCall,
     RepositoryRequest,
     StateUnavailable,
-    StoredPolicy,
 )
+from gateway.state.store_reads import ReadQueries, StoreReads
+from gateway.state.stored_rows import Row
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -106,6 +104,27 @@ REFUSED_CALLS_KEPT = 10_000
 _DAY_S = 86_400.0  # per-arm totals of a process that died without saying goodbye are dropped after this
 
 
+_QUERIES = ReadQueries(
+    generation="SELECT value FROM counters WHERE name = 'generation'",
+    policies="SELECT model, policy, generation FROM policies",
+    history=(
+        "SELECT model, generation, at, actor, action, reason, before, after FROM history WHERE model = ? "
+        "ORDER BY id DESC LIMIT ?"
+    ),
+    replaced_stables=(
+        "SELECT before FROM history WHERE model = ? AND at >= ? AND before IS NOT NULL "
+        "ORDER BY id DESC LIMIT ?"
+    ),
+    refused="SELECT model, at, actor, action, detail FROM refused_calls WHERE model = ? ORDER BY id DESC LIMIT ?",
+    repository_requests="SELECT model, action, generation, at, actor FROM repository_requests",
+    reports="SELECT process_id, pid, applied_generation, seen_at, host FROM processes ORDER BY host, process_id",
+    arm_totals="SELECT process_id, started_at, seen_at, arms FROM arm_totals WHERE seen_at >= ? ORDER BY process_id",
+    lease="SELECT name, holder, expires_at FROM leases WHERE name = ?",
+    rollout="SELECT record FROM rollouts WHERE model = ?",
+    active_rollouts="SELECT record FROM rollouts WHERE phase IN (?, ?) ORDER BY model",
+)
+
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -126,8 +145,10 @@ def _reports_broken_files(method: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-class SqliteStateStore:
+class SqliteStateStore(StoreReads):
     """:class:`gateway.state.store.StateStore` on a SQLite file under ``state_dir``."""
+
+    _queries = _QUERIES
 
     def __init__(self, state_dir: Path, busy_timeout_s: float = 10.0) -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
@@ -184,14 +205,13 @@ class SqliteStateStore:
         return _WriteTransaction(self._connection())
 
     @_reports_broken_files
-    def generation(self) -> int:
-        row = self._connection().execute("SELECT value FROM counters WHERE name = 'generation'").fetchone()
-        return int(row[0])
+    def _fetch_all(self, query: str, parameters: Sequence[object] = ()) -> list[Row]:
+        return self._connection().execute(query, parameters).fetchall()
 
     @_reports_broken_files
-    def policies(self) -> dict[str, StoredPolicy]:
-        rows = self._connection().execute("SELECT model, policy, generation FROM policies").fetchall()
-        return stored_rows.stored_policies(rows)
+    def _fetch_one(self, query: str, parameters: Sequence[object] = ()) -> Row | None:
+        row: Row | None = self._connection().execute(query, parameters).fetchone()
+        return row
 
     @_reports_broken_files
     def commit(
@@ -220,23 +240,6 @@ class SqliteStateStore:
         return change
 
     @_reports_broken_files
-    def history(self, model: str, limit: int) -> list[PolicyChange]:
-        rows = self._connection().execute(
-            "SELECT model, generation, at, actor, action, reason, before, after FROM history "
-            "WHERE model = ? ORDER BY id DESC LIMIT ?",
-            (model, limit),
-        ).fetchall()
-        return stored_rows.policy_changes(rows)
-
-    @_reports_broken_files
-    def replaced_stables(self, model: str, since: float, limit: int) -> set[int]:
-        rows = self._connection().execute(
-            "SELECT before FROM history WHERE model = ? AND at >= ? AND before IS NOT NULL ORDER BY id DESC LIMIT ?",
-            (model, since, limit),
-        ).fetchall()
-        return stored_rows.replaced_stable_versions(rows)
-
-    @_reports_broken_files
     def record_refused(self, refused: RefusedCall) -> None:
         # Written without an fsync, as the process reports: a caller knocking with bad credentials
         # must not make every other writer wait on the disk, and losing the last few to a power cut is fine.
@@ -254,14 +257,6 @@ class SqliteStateStore:
             connection.execute("PRAGMA synchronous=FULL")
 
     @_reports_broken_files
-    def refused(self, model: str, limit: int) -> list[RefusedCall]:
-        rows = self._connection().execute(
-            "SELECT model, at, actor, action, detail FROM refused_calls WHERE model = ? ORDER BY id DESC LIMIT ?",
-            (model, limit),
-        ).fetchall()
-        return stored_rows.refused_calls(rows)
-
-    @_reports_broken_files
     def request_repository_action(self, model: str, action: str, actor: str) -> RepositoryRequest:
         with self._write() as connection:
             request = RepositoryRequest(model, action, _next_generation(connection), time.time(), actor)
@@ -272,13 +267,6 @@ class SqliteStateStore:
                 (model, action, request.generation, request.at, actor),
             )
         return request
-
-    @_reports_broken_files
-    def repository_requests(self) -> dict[str, RepositoryRequest]:
-        rows = self._connection().execute(
-            "SELECT model, action, generation, at, actor FROM repository_requests"
-        ).fetchall()
-        return stored_rows.repository_requests(rows)
 
     @_reports_broken_files
     def clear_repository_requests(self) -> None:
@@ -308,13 +296,6 @@ class SqliteStateStore:
             connection.execute("PRAGMA synchronous=FULL")
 
     @_reports_broken_files
-    def reports(self) -> list[ProcessReport]:
-        rows = self._connection().execute(
-            "SELECT process_id, pid, applied_generation, seen_at, host FROM processes ORDER BY host, process_id"
-        ).fetchall()
-        return stored_rows.process_reports(rows)
-
-    @_reports_broken_files
     def forget_process(self, process_id: str) -> None:
         with self._write() as connection:
             connection.execute("DELETE FROM processes WHERE process_id = ?", (process_id,))
@@ -335,14 +316,6 @@ class SqliteStateStore:
                 )
         finally:
             connection.execute("PRAGMA synchronous=FULL")
-
-    @_reports_broken_files
-    def arm_totals(self, fresh_s: float) -> list[PublishedTotals]:
-        rows = self._connection().execute(
-            "SELECT process_id, started_at, seen_at, arms FROM arm_totals WHERE seen_at >= ? ORDER BY process_id",
-            (time.time() - fresh_s,),
-        ).fetchall()
-        return stored_rows.published_totals(rows)
 
     @_reports_broken_files
     def forget_arm_totals(self, process_id: str) -> None:
@@ -378,13 +351,6 @@ class SqliteStateStore:
             connection.execute("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder))
 
     @_reports_broken_files
-    def lease(self, name: str) -> Lease | None:
-        row = self._connection().execute(
-            "SELECT name, holder, expires_at FROM leases WHERE name = ?", (name,)
-        ).fetchone()
-        return stored_rows.lease_from_row(row)
-
-    @_reports_broken_files
     def save_rollout(self, record: RolloutRecord, expected_revision: int | None) -> RolloutRecord:
         with self._write() as connection:
             row = connection.execute("SELECT revision FROM rollouts WHERE model = ?", (record.model,)).fetchone()
@@ -398,17 +364,6 @@ class SqliteStateStore:
             )
         return saved
 
-    @_reports_broken_files
-    def rollout(self, model: str) -> RolloutRecord | None:
-        row = self._connection().execute("SELECT record FROM rollouts WHERE model = ?", (model,)).fetchone()
-        return stored_rows.rollout_from_row(row)
-
-    @_reports_broken_files
-    def active_rollouts(self) -> list[RolloutRecord]:
-        rows = self._connection().execute(
-            "SELECT record FROM rollouts WHERE phase IN (?, ?) ORDER BY model", ACTIVE_PHASES
-        ).fetchall()
-        return stored_rows.rollout_records(rows)
 
     def on_change(self, wake: Callable[[], None]) -> bool:
         return False  # SQLite cannot push: the policy sync polls the generation, a single-row read
