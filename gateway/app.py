@@ -28,7 +28,13 @@ from gateway.registry.repository import ModelRepository
 from gateway.rollouts.arm_deltas import ArmTotals
 from gateway.rollouts.compared_arms import compared_arms
 from gateway.rollouts.control import Rollouts
-from gateway.rollouts.control_access import ControlAccess, ControlTokens, TokensFileInvalid, parse_restricted_header
+from gateway.rollouts.control_access import (
+    ControlAccess,
+    ControlTokens,
+    TokensFileInvalid,
+    open_locally_warning,
+    parse_restricted_header,
+)
 from gateway.rollouts.control_refusals import RefusedCalls
 from gateway.rollouts.fleet import Fleet
 from gateway.rollouts.policy_sync import PolicySync
@@ -47,7 +53,7 @@ from gateway.settings import Settings
 from gateway.state.open_store import open_state_store
 from gateway.state.store import StateUnavailable
 from gateway.telemetry.gateway_metrics import GatewayMetrics
-from gateway.telemetry.recent_traffic import BUCKET_BOUNDS_S
+from gateway.telemetry.recent_traffic import BUCKET_BOUNDS_S, GROWTH
 from gateway.telemetry.tracing import TracingObserver
 from gateway.telemetry.tracing_setup import TracingSetupError, tracing_from_environment
 from gateway.version import package_version
@@ -132,7 +138,7 @@ def drift_window(settings: Settings, repository: ModelRepository) -> DriftWindow
 def arm_latency_buckets() -> LatencyBuckets:
     """The per-arm totals' histogram layout (50 µs x 1.25^i), for the rollout analysis: it tests a
     latency ratio in whole buckets of 25% (1.2 is tested as 1.25)."""
-    return LatencyBuckets(first_bound_s=BUCKET_BOUNDS_S[0], growth=1.25, bounds=len(BUCKET_BOUNDS_S))
+    return LatencyBuckets(first_bound_s=BUCKET_BOUNDS_S[0], growth=GROWTH, bounds=len(BUCKET_BOUNDS_S))
 
 
 def control_access(settings: Settings) -> ControlAccess:
@@ -140,8 +146,9 @@ def control_access(settings: Settings) -> ControlAccess:
     tokens = ControlTokens(settings.control_tokens_file) if settings.control_tokens_file is not None else None
     header = parse_restricted_header(settings.model_repository_header) if settings.model_repository_header else None
     certificates = settings.control_client_ca_file is not None
-    open_locally = tokens is None and not certificates and settings.control_is_loopback
-    return ControlAccess(tokens, certificates=certificates, restricted_header=header, open_locally=open_locally)
+    return ControlAccess(
+        tokens, certificates=certificates, restricted_header=header, open_locally=settings.control_open_locally
+    )
 
 
 class Gateway:
@@ -352,11 +359,7 @@ def _run(settings: Settings, zygote: Zygote | None) -> int:
     reload_on_hangup(gateway.reload, log)
     gateway.start()
     if gateway.access.open_locally and settings.worker_broker is None:  # said once, not by each process
-        log.warning(
-            "the control plane on %s has no tokens and no client CA: every local caller may change routing"
-            " (--control-tokens-file to require a token)",
-            gateway.server.control_address,
-        )
+        log.warning("%s", open_locally_warning(gateway.server.control_address))
     # Models, modules and the server are loaded: keep them out of the collector's way from now on.
     log.info("%d start-up objects frozen out of garbage collection", freeze_startup_heap())
     if gateway.metrics.url is not None:

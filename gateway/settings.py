@@ -260,6 +260,11 @@ class Settings(BaseSettings):
         return is_loopback_address(self.control_address)
 
     @property
+    def control_open_locally(self) -> bool:
+        """Nothing says who may change routing, and the control address is loopback: every local caller may."""
+        return self.control_tokens_file is None and self.control_client_ca_file is None and self.control_is_loopback
+
+    @property
     def tls_configured(self) -> bool:
         """Whether the listeners serve TLS (the inference port and the control address, one certificate)."""
         return self.tls_cert_file is not None

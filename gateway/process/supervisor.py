@@ -28,6 +28,7 @@ from gateway.edge.tls import TlsFileError, server_tls
 from gateway.logs.configure import configure_logging
 from gateway.process.reload_signal import reload_on_hangup
 from gateway.process.stop_signals import stop_on_signals, wait_for_stop
+from gateway.rollouts.control_access import open_locally_warning
 from gateway.settings import Settings, split_address
 from gateway.state.open_store import open_state_store
 from gateway.state.store import StateUnavailable
@@ -237,12 +238,8 @@ def supervise(settings: Settings) -> int:
             flush=True,
         )
         print(f"turnout: control plane on {supervisor.control_address}", flush=True)
-        if settings.control_tokens_file is None and settings.control_client_ca_file is None:
-            log.warning(
-                "the control plane on %s has no tokens and no client CA: every local caller may change routing"
-                " (--control-tokens-file to require a token)",
-                supervisor.control_address,
-            )
+        if settings.control_open_locally:
+            log.warning("%s", open_locally_warning(supervisor.control_address))
         wait_for_stop(stop)
     finally:
         supervisor.stop()

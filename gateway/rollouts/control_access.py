@@ -32,6 +32,14 @@ MALFORMED = "malformed_authorization"
 NOT_CONFIGURED = "no_credentials_configured"
 
 
+def open_locally_warning(control_address: str) -> str:
+    """What the log says once at start when the control plane is open to every local caller."""
+    return (
+        f"the control plane on {control_address} has no tokens and no client CA: every local caller may change"
+        " routing (--control-tokens-file to require a token)"
+    )
+
+
 class TokensFileInvalid(ValueError):
     """The tokens file cannot be read or has a line that is not ``name token``."""
 

@@ -27,8 +27,8 @@ from gateway.telemetry.snapshot import Snapshot
 WINDOW_S = 60
 # Latency buckets: upper bounds 50 µs x 1.25^i, i = 0..63 (up to about 80 s), then one for the rest.
 _FIRST_BOUND_S = 50e-6
-_GROWTH = 1.25
-BUCKET_BOUNDS_S: tuple[float, ...] = tuple(_FIRST_BOUND_S * _GROWTH**i for i in range(64))
+GROWTH = 1.25
+BUCKET_BOUNDS_S: tuple[float, ...] = tuple(_FIRST_BOUND_S * GROWTH**i for i in range(64))
 BUCKETS = len(BUCKET_BOUNDS_S) + 1
 
 ArmKey = tuple[str, int, str]  # model, version, arm
@@ -70,7 +70,7 @@ def percentile_s(buckets: Sequence[int], fraction: float) -> float | None:
             if index == len(BUCKET_BOUNDS_S):
                 return BUCKET_BOUNDS_S[-1]
             upper = BUCKET_BOUNDS_S[index]
-            return upper / math.sqrt(_GROWTH) if index else upper / 2
+            return upper / math.sqrt(GROWTH) if index else upper / 2
     return BUCKET_BOUNDS_S[-1]  # not reached: seen ends at total
 
 
