@@ -15,7 +15,8 @@ from gateway.rollouts.control_refusals import RefusedCalls
 AUTHORIZATION = "authorization"
 # Set by grpc on a TLS connection whose client certificate was verified.
 _SUBJECT = "x509_subject"
-REPOSITORY_METHODS = frozenset({"RepositoryModelLoad", "RepositoryModelUnload"})
+# The calls the restricted model-repository header may admit (not RepositoryIndex, which needs no credentials).
+_LOAD_AND_UNLOAD = frozenset({"RepositoryModelLoad", "RepositoryModelUnload"})
 
 
 def peer_host(peer: str) -> str:
@@ -51,7 +52,7 @@ class ControlGate:
         )
         try:
             return self._access.admit(
-                presented, repository=method in REPOSITORY_METHODS, control_listener=self._control_listener
+                presented, repository=method in _LOAD_AND_UNLOAD, control_listener=self._control_listener
             )
         except Refused as refused:
             detail = f"{method} {{{text_format.MessageToString(request, as_one_line=True)}}}"
