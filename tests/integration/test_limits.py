@@ -350,10 +350,11 @@ def test_a_120_mib_typed_request_the_model_refuses_is_refused_at_once_without_st
         )
         elapsed_s, cpu_s = time.perf_counter() - started, gateway_cpu_s(gateway) - cpu_before
     # Converting the values first took 11 s of the gateway's CPU, and stalled every other caller.
-    # Now about 0.3 s of CPU (receiving and parsing 120 MiB) and 0.5 s. The gateway's CPU is the
-    # sharp check; the wall-clock bounds only catch the old stall, with room for a CI host running
-    # other work (the bystander shares this test's process, which serializes the request meanwhile).
-    assert cpu_s < 1.5, f"the gateway spent {cpu_s:.2f} s of CPU refusing it"
+    # Now about 0.3 s of CPU (receiving and parsing 120 MiB) and 0.5 s. The gateway's CPU counts the
+    # bystander's calls served meanwhile too, and a loaded CI host stretched it to 1.6 s once: each
+    # bound sits well below the old 11 s conversion and 10 s stall it is there to catch (the
+    # bystander shares this test's process, which serializes the request meanwhile).
+    assert cpu_s < 4.0, f"the gateway spent {cpu_s:.2f} s of CPU refusing it"
     assert elapsed_s < 8.0, f"refused after {elapsed_s:.2f} s"
     assert bystander.slowest_s < 5.0, f"another caller waited {bystander.slowest_s:.2f} s"
     assert_serves(gateway.address, digits_pixels)
